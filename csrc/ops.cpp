@@ -1,0 +1,19 @@
+// Schemas of every op in the lightning_genmodels namespace. Kernels are registered beside
+// their sources: cpu/*.cpp with TORCH_LIBRARY_IMPL(lightning_genmodels, CPU, m), cuda/*.cu
+// with TORCH_LIBRARY_IMPL(lightning_genmodels, CUDA, m).
+#include <torch/library.h>
+
+TORCH_LIBRARY(lightning_genmodels, m) {
+  // Standard normals from a counter-based Philox4x32-10 stream.
+  // seed_offset: int64 [2] = (seed, offset) on the output device; out[i] = stream[offset + i].
+  m.def("philox_normal(Tensor seed_offset, SymInt[] size) -> Tensor");
+  // One fused EM pass over x [N, D]: (nk [K], sx [K, D], sxx, loglik []) in float64.
+  // sxx: full [K, D, D], tied [D, D], diag [K, D], spherical [K].
+  m.def(
+      "gmm_em_stats(Tensor x, Tensor? sample_weight, Tensor log_weights, Tensor means, "
+      "Tensor prec_chol, str covariance_type) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Joint log-probabilities log w_k + log N(x_n | k): [N, K], dtype of x.
+  m.def(
+      "gmm_log_prob(Tensor x, Tensor log_weights, Tensor means, Tensor prec_chol, "
+      "str covariance_type) -> Tensor");
+}

@@ -1,0 +1,12 @@
+"""Python face of the C++/CUDA ops: each op has a pure-PyTorch reference and ``impl``."""
+from .build import BuildInfo, ExtensionBuildError, load_library, resolve_cuda_home, use_ext
+from .philox import philox_normal
+
+__all__ = [
+    "BuildInfo",
+    "ExtensionBuildError",
+    "load_library",
+    "philox_normal",
+    "resolve_cuda_home",
+    "use_ext",
+]

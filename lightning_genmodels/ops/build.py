@@ -1,0 +1,291 @@
+"""Build and load the C++/CUDA extension lazily, on first use, never at import.
+
+The library is compiled with ``torch.utils.cpp_extension.load`` and ninja into a cache folder
+keyed by a hash of the sources and flags, under a file lock, so DDP ranks that start together
+build it once and all load it. Ops register with ``TORCH_LIBRARY`` and are called as
+``torch.ops.lightning_genmodels.<op>``.
+
+Environment:
+    LGM_OPS_IMPL: ``ref`` forces every op onto its pure-PyTorch reference.
+    LGM_OPS_CACHE: the cache folder (default ``~/.cache/lightning_genmodels/ops``).
+    LGM_OPS_CUDA: ``1`` compiles the CUDA sources even without a GPU, ``0`` never does.
+    LGM_OPS_VERBOSE: ``1`` prints the compiler's commands.
+    TORCH_CUDA_ARCH_LIST, CXX, CUDA_HOME: as for ``torch.utils.cpp_extension``.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import re
+import shutil
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+Impl = Literal["auto", "ref", "ext"]
+IMPLS = ("auto", "ref", "ext")
+NAMESPACE = "lightning_genmodels"
+# Architectures compiled when no GPU is visible to pick one (a compile check, e.g. in CI).
+DEFAULT_ARCHS = "8.0;9.0"
+CPU_FLAGS = ["-O3", "-fopenmp", "-march=native"]
+CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
+
+
+class ExtensionBuildError(RuntimeError):
+    """The extension could not be compiled or loaded; the message holds the compiler output."""
+
+
+@dataclass
+class BuildInfo:
+    """What was built: the library path, whether CUDA is in it, and for which architectures."""
+
+    library: Path
+    with_cuda: bool
+    archs: list[str] = field(default_factory=list)
+    cached: bool = False
+
+
+_lock = threading.Lock()
+_info: BuildInfo | None = None
+_error: ExtensionBuildError | None = None
+_warned = False
+_on_load: list[Callable[[], None]] = []
+
+
+def source_dir() -> Path:
+    """The ``csrc`` folder: inside the installed package, else the checkout's top level."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "csrc", here.parent / "csrc"):
+        if (candidate / "ops.cpp").exists():
+            return candidate
+    raise ExtensionBuildError(f"csrc/ops.cpp not found in {here / 'csrc'} or {here.parent / 'csrc'}")
+
+
+def _nvcc_from_wrapper(path: Path) -> Path | None:
+    """Follow an ``nvcc`` that is a shell script (``exec /opt/cuda/bin/nvcc "$@"``)."""
+    try:
+        text = path.read_text(errors="ignore")[:4096]
+    except OSError:
+        return None
+    for match in re.findall(r"(/[^\s\"']+/bin/nvcc)\b", text):
+        target = Path(match)
+        if target.exists() and target.resolve() != path.resolve():
+            return target.resolve()
+    return None
+
+
+def _is_cuda_home(path: Path) -> bool:
+    return (path / "bin" / "nvcc").exists() and (path / "include" / "cuda_runtime.h").exists()
+
+
+def resolve_cuda_home() -> Path | None:
+    """Find the CUDA toolkit, following an ``nvcc`` on PATH that is a wrapper script.
+
+    ``torch.utils.cpp_extension`` takes ``dirname(dirname(which nvcc))``, which is wrong when
+    ``nvcc`` is a wrapper outside the toolkit (``/usr/local/bin/nvcc``); this reads the wrapper.
+    """
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var) and _is_cuda_home(Path(os.environ[var])):
+            return Path(os.environ[var])
+    found = shutil.which("nvcc")
+    if found:
+        nvcc = Path(found).resolve()
+        target = nvcc if _is_cuda_home(nvcc.parent.parent) else _nvcc_from_wrapper(nvcc)
+        if target is not None and _is_cuda_home(target.parent.parent):
+            return target.parent.parent
+    candidates = [Path("/usr/local/cuda")] + sorted(Path("/usr/local").glob("cuda-*"), reverse=True)
+    return next((c for c in candidates if _is_cuda_home(c)), None)
+
+
+def _wheel_cuda_includes(cuda_home: Path) -> list[str]:
+    """Header folders of the NVIDIA wheels torch depends on, for a toolkit without cuBLAS or
+    cuSPARSE headers (ATen's CUDA headers include them). Searched after the toolkit's own."""
+    if (cuda_home / "include" / "cusparse.h").exists():
+        return []
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    found = {str(h.parent) for root in roots for h in Path(root).glob("*/include/cusparse.h")}
+    return [flag for folder in sorted(found) for flag in ("-isystem", folder)]
+
+
+def _want_cuda(cuda_home: Path | None) -> bool:
+    setting = os.environ.get("LGM_OPS_CUDA", "auto")
+    if setting == "0" or torch.version.cuda is None or cuda_home is None:
+        return False
+    return setting == "1" or torch.cuda.is_available()
+
+
+def _arch_list() -> str:
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        return ";".join(f"{major}.{minor}" for major, minor in sorted(caps))
+    return DEFAULT_ARCHS
+
+
+def _sources(root: Path, with_cuda: bool) -> list[Path]:
+    files = sorted(root.glob("*.cpp")) + sorted(root.glob("cpu/*.cpp"))
+    return files + (sorted(root.glob("cuda/*.cu")) if with_cuda else [])
+
+
+def _cpu_signature() -> str:
+    """Identifies the host CPU's instruction set, since the build uses -march=native."""
+    try:
+        flags = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+        return platform.machine() + (flags.group(1) if flags else "")
+    except OSError:
+        return platform.machine()
+
+
+def _build_key(root: Path, sources: list[Path], with_cuda: bool, archs: str) -> str:
+    digest = hashlib.sha256()
+    headers = sorted(root.glob("common/*.h")) + sorted(root.glob("**/*.cuh"))
+    for path in sources + headers:
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    extra = [torch.__version__, str(with_cuda), archs if with_cuda else "", os.environ.get("CXX", "")]
+    digest.update("|".join(extra + CPU_FLAGS + CUDA_FLAGS + [_cpu_signature()]).encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    default = Path.home() / ".cache" / "lightning_genmodels" / "ops"
+    return Path(os.environ.get("LGM_OPS_CACHE", default))
+
+
+def _cpp_extension(cuda_home: Path | None):
+    """Import ``torch.utils.cpp_extension`` with CUDA_HOME set to the resolved toolkit."""
+    if cuda_home is not None and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = str(cuda_home)
+    # Without a GPU it logs a warning at import that says nothing about our build.
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    if cuda_home is not None:
+        cpp_extension.CUDA_HOME = str(cuda_home)  # it may have guessed at an earlier import
+    return cpp_extension
+
+
+def _compile(name: str, build_dir: Path, sources: list[Path], with_cuda: bool, cuda_home: Path | None):
+    cpp_extension = _cpp_extension(cuda_home if with_cuda else None)
+    root = sources[0].parent
+    cuda_defines = ["-DLGM_WITH_CUDA"] if with_cuda else []
+    if with_cuda:
+        cuda_defines += _wheel_cuda_includes(cuda_home)
+    return cpp_extension.load(
+        name=name,
+        sources=[str(s) for s in sources],
+        extra_cflags=CPU_FLAGS + cuda_defines,
+        extra_cuda_cflags=CUDA_FLAGS + cuda_defines,
+        extra_ldflags=["-fopenmp"],
+        extra_include_paths=[str(root)],
+        build_directory=str(build_dir),
+        with_cuda=with_cuda,
+        is_python_module=False,
+        verbose=os.environ.get("LGM_OPS_VERBOSE") == "1",
+    )
+
+
+def build(with_cuda: bool | None = None) -> BuildInfo:
+    """Compile (or find in the cache) and load the extension library.
+
+    Args:
+        with_cuda: compile the CUDA sources; ``None`` decides from the toolkit, the GPU and
+            ``LGM_OPS_CUDA``.
+
+    Raises:
+        ExtensionBuildError: with the compiler's message when the build or load fails.
+    """
+    root = source_dir()
+    cuda_home = resolve_cuda_home()
+    if with_cuda is None:
+        with_cuda = _want_cuda(cuda_home)
+    elif with_cuda and (cuda_home is None or torch.version.cuda is None):
+        raise ExtensionBuildError("CUDA build asked for, but no CUDA toolkit or CUDA torch found")
+    archs = _arch_list() if with_cuda else ""
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    sources = _sources(root, with_cuda)
+    name = f"lgm_ops_{_build_key(root, sources, with_cuda, archs)}"
+    build_dir = cache_dir() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    library = build_dir / f"{name}.so"
+    # One process builds; the others wait on the lock, then find the library built.
+    with open(build_dir / "build.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        cached = library.exists()
+        try:
+            if cached:
+                torch.ops.load_library(str(library))
+            else:
+                _compile(name, build_dir, sources, with_cuda, cuda_home)
+        except Exception as exc:  # the compiler's output is in the message
+            raise ExtensionBuildError(f"building {NAMESPACE} ops failed: {exc}") from exc
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return BuildInfo(library, with_cuda, archs.split(";") if archs else [], cached)
+
+
+def load_library() -> BuildInfo:
+    """Build and load once per process; later calls return the same info or re-raise."""
+    global _info, _error
+    with _lock:
+        if _info is None and _error is None:
+            try:
+                _info = build()
+            except ExtensionBuildError as exc:
+                _error = exc
+            else:
+                for fn in _on_load:
+                    fn()
+        if _error is not None:
+            raise _error
+        return _info
+
+
+def register_on_load(fn: Callable[[], None]) -> None:
+    """Run ``fn`` once the library is loaded (at once if it already is): fakes, autograd."""
+    _on_load.append(fn)
+    if _info is not None:
+        fn()
+
+
+def use_ext(impl: str) -> bool:
+    """Whether an op call should take the compiled kernel (True) or the reference (False).
+
+    ``ref`` (or ``LGM_OPS_IMPL=ref``) takes the reference; ``ext`` builds and raises on
+    failure; ``auto`` builds and, on failure, warns once and takes the reference.
+    """
+    global _warned
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "ref" or os.environ.get("LGM_OPS_IMPL") == "ref":
+        return False
+    if impl == "ext":
+        load_library()
+        return True
+    try:
+        load_library()
+        return True
+    except ExtensionBuildError as exc:
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"lightning_genmodels: falling back to the PyTorch reference ops: {exc}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False

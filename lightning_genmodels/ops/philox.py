@@ -1,0 +1,124 @@
+"""Counter-based standard normals: Philox4x32-10 with the Box-Muller transform.
+
+The stream of a seed is infinite and addressable: ``philox_normal(seed, offset, size)`` returns
+its values ``offset .. offset + numel - 1``, so drawing ``n`` then ``m`` values at ``offset + n``
+equals drawing ``n + m`` at once, on any device, in any process. Value ``i`` comes from Philox
+block ``i // 4`` (counter ``(i // 4, 0)``, key ``(seed_lo, seed_hi)``; Salmon et al., SC'11),
+lanes ``(x, y)`` and ``(z, w)`` each giving two normals by Box-Muller.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .build import Impl, register_on_load, use_ext
+
+M32 = 0xFFFFFFFF
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+
+
+def _mulhilo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
+    """High and low 32 bits of ``a * b`` for 32-bit values held in int64, without overflow."""
+    p_lo = a * (b & 0xFFFF)  # < 2**48
+    p_hi = a * (b >> 16)  # < 2**48
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    lo = (p_lo + ((p_hi & 0xFFFF) << 16)) & M32
+    return hi, lo
+
+
+def _philox4x32_10(counter: list[Tensor], seed: int) -> list[Tensor]:
+    """Ten Philox rounds on four int64 lanes of 32-bit values."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = seed & M32, (seed >> 32) & M32
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(PHILOX_M[0], c0)
+        hi1, lo1 = _mulhilo(PHILOX_M[1], c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + PHILOX_W[0]) & M32, (k1 + PHILOX_W[1]) & M32
+    return [c0, c1, c2, c3]
+
+
+def _box_muller(radius_bits: Tensor, angle_bits: Tensor) -> tuple[Tensor, Tensor]:
+    """Two normals from two uniforms: radius from (0, 1], angle from [0, 1), in float32."""
+    u_radius = ((radius_bits >> 8).float() + 1.0) * (1.0 / 16777216.0)
+    u_angle = (angle_bits >> 8).float() * (1.0 / 16777216.0)
+    radius = torch.sqrt(-2.0 * torch.log(u_radius))
+    angle = 6.2831853071795864 * u_angle
+    return radius * torch.cos(angle), radius * torch.sin(angle)
+
+
+def _philox_normal_ref(seed: int, offset: int, size: Sequence[int], device: torch.device) -> Tensor:
+    """Pure-PyTorch reference: the specification the kernels are held to. Float32."""
+    n = 1
+    for s in size:
+        n *= s
+    if n == 0:
+        return torch.empty(tuple(size), dtype=torch.float32, device=device)
+    first, last = offset // 4, (offset + n - 1) // 4
+    block = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+    zero = torch.zeros_like(block)
+    x, y, z, w = _philox4x32_10([block & M32, block >> 32, zero, zero], seed)
+    n0, n1 = _box_muller(x, y)
+    n2, n3 = _box_muller(z, w)
+    stream = torch.stack([n0, n1, n2, n3], dim=1).reshape(-1)
+    start = offset - first * 4
+    return stream[start : start + n].reshape(tuple(size))
+
+
+def _seed_offset(seed: int, offset: int, device: torch.device) -> Tensor:
+    """(seed, offset) as the int64 [2] tensor the kernels read; the seed's bits as signed."""
+    signed_seed = seed - (1 << 64) if seed >= (1 << 63) else seed
+    return torch.tensor([signed_seed, offset], dtype=torch.int64, device=device)
+
+
+def philox_normal(
+    seed: int,
+    offset: int,
+    size: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    impl: Impl = "auto",
+) -> Tensor:
+    """Standard normals ``stream(seed)[offset : offset + prod(size)]`` shaped ``size``.
+
+    Args:
+        seed: stream key, ``0 <= seed < 2**64``.
+        offset: position of the first value in the stream, ``0 <= offset < 2**62``.
+        size: output shape.
+        device: output device (default: the current default device).
+        dtype: floating output dtype; values are computed in float32 and cast.
+        impl: ``"ext"`` the compiled kernel, ``"ref"`` the PyTorch reference, ``"auto"`` the
+            kernel when it builds, else the reference.
+
+    Returns:
+        Tensor of ``size`` with i.i.d. N(0, 1) values, identical (to float rounding) for the
+        same seed and offset on every device.
+    """
+    if not 0 <= int(seed) < (1 << 64):
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    if not 0 <= int(offset) < (1 << 62):
+        raise ValueError(f"offset must be in [0, 2**62), got {offset}")
+    size = [int(s) for s in size]
+    if any(s < 0 for s in size):
+        raise ValueError(f"size must be non-negative, got {size}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be floating point, got {dtype}")
+    device = torch.device(device) if device is not None else torch.empty(0).device
+    if use_ext(impl):
+        out = torch.ops.lightning_genmodels.philox_normal(_seed_offset(seed, offset, device), size)
+    else:
+        out = _philox_normal_ref(int(seed), int(offset), size, device)
+    return out.to(dtype)
+
+
+def _register_fake() -> None:
+    @torch.library.register_fake("lightning_genmodels::philox_normal")
+    def _(seed_offset: Tensor, size: Sequence[int]) -> Tensor:
+        return seed_offset.new_empty(size, dtype=torch.float32)
+
+
+register_on_load(_register_fake)

@@ -1,0 +1,132 @@
+"""philox_normal: the kernels against the reference, the stream's algebra, N(0, 1) draws."""
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import stats
+
+from lightning_genmodels.ops import load_library, philox_normal
+from lightning_genmodels.ops.philox import _philox4x32_10, _seed_offset
+from tests.utils import DEVICES
+
+SEEDS = [0, 1, 2**32 - 1, 2**32 + 5, 2**63 + 12345, 2**64 - 1]
+
+
+def sample_inputs(device: str):
+    """(seed, offset, size) cases covering partial Philox blocks at both ends and empty shapes."""
+    for seed in SEEDS:
+        yield seed, 0, [3, 5]
+    for offset in [1, 2, 3, 4, 7, 2**33 + 1]:
+        yield 42, offset, [9]
+    yield 7, 0, []
+    yield 7, 5, [0, 4]
+    yield 11, 13, [2, 3, 4, 5]
+    yield 3, 0, [100_003]
+
+
+@pytest.mark.parametrize(
+    "counter, key, expected",
+    [  # Random123 known-answer vectors for philox4x32_10.
+        ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+        ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+        (
+            [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+            [0xA4093822, 0x299F31D0],
+            [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1],
+        ),
+    ],
+)
+def test_reference_philox_matches_known_answers(counter, key, expected):
+    lanes = [torch.tensor([c], dtype=torch.int64) for c in counter]
+    out = _philox4x32_10(lanes, key[0] | (key[1] << 32))
+    assert [int(x) for x in out] == expected
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ext_matches_reference(device):
+    for seed, offset, size in sample_inputs(device):
+        ext = philox_normal(seed, offset, size, device=device, impl="ext")
+        ref = philox_normal(seed, offset, size, device=device, impl="ref")
+        assert ext.shape == torch.Size(size) and ext.device.type == device
+        torch.testing.assert_close(ext, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=DEVICES[1].marks)])
+def test_cpu_and_cuda_give_the_same_stream(device):
+    cpu = philox_normal(123, 17, [4097], device="cpu", impl="ext")
+    gpu = philox_normal(123, 17, [4097], device=device, impl="ext")
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+def test_offsets_address_one_stream(impl):
+    whole = philox_normal(5, 0, [1001], impl=impl)
+    parts = [philox_normal(5, start, [n], impl=impl) for start, n in [(0, 3), (3, 500), (503, 498)]]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    assert not torch.equal(philox_normal(6, 0, [1001], impl=impl), whole)
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+def test_draws_are_standard_normal(impl):
+    x = philox_normal(2024, 0, [200_000], impl=impl).double()
+    result = stats.kstest(x.numpy(), "norm")
+    assert result.pvalue > 1e-3, result
+    assert abs(x.mean().item()) < 0.01 and abs(x.var().item() - 1.0) < 0.02
+    # Neighbours (same Philox block and across blocks) are uncorrelated.
+    for lag in (1, 2, 4):
+        corr = torch.corrcoef(torch.stack([x[:-lag], x[lag:]]))[0, 1].item()
+        assert abs(corr) < 0.01, (lag, corr)
+    # Different seeds are uncorrelated streams.
+    y = philox_normal(2025, 0, [200_000], impl=impl).double()
+    assert abs(torch.corrcoef(torch.stack([x, y]))[0, 1].item()) < 0.01
+
+
+def test_dtype_and_device_options():
+    out = philox_normal(1, 0, [4, 4], dtype=torch.float64)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.float(), philox_normal(1, 0, [4, 4]))
+
+
+def test_opcheck():
+    load_library()
+    for seed, offset, size in sample_inputs("cpu"):
+        torch.library.opcheck(
+            torch.ops.lightning_genmodels.philox_normal.default, (_seed_offset(seed, offset, "cpu"), size)
+        )
+
+
+def test_works_under_torch_compile():
+    load_library()
+
+    def noisy(x: torch.Tensor, seed_offset: torch.Tensor) -> torch.Tensor:
+        return x + torch.ops.lightning_genmodels.philox_normal(seed_offset, list(x.shape))
+
+    compiled = torch.compile(noisy, backend="aot_eager", fullgraph=True)
+    x, so = torch.zeros(3, 8), _seed_offset(9, 4, "cpu")
+    torch.testing.assert_close(compiled(x, so), philox_normal(9, 4, [3, 8]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": 2**64}, ValueError, "seed"),
+        ({"offset": -3}, ValueError, "offset"),
+        ({"size": [2, -1]}, ValueError, "size"),
+        ({"dtype": torch.int32}, TypeError, "dtype"),
+        ({"impl": "fast"}, ValueError, "impl"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    args = {"seed": 1, "offset": 0, "size": [3]} | kwargs
+    impl = args.pop("impl", "ext")
+    with pytest.raises(error, match=match):
+        philox_normal(args.pop("seed"), args.pop("offset"), args.pop("size"), impl=impl, **args)
+
+
+def test_kernel_checks_its_state_tensor():
+    load_library()
+    with pytest.raises(RuntimeError, match="seed_offset must be an int64 tensor of 2 elements"):
+        torch.ops.lightning_genmodels.philox_normal(torch.zeros(2, dtype=torch.int32), [3])
+    with pytest.raises(RuntimeError, match="seed_offset must be an int64 tensor of 2 elements"):
+        torch.ops.lightning_genmodels.philox_normal(torch.zeros(3, dtype=torch.int64), [3])
