@@ -1,0 +1,102 @@
+"""Shared benchmark plumbing: timing, the record format, tables and JSON.
+
+Every benchmark in this folder prints a table and, with ``--json PATH``, writes a list of
+records ``{bench, impl, device, params, median_s, min_s, max_s, ...extra}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Record:
+    """One measured case of one implementation."""
+
+    bench: str
+    impl: str
+    device: str
+    params: dict[str, Any]
+    median_s: float
+    min_s: float
+    max_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(out.pop("extra"))
+        return out
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device | str, repeats: int = 5, warmup: int = 1):
+    """Median, min and max wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), max(times)
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="a subset that runs in about a minute")
+    parser.add_argument("--json", type=Path, help="write the records to this JSON file")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case")
+    return parser
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info = {
+        "date": date.today().isoformat(),
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain fixed-width table; floats to 4 significant digits."""
+
+    def fmt(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def write_json(path: Path | None, records: list[Record], device: str) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(device)
+    payload = [{**r.as_json(), "machine": machine} for r in records]
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {len(records)} records to {path}")

@@ -1,0 +1,4 @@
+"""``python -m lightning_genmodels``: the LightningCLI entry point."""
+from .cli import main
+
+main()
