@@ -1,0 +1,191 @@
+"""Plumbing for streamed EM: the E-step sums (:class:`EMStatistics`), cross-rank collectives,
+the weights that cancel DistributedSampler padding, a sampler that never pads, and the
+in-memory DataModule behind ``fit(X)``.
+
+Padding: ``DistributedSampler`` (and Lightning's ``DistributedSamplerWrapper``, a subclass) with
+``drop_last=False`` repeats the first ``total_size - len(dataset)`` indices at the END of its
+padded index list, and rank r takes positions ``r, r + R, r + 2R, ...`` of it (R replicas). The
+j-th sample rank r sees is therefore padding exactly when ``r + j R >= len(dataset)``; those
+rows get sample weight 0 so each data point counts once across ranks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torchmetrics import Metric
+
+from .gmm_math import covariance_shape
+from .ops.gmm import GMMStats
+
+# A zero-argument callable that starts one pass over the (rank-local) data, yielding
+# ``(x [B, D], sample_weight [B] or None)``; called once per pass.
+Batches = Callable[[], Iterable[tuple[Tensor, Tensor | None]]]
+
+
+def is_distributed() -> bool:
+    """Whether a torch.distributed process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(*tensors: Tensor) -> None:
+    """Sum each tensor over ranks in place (no-op in a single process)."""
+    if is_distributed():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def all_gather_cat(t: Tensor) -> Tensor:
+    """Concatenate a same-shaped tensor from every rank along dim 0 (itself in one process)."""
+    if not is_distributed():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_(*tensors: Tensor, src: int = 0) -> None:
+    """Copy each tensor from rank ``src`` to every rank, in place."""
+    if is_distributed():
+        for t in tensors:
+            dist.broadcast(t, src=src)
+
+
+def rank() -> int:
+    """This process's global rank (0 in a single process)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def shared_seed(seed: int | None, device: torch.device) -> int:
+    """``seed``, or a fresh random seed drawn on rank 0 and shared by every rank (``device``:
+    where the collective runs, the CUDA device under NCCL)."""
+    if seed is not None:
+        return int(seed)
+    drawn = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(device)
+    broadcast_(drawn)
+    return int(drawn.item())
+
+
+def padding_weights(sampler: Any, start: int, n_rows: int, device: torch.device) -> Tensor | None:
+    """Sample weights [n_rows] (0 on DistributedSampler padding, 1 elsewhere), or None when
+    no row of ``start .. start + n_rows`` (rank-local positions) is padding."""
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return None
+    n_data = len(sampler.dataset)  # type: ignore[arg-type]
+    if sampler.total_size <= n_data:
+        return None
+    first_pad = max(0, math.ceil((n_data - sampler.rank) / sampler.num_replicas))
+    if start + n_rows <= first_pad:
+        return None
+    j = torch.arange(start, start + n_rows, device=device)
+    return (j < first_pad).to(torch.float64)
+
+
+def batch_tensor(batch: Any) -> Tensor:
+    """The input tensor of a batch: ``batch`` itself or the first item of a tuple/list/dict."""
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    elif isinstance(batch, dict):
+        batch = next(iter(batch.values()))
+    return batch.reshape(batch.shape[0], -1)
+
+
+def loader_batches(loader: Iterable[Any], sampler: Any, device: torch.device, dtype: torch.dtype) -> Batches:
+    """A :data:`Batches` over a DataLoader: rows flattened to [B, D], moved to device/dtype, with
+    the padding weights of ``sampler`` (the loader's, possibly a DistributedSampler)."""
+
+    def passes() -> Iterator[tuple[Tensor, Tensor | None]]:
+        seen = 0
+        for batch in loader:
+            x = batch_tensor(batch).to(device=device, dtype=dtype)
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("the data contain NaN or infinite values")
+            w = padding_weights(sampler, seen, x.shape[0], device)
+            seen += x.shape[0]
+            yield x, (None if w is None else w.to(dtype))
+
+    return passes
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank r takes indices ``r, r + R, ...`` of the data set, in order and without padding:
+    ranks may see one sample more or less than each other, and no sample twice."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)  # type: ignore[arg-type]
+        self.num_samples = len(range(rank, n, num_replicas))
+        self.total_size = n  # no padding: padding_weights sees total_size == len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class TensorDataModule(LightningDataModule):
+    """In-memory rows [N, D] for ``GaussianMixture.fit(X)``; under DDP each rank gets an
+    :class:`UnpaddedDistributedSampler` shard (built lazily, once the process group exists)."""
+
+    def __init__(self, x: Tensor, batch_size: int = 4096, num_workers: int = 0) -> None:
+        super().__init__()
+        self.x = x
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = TensorDataset(self.x)
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnpaddedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+
+
+class EMStatistics(Metric):
+    """Float64 sums of the E-step over the batches of one epoch: ``update`` only accumulates;
+    ``compute`` returns them summed over DDP ranks.
+
+    States (float64): nk [K], sx [K, D], sxx (layout of the covariance type), loglik [],
+    n_total [] (Σ sample weights), n_nonfinite [] (non-finite values seen in the data).
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_components: int, n_features: int, covariance_type: str) -> None:
+        super().__init__()
+        shapes = {
+            "nk": (n_components,),
+            "sx": (n_components, n_features),
+            "sxx": covariance_shape(covariance_type, n_components, n_features),
+            "loglik": (),
+            "n_total": (),
+            "n_nonfinite": (),
+        }
+        for name, shape in shapes.items():
+            self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, stats: GMMStats, n_rows: Tensor, n_nonfinite: Tensor) -> None:
+        self.nk += stats.nk
+        self.sx += stats.sx
+        self.sxx += stats.sxx
+        self.loglik += stats.loglik
+        self.n_total += n_rows.double()
+        self.n_nonfinite += n_nonfinite.double()
+
+    def compute(self) -> tuple[GMMStats, Tensor, Tensor]:
+        return GMMStats(self.nk, self.sx, self.sxx, self.loglik), self.n_total, self.n_nonfinite
+
+    def _apply(self, fn: Any, exclude_state: Sequence[str] = ()) -> "EMStatistics":
+        # Follow device moves, but never leave float64: ``module.to(dtype)`` would cast states.
+        this = super()._apply(fn, exclude_state)
+        for name in this._defaults:
+            setattr(this, name, getattr(this, name).double())
+            this._defaults[name] = this._defaults[name].double()
+        return this

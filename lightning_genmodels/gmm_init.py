@@ -1,0 +1,113 @@
+"""Initial Gaussian-mixture moments, streamed over the training data (scikit-learn's
+``init_params`` meanings).
+
+Each method returns the raw moments of an initial responsibility matrix, summed over all ranks,
+which the M-step turns into the starting weights, means and covariances:
+
+- ``kmeans``: one-hot responsibilities of the nearest centre of our streamed k-means
+  (k-means++ seeding + Lloyd), computed in one more pass with the final centres.
+- ``k-means++``: each component owns exactly its k-means++ seed point (mean = that point,
+  covariance = ``reg_covar``), as scikit-learn's ``kmeans_plusplus`` init.
+- ``random``: responsibilities uniform random per row, normalised to sum to 1.
+- ``random_from_data``: each component owns one distinct row drawn uniformly.
+
+Deviations from scikit-learn: the starting weights are normalised (scikit-learn leaves them at
+1/N each for ``k-means++`` and ``random_from_data``), and for those two methods the tied
+covariance is ``reg_covar · I`` like the other types (scikit-learn divides the scatter of all N
+rows by K there). Every method draws from a seed shared by all ranks, so ranks agree.
+"""
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, get_args
+
+import torch
+from torch import Tensor
+
+from .gmm_data import Batches, all_reduce_sum
+from .gmm_math import resp_statistics
+from .kmeans import kmeans, kmeans_plusplus, rank_generator, squared_distances, weighted_draw
+from .ops.gmm import GMMStats
+
+InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
+INIT_PARAMS: tuple[str, ...] = get_args(InitParams)
+
+
+class InitMoments(NamedTuple):
+    """Moments of the initial responsibilities, the centres they came from, the data's weight."""
+
+    stats: GMMStats
+    centers: Tensor | None  # [K, D] float64, kept as means of components left empty
+    n_total: float
+
+
+def _sum_stats(a: GMMStats | None, b: GMMStats) -> GMMStats:
+    return b if a is None else GMMStats(*(u + v for u, v in zip(a, b)))
+
+
+def _pass_statistics(batches: Batches, resp_fn, covariance_type: str) -> tuple[GMMStats, float]:
+    """Σ over one pass of :func:`resp_statistics` with resp = ``resp_fn(x)``, summed over ranks."""
+    acc: GMMStats | None = None
+    total = 0.0
+    for x, s in batches():
+        acc = _sum_stats(acc, resp_statistics(x, resp_fn(x), covariance_type, s))
+        total += x.shape[0] if s is None else float(s.sum())
+    if acc is None:
+        raise ValueError("the training data loader yielded no batches")
+    n = torch.tensor(total, dtype=torch.float64, device=acc.nk.device)
+    all_reduce_sum(acc.nk, acc.sx, acc.sxx, n)
+    return acc, float(n)
+
+
+def _one_per_component(rows: Tensor, covariance_type: str) -> GMMStats:
+    """Moments where component k owns exactly row k of ``rows`` [K, D]."""
+    k = rows.shape[0]
+    return resp_statistics(rows, torch.eye(k, dtype=torch.float64, device=rows.device), covariance_type)
+
+
+def initial_moments(
+    batches: Batches,
+    init_params: str,
+    n_components: int,
+    covariance_type: str,
+    seed: int,
+    kmeans_max_iter: int = 300,
+    kmeans_tol: float = 1e-4,
+) -> InitMoments:
+    """Moments of the initial responsibilities of ``init_params`` (module docstring).
+
+    Args:
+        batches: the rank-local training data.
+        init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
+        n_components: K.
+        covariance_type: the layout of the moments.
+        seed: shared by all ranks.
+        kmeans_max_iter: Lloyd passes at most (``kmeans``).
+        kmeans_tol: Lloyd's relative tolerance (``kmeans``).
+
+    Returns:
+        InitMoments, identical on every rank.
+    """
+    k = n_components
+    if init_params == "kmeans":
+        centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol).centers
+        one_hot = lambda x: torch.nn.functional.one_hot(  # noqa: E731
+            squared_distances(x, centers).argmin(1), k
+        ).double()
+        stats, n = _pass_statistics(batches, one_hot, covariance_type)
+        return InitMoments(stats, centers, n)
+    if init_params == "k-means++":
+        centers, n = kmeans_plusplus(batches, k, seed)
+        return InitMoments(_one_per_component(centers, covariance_type), centers, n)
+    if init_params == "random_from_data":
+        rows, n = weighted_draw(batches, k, rank_generator(seed))
+        return InitMoments(_one_per_component(rows.double(), covariance_type), rows.double(), n)
+    if init_params == "random":
+        g = rank_generator(seed)
+
+        def uniform(x: Tensor) -> Tensor:
+            r = torch.rand(x.shape[0], k, generator=g, dtype=torch.float64).to(x.device)
+            return r / r.sum(1, keepdim=True)
+
+        stats, n = _pass_statistics(batches, uniform, covariance_type)
+        return InitMoments(stats, None, n)
+    raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {init_params!r}")

@@ -1,0 +1,248 @@
+"""Pure functions of Gaussian-mixture EM: the M-step from raw moments, precision Cholesky
+factors, moments of given responsibilities, and the parameter count behind BIC/AIC.
+
+Layouts follow scikit-learn's ``GaussianMixture`` (K components, D features):
+
+    covariance_type   covariances / precisions / precisions_cholesky
+    full              [K, D, D]        (precisions_cholesky upper-triangular: P = U Uᵀ)
+    tied              [D, D]
+    diag              [K, D]
+    spherical         [K]
+
+Every function here computes in float64; callers cast the results to the model's dtype.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .ops.gmm import GMMStats
+
+CHOLESKY_ERROR = (
+    "Fitting the mixture model failed because some components have ill-defined empirical "
+    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+    "number of components, increase reg_covar, or scale the input data."
+)
+
+
+class MStep(NamedTuple):
+    """Parameters after one M-step (float64) and which components were empty."""
+
+    weights: Tensor  # [K]
+    means: Tensor  # [K, D]
+    covariances: Tensor  # full [K, D, D], tied [D, D], diag [K, D], spherical [K]
+    empty: Tensor  # [K] bool
+
+
+def _add_to_diagonal(matrix: Tensor, value: float) -> Tensor:
+    """matrix + value · I over the last two dimensions (out of place)."""
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    return matrix + value * eye
+
+
+def m_step(
+    stats: GMMStats,
+    covariance_type: str,
+    reg_covar: float,
+    eps: float,
+    prev_means: Tensor | None = None,
+    prev_covariances: Tensor | None = None,
+) -> MStep:
+    """Maximum-likelihood mixture parameters from the E-step's raw moments (PRML eqs. 9.24-9.27).
+
+    As scikit-learn's ``_estimate_gaussian_parameters``, every count gets ``10 · eps`` so that
+    no weight is exactly 0 (nk' = nk + 10 eps):
+
+        weights = nk' / Σ nk'         means = sx / nk'
+        full  = sxx / nk' − μ μᵀ + reg I          diag = sxx / nk' − μ² + reg
+        tied  = (sxx − Σ_k nk' μ_k μ_kᵀ) / Σ nk' + reg I      spherical = mean_d(diag)
+
+    Empty-component policy: a component whose count nk is below ``1e-10 · max(Σ nk, 1)`` (it lost
+    all its points) keeps ``prev_means`` / ``prev_covariances`` when given (so it does not
+    collapse onto the origin with covariance ``reg_covar``, as the plain formula would make it)
+    and its weight stays the tiny ``10 eps / Σ nk'``; it stays dormant unless points come back.
+
+    Args:
+        stats: float64 moments of one E-step pass (``gmm_em_stats``).
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        reg_covar: added to the diagonal of every covariance.
+        eps: machine epsilon of the model's dtype (scikit-learn uses the data's).
+        prev_means: [K, D] means before this step, kept for empty components.
+        prev_covariances: covariances before this step, kept for empty components.
+
+    Returns:
+        MStep(weights [K], means [K, D], covariances, empty [K]) in float64.
+    """
+    nk_raw, sx, sxx = stats.nk.double(), stats.sx.double(), stats.sxx.double()
+    # 1. counts, weights and means
+    nk = nk_raw + 10.0 * eps
+    total = nk.sum()
+    weights = nk / total
+    means = sx / nk[:, None]
+    # 2. covariances from raw moments
+    if covariance_type == "full":
+        cov = sxx / nk[:, None, None] - means[:, :, None] * means[:, None, :]
+        cov = _add_to_diagonal(cov, reg_covar)
+    elif covariance_type == "tied":
+        cov = (sxx - torch.einsum("k,ki,kj->ij", nk, means, means)) / total
+        cov = _add_to_diagonal(cov, reg_covar)
+    elif covariance_type == "diag":
+        cov = sxx / nk[:, None] - means.square() + reg_covar
+    else:
+        cov = (sxx / nk - means.square().sum(1)) / sx.shape[1] + reg_covar
+    # 3. empty components keep their previous mean and covariance
+    empty = nk_raw < 1e-10 * max(float(nk_raw.sum()), 1.0)
+    if bool(empty.any()):
+        if prev_means is not None:
+            means = torch.where(empty[:, None], prev_means.double(), means)
+        if prev_covariances is not None and covariance_type != "tied":
+            shape = (-1,) + (1,) * (cov.dim() - 1)
+            cov = torch.where(empty.reshape(shape), prev_covariances.double(), cov)
+    return MStep(weights, means, cov, empty)
+
+
+def precision_cholesky(covariances: Tensor, covariance_type: str) -> Tensor:
+    """Cholesky factors of the precisions from covariances (scikit-learn's
+    ``_compute_precision_cholesky``): full/tied ``U = (L⁻¹)ᵀ`` with ``Σ = L Lᵀ``, so that
+    ``Σ⁻¹ = U Uᵀ``; diag/spherical ``1 / √σ²``.
+
+    Raises:
+        ValueError: a covariance is not positive definite (advice: increase ``reg_covar``).
+    """
+    cov = covariances.double()
+    if covariance_type in ("full", "tied"):
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if bool((info != 0).any()):
+            raise ValueError(CHOLESKY_ERROR)
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
+        return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
+    if not bool(torch.isfinite(cov).all()) or bool((cov <= 0).any()):
+        raise ValueError(CHOLESKY_ERROR)
+    return cov.rsqrt()
+
+
+def precision_cholesky_from_precisions(precisions: Tensor, covariance_type: str) -> Tensor:
+    """Upper-triangular ``U`` with ``P = U Uᵀ`` (scikit-learn's flip trick: chol(J P J) = L,
+    U = J L J with J the exchange matrix); ``√P`` for diag/spherical."""
+    prec = precisions.double()
+    if covariance_type in ("full", "tied"):
+        flipped = prec.flip(-1, -2)
+        chol, info = torch.linalg.cholesky_ex(flipped)
+        if bool((info != 0).any()):
+            raise ValueError(f"precisions_init must be symmetric positive definite ({covariance_type})")
+        return chol.flip(-1, -2)
+    if bool((prec <= 0).any()):
+        raise ValueError(f"precisions_init must be positive ({covariance_type})")
+    return prec.sqrt()
+
+
+def precisions_from_cholesky(prec_chol: Tensor, covariance_type: str) -> Tensor:
+    """Precisions ``U Uᵀ`` (full/tied) or ``U²`` (diag/spherical)."""
+    if covariance_type in ("full", "tied"):
+        return prec_chol @ prec_chol.transpose(-1, -2)
+    return prec_chol.square()
+
+
+def covariances_from_precisions(precisions: Tensor, covariance_type: str) -> Tensor:
+    """Inverse of the precisions (matrix inverse for full/tied, reciprocal otherwise)."""
+    prec = precisions.double()
+    if covariance_type in ("full", "tied"):
+        return torch.linalg.inv(prec)
+    return prec.reciprocal()
+
+
+def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple[int, ...]:
+    """Shape of the covariances (and precisions, precisions_cholesky) of a covariance type."""
+    k, d = n_components, n_features
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+
+
+def resp_statistics(
+    x: Tensor, resp: Tensor, covariance_type: str, sample_weight: Tensor | None = None
+) -> GMMStats:
+    """The moments of :func:`gmm_em_stats` for given responsibilities (initialisation).
+
+    Args:
+        x: [N, D].
+        resp: [N, K] responsibilities (rows need not sum to 1: one-hot labels, random rows).
+        covariance_type: selects the layout of ``sxx``; tied sums x xᵀ over all weighted rows.
+        sample_weight: [N] row weights; None means ones.
+
+    Returns:
+        GMMStats in float64 with ``loglik`` = 0.
+    """
+    x64 = x.double()
+    r = resp.double()
+    s = torch.ones(x64.shape[0], dtype=torch.float64, device=x.device)
+    if sample_weight is not None:
+        s = sample_weight.double()
+        r = r * s[:, None]
+    nk = r.sum(0)
+    sx = r.T @ x64
+    if covariance_type == "full":
+        sxx = torch.einsum("nk,ni,nj->kij", r, x64, x64)
+    elif covariance_type == "tied":
+        sxx = (x64 * s[:, None]).T @ x64
+    elif covariance_type == "diag":
+        sxx = r.T @ x64.square()
+    else:
+        sxx = r.T @ x64.square().sum(1)
+    return GMMStats(nk, sx, sxx, x64.new_zeros(()))
+
+
+def sample_from_normals(
+    z: Tensor, labels: Tensor, means: Tensor, covariances: Tensor, covariance_type: str
+) -> Tensor:
+    """Mixture draws x_n = μ_k + L_k z_n (Σ_k = L_k L_kᵀ) for standard normals z [N, D] and
+    component labels [N]; float64 [N, D]."""
+    x = means[labels].clone()
+    if covariance_type == "full":
+        chol = torch.linalg.cholesky(covariances)
+        for k in labels.unique().tolist():
+            rows = labels == k
+            x[rows] += z[rows] @ chol[k].T
+    elif covariance_type == "tied":
+        x += z @ torch.linalg.cholesky(covariances).T
+    elif covariance_type == "diag":
+        x += z * covariances[labels].sqrt()
+    else:
+        x += z * covariances[labels].sqrt()[:, None]
+    return x
+
+
+def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
+    """Free parameters of the mixture (for BIC/AIC), as scikit-learn's ``_n_parameters``."""
+    k, d = n_components, n_features
+    cov = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": k * d, "spherical": k}
+    return cov[covariance_type] + k * d + k - 1
+
+
+def as_float64(value: Any, name: str) -> Tensor | None:
+    """A user-given array (Tensor, NumPy array, nested lists) as a float64 tensor; None stays."""
+    if value is None:
+        return None
+    t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value).double()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+def check_given_init(given: dict[str, Tensor | None], covariance_type: str, k: int, d: int) -> None:
+    """Validate weights_init, means_init and precisions_init against K and D (scikit-learn's rules)."""
+    w, m, p = given["weights"], given["means"], given["precisions"]
+    if w is not None:
+        if tuple(w.shape) != (k,):
+            raise ValueError(f"weights_init must have shape ({k},), got {tuple(w.shape)}")
+        if bool((w < 0).any() or (w > 1).any()) or abs(float(w.sum()) - 1.0) > 1e-6:
+            raise ValueError("weights_init must lie in [0, 1] and sum to 1")
+    if m is not None and tuple(m.shape) != (k, d):
+        raise ValueError(f"means_init must have shape ({k}, {d}), got {tuple(m.shape)}")
+    if p is not None:
+        shape = covariance_shape(covariance_type, k, d)
+        if tuple(p.shape) != shape:
+            raise ValueError(
+                f"precisions_init must have shape {shape} for {covariance_type!r}, got {tuple(p.shape)}"
+            )

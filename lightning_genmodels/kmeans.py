@@ -1,0 +1,144 @@
+"""Streamed, DDP-aware k-means: k-means++ seeding and Lloyd's iterations, one pass each.
+
+The data are never held in memory: every step is a pass of :data:`~.gmm_data.Batches` over the
+rank-local rows whose per-rank sums (or per-rank candidates) are combined across ranks, so every
+rank ends with the same centres. Rows of sample weight 0 (DDP padding) never count.
+
+- Seeding is k-means++ (Arthur & Vassilvitskii, 2007): the first centre uniform over the rows,
+  each next one drawn with probability ∝ D(x)², the squared distance to the nearest centre
+  chosen so far; one pass per centre. scikit-learn's greedy variant (2 + log K trial draws kept
+  by least potential) is not used.
+- A draw is weighted reservoir sampling (Efraimidis & Spirakis, 2006): each row gets the key
+  E / w with E ~ Exp(1) and the ``n`` smallest keys win; ranks pool their local winners.
+- Lloyd's iterations stop when the squared centre shift Σ_k ||c_k' − c_k||² is at most
+  ``tol`` times the mean per-feature variance of the data (scikit-learn's tolerance), or after
+  ``max_iter`` passes. An empty cluster keeps its previous centre (scikit-learn moves it to a
+  far point instead, which needs the rows in memory).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .gmm_data import Batches, all_gather_cat, all_reduce_sum, rank
+
+
+class KMeansResult(NamedTuple):
+    """Centres [K, D] (float64), the inertia of the last assignment pass, Lloyd passes run."""
+
+    centers: Tensor
+    inertia: float
+    n_iter: int
+
+
+def squared_distances(x: Tensor, centers: Tensor) -> Tensor:
+    """||x_n − c_k||² as [N, K] float64 (clamped at 0 against cancellation)."""
+    x64, c = x.double(), centers.double()
+    d2 = x64.square().sum(1, keepdim=True) - 2.0 * x64 @ c.T + c.square().sum(1)
+    return d2.clamp_min_(0.0)
+
+
+def rank_generator(seed: int) -> torch.Generator:
+    """A CPU generator for per-row randomness: ``seed`` on rank 0, distinct on other ranks."""
+    return torch.Generator().manual_seed((seed + 1_000_003 * rank()) % 2**63)
+
+
+def weighted_draw(
+    batches: Batches,
+    n: int,
+    generator: torch.Generator,
+    weight_fn: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, float]:
+    """Draw ``n`` rows without replacement, row x with probability ∝ s · weight_fn(x), in one pass.
+
+    Args:
+        batches: the data (rank-local rows and their sample weights s).
+        n: rows to draw.
+        generator: CPU generator, different on every rank (:func:`rank_generator`).
+        weight_fn: [B, D] -> [B] non-negative weights; None means uniform.
+
+    Returns:
+        (rows [n, D] in the data's dtype, total sample weight of the data over all ranks). Where
+        fewer than ``n`` rows have positive weight, the remaining rows are arbitrary data rows.
+    """
+    best_keys: Tensor | None = None
+    best_rows: Tensor | None = None
+    total = torch.zeros((), dtype=torch.float64)
+    for x, s in batches():
+        w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if s is None else s.double()
+        total = total.to(x.device) + w.sum()
+        if weight_fn is not None:
+            w = w * weight_fn(x).double()
+        e = -torch.log1p(-torch.rand(x.shape[0], generator=generator, dtype=torch.float64))  # Exp(1)
+        keys = torch.where(w > 0, e.to(x.device) / w, torch.inf)
+        if best_keys is not None:
+            keys, x = torch.cat([best_keys, keys]), torch.cat([best_rows, x])
+        order = torch.argsort(keys)[:n]
+        best_keys, best_rows = keys[order], x[order]
+    if best_keys is None:
+        raise ValueError("the training data loader yielded no batches")
+    # Pad to n rows so every rank contributes the same shape to the gather.
+    if best_keys.shape[0] < n:
+        short = n - best_keys.shape[0]
+        best_keys = torch.cat([best_keys, best_keys.new_full((short,), torch.inf)])
+        best_rows = torch.cat([best_rows, best_rows[:1].expand(short, -1)])
+    keys, rows = all_gather_cat(best_keys), all_gather_cat(best_rows)
+    all_reduce_sum(total)
+    order = torch.argsort(keys, stable=True)[:n]
+    return rows[order], float(total)
+
+
+def kmeans_plusplus(batches: Batches, n_clusters: int, seed: int) -> tuple[Tensor, float]:
+    """k-means++ centres [K, D] (float64), K passes; also returns the total sample weight."""
+    g = rank_generator(seed)
+    first, total = weighted_draw(batches, 1, g)
+    centers = first.double()
+    for _ in range(1, n_clusters):
+        d2 = lambda x, c=centers: squared_distances(x, c).min(1).values  # noqa: E731
+        nxt, _ = weighted_draw(batches, 1, g, d2)
+        centers = torch.cat([centers, nxt.double()])
+    return centers, total
+
+
+def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
+    """Lloyd's iterations from ``centers`` [K, D], one pass each (tolerance: module docstring)."""
+    centers = centers.double()
+    k, d = centers.shape
+    tol_abs = None
+    inertia = torch.zeros((), dtype=torch.float64)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        counts = centers.new_zeros(k)
+        sums = centers.new_zeros(k, d)
+        inertia = centers.new_zeros(())
+        moments = centers.new_zeros(3, d)  # Σ s, Σ s x, Σ s x² (first pass: the tolerance)
+        for x, s in batches():
+            x64 = x.double()
+            w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if s is None else s.double()
+            d2 = squared_distances(x64, centers)
+            best, labels = d2.min(1)
+            counts.index_add_(0, labels, w)
+            sums.index_add_(0, labels, x64 * w[:, None])
+            inertia += (best * w).sum()
+            if tol_abs is None:
+                moments += torch.stack([w.sum().expand(d), w @ x64, w @ x64.square()])
+        all_reduce_sum(counts, sums, inertia)
+        if tol_abs is None:
+            all_reduce_sum(moments)
+            n = moments[0].clamp_min(1.0)
+            variances = moments[2] / n - (moments[1] / n).square()
+            tol_abs = tol * float(variances.mean())
+        new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1e-300)[:, None], centers)
+        shift = float((new - centers).square().sum())
+        centers = new
+        if shift <= tol_abs:
+            break
+    return KMeansResult(centers, float(inertia), n_iter)
+
+
+def kmeans(batches: Batches, n_clusters: int, seed: int, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
+    """k-means++ seeding followed by Lloyd's iterations (K + up to ``max_iter`` passes)."""
+    centers, _ = kmeans_plusplus(batches, n_clusters, seed)
+    return lloyd(batches, centers, max_iter, tol)

@@ -1,0 +1,57 @@
+"""Fit GaussianMixture on 2 CPU processes with DDP; run by tests/test_gmm.py in a subprocess.
+
+Usage: python ddp_gmm_script.py IN.pt OUT_DIR. Lightning's DDP launcher re-executes this
+command for rank 1; every rank writes its fitted parameters to OUT_DIR/{case}.rank{r}.pt:
+
+- ``loader``: Trainer.fit on a user DataLoader (shuffled), where Lightning inserts a padding
+  DistributedSampler; the padded rows must get sample weight 0.
+- ``fit``: GaussianMixture.fit(X, devices=2), whose own loader does not pad.
+- ``kmeans``: the streamed k-means initialisation under DDP (ranks must agree).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_genmodels.gmm import GaussianMixture
+
+PARAMS = ("weights_", "means_", "covariances_", "precisions_cholesky_")
+
+
+def _save(model: GaussianMixture, out: Path, case: str, rank: int) -> None:
+    state = {name: getattr(model, name).cpu() for name in PARAMS}
+    state.update(n_iter_=model.n_iter_, lower_bound_=model.lower_bound_, lower_bounds_=model.lower_bounds_)
+    torch.save(state, out / f"{case}.rank{rank}.pt")
+
+
+def main(inp: str, out_dir: str) -> None:
+    warnings.filterwarnings("ignore")
+    data = torch.load(inp)
+    x, kwargs, batch_size = data["x"], data["kwargs"], data["batch_size"]
+    out = Path(out_dir)
+    flags = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+             "enable_model_summary": False}
+
+    model = GaussianMixture(**kwargs)
+    trainer = Trainer(max_epochs=kwargs["max_iter"], precision="64-true", **flags, **quiet)
+    loader = DataLoader(TensorDataset(x), batch_size=batch_size, shuffle=True)
+    trainer.fit(model, train_dataloaders=loader)
+    _save(model, out, "loader", trainer.global_rank)
+
+    model = GaussianMixture(**kwargs).fit(x, batch_size=batch_size, **flags)
+    _save(model, out, "fit", trainer.global_rank)
+
+    k = kwargs["n_components"]
+    model = GaussianMixture(k, covariance_type="diag", max_iter=3, random_state=0, impl="ref")
+    model.fit(x, batch_size=batch_size, **flags)
+    _save(model, out, "kmeans", trainer.global_rank)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

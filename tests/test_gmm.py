@@ -1,0 +1,398 @@
+"""GaussianMixture: parity with scikit-learn, initialisations, errors, checkpoints, MNIST, DDP."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_genmodels.gmm import GaussianMixture
+from lightning_genmodels.gmm_data import padding_weights
+
+from .utils import DEVICES
+
+ROOT = Path(__file__).resolve().parents[1]
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+PARAMS = ["weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"]
+QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+         "enable_model_summary": False}
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::RuntimeWarning", "ignore::sklearn.exceptions.ConvergenceWarning", "ignore::UserWarning"
+)
+
+
+def blobs(n: int = 500, d: int = 5, k: int = 3, spread: float = 4.0, seed: int = 0) -> np.ndarray:
+    """n rows around k centres ``spread`` apart, cluster scales differing per feature."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * spread
+    labels = np.arange(n) % k
+    return centres[labels] + rng.normal(size=(n, d)) * rng.uniform(0.5, 1.5, size=(k, d))[labels]
+
+
+def given_init(x: np.ndarray, k: int, covariance_type: str) -> dict:
+    """Starting parameters away from the optimum: data rows as means, unit precisions."""
+    d = x.shape[1]
+    shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    matrices = covariance_type in ("full", "tied")
+    precisions = np.broadcast_to(np.eye(d), shape).copy() if matrices else np.ones(shape)
+    weights = np.arange(1, k + 1, dtype=np.float64)
+    return {"weights_init": weights / weights.sum(), "means_init": x[:k] + 0.5, "precisions_init": precisions}
+
+
+def rel_err(ours: torch.Tensor, theirs: np.ndarray) -> float:
+    a = ours.detach().cpu().double().numpy()
+    return float(np.max(np.abs(a - theirs)) / max(np.max(np.abs(theirs)), 1e-300))
+
+
+def fit_both(x: np.ndarray, covariance_type: str, **kwargs) -> tuple[GaussianMixture, SkGaussianMixture]:
+    k = 3
+    init = given_init(x.astype(np.float64), k, covariance_type)
+    ours = GaussianMixture(k, covariance_type=covariance_type, impl="ref", **init, **kwargs).fit(x)
+    theirs = SkGaussianMixture(k, covariance_type=covariance_type, **init, **kwargs).fit(x)
+    return ours, theirs
+
+
+# ------------------------------------------------------------------ scikit-learn parity
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-6), (np.float32, 1e-4)])
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_parity_with_sklearn_fixed_iterations(covariance_type: str, dtype, rtol: float) -> None:
+    x = blobs().astype(dtype)
+    ours, theirs = fit_both(x, covariance_type, max_iter=5, tol=0.0)
+    assert ours.dtype == (torch.float64 if dtype == np.float64 else torch.float32)
+    assert (ours.n_iter_, ours.converged_) == (theirs.n_iter_, theirs.converged_) == (5, False)
+    assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=rtol)
+    np.testing.assert_allclose(ours.lower_bounds_, theirs.lower_bounds_, rtol=rtol)
+    for name in PARAMS:
+        assert rel_err(getattr(ours, name), getattr(theirs, name)) < rtol, name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_parity_with_sklearn_compiled_op(covariance_type: str, device: str) -> None:
+    """The default impl ("auto": the compiled kernel where it builds) on each device."""
+    x = blobs()
+    init = given_init(x, 3, covariance_type)
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    ours = GaussianMixture(3, covariance_type=covariance_type, max_iter=5, tol=0.0, **init)
+    ours.fit(x, accelerator=accelerator)
+    theirs = SkGaussianMixture(3, covariance_type=covariance_type, max_iter=5, tol=0.0, **init).fit(x)
+    assert ours.means_.device.type == device
+    assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=1e-6)
+    for name in PARAMS:
+        assert rel_err(getattr(ours, name), getattr(theirs, name)) < 1e-6, name
+    np.testing.assert_allclose(ours.score_samples(x).cpu().numpy(), theirs.score_samples(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_parity_with_sklearn_until_convergence(covariance_type: str) -> None:
+    ours, theirs = fit_both(blobs(), covariance_type, max_iter=200, tol=1e-4)
+    assert theirs.converged_ and ours.converged_
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=1e-6)
+    for name in PARAMS:
+        assert rel_err(getattr(ours, name), getattr(theirs, name)) < 1e-6, name
+
+
+@pytest.fixture(scope="module", params=COV_TYPES)
+def fitted_pair(request) -> tuple[GaussianMixture, SkGaussianMixture, np.ndarray]:
+    x = blobs(seed=1)
+    ours, theirs = fit_both(x, request.param, max_iter=20, tol=1e-3)
+    return ours, theirs, x
+
+
+def test_inference_methods_match_sklearn(fitted_pair) -> None:
+    ours, theirs, x = fitted_pair
+    test = blobs(n=200, seed=2)
+    for data in (test, torch.from_numpy(test)):  # NumPy arrays and tensors alike
+        assert isinstance(ours.predict(data), torch.Tensor)
+        np.testing.assert_array_equal(ours.predict(data).numpy(), theirs.predict(test))
+        np.testing.assert_allclose(ours.predict_proba(data).numpy(), theirs.predict_proba(test), atol=1e-9)
+        np.testing.assert_allclose(ours.score_samples(data).numpy(), theirs.score_samples(test), rtol=1e-9)
+        assert float(ours.score(data)) == pytest.approx(theirs.score(test), rel=1e-9)
+        assert float(ours.bic(data)) == pytest.approx(theirs.bic(test), rel=1e-9)
+        assert float(ours.aic(data)) == pytest.approx(theirs.aic(test), rel=1e-9)
+
+
+def test_sample_matches_the_mixture(fitted_pair) -> None:
+    ours, theirs, _ = fitted_pair
+    xs, labels = ours.sample(20000, generator=0)
+    assert xs.shape == (20000, 5) and labels.dtype == torch.int64 and xs.dtype == ours.dtype
+    assert torch.equal(labels, labels.sort().values)  # grouped by component, as scikit-learn
+    np.testing.assert_allclose(torch.bincount(labels, minlength=3).numpy() / 20000, theirs.weights_, atol=0.02)
+    for k in range(3):
+        rows = xs[labels == k].numpy()
+        np.testing.assert_allclose(rows.mean(0), theirs.means_[k], atol=0.1)
+    x2, l2 = ours.sample(20000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(xs, x2) and torch.equal(labels, l2)  # seeded: reproducible
+    assert not torch.equal(xs, ours.sample(20000, generator=1)[0])
+
+
+def test_fit_predict_equals_fit_then_predict() -> None:
+    x = blobs()
+    init = given_init(x, 3, "diag")
+    labels = GaussianMixture(3, covariance_type="diag", impl="ref", **init).fit_predict(x)
+    again = GaussianMixture(3, covariance_type="diag", impl="ref", **init).fit(x).predict(x)
+    assert torch.equal(labels, again)
+
+
+# ------------------------------------------------------------------ initialisation
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+def test_every_init_method_finds_separated_blobs(init_params: str) -> None:
+    x = blobs(n=600, d=2, k=3, spread=10.0, seed=3)
+    truth = np.arange(600) % 3
+    # Uniform random responsibilities start every mean at the data mean (in scikit-learn too):
+    # EM then needs a tight tol and a few restarts to separate them.
+    extra = {"n_init": 3, "tol": 1e-6, "max_iter": 500} if init_params == "random" else {}
+    model = GaussianMixture(3, init_params=init_params, random_state=0, impl="ref", **extra).fit(x)
+    assert model.converged_
+    assert adjusted_rand_score(truth, model.predict(x).numpy()) == pytest.approx(1.0)
+    sk = SkGaussianMixture(3, random_state=0).fit(x)
+    assert float(model.score(x)) == pytest.approx(sk.score(x), rel=1e-4)
+
+
+def test_n_init_keeps_the_best_restart() -> None:
+    x = blobs(n=400, d=2, k=6, spread=3.0, seed=4)
+    kwargs = {"covariance_type": "diag", "init_params": "random_from_data", "max_iter": 10, "impl": "ref"}
+    singles = [GaussianMixture(6, random_state=10 + r, **kwargs).fit(x) for r in range(3)]
+    bounds = [m.lower_bound_ for m in singles]
+    assert len(set(bounds)) > 1  # the restarts differ
+    best = GaussianMixture(6, random_state=10, n_init=3, **kwargs).fit(x)
+    winner = singles[int(np.argmax(bounds))]
+    assert best.lower_bound_ == pytest.approx(max(bounds), rel=1e-12)
+    assert torch.allclose(best.means_, winner.means_) and best.n_iter_ == winner.n_iter_
+
+
+def test_random_state_is_reproducible() -> None:
+    x = blobs(seed=5)
+    fit = lambda seed: GaussianMixture(3, init_params="random", max_iter=3, random_state=seed, impl="ref").fit(x)
+    a, b, c = fit(7), fit(7), fit(8)
+    assert all(torch.equal(getattr(a, n), getattr(b, n)) for n in PARAMS)
+    assert not torch.equal(a.means_, c.means_)
+
+
+def test_warm_start_continues() -> None:
+    x = blobs(seed=6)
+    init = given_init(x, 3, "full")
+    four = GaussianMixture(3, max_iter=4, tol=0.0, impl="ref", **init).fit(x)
+    warm = GaussianMixture(3, max_iter=2, tol=0.0, warm_start=True, impl="ref", **init).fit(x)
+    warm.fit(x)
+    assert warm.n_iter_ == 2  # per call, as scikit-learn
+    np.testing.assert_allclose(warm.lower_bounds_, four.lower_bounds_[2:], rtol=1e-12)
+    for name in PARAMS:
+        assert torch.allclose(getattr(warm, name), getattr(four, name), rtol=1e-10), name
+
+
+def test_max_iter_zero_only_initialises() -> None:
+    x = blobs()
+    model = GaussianMixture(3, covariance_type="diag", max_iter=0, random_state=0, impl="ref").fit(x)
+    assert model.n_iter_ == 0 and model.fitted and model.lower_bounds_ == []
+    assert torch.isfinite(model.means_).all() and model.predict(x).shape == (500,)
+
+
+# ------------------------------------------------------------------ errors and degenerate cases
+
+
+def test_clear_errors() -> None:
+    x = blobs(n=10)
+    with pytest.raises(ValueError, match="n_components"):
+        GaussianMixture(11, impl="ref").fit(x)
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GaussianMixture(2, impl="ref").fit(bad)
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        GaussianMixture(2, impl="ref").fit(torch.from_numpy(bad))
+    with pytest.raises(ValueError, match="2-D"):
+        GaussianMixture(2, impl="ref").fit(x[0])
+    with pytest.raises(ValueError, match="covariance_type"):
+        GaussianMixture(2, covariance_type="banana")
+    with pytest.raises(ValueError, match="init_params"):
+        GaussianMixture(2, init_params="kmeans++")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        GaussianMixture(2).predict(x)
+    with pytest.raises(ValueError, match="means_init"):
+        GaussianMixture(2, means_init=np.zeros((2, 3)), impl="ref").fit(x)
+
+
+def test_streamed_dataloader_errors() -> None:
+    x = torch.from_numpy(blobs(n=100))
+    with pytest.raises(ValueError, match="n_components"):  # K > N seen in the init pass
+        model = GaussianMixture(20, init_params="random_from_data", impl="ref").double()
+        Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x[:12]), batch_size=5))
+    x[57, 1] = torch.nan
+    init = given_init(x.numpy(), 3, "diag")  # given init: the E-step pass finds the NaN
+    model = GaussianMixture(3, covariance_type="diag", impl="ref", **init).double()
+    with pytest.raises(ValueError, match="NaN"):
+        Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x), batch_size=32))
+    model = GaussianMixture(3, covariance_type="diag", impl="ref").double()  # k-means init pass
+    with pytest.raises(ValueError, match="NaN"):
+        Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x), batch_size=32))
+
+
+def test_statistics_stay_float64_whatever_the_model_dtype() -> None:
+    model = GaussianMixture(3, covariance_type="full", n_features=4)
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        model.to(dtype)
+        assert model.means_.dtype == dtype
+        assert all(getattr(model.em_stats, n).dtype == torch.float64 for n in ("nk", "sx", "sxx", "loglik"))
+
+
+def test_singular_covariance_asks_for_more_reg_covar() -> None:
+    x = blobs(n=200)
+    x[:, 1] = x[:, 0]  # a duplicated feature: singular covariance without regularisation
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        GaussianMixture(2, covariance_type="full", reg_covar=0.0, random_state=0, impl="ref").fit(x)
+    model = GaussianMixture(2, covariance_type="full", reg_covar=1e-4, random_state=0, impl="ref").fit(x)
+    assert torch.isfinite(model.precisions_cholesky_).all()
+
+
+def test_empty_component_keeps_its_previous_mean_and_covariance() -> None:
+    x = blobs(n=300, d=2, k=2, spread=3.0, seed=7)
+    far = np.array([1e3, -1e3])  # no point comes near the third component
+    init = {
+        "weights_init": np.array([0.45, 0.45, 0.1]),
+        "means_init": np.stack([x[0], x[1], far]),
+        "precisions_init": np.broadcast_to(np.eye(2), (3, 2, 2)).copy(),
+    }
+    with pytest.warns(RuntimeWarning, match="lost all"):
+        model = GaussianMixture(3, max_iter=10, impl="ref", **init).fit(x)
+    for name in PARAMS:
+        assert torch.isfinite(getattr(model, name)).all()
+    assert torch.allclose(model.means_[2], torch.from_numpy(far))
+    assert torch.allclose(model.covariances_[2], torch.eye(2, dtype=torch.float64))
+    assert float(model.weights_[2]) < 1e-10
+    assert float(model.weights_.sum()) == pytest.approx(1.0)
+    assert set(model.predict(x).tolist()) == {0, 1}
+
+
+def test_padding_weights_cancel_distributed_sampler_padding() -> None:
+    for n, replicas in [(10, 4), (7, 2), (8, 4), (3, 4)]:
+        dataset = TensorDataset(torch.arange(n))
+        seen = []
+        for r in range(replicas):
+            sampler = DistributedSampler(dataset, num_replicas=replicas, rank=r, shuffle=True, seed=3)
+            idx = list(sampler)
+            w = padding_weights(sampler, 0, len(idx), torch.device("cpu"))
+            w = torch.ones(len(idx)) if w is None else w
+            # streamed in two chunks, the rank-local counter carries over
+            half = len(idx) // 2
+            chunks = ((0, half), (half, len(idx) - half))
+            w2 = [padding_weights(sampler, s, c, torch.device("cpu")) for s, c in chunks]
+            w2 = torch.cat([torch.ones(c) if v is None else v for v, (_, c) in zip(w2, chunks)])
+            assert torch.equal(w.float(), w2.float())
+            seen += [i for i, wi in zip(idx, w.tolist()) if wi == 1.0]
+        assert sorted(seen) == list(range(n))  # every sample exactly once
+
+
+# ------------------------------------------------------------------ Lightning integration
+
+
+def test_trainer_fit_logs_and_checkpoint_round_trips(tmp_path: Path) -> None:
+    x = torch.from_numpy(blobs(seed=8)).float()
+    model = GaussianMixture(3, covariance_type="tied", max_iter=50, random_state=0, impl="ref")
+    trainer = Trainer(max_epochs=50, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trainer.fit(model, DataLoader(TensorDataset(x), batch_size=128, shuffle=True))
+    assert model.converged_ and model.n_iter_ < 50 and trainer.current_epoch == model.n_iter_
+    assert float(trainer.callback_metrics["train/lower_bound"]) == pytest.approx(model.lower_bound_, rel=1e-6)
+    path = tmp_path / "gmm.ckpt"
+    trainer.save_checkpoint(path)
+    fresh = GaussianMixture(3, covariance_type="tied", impl="ref")
+    for loaded in (GaussianMixture.load_from_checkpoint(path), fresh):
+        if not loaded.fitted:
+            loaded.load_state_dict(model.state_dict())
+        for name in PARAMS:
+            assert torch.equal(getattr(loaded, name), getattr(model, name)), name
+        assert (loaded.converged_, loaded.n_iter_, loaded.lower_bounds_) == (
+            model.converged_, model.n_iter_, model.lower_bounds_)
+        assert torch.equal(loaded.predict(x), model.predict(x))
+
+
+def test_resume_from_a_mid_fit_checkpoint(tmp_path: Path) -> None:
+    x = torch.from_numpy(blobs(seed=9))
+    kwargs = {"n_components": 3, "max_iter": 6, "tol": 0.0, "impl": "ref", **given_init(x.numpy(), 3, "full")}
+    loader = DataLoader(TensorDataset(x), batch_size=128)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1)
+    straight = GaussianMixture(**kwargs).double()
+    trainer = Trainer(max_epochs=6, callbacks=[every_epoch], logger=False, enable_progress_bar=False)
+    trainer.fit(straight, loader)
+    assert trainer.global_step == straight.n_iter_ == 6  # one step per EM iteration
+    mid = tmp_path / "epoch=2-step=3.ckpt"
+    resumed = GaussianMixture(**kwargs).double()
+    Trainer(max_epochs=6, **QUIET).fit(resumed, loader, ckpt_path=mid)
+    assert resumed.lower_bounds_ == straight.lower_bounds_
+    for name in PARAMS:
+        assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
+    partial = GaussianMixture.load_from_checkpoint(mid)  # a mid-fit checkpoint is usable
+    assert partial.n_iter_ == 3 and partial.predict(x).shape == (500,)
+
+
+def test_mnist_diag_through_trainer_and_datamodule(mnist_dir: Path) -> None:
+    from lightning_genmodels.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(mnist_dir), val_split=55000, batch_size=1000, seed=0)
+    model = GaussianMixture(10, covariance_type="diag", max_iter=3, random_state=0, kmeans_max_iter=10,
+                            impl="ref")
+    Trainer(max_epochs=3, **QUIET).fit(model, datamodule=dm)
+    assert model.means_.shape == (10, 784) and model.n_iter_ == 3
+    assert all(math.isfinite(b) for b in model.lower_bounds_)
+    for name in PARAMS:
+        assert torch.isfinite(getattr(model, name)).all(), name
+    assert model.lower_bounds_[-1] > model.lower_bounds_[0]
+    batch = next(iter(dm.train_dataloader()))[0]
+    assert torch.isfinite(model.score_samples(batch)).all()
+
+
+def test_mnist_full_covariance_cholesky_works(mnist_dir: Path) -> None:
+    from lightning_genmodels.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(mnist_dir), val_split=58000, batch_size=1000, seed=0)
+    model = GaussianMixture(2, covariance_type="full", max_iter=2, init_params="k-means++", random_state=0,
+                            impl="ref")
+    Trainer(max_epochs=2, **QUIET).fit(model, datamodule=dm)  # constant border pixels: reg_covar
+    assert torch.isfinite(model.precisions_cholesky_).all() and math.isfinite(model.lower_bound_)
+
+
+def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
+    """2 CPU ranks with N = 1003 (not divisible by 2 × 64): padding must not bias the sums."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(340, 4, generator=g, dtype=torch.float64) + 4 * i for i in range(3)])[:1003]
+    init = given_init(x.numpy(), 3, "full")
+    kwargs = {"n_components": 3, "covariance_type": "full", "max_iter": 4, "tol": 0.0, "impl": "ref",
+              **{k: v.tolist() for k, v in init.items()}}
+    torch.save({"x": x, "kwargs": kwargs, "batch_size": 64}, tmp_path / "in.pt")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    script = ROOT / "tests" / "ddp_gmm_script.py"
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(tmp_path)],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"DDP run hung:\n{exc.stdout}\n{exc.stderr}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single = GaussianMixture(**kwargs).fit(x, batch_size=64)
+    for case in ("loader", "fit", "kmeans"):
+        ranks = [torch.load(tmp_path / f"{case}.rank{r}.pt") for r in (0, 1)]
+        for name in PARAMS[:4]:
+            assert torch.equal(ranks[0][name], ranks[1][name]), (case, name)  # ranks agree
+            if case != "kmeans":
+                assert rel_err(ranks[0][name], getattr(single, name).numpy()) < 1e-8, (case, name)
+        if case != "kmeans":
+            assert ranks[0]["lower_bound_"] == pytest.approx(single.lower_bound_, rel=1e-8)
