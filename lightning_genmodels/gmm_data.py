@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import Metric
 
 from .gmm_math import covariance_shape
@@ -129,6 +129,26 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return self.num_samples
 
 
+class RowsDataset(Dataset):
+    """Rows of an in-memory [N, D] tensor; a batch is one gather, not N Python calls."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor]:
+        return (self.x[index],)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor]:
+        return (self.x[torch.as_tensor(indices, dtype=torch.long)],)
+
+
+def _pass_through(batch: Any) -> Any:
+    return batch
+
+
 class TensorDataModule(LightningDataModule):
     """In-memory rows [N, D] for ``GaussianMixture.fit(X)``; under DDP each rank gets an
     :class:`UnpaddedDistributedSampler` shard (built lazily, once the process group exists)."""
@@ -140,12 +160,15 @@ class TensorDataModule(LightningDataModule):
         self.num_workers = num_workers
 
     def train_dataloader(self) -> DataLoader:
-        dataset = TensorDataset(self.x)
+        dataset = RowsDataset(self.x)
         sampler = None
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             sampler = UnpaddedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            collate_fn=_pass_through,
+        )
 
 
 class EMStatistics(Metric):

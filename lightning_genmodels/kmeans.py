@@ -109,18 +109,20 @@ def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1
     tol_abs = None
     inertia = torch.zeros((), dtype=torch.float64)
     n_iter = 0
+    sum_sq = 0.0  # Σ s ||x||², the same every pass: distances need only ||c||² − 2 x·c
     for n_iter in range(1, max_iter + 1):
         counts = centers.new_zeros(k)
         sums = centers.new_zeros(k, d)
         inertia = centers.new_zeros(())
         moments = centers.new_zeros(3, d)  # Σ s, Σ s x, Σ s x² (first pass: the tolerance)
+        c_sq = centers.square().sum(1)
         for x, s in batches():
             x64 = x.double()
             w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if s is None else s.double()
-            d2 = squared_distances(x64, centers)
-            best, labels = d2.min(1)
-            counts.index_add_(0, labels, w)
-            sums.index_add_(0, labels, x64 * w[:, None])
+            best, labels = torch.addmm(c_sq, x64, centers.T, alpha=-2.0).min(1)
+            assign = torch.nn.functional.one_hot(labels, k).to(torch.float64) * w[:, None]  # [B, K]
+            counts += assign.sum(0)
+            sums += assign.T @ x64
             inertia += (best * w).sum()
             if tol_abs is None:
                 moments += torch.stack([w.sum().expand(d), w @ x64, w @ x64.square()])
@@ -130,6 +132,8 @@ def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1
             n = moments[0].clamp_min(1.0)
             variances = moments[2] / n - (moments[1] / n).square()
             tol_abs = tol * float(variances.mean())
+            sum_sq = float(moments[2].sum())
+        inertia = (inertia + sum_sq).clamp_min(0.0)
         new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1e-300)[:, None], centers)
         shift = float((new - centers).square().sum())
         centers = new
