@@ -1,0 +1,274 @@
+// CUDA kernels of gmm_em_stats and gmm_log_prob, over chunks of rows:
+//   1. maha [rows, K]: tied/full first apply P by GEMM (y = x P); a kernel then sums the
+//      whitened residuals ((x - mu) P)_d^2 per (row, component), one warp per row, in the centred
+//      form (no cancellation); common/gmm.h holds the arithmetic the CPU kernel also runs.
+//   2. a kernel turns each row into weighted responsibilities (float64, log space) and reduces
+//      its block's log-likelihood in shared memory to one partial per block.
+//   3. the statistics are float64 GEMMs of the responsibilities with the chunk (cuBLAS via ATen),
+//      accumulated into float64 outputs; the block partials are summed by one block in a fixed
+//      order. No float atomics, no host synchronisation, everything on the current stream.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "common/gmm.h"
+
+namespace lgm {
+
+// Defined in cpu/gmm.cpp.
+CovType gmm_check_inputs(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& sample_weight,
+                         const at::Tensor& log_weights, const at::Tensor& means, const at::Tensor& prec_chol,
+                         std::string_view covariance_type);
+at::Tensor gmm_log_det(const at::Tensor& prec_chol, CovType cov, int64_t n_components, int64_t n_features);
+std::vector<int64_t> gmm_sxx_shape(CovType cov, int64_t k, int64_t d);
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int64_t kChunkBytes = int64_t{256} << 20;  // float64 copy of a chunk of x
+
+// maha[n, k] = sum_d whitened_residual(x_nd, p_kd, nu_kd)^2; p == nullptr means p = 1.
+template <typename T>
+__global__ void maha_kernel(const T* __restrict__ x, int64_t ldx, int64_t rows, int64_t D, const T* __restrict__ p,
+                            const T* __restrict__ nu, int64_t K, T* __restrict__ maha, int64_t ldo) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int64_t n_warps = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
+  for (int64_t n = warp; n < rows; n += n_warps) {
+    const T* xn = x + n * ldx;
+    for (int64_t k = 0; k < K; ++k) {
+      T acc = 0;
+      for (int64_t d = lane; d < D; d += 32) {
+        const T t = whitened_residual(xn[d], p ? p[k * D + d] : T(1), nu[k * D + d]);
+        acc += t * t;
+      }
+      for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+      if (lane == 0) maha[n * ldo + k] = acc;
+    }
+  }
+}
+
+// Sum of a block's values in shared memory, fixed tree order; the result is in lane 0 of thread 0.
+__device__ double block_sum(double value, double* shared) {
+  shared[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
+    __syncthreads();
+  }
+  return shared[0];
+}
+
+// One thread per row: resp[n, :] = sample weight * softmax_k(joint log-probabilities) (float64);
+// partial[block] = sum over the block's rows of weight * log-sum-exp.
+template <typename T>
+__global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, int64_t D,
+                               const double* __restrict__ log_weights, const double* __restrict__ log_det,
+                               const T* __restrict__ sample_weight, double* __restrict__ resp,
+                               double* __restrict__ partial) {
+  __shared__ double shared[kThreads];
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  double loglik = 0.0;
+  if (n < rows) {
+    double* row = resp + n * K;
+    for (int64_t k = 0; k < K; ++k) {
+      row[k] = joint_log_prob(gaussian_log_const(log_weights[k], log_det[k], D), static_cast<double>(maha[n * K + k]));
+    }
+    const double w = sample_weight ? static_cast<double>(sample_weight[n]) : 1.0;
+    loglik = weighted_loglik(row_softmax(row, K, w, row), w);
+  }
+  const double total = block_sum(loglik, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+// out[n, k] = log w_k + log N(x_n | k) in x's dtype.
+template <typename T>
+__global__ void joint_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, int64_t D,
+                             const double* __restrict__ log_weights, const double* __restrict__ log_det,
+                             T* __restrict__ out) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * K;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t k = i % K;
+    out[i] = static_cast<T>(joint_log_prob(gaussian_log_const(log_weights[k], log_det[k], D), static_cast<double>(maha[i])));
+  }
+}
+
+// out[0] = sum of values[0 .. n) by one block, in a fixed order.
+__global__ void sum_kernel(const double* __restrict__ values, int64_t n, double* __restrict__ out) {
+  __shared__ double shared[kThreads];
+  double acc = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += values[i];
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) out[0] = total;
+}
+
+int blocks_for(int64_t work, int64_t per_block) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + per_block - 1) / per_block, 65535)));
+}
+
+// Parameters prepared once per call, in x's dtype: tables p [K, D] (diag/spherical) and
+// nu = mu P [K, D]; prec for tied [D, D] / full [K, D, D]; log w and log det in float64.
+struct Params {
+  CovType cov;
+  int64_t K, D;
+  at::Tensor p, nu, prec, log_weights, log_det;
+
+  Params(CovType cov_, const at::Tensor& log_weights_, const at::Tensor& means, const at::Tensor& prec_chol)
+      : cov(cov_), K(means.size(0)), D(means.size(1)) {
+    switch (cov) {
+      case CovType::kDiag: p = prec_chol.contiguous(); break;
+      case CovType::kSpherical: p = prec_chol.unsqueeze(1).expand({K, D}).contiguous(); break;
+      case CovType::kTied: prec = prec_chol.contiguous(); break;
+      case CovType::kFull: prec = prec_chol.contiguous(); break;
+    }
+    if (p.defined()) {
+      nu = (means * p).contiguous();
+    } else if (cov == CovType::kTied) {
+      nu = at::mm(means, prec);
+    } else {
+      nu = at::bmm(means.unsqueeze(1), prec).squeeze(1).contiguous();
+    }
+    log_weights = log_weights_.to(at::kDouble).contiguous();
+    log_det = gmm_log_det(prec_chol, cov, K, D).contiguous();
+  }
+};
+
+// maha [rows, K] of the chunk xc (rows with unit stride along D).
+template <typename T>
+at::Tensor chunk_maha(const Params& prm, const at::Tensor& xc) {
+  const int64_t rows = xc.size(0), K = prm.K, D = prm.D;
+  at::Tensor maha = at::empty({rows, K}, xc.options());
+  if (rows == 0) return maha;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int blocks = blocks_for(rows, kWarps);
+  const T* nu = prm.nu.data_ptr<T>();
+  if (prm.cov == CovType::kDiag || prm.cov == CovType::kSpherical) {
+    maha_kernel<T><<<blocks, kThreads, 0, stream>>>(xc.data_ptr<T>(), xc.stride(0), rows, D, prm.p.data_ptr<T>(), nu,
+                                                    K, maha.data_ptr<T>(), K);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if (prm.cov == CovType::kTied) {
+    const at::Tensor y = at::mm(xc, prm.prec);
+    maha_kernel<T><<<blocks, kThreads, 0, stream>>>(y.data_ptr<T>(), D, rows, D, nullptr, nu, K, maha.data_ptr<T>(), K);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const at::Tensor y = at::mm(xc, prm.prec[k]);
+      maha_kernel<T><<<blocks, kThreads, 0, stream>>>(y.data_ptr<T>(), D, rows, D, nullptr, nu + k * D, 1,
+                                                      maha.data_ptr<T>() + k, K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+  return maha;
+}
+
+// Rows per chunk: the float64 copy within kChunkBytes, one softmax thread per row in one grid.
+int64_t chunk_rows(int64_t N, int64_t D) {
+  return std::max<int64_t>(1, std::min({N, kChunkBytes / (D * 8), int64_t{65535} * kThreads}));
+}
+
+at::Tensor rows_with_unit_stride(const at::Tensor& x) {
+  return (x.stride(1) == 1 && x.stride(0) >= x.size(1)) ? x : x.contiguous();
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const at::Tensor& x_in,
+                                                                          const std::optional<at::Tensor>& sample_weight,
+                                                                          const Params& prm) {
+  const at::Tensor x = rows_with_unit_stride(x_in);
+  const int64_t N = x.size(0), K = prm.K, D = prm.D, C = chunk_rows(N, D);
+  const auto f64 = x.options().dtype(at::kDouble);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor nk = at::zeros({K}, f64), sx = at::zeros({K, D}, f64);
+  at::Tensor sxx = at::zeros(gmm_sxx_shape(prm.cov, K, D), f64);
+  const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
+  // Block partials of the log-likelihood: every chunk writes its own slice.
+  int64_t n_partials = 0;
+  for (int64_t n0 = 0; n0 < N; n0 += C) n_partials += blocks_for(std::min(C, N - n0), kThreads);
+  at::Tensor partial = at::zeros({std::max<int64_t>(1, n_partials)}, f64);
+  int64_t offset = 0;
+  for (int64_t n0 = 0; n0 < N; n0 += C) {
+    const int64_t rows = std::min(C, N - n0);
+    const at::Tensor xc = x.narrow(0, n0, rows);
+    const at::Tensor maha = chunk_maha<T>(prm, xc);
+    at::Tensor resp = at::empty({rows, K}, f64);
+    const int blocks = blocks_for(rows, kThreads);
+    TORCH_INTERNAL_ASSERT(static_cast<int64_t>(blocks) * kThreads >= rows, "gmm_em_stats: chunk too large");
+    softmax_kernel<T><<<blocks, kThreads, 0, stream>>>(
+        maha.data_ptr<T>(), rows, K, D, prm.log_weights.data_ptr<double>(), prm.log_det.data_ptr<double>(),
+        sw.defined() ? sw.data_ptr<T>() + n0 : nullptr, resp.data_ptr<double>(), partial.data_ptr<double>() + offset);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    offset += blocks;
+    // Statistics as float64 GEMMs (PRML eqs. 9.24-9.27 before normalisation).
+    const at::Tensor xd = xc.to(at::kDouble);
+    nk.addmv_(resp.t(), at::ones({rows}, f64));
+    sx.addmm_(resp.t(), xd);
+    switch (prm.cov) {
+      case CovType::kDiag: sxx.addmm_(resp.t(), xd.square()); break;
+      case CovType::kSpherical: sxx.addmv_(resp.t(), xd.square().sum(1)); break;
+      case CovType::kTied: sxx.addmm_(sw.defined() ? (xd * sw.narrow(0, n0, rows).to(at::kDouble).unsqueeze(1)).t() : xd.t(), xd); break;
+      case CovType::kFull:
+        for (int64_t k = 0; k < K; ++k) sxx[k].addmm_((xd * resp.narrow(1, k, 1)).t(), xd);
+        break;
+    }
+  }
+  at::Tensor loglik = at::empty({}, f64);
+  sum_kernel<<<1, kThreads, 0, stream>>>(partial.data_ptr<double>(), n_partials, loglik.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {nk, sx, sxx, loglik};
+}
+
+template <typename T>
+at::Tensor log_prob_cuda(const at::Tensor& x_in, const Params& prm) {
+  const at::Tensor x = rows_with_unit_stride(x_in);
+  const int64_t N = x.size(0), K = prm.K, D = prm.D, C = chunk_rows(N, D);
+  at::Tensor out = at::empty({N, K}, x.options());
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t n0 = 0; n0 < N; n0 += C) {
+    const int64_t rows = std::min(C, N - n0);
+    const at::Tensor maha = chunk_maha<T>(prm, x.narrow(0, n0, rows));
+    joint_kernel<T><<<blocks_for(rows * K, kThreads), kThreads, 0, stream>>>(
+        maha.data_ptr<T>(), rows, K, D, prm.log_weights.data_ptr<double>(), prm.log_det.data_ptr<double>(),
+        out.data_ptr<T>() + n0 * K);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return out;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_em_stats_cuda(
+    const at::Tensor& x, const std::optional<at::Tensor>& sample_weight, const at::Tensor& log_weights,
+    const at::Tensor& means, const at::Tensor& prec_chol, c10::string_view covariance_type) {
+  const CovType cov = gmm_check_inputs("gmm_em_stats", x, sample_weight, log_weights, means, prec_chol,
+                                       std::string_view(covariance_type.data(), covariance_type.size()));
+  TORCH_CHECK_VALUE(x.is_cuda(), "gmm_em_stats: x must be on a CUDA device, got ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_em_stats_cuda", [&] {
+    return em_stats_cuda<scalar_t>(x, sample_weight, Params(cov, log_weights, means, prec_chol));
+  });
+}
+
+at::Tensor gmm_log_prob_cuda(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,
+                             const at::Tensor& prec_chol, c10::string_view covariance_type) {
+  const CovType cov = gmm_check_inputs("gmm_log_prob", x, std::nullopt, log_weights, means, prec_chol,
+                                       std::string_view(covariance_type.data(), covariance_type.size()));
+  TORCH_CHECK_VALUE(x.is_cuda(), "gmm_log_prob: x must be on a CUDA device, got ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_cuda", [&] {
+    return log_prob_cuda<scalar_t>(x, Params(cov, log_weights, means, prec_chol));
+  });
+}
+
+}  // namespace lgm
+
+TORCH_LIBRARY_IMPL(lightning_genmodels, CUDA, m) {
+  m.impl("gmm_em_stats", &lgm::gmm_em_stats_cuda);
+  m.impl("gmm_log_prob", &lgm::gmm_log_prob_cuda);
+}

@@ -1,0 +1,253 @@
+"""Gaussian-mixture E-step: joint log-probabilities and the EM sufficient statistics.
+
+Parameters follow scikit-learn's ``GaussianMixture``: ``log_weights`` [K] = log w_k, ``means``
+[K, D] and ``prec_chol`` = ``precisions_cholesky_``, the Cholesky factor P of each precision
+matrix (precision = P Pᵀ) in the layout of the covariance type:
+
+    full [K, D, D] (upper-triangular)   tied [D, D]   diag [K, D] (1 / σ)   spherical [K]
+
+The joint log-probability of row n under component k (Bishop, PRML eq. 9.7 and 2.43) is
+
+    log w_k + log N(x_n | k) = log w_k - ½ (D log 2π + ||(x_n - μ_k) P_k||²) + Σ_d log (P_k)_dd,
+
+the responsibilities are its softmax over k (PRML eq. 9.23), and one E-step pass accumulates,
+with per-row weights s_n (1 when ``sample_weight`` is None), in float64 (PRML eqs. 9.24-9.27):
+
+    nk [K] = Σ_n s_n r_nk               sx [K, D] = Σ_n s_n r_nk x_n
+    sxx    = Σ_n s_n r_nk x_n x_nᵀ [K, D, D] (full)   Σ_n s_n x_n x_nᵀ [D, D] (tied)
+             Σ_n s_n r_nk x_n² [K, D] (diag)          Σ_n s_n r_nk ||x_n||² [K] (spherical)
+    loglik [] = Σ_n s_n log Σ_k exp(log w_k + log N(x_n | k))
+
+Rows with s_n = 0 (DDP padding) contribute exactly nothing. The kernels make one pass over x
+and never hold more than a tile of the N × K responsibility matrix.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple, get_args
+
+import torch
+from torch import Tensor
+
+from .build import Impl, register_on_load, use_ext
+
+CovarianceType = Literal["full", "tied", "diag", "spherical"]
+COVARIANCE_TYPES: tuple[str, ...] = get_args(CovarianceType)
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class GMMStats(NamedTuple):
+    """Sufficient statistics of one E-step, all float64 (shapes in the module docstring)."""
+
+    nk: Tensor
+    sx: Tensor
+    sxx: Tensor
+    loglik: Tensor
+
+
+def prec_chol_shape(covariance_type: str, n_components: int, n_features: int) -> tuple[int, ...]:
+    """Shape of ``prec_chol`` (and of ``sxx``) for a covariance type."""
+    k, d = n_components, n_features
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+
+
+def _check_inputs(
+    x: Tensor,
+    log_weights: Tensor,
+    means: Tensor,
+    prec_chol: Tensor,
+    covariance_type: str,
+    sample_weight: Tensor | None = None,
+) -> None:
+    """Raise ValueError/TypeError naming the argument when the inputs do not fit together."""
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+    named = {"x": x, "log_weights": log_weights, "means": means, "prec_chol": prec_chol}
+    if sample_weight is not None:
+        named["sample_weight"] = sample_weight
+    for name, t in named.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    for name, t in named.items():
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
+    if x.dim() != 2 or x.shape[1] < 1:
+        raise ValueError(f"x must be [N, D] with D >= 1, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    if log_weights.dim() != 1 or log_weights.shape[0] < 1:
+        raise ValueError(f"log_weights must be [K] with K >= 1, got shape {tuple(log_weights.shape)}")
+    k = log_weights.shape[0]
+    if tuple(means.shape) != (k, d):
+        raise ValueError(f"means must be [K, D] = {(k, d)}, got shape {tuple(means.shape)}")
+    expected = prec_chol_shape(covariance_type, k, d)
+    if tuple(prec_chol.shape) != expected:
+        raise ValueError(
+            f"prec_chol must be {list(expected)} for covariance_type={covariance_type!r}, "
+            f"got shape {tuple(prec_chol.shape)}"
+        )
+    if sample_weight is not None and tuple(sample_weight.shape) != (n,):
+        raise ValueError(f"sample_weight must be [N] = [{n}], got shape {tuple(sample_weight.shape)}")
+
+
+# --- reference: the specification --------------------------------------------------------
+
+
+def _log_gaussian_ref(x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str) -> Tensor:
+    """log N(x_n | μ_k, (P_k P_kᵀ)⁻¹) as [N, K] float64, as scikit-learn's
+    ``_estimate_log_gaussian_prob``: quadratic forms expanded into matrix products."""
+    x, means, prec_chol = x.double(), means.double(), prec_chol.double()
+    n, d = x.shape
+    k = means.shape[0]
+    # 1. log det P_k = Σ_d log (P_k)_dd
+    if covariance_type == "full":
+        log_det = torch.log(torch.diagonal(prec_chol, dim1=-2, dim2=-1)).sum(-1)
+    elif covariance_type == "tied":
+        log_det = torch.log(torch.diagonal(prec_chol)).sum().expand(k)
+    elif covariance_type == "diag":
+        log_det = torch.log(prec_chol).sum(-1)
+    else:
+        log_det = d * torch.log(prec_chol)
+    # 2. Mahalanobis distance ||(x_n - μ_k) P_k||²
+    if covariance_type == "full":
+        maha = torch.empty(n, k, dtype=torch.float64, device=x.device)
+        for j in range(k):
+            y = (x - means[j]) @ prec_chol[j]
+            maha[:, j] = y.square().sum(-1)
+    elif covariance_type == "tied":
+        y = x @ prec_chol
+        mu = means @ prec_chol
+        maha = y.square().sum(-1, keepdim=True) - 2.0 * y @ mu.T + mu.square().sum(-1)
+    elif covariance_type == "diag":
+        prec = prec_chol.square()
+        maha = (means.square() * prec).sum(-1) - 2.0 * x @ (means * prec).T + x.square() @ prec.T
+    else:
+        prec = prec_chol.square()
+        maha = (
+            means.square().sum(-1) * prec
+            - 2.0 * (x @ means.T) * prec
+            + x.square().sum(-1, keepdim=True) * prec
+        )
+    return -0.5 * (d * LOG_2PI + maha) + log_det
+
+
+def _gmm_log_prob_ref(
+    x: Tensor, log_weights: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str
+) -> Tensor:
+    """Joint log-probabilities [N, K] in x's dtype, computed in float64."""
+    joint = log_weights.double() + _log_gaussian_ref(x, means, prec_chol, covariance_type)
+    return joint.to(x.dtype)
+
+
+def _gmm_em_stats_ref(
+    x: Tensor,
+    sample_weight: Tensor | None,
+    log_weights: Tensor,
+    means: Tensor,
+    prec_chol: Tensor,
+    covariance_type: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(nk, sx, sxx, loglik) in float64; argument order of the op's schema."""
+    x64 = x.double()
+    n, d = x64.shape
+    # 1. E-step: joint log-probabilities, their log-sum-exp and the responsibilities (PRML 9.23)
+    joint = log_weights.double() + _log_gaussian_ref(x64, means, prec_chol, covariance_type)
+    log_norm = torch.logsumexp(joint, dim=1)
+    resp = torch.exp(joint - log_norm[:, None])
+    s = torch.ones(n, dtype=torch.float64, device=x.device) if sample_weight is None else sample_weight.double()
+    # Rows of weight 0 contribute exactly 0, even where their likelihood is not finite.
+    resp = torch.where(s[:, None] != 0, resp * s[:, None], 0.0)
+    loglik = torch.where(s != 0, s * log_norm, 0.0).sum()
+    # 2. statistics (PRML 9.24-9.27, before normalisation)
+    nk = resp.sum(0)
+    sx = resp.T @ x64
+    if covariance_type == "full":
+        sxx = torch.stack([(x64 * resp[:, j : j + 1]).T @ x64 for j in range(resp.shape[1])])
+    elif covariance_type == "tied":
+        sxx = (x64 * s[:, None]).T @ x64
+    elif covariance_type == "diag":
+        sxx = resp.T @ x64.square()
+    else:
+        sxx = resp.T @ x64.square().sum(-1)
+    return nk, sx, sxx, loglik
+
+
+# --- public wrappers ---------------------------------------------------------------------
+
+
+def gmm_em_stats(
+    x: Tensor,
+    log_weights: Tensor,
+    means: Tensor,
+    prec_chol: Tensor,
+    covariance_type: CovarianceType,
+    sample_weight: Tensor | None = None,
+    *,
+    impl: Impl = "auto",
+) -> GMMStats:
+    """One fused E-step pass: the EM sufficient statistics of x under the mixture.
+
+    Args:
+        x: [N, D] float32 or float64 (any strides).
+        log_weights: [K] log mixture weights.
+        means: [K, D].
+        prec_chol: Cholesky factors of the precisions, scikit-learn layout (module docstring).
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        sample_weight: [N] non-negative row weights (0 drops a padding row); None means ones.
+        impl: ``"ext"`` the compiled kernel, ``"ref"`` the PyTorch reference, ``"auto"`` the
+            kernel when it builds, else the reference.
+
+    Returns:
+        GMMStats(nk [K], sx [K, D], sxx, loglik []) in float64; sxx is [K, D, D] (full),
+        [D, D] (tied, Σ s_n x_n x_nᵀ), [K, D] (diag) or [K] (spherical).
+    """
+    _check_inputs(x, log_weights, means, prec_chol, covariance_type, sample_weight)
+    if use_ext(impl):
+        out = torch.ops.lightning_genmodels.gmm_em_stats(
+            x, sample_weight, log_weights, means, prec_chol, covariance_type
+        )
+    else:
+        out = _gmm_em_stats_ref(x, sample_weight, log_weights, means, prec_chol, covariance_type)
+    return GMMStats(*out)
+
+
+def gmm_log_prob(
+    x: Tensor,
+    log_weights: Tensor,
+    means: Tensor,
+    prec_chol: Tensor,
+    covariance_type: CovarianceType,
+    *,
+    impl: Impl = "auto",
+) -> Tensor:
+    """Joint log-probabilities log w_k + log N(x_n | k).
+
+    Args: as :func:`gmm_em_stats`.
+
+    Returns:
+        [N, K] in x's dtype; ``torch.logsumexp(out, 1)`` is scikit-learn's ``score_samples``.
+    """
+    _check_inputs(x, log_weights, means, prec_chol, covariance_type)
+    if use_ext(impl):
+        return torch.ops.lightning_genmodels.gmm_log_prob(x, log_weights, means, prec_chol, covariance_type)
+    return _gmm_log_prob_ref(x, log_weights, means, prec_chol, covariance_type)
+
+
+def _register_fake() -> None:
+    @torch.library.register_fake("lightning_genmodels::gmm_em_stats")
+    def _(x, sample_weight, log_weights, means, prec_chol, covariance_type):
+        torch._check(covariance_type in COVARIANCE_TYPES, lambda: f"unknown covariance_type {covariance_type!r}")
+        k, d = means.shape
+        f64 = {"dtype": torch.float64}
+        sxx = x.new_empty(prec_chol_shape(covariance_type, k, d), **f64)
+        return x.new_empty((k,), **f64), x.new_empty((k, d), **f64), sxx, x.new_empty((), **f64)
+
+    @torch.library.register_fake("lightning_genmodels::gmm_log_prob")
+    def _(x, log_weights, means, prec_chol, covariance_type):
+        return x.new_empty((x.shape[0], log_weights.shape[0]))
+
+
+register_on_load(_register_fake)

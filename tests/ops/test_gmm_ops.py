@@ -1,0 +1,278 @@
+"""gmm_em_stats / gmm_log_prob: the kernels against the reference, scikit-learn, and bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_genmodels.ops import load_library
+from lightning_genmodels.ops.gmm import (
+    COVARIANCE_TYPES,
+    GMMStats,
+    _gmm_em_stats_ref,
+    _gmm_log_prob_ref,
+    gmm_em_stats,
+    gmm_log_prob,
+)
+from tests.utils import DEVICES
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def make_params(k: int, d: int, covariance_type: str, dtype: torch.dtype, device: str, seed: int = 0, spread=3.0):
+    """(log_weights, means, prec_chol) of a valid mixture; prec_chol in scikit-learn's layout."""
+    g = torch.Generator().manual_seed(seed)
+    log_weights = torch.log_softmax(torch.randn(k, generator=g, dtype=torch.float64), 0)
+    means = spread * torch.randn(k, d, generator=g, dtype=torch.float64)
+
+    def upper_prec_chol(n: int) -> torch.Tensor:
+        a = 0.3 * torch.randn(n, d, d, generator=g, dtype=torch.float64)
+        cov = a @ a.mT + torch.eye(d, dtype=torch.float64) * (0.5 + torch.rand(n, 1, 1, generator=g, dtype=torch.float64))
+        chol = torch.linalg.cholesky(cov)  # cov = L L^T, precision = L^-T L^-1 = P P^T, P = L^-T
+        eye = torch.eye(d, dtype=torch.float64).expand(n, d, d)
+        return torch.linalg.solve_triangular(chol, eye, upper=False).mT
+
+    if covariance_type == "full":
+        prec_chol = upper_prec_chol(k)
+    elif covariance_type == "tied":
+        prec_chol = upper_prec_chol(1)[0]
+    elif covariance_type == "diag":
+        prec_chol = 0.5 + torch.rand(k, d, generator=g, dtype=torch.float64)
+    else:
+        prec_chol = 0.5 + torch.rand(k, generator=g, dtype=torch.float64)
+    return [t.to(dtype=dtype, device=device).contiguous() for t in (log_weights, means, prec_chol)]
+
+
+def make_x(n: int, means: torch.Tensor, seed: int, layout: str = "contiguous") -> torch.Tensor:
+    """Rows drawn around the means; layout picks a contiguous, transposed or sliced view."""
+    g = torch.Generator().manual_seed(seed)
+    k, d = means.shape
+    labels = torch.randint(0, k, (n,), generator=g)
+    x = means.cpu().double()[labels] + torch.randn(n, d, generator=g, dtype=torch.float64)
+    x = x.to(dtype=means.dtype, device=means.device)
+    if layout == "transposed":
+        return x.T.contiguous().T
+    if layout == "sliced":
+        wide = torch.zeros(n, 2 * d, dtype=x.dtype, device=x.device)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    return x
+
+
+def sample_inputs(device: str, dtype: torch.dtype):
+    """Argument tuples (x, sample_weight, log_weights, means, prec_chol, covariance_type)."""
+    shapes = [(1, 1, 1), (7, 3, 2), (130, 5, 3), (300, 17, 10), (517, 33, 6)]
+    for covariance_type in COVARIANCE_TYPES:
+        for i, (n, d, k) in enumerate(shapes):
+            log_weights, means, prec_chol = make_params(k, d, covariance_type, dtype, device, seed=i)
+            layout = ["contiguous", "transposed", "sliced"][i % 3]
+            x = make_x(n, means, seed=i, layout=layout)
+            yield x, None, log_weights, means, prec_chol, covariance_type
+            weight = torch.rand(n, dtype=dtype, device=device)
+            weight[::4] = 0.0
+            yield x, weight, log_weights, means, prec_chol, covariance_type
+        # Overlapping components: every responsibility non-zero (the dense moment path).
+        log_weights, means, prec_chol = make_params(10, 40, covariance_type, dtype, device, seed=9, spread=0.05)
+        yield make_x(400, means, seed=9), None, log_weights, means, prec_chol, covariance_type
+    # Empty x.
+    log_weights, means, prec_chol = make_params(3, 4, "diag", dtype, device)
+    yield torch.empty(0, 4, dtype=dtype, device=device), None, log_weights, means, prec_chol, "diag"
+
+
+def tolerances(dtype: torch.dtype) -> dict:
+    return {"rtol": 1e-9, "atol": 1e-8} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 2e-3}
+
+
+def assert_stats_close(ext, ref, dtype: torch.dtype) -> None:
+    for name, a, b in zip(GMMStats._fields, ext, ref):
+        assert a.dtype == torch.float64, name
+        scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+        tol = tolerances(dtype)
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * scale, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_em_stats_ext_matches_reference(device, dtype):
+    for x, weight, log_weights, means, prec_chol, cov in sample_inputs(device, dtype):
+        ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
+        ref = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ref")
+        assert isinstance(ext, GMMStats) and ext.loglik.shape == ()
+        assert all(a.shape == b.shape and a.device == x.device for a, b in zip(ext, ref))
+        assert_stats_close(ext, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_log_prob_ext_matches_reference(device, dtype):
+    for x, _, log_weights, means, prec_chol, cov in sample_inputs(device, dtype):
+        ext = gmm_log_prob(x, log_weights, means, prec_chol, cov, impl="ext")
+        ref = gmm_log_prob(x, log_weights, means, prec_chol, cov, impl="ref")
+        assert ext.dtype == dtype and ext.shape == (x.shape[0], means.shape[0])
+        tol = {"rtol": 1e-10, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-3}
+        torch.testing.assert_close(ext, ref, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_weight_rows_are_dropped(device):
+    """A row of weight 0 (DDP padding) contributes nothing, whatever its values."""
+    for cov in COVARIANCE_TYPES:
+        log_weights, means, prec_chol = make_params(4, 6, cov, torch.float64, device)
+        x = make_x(50, means, seed=1)
+        padded = torch.cat([x, torch.full((3, 6), 1e3, dtype=x.dtype, device=device)])
+        weight = torch.cat([torch.ones(50, dtype=x.dtype, device=device), torch.zeros(3, dtype=x.dtype, device=device)])
+        for impl in ("ref", "ext"):
+            plain = gmm_em_stats(x, log_weights, means, prec_chol, cov, impl=impl)
+            masked = gmm_em_stats(padded, log_weights, means, prec_chol, cov, weight, impl=impl)
+            for a, b in zip(masked, plain):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_statistics_identities(cov):
+    """nk sums to the total weight; loglik is the weighted log-sum-exp of gmm_log_prob."""
+    log_weights, means, prec_chol = make_params(5, 8, cov, torch.float64, "cpu", seed=3)
+    x = make_x(333, means, seed=3)
+    weight = torch.rand(333, dtype=torch.float64)
+    stats = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
+    log_prob = gmm_log_prob(x, log_weights, means, prec_chol, cov, impl="ext")
+    torch.testing.assert_close(stats.nk.sum(), weight.sum())
+    torch.testing.assert_close(stats.loglik, (weight * torch.logsumexp(log_prob, 1)).sum())
+    if cov == "tied":
+        torch.testing.assert_close(stats.sxx, (x * weight[:, None]).T @ x)
+
+
+def test_result_does_not_depend_on_thread_count():
+    log_weights, means, prec_chol = make_params(10, 30, "diag", torch.float32, "cpu", seed=5, spread=0.3)
+    x = make_x(20_000, means, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gmm_em_stats(x, log_weights, means, prec_chol, "diag", impl="ext")
+        torch.set_num_threads(2)
+        two = gmm_em_stats(x, log_weights, means, prec_chol, "diag", impl="ext")
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    d=st.integers(1, 40),
+    k=st.integers(1, 13),
+    cov=st.sampled_from(COVARIANCE_TYPES),
+    spread=st.sampled_from([0.0, 0.5, 5.0]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_property_ext_matches_reference(n, d, k, cov, spread, weighted, seed):
+    log_weights, means, prec_chol = make_params(k, d, cov, torch.float64, "cpu", seed=seed, spread=spread)
+    x = make_x(n, means, seed=seed) if n else torch.empty(0, d, dtype=torch.float64)
+    weight = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) if weighted else None
+    ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
+    ref = _gmm_em_stats_ref(x, weight, log_weights, means, prec_chol, cov)
+    assert_stats_close(ext, ref, torch.float64)
+    log_prob = gmm_log_prob(x, log_weights, means, prec_chol, cov, impl="ext")
+    torch.testing.assert_close(log_prob, _gmm_log_prob_ref(x, log_weights, means, prec_chol, cov), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_log_prob_matches_sklearn_score_samples(cov):
+    mixture = pytest.importorskip("sklearn.mixture")
+    rng = np.random.default_rng(0)
+    data = np.concatenate([rng.normal(size=(150, 6)) * (1 + i) + 4 * i for i in range(3)])
+    gm = mixture.GaussianMixture(3, covariance_type=cov, random_state=0).fit(data)
+    params = [torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (np.log(gm.weights_), gm.means_, gm.precisions_cholesky_)]
+    for impl in ("ref", "ext"):
+        log_prob = gmm_log_prob(torch.from_numpy(data), *params, cov, impl=impl)
+        np.testing.assert_allclose(torch.logsumexp(log_prob, 1).numpy(), gm.score_samples(data), rtol=1e-10, atol=1e-10)
+        stats = gmm_em_stats(torch.from_numpy(data), *params, cov, impl=impl)
+        np.testing.assert_allclose(stats.loglik.item() / len(data), gm.score(data), rtol=1e-10)
+        resp = np.exp(gm._estimate_log_prob_resp(data)[1])
+        np.testing.assert_allclose(stats.nk.numpy(), resp.sum(0), rtol=1e-9)
+        np.testing.assert_allclose(stats.sx.numpy(), resp.T @ data, rtol=1e-9, atol=1e-9)
+
+
+def test_opcheck():
+    load_library()
+    for args in sample_inputs("cpu", torch.float64):
+        x, weight, log_weights, means, prec_chol, cov = args
+        if x.shape[0] > 200:
+            continue  # opcheck runs each case several times; the small ones cover the schema
+        torch.library.opcheck(torch.ops.lightning_genmodels.gmm_em_stats.default, args)
+        torch.library.opcheck(torch.ops.lightning_genmodels.gmm_log_prob.default, (x, log_weights, means, prec_chol, cov))
+
+
+def test_works_under_torch_compile():
+    load_library()
+    log_weights, means, prec_chol = make_params(3, 4, "diag", torch.float32, "cpu")
+    x = make_x(64, means, seed=0)
+
+    def mean_loglik(x: torch.Tensor) -> torch.Tensor:
+        nk, sx, sxx, loglik = torch.ops.lightning_genmodels.gmm_em_stats(x, None, log_weights, means, prec_chol, "diag")
+        return loglik / nk.sum()
+
+    compiled = torch.compile(mean_loglik, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), mean_loglik(x))
+
+
+def _bad_cases():
+    lw, mu, pc = make_params(3, 4, "diag", torch.float32, "cpu")
+    x = torch.randn(10, 4)
+    ok = {"x": x, "log_weights": lw, "means": mu, "prec_chol": pc, "covariance_type": "diag"}
+    return [
+        ({"covariance_type": "diagonal"}, ValueError, "covariance_type"),
+        ({"x": torch.randn(10)}, ValueError, "x"),
+        ({"x": torch.randn(10, 4, dtype=torch.float16)}, TypeError, "x"),
+        ({"x": torch.randn(10, 4).long()}, TypeError, "x"),
+        ({"log_weights": lw[None]}, ValueError, "log_weights"),
+        ({"means": mu[:, :3]}, ValueError, "means"),
+        ({"prec_chol": pc[0]}, ValueError, "prec_chol"),
+        ({"prec_chol": torch.ones(3, 4, 4), "covariance_type": "tied"}, ValueError, "prec_chol"),
+        ({"means": mu.double()}, TypeError, "means"),
+        ({"prec_chol": pc.double()}, TypeError, "prec_chol"),
+        ({"sample_weight": torch.ones(9)}, ValueError, "sample_weight"),
+        ({"sample_weight": torch.ones(10, dtype=torch.float64)}, TypeError, "sample_weight"),
+    ], ok
+
+
+BAD_CASES, OK_ARGS = _bad_cases()
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+@pytest.mark.parametrize("change, error, match", BAD_CASES)
+def test_bad_arguments_raise_clear_errors(impl, change, error, match):
+    args = {**OK_ARGS, **change}
+    with pytest.raises(error, match=match):
+        gmm_em_stats(**args, impl=impl)
+    if "sample_weight" not in change:
+        with pytest.raises(error, match=match):
+            gmm_log_prob(**args, impl=impl)
+
+
+@pytest.mark.parametrize("change, error, match", BAD_CASES)
+def test_kernels_check_their_arguments(change, error, match):
+    """The compiled ops called directly (no Python checks) raise the same kinds of errors."""
+    load_library()
+    a = {"sample_weight": None, **OK_ARGS, **change}
+    op = torch.ops.lightning_genmodels
+    with pytest.raises(error, match=match):
+        op.gmm_em_stats(a["x"], a["sample_weight"], a["log_weights"], a["means"], a["prec_chol"], a["covariance_type"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+def test_mixed_devices_raise(impl):
+    args = {**OK_ARGS, "means": OK_ARGS["means"].cuda()}
+    with pytest.raises(ValueError, match="means"):
+        gmm_em_stats(**args, impl=impl)
+
+
+def test_invalid_impl_raises():
+    with pytest.raises(ValueError, match="impl"):
+        gmm_log_prob(**OK_ARGS, impl="fast")
+
