@@ -1,0 +1,188 @@
+"""One exact EM iteration of a Gaussian mixture: our kernel (ext), the PyTorch reference (ref)
+and scikit-learn, beside the machine's limit for each case.
+
+    python benchmarks/gmm_em.py --quick
+    python benchmarks/gmm_em.py --device cuda --json benchmarks/results/gmm_em_h100.json
+
+An iteration is the fused E-step pass plus the M-step, from the same initial parameters for all
+implementations; iterations are chained, so the reported log-likelihood (the mean lower bound of
+the last E-step) shows the implementations reach the same fit. The limit of a case is the larger
+of one read pass over X and its floating-point work at the matrix-multiply rate measured here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Record, base_parser, machine_info, print_table, time_fn, write_json  # noqa: E402
+
+from lightning_genmodels.gmm_math import m_step, precision_cholesky  # noqa: E402
+from lightning_genmodels.idx import read_idx  # noqa: E402
+from lightning_genmodels.ops.gmm import gmm_em_stats  # noqa: E402
+
+COV_TYPES = ("diag", "spherical", "tied", "full")
+REG_COVAR = 1e-3
+Params = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # log_weights, means, prec_chol
+
+
+def load_pixels(data_dir: Path, n: int) -> torch.Tensor:
+    """MNIST training images as dequantised pixels in (0, 1): float64 [n, 784]."""
+    path = next(p for p in [data_dir / "train-images-idx3-ubyte.gz", data_dir / "train-images-idx3-ubyte"] if p.exists())
+    images = read_idx(path, 2051)[:n].reshape(n, -1).double()
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return (images + noise) / 256.0
+
+
+def pca(x: torch.Tensor, k: int) -> torch.Tensor:
+    centred = x - x.mean(0)
+    _, vectors = torch.linalg.eigh(centred.T @ centred)
+    return centred @ vectors[:, -k:].flip(1)
+
+
+def initial_params(x: torch.Tensor, k: int, cov_type: str) -> Params:
+    """Uniform weights, k distinct random rows as means, the data's covariance for every component."""
+    n, d = x.shape
+    means = x[torch.randperm(n, generator=torch.Generator().manual_seed(1))[:k]]
+    var = x.var(0) + REG_COVAR
+    cov: dict[str, Callable[[], torch.Tensor]] = {
+        "diag": lambda: var.expand(k, d).clone(),
+        "spherical": lambda: var.mean().expand(k).clone(),
+        "tied": lambda: torch.cov(x.T) + REG_COVAR * torch.eye(d, dtype=x.dtype),
+        "full": lambda: (torch.cov(x.T) + REG_COVAR * torch.eye(d, dtype=x.dtype)).expand(k, d, d).clone(),
+    }
+    log_w = torch.full((k,), -float(np.log(k)), dtype=x.dtype)
+    return log_w, means.clone(), precision_cholesky(cov[cov_type](), cov_type)
+
+
+def torch_step(impl: str, x: torch.Tensor, cov_type: str, state: dict[str, Any]) -> None:
+    """One EM iteration with our op (``impl`` ext or ref) and M-step, in x's dtype."""
+    log_w, means, prec = state["params"]
+    stats = gmm_em_stats(x, log_w, means, prec, cov_type, impl=impl)
+    new = m_step(stats, cov_type, REG_COVAR, float(torch.finfo(x.dtype).eps))
+    prec_chol = precision_cholesky(new.covariances, cov_type)
+    state["params"] = (new.weights.log().to(x.dtype), new.means.to(x.dtype), prec_chol.to(x.dtype))
+    state["loglik"] = stats.loglik / x.shape[0]
+
+
+def sklearn_model(params: Params, cov_type: str):
+    from sklearn.mixture import GaussianMixture
+
+    log_w, means, prec = (p.double().cpu().numpy() for p in params)
+    gm = GaussianMixture(len(log_w), covariance_type=cov_type, reg_covar=REG_COVAR)
+    gm.weights_, gm.means_, gm.precisions_cholesky_ = np.exp(log_w), means, prec
+    return gm
+
+
+def sklearn_step(x: np.ndarray, state: dict[str, Any]) -> None:
+    gm = state["model"]
+    log_prob_norm, log_resp = gm._e_step(x)
+    gm._m_step(x, log_resp)
+    state["loglik"] = log_prob_norm
+
+
+def case_flops(n: int, d: int, k: int, cov_type: str) -> float:
+    """Floating-point work of one iteration as dense products compute it."""
+    return {
+        "diag": 8.0 * n * d * k,  # [x², x] · W, then Rᵀ [x, x²]
+        "spherical": 4.0 * n * d * k,  # x · μᵀ, then Rᵀ x
+        "tied": 4.0 * n * d * d + 4.0 * n * d * k,  # x U and xᵀx, then distances and Rᵀ x
+        "full": 4.0 * n * d * d * k,  # (x − μ_k) U_k and Σ r x xᵀ per component
+    }[cov_type]
+
+
+def machine_rates(x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """(seconds of one read pass over x, matrix-multiply rate in flop/s for x's dtype)."""
+    read_s = time_fn(lambda: x.sum(), x.device, repeats=repeats)[0]
+    size = 4096 if x.is_cuda else 2048
+    a = torch.randn(size, size, dtype=x.dtype, device=x.device)
+    gemm_s = time_fn(lambda: a @ a, x.device, repeats=repeats)[0]
+    return read_s, 2.0 * size**3 / gemm_s
+
+
+def cases(quick: bool) -> list[tuple[str, int, str]]:
+    if quick:
+        return [("pixels", 10, "diag"), ("pca50", 10, "diag"), ("pca50", 10, "full"), ("pca50", 10, "spherical")]
+    return [(data, k, c) for data in ("pixels", "pca50") for k in (10, 100) for c in COV_TYPES]
+
+
+def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> list[Record]:
+    n, d = x.shape
+    params = initial_params(x.double().cpu(), k, cov_type)
+    xd = x.to(args.device, torch.float32)
+    read_s, flop_rate = rates
+    flops = case_flops(n, d, k, cov_type)
+    limit_s = max(read_s, flops / flop_rate)
+    common = {"data": data, "N": n, "D": d, "K": k, "covariance_type": cov_type}
+    # Slow cases (full covariance on 784 pixels) get fewer repeats.
+    slow = cov_type == "full" and d > 100
+    repeats = 1 if slow else args.repeats
+    records = []
+    impls = ["ext", "ref", "sklearn"] if not (slow and args.quick) else ["ext"]
+    for impl in impls:
+        if impl == "sklearn":
+            xs = x.double().cpu().numpy()
+            state: dict[str, Any] = {"model": sklearn_model(params, cov_type)}
+            timing = time_fn(lambda: sklearn_step(xs, state), "cpu", repeats=repeats)
+            device, dtype = "cpu", "float64"
+        else:
+            state = {"params": tuple(p.to(args.device, torch.float32) for p in params)}
+            timing = time_fn(lambda: torch_step(impl, xd, cov_type, state), args.device, repeats=repeats)
+            device, dtype = args.device, "float32"
+        extra = {
+            "final_loglik": float(state["loglik"]),
+            "iterations": repeats + 1,
+            "limit_s": limit_s,
+            "read_s": read_s,
+            "flops": flops,
+            "flop_rate": flop_rate,
+            "x_limit": timing[0] / limit_s,
+        }
+        params_json = {**common, "dtype": dtype}
+        records.append(Record("gmm_em", impl, device, params_json, *timing, extra))
+    by_impl = {r.impl: r for r in records}
+    for r in records:
+        for other in ("ref", "sklearn"):
+            if other in by_impl:
+                r.extra[f"speedup_vs_{other}"] = by_impl[other].median_s / r.median_s
+    return records
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    default_dir = os.environ.get("LGM_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+    parser.add_argument("--data-dir", type=Path, default=Path(default_dir))
+    parser.add_argument("--n", type=int, default=60_000, help="rows of MNIST to use")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(machine_info(args.device))
+    pixels = load_pixels(args.data_dir, args.n)
+    datasets = {"pixels": pixels, "pca50": pca(pixels, 50)}
+    records: list[Record] = []
+    rows = []
+    rates = {}
+    for data, k, cov_type in cases(args.quick):
+        x = datasets[data]
+        if data not in rates:
+            rates[data] = machine_rates(x.to(args.device, torch.float32), args.repeats)
+        for r in run_case(data, x, k, cov_type, args, rates[data]):
+            records.append(r)
+            rows.append({**r.params, "impl": r.impl, "ms": 1e3 * r.median_s, "limit_ms": 1e3 * r.extra["limit_s"],
+                         "x_limit": r.extra["x_limit"], "vs_ref": r.extra.get("speedup_vs_ref", float("nan")),
+                         "vs_sklearn": r.extra.get("speedup_vs_sklearn", float("nan")),
+                         "loglik": r.extra["final_loglik"]})
+            print(f"{data} K={k} {cov_type} {r.impl}: {rows[-1]['ms']:.1f} ms", flush=True)
+    print()
+    print_table(rows, list(rows[0].keys()))
+    write_json(args.json, records, args.device)
+
+
+if __name__ == "__main__":
+    main()
