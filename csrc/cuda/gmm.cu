@@ -32,7 +32,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kChunkBytes = int64_t{256} << 20;  // float64 copy of a chunk of x
+constexpr int64_t kChunkBytes = int64_t{256} << 20;  // float64 chunk of x and its responsibilities
 
 // maha[n, k] = sum_d whitened_residual(x_nd, p_kd, nu_kd)^2; p == nullptr means p = 1.
 template <typename T>
@@ -113,6 +113,13 @@ int blocks_for(int64_t work, int64_t per_block) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + per_block - 1) / per_block, 65535)));
 }
 
+// a @ b never in TF32 (which Lightning users often enable): float32 goes through float64,
+// rounded once, so y = x P keeps full float32 accuracy before y - mu P cancels.
+at::Tensor exact_mm(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == at::kDouble) return at::mm(a, b);
+  return at::mm(a.to(at::kDouble), b.to(at::kDouble)).to(a.scalar_type());
+}
+
 // Parameters prepared once per call, in x's dtype: tables p [K, D] (diag/spherical) and
 // nu = mu P [K, D]; prec for tied [D, D] / full [K, D, D]; log w and log det in float64.
 struct Params {
@@ -131,9 +138,9 @@ struct Params {
     if (p.defined()) {
       nu = (means * p).contiguous();
     } else if (cov == CovType::kTied) {
-      nu = at::mm(means, prec);
+      nu = exact_mm(means, prec);
     } else {
-      nu = at::bmm(means.unsqueeze(1), prec).squeeze(1).contiguous();
+      nu = at::bmm(means.unsqueeze(1).to(at::kDouble), prec.to(at::kDouble)).squeeze(1).to(means.scalar_type()).contiguous();
     }
     log_weights = log_weights_.to(at::kDouble).contiguous();
     log_det = gmm_log_det(prec_chol, cov, K, D).contiguous();
@@ -154,12 +161,12 @@ at::Tensor chunk_maha(const Params& prm, const at::Tensor& xc) {
                                                     K, maha.data_ptr<T>(), K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else if (prm.cov == CovType::kTied) {
-    const at::Tensor y = at::mm(xc, prm.prec);
+    const at::Tensor y = exact_mm(xc, prm.prec);
     maha_kernel<T><<<blocks, kThreads, 0, stream>>>(y.data_ptr<T>(), D, rows, D, nullptr, nu, K, maha.data_ptr<T>(), K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     for (int64_t k = 0; k < K; ++k) {
-      const at::Tensor y = at::mm(xc, prm.prec[k]);
+      const at::Tensor y = exact_mm(xc, prm.prec[k]);
       maha_kernel<T><<<blocks, kThreads, 0, stream>>>(y.data_ptr<T>(), D, rows, D, nullptr, nu + k * D, 1,
                                                       maha.data_ptr<T>() + k, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -168,9 +175,10 @@ at::Tensor chunk_maha(const Params& prm, const at::Tensor& xc) {
   return maha;
 }
 
-// Rows per chunk: the float64 copy within kChunkBytes, one softmax thread per row in one grid.
-int64_t chunk_rows(int64_t N, int64_t D) {
-  return std::max<int64_t>(1, std::min({N, kChunkBytes / (D * 8), int64_t{65535} * kThreads}));
+// Rows per chunk: the chunk's float64 copy [rows, D] and responsibilities [rows, K] within
+// kChunkBytes (maha [rows, K] and y [rows, D] are no larger), one softmax thread per row in one grid.
+int64_t chunk_rows(int64_t N, int64_t D, int64_t K) {
+  return std::max<int64_t>(1, std::min({N, kChunkBytes / ((D + K) * 8), int64_t{65535} * kThreads}));
 }
 
 at::Tensor rows_with_unit_stride(const at::Tensor& x) {
@@ -182,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const a
                                                                           const std::optional<at::Tensor>& sample_weight,
                                                                           const Params& prm) {
   const at::Tensor x = rows_with_unit_stride(x_in);
-  const int64_t N = x.size(0), K = prm.K, D = prm.D, C = chunk_rows(N, D);
+  const int64_t N = x.size(0), K = prm.K, D = prm.D, C = chunk_rows(N, D, K);
   const auto f64 = x.options().dtype(at::kDouble);
   const auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor nk = at::zeros({K}, f64), sx = at::zeros({K, D}, f64);
@@ -227,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const a
 template <typename T>
 at::Tensor log_prob_cuda(const at::Tensor& x_in, const Params& prm) {
   const at::Tensor x = rows_with_unit_stride(x_in);
-  const int64_t N = x.size(0), K = prm.K, D = prm.D, C = chunk_rows(N, D);
+  const int64_t N = x.size(0), K = prm.K, D = prm.D, C = chunk_rows(N, D, K);
   at::Tensor out = at::empty({N, K}, x.options());
   const auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t n0 = 0; n0 < N; n0 += C) {

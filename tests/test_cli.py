@@ -1,0 +1,135 @@
+"""The LightningCLI entry point: fit end to end, model selection by name and path, errors."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_genmodels import GaussianMixture
+from lightning_genmodels.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "gmm_mnist.yaml"
+K = 3
+# 12 samples, 4 per row: torchvision's make_grid with padding 2 around 28-pixel images.
+NUM_SAMPLES, NROW = 12, 4
+GRID_SIZE = (NROW * 30 + 2, (NUM_SAMPLES // NROW) * 30 + 2)  # PIL's (width, height)
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+
+
+class MyGMM(GaussianMixture):
+    """A user's subclass, selected by its import path ``tests.test_cli.MyGMM``."""
+
+    def __init__(self, tag: str = "default", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.tag = tag
+
+
+def fit_args(mnist_dir: Path, tmp_path: Path, model: str | None = None) -> list[str]:
+    """A two-iteration fit of the shipped config, with every output under ``tmp_path``."""
+    args = ["fit", "--config", str(CONFIG)]
+    if model is not None:
+        args += ["--model", model]
+    return args + [
+        "--data.data_dir", str(mnist_dir),
+        "--data.batch_size", "10000",
+        "--model.n_components", str(K),
+        "--model.max_iter", "2",
+        "--trainer.max_epochs", "2",
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+        # Without ``+=`` these edit the config's SampleGrid instead of appending a second one.
+        "--trainer.callbacks.path", str(tmp_path / "samples.png"),
+        "--trainer.callbacks.num_samples", str(NUM_SAMPLES),
+        "--trainer.callbacks.nrow", str(NROW),
+    ]
+
+
+def printed_metric(out: str, name: str) -> float:
+    """The value of ``name`` in the metrics table the CLI prints after fit."""
+    values = [line.split()[1] for line in out.splitlines() if line.split()[:1] == [name]]
+    assert len(values) == 1, f"{name} not printed once in:\n{out}"
+    return float(values[0])
+
+
+def check_grid(path: Path) -> None:
+    assert path.is_file()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == GRID_SIZE
+        pixels = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))
+    assert pixels.std() > 0, "the sample grid is a constant image"
+
+
+def check_fitted(model: GaussianMixture) -> None:
+    assert model.fitted and model.n_iter_ == 2
+    assert model.means_.shape == (K, 784) and model.covariances_.shape == (K, 784)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
+        assert torch.isfinite(getattr(model, name)).all(), name
+    torch.testing.assert_close(model.weights_.sum().double(), torch.tensor(1.0, dtype=torch.float64))
+    assert math.isfinite(model.lower_bound_)
+
+
+@pytest.mark.parametrize("model", ["GaussianMixture", "lightning_genmodels.GaussianMixture"])
+def test_fit_writes_grid_and_prints_metrics(
+    mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, model: str
+) -> None:
+    cli = main(args=fit_args(mnist_dir, tmp_path, model))
+    out = capsys.readouterr().out
+
+    assert type(cli.model) is GaussianMixture
+    assert cli.model.hparams.n_components == K and cli.model.hparams.covariance_type == "diag"
+    check_fitted(cli.model)
+    check_grid(tmp_path / "samples.png")
+    assert printed_metric(out, "train/lower_bound") == pytest.approx(cli.model.lower_bound_, rel=1e-5)
+    assert math.isfinite(printed_metric(out, "val/log_likelihood"))
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_user_subclass_by_import_path(mnist_dir: Path, tmp_path: Path) -> None:
+    args = fit_args(mnist_dir, tmp_path, "tests.test_cli.MyGMM") + ["--model.tag", "mine"]
+    cli = main(args=args)
+
+    assert type(cli.model) is MyGMM and cli.model.tag == "mine"
+    # Arguments of the base class come through from the config and the command line.
+    assert cli.model.hparams.n_components == K and cli.model.hparams.reg_covar == 1e-3
+    check_fitted(cli.model)
+    check_grid(tmp_path / "samples.png")
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert f"    {subcommand}" in out, subcommand
+
+
+def test_bad_option_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["fit", "--config", str(CONFIG), "--model.covariance_type", "bogus",
+            "--trainer.default_root_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=args)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "covariance_type" in err and "bogus" in err
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_python_dash_m_fit(mnist_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_genmodels", *fit_args(mnist_dir, tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train/lower_bound" in result.stdout
+    check_grid(tmp_path / "samples.png")
