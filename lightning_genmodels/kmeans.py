@@ -115,17 +115,18 @@ def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1
         sums = centers.new_zeros(k, d)
         inertia = centers.new_zeros(())
         moments = centers.new_zeros(3, d)  # Σ s, Σ s x, Σ s x² (first pass: the tolerance)
-        c_sq = centers.square().sum(1)
         for x, s in batches():
-            x64 = x.double()
-            w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if s is None else s.double()
-            best, labels = torch.addmm(c_sq, x64, centers.T, alpha=-2.0).min(1)
-            assign = torch.nn.functional.one_hot(labels, k).to(torch.float64) * w[:, None]  # [B, K]
-            counts += assign.sum(0)
-            sums += assign.T @ x64
-            inertia += (best * w).sum()
+            # Products in the data's dtype (as scikit-learn), batch sums added in float64.
+            c = centers.to(x.dtype)
+            w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device) if s is None else s.to(x.dtype)
+            best, labels = torch.addmm(c.square().sum(1), x, c.T, alpha=-2.0).min(1)
+            assign = torch.nn.functional.one_hot(labels, k).to(x.dtype) * w[:, None]  # [B, K]
+            counts += assign.sum(0, dtype=torch.float64)
+            sums += (assign.T @ x).double()
+            inertia += (best.double() * w.double()).sum()
             if tol_abs is None:
-                moments += torch.stack([w.sum().expand(d), w @ x64, w @ x64.square()])
+                x64, w64 = x.double(), w.double()
+                moments += torch.stack([w64.sum().expand(d), w64 @ x64, w64 @ x64.square()])
         all_reduce_sum(counts, sums, inertia)
         if tol_abs is None:
             all_reduce_sum(moments)
