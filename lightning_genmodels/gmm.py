@@ -231,7 +231,8 @@ class GaussianMixture(LightningModule):
             self.hparams.covariance_type, w, impl=self.hparams.impl,
         )
         n_rows = torch.tensor(float(x.shape[0]), device=x.device) if w is None else w.sum()
-        self.em_stats.update(stats, n_rows, (~torch.isfinite(x)).sum())
+        # NaN/inf in x make the batch's log-likelihood non-finite: a free check, no extra pass.
+        self.em_stats.update(stats, n_rows, (~torch.isfinite(stats.loglik)).double())
 
     def on_train_epoch_end(self) -> None:
         """M-step on the epoch's statistics summed over ranks; convergence and restarts."""
@@ -240,7 +241,10 @@ class GaussianMixture(LightningModule):
         stats, n_total, n_nonfinite = self.em_stats.compute()
         self.em_stats.reset()
         if float(n_nonfinite) > 0:
-            raise ValueError("the data contain NaN or infinite values")
+            raise ValueError(
+                "the E-step's log-likelihood is not finite: the data contain NaN or infinite values "
+                "(or values so large that every density underflows: scale the data)"
+            )
         self._check_enough_samples(float(n_total))
         bound = float(stats.loglik / n_total)
         self._m_step(stats)

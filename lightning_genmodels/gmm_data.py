@@ -176,7 +176,7 @@ class EMStatistics(Metric):
     ``compute`` returns them summed over DDP ranks.
 
     States (float64): nk [K], sx [K, D], sxx (layout of the covariance type), loglik [],
-    n_total [] (Σ sample weights), n_nonfinite [] (non-finite values seen in the data).
+    n_total [] (Σ sample weights), n_nonfinite [] (batches whose log-likelihood was not finite).
     """
 
     full_state_update = False

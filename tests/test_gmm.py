@@ -396,3 +396,14 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
                 assert rel_err(ranks[0][name], getattr(single, name).numpy()) < 1e-8, (case, name)
         if case != "kmeans":
             assert ranks[0]["lower_bound_"] == pytest.approx(single.lower_bound_, rel=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_data_found_by_the_em_pass(impl: str, bad: float) -> None:
+    x = torch.from_numpy(blobs(n=100))
+    x[41, 0] = bad
+    init = given_init(x.numpy(), 3, "diag")
+    model = GaussianMixture(3, covariance_type="diag", impl=impl, **init).double()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x), batch_size=32))
