@@ -40,6 +40,13 @@ def squared_distances(x: Tensor, centers: Tensor) -> Tensor:
     return d2.clamp_min_(0.0)
 
 
+def _nearest_sq_distance(x: Tensor, centers: Tensor) -> Tensor:
+    """min_k ||x_n − c_k||² [N] as float64, the products in x's dtype (a k-means++ weight)."""
+    c = centers.to(x.dtype)
+    nearest = torch.addmm(c.square().sum(1), x, c.T, alpha=-2.0).min(1).values
+    return (nearest + torch.linalg.vector_norm(x, dim=1).square()).clamp_min(0.0).double()
+
+
 def rank_generator(seed: int) -> torch.Generator:
     """A CPU generator for per-row randomness: ``seed`` on rank 0, distinct on other ranks."""
     return torch.Generator().manual_seed((seed + 1_000_003 * rank()) % 2**63)
@@ -96,8 +103,7 @@ def kmeans_plusplus(batches: Batches, n_clusters: int, seed: int) -> tuple[Tenso
     first, total = weighted_draw(batches, 1, g)
     centers = first.double()
     for _ in range(1, n_clusters):
-        d2 = lambda x, c=centers: squared_distances(x, c).min(1).values  # noqa: E731
-        nxt, _ = weighted_draw(batches, 1, g, d2)
+        nxt, _ = weighted_draw(batches, 1, g, lambda x, c=centers: _nearest_sq_distance(x, c))
         centers = torch.cat([centers, nxt.double()])
     return centers, total
 
