@@ -33,7 +33,8 @@ print("WARNINGS", sum(issubclass(w.category, RuntimeWarning) for w in caught))
 
 def _run(code: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "LGM_OPS_CACHE": str(cache), "PYTHONPATH": str(ROOT), **env}
-    full_env.pop("LGM_OPS_IMPL", None) if "LGM_OPS_IMPL" not in env else None
+    if "LGM_OPS_IMPL" not in env:
+        full_env.pop("LGM_OPS_IMPL", None)
     return subprocess.run(
         [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=600, cwd=ROOT
     )
