@@ -34,6 +34,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["lightning_genmodels", "lightning_genmodels.*"]),
     cmdclass={"build_py": BuildPyWithSources},
+    package_data={"lightning_genmodels.metrics": ["weights/*.pt"]},  # the FID feature network
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

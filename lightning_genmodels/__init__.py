@@ -1,9 +1,10 @@
 """Generative models on PyTorch Lightning: GMM (EM), VAE, GAN and diffusion, sharing one
 MNIST DataModule, with hot loops in a JIT-compiled C++/CUDA extension."""
-from .callbacks import SampleGrid
+from .callbacks import FIDCallback, SampleGrid
 from .data import MNISTDataModule
 from .gmm import GaussianMixture
 from .idx import IDXFileNotFoundError, IDXFormatError
+from .metrics import SampleQuality
 
 __version__ = "0.1.0"
-__all__ = ["GaussianMixture", "IDXFileNotFoundError", "IDXFormatError", "MNISTDataModule", "SampleGrid"]
+__all__ = ["FIDCallback", "GaussianMixture", "IDXFileNotFoundError", "IDXFormatError", "MNISTDataModule", "SampleGrid", "SampleQuality"]

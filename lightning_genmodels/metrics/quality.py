@@ -1,0 +1,157 @@
+"""SampleQuality: FID, KID, improved precision/recall and mode coverage of generated digits,
+all against one cached set of real features, all synchronised across DDP ranks by torchmetrics.
+
+    quality = SampleQuality(data_dir="../shared/data/mnist")       # test set, cached features
+    for images in batches_of_samples:                              # [B, 1, 28, 28] in [0, 1]
+        quality.update(images)
+    quality.compute()  # {"fid", "kid", "kid_std", "precision", "recall", "coverage", "missing",
+                       #  "confidence", "histogram"}
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from .classes import ClassCoverage
+from .extractors import FeatureName, Logits, build_extractor
+from .features import check_images, load_feature_net
+from .precision_recall import PrecisionRecall
+from .real import load_real_images, real_features
+
+__all__ = ["SampleQuality", "sample_chunks"]
+
+
+def sample_chunks(num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
+    """(seed, size) of the chunks of ``batch_size`` generated images that ``rank`` of
+    ``world_size`` draws: chunk j has seed ``seed + j`` and goes to rank ``j % world_size``, so
+    the union over ranks is the same set of samples for any number of processes."""
+    starts = range(0, num_samples, batch_size)
+    return [(seed + j, min(batch_size, num_samples - s)) for j, s in enumerate(starts) if j % world_size == rank]
+
+
+class SampleQuality(nn.Module):
+    """Sample-quality metrics of generated MNIST-like images against real images.
+
+    FID and KID are torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` with
+    our extractor as ``feature`` (Heusel et al. 2017; Bińkowski et al. 2018); precision/recall
+    and class coverage are :class:`PrecisionRecall` and :class:`ClassCoverage`. The real features
+    are set once (never recomputed per evaluation); ``reset()`` clears only generated samples.
+
+    Under DDP pass ``rank`` and ``world_size`` to :meth:`set_real`: each rank keeps the rows
+    ``rank::world_size`` of the real features, so the states summed/gathered by torchmetrics at
+    ``compute()`` are exactly those of the whole real set, and the generated samples may be split
+    across ranks in any way.
+
+    Args:
+        feature: "mnist" (the shipped network, 128 features) or an Inception layer (2048 needs
+            torch-fidelity and ``weights_path``).
+        weights_path: weights of the feature network (None: the shipped MNIST weights).
+        kid_subsets: KID subsets (torchmetrics' ``subsets``).
+        kid_subset_size: KID subset size, capped at the sample counts at compute time.
+        k: neighbours for the precision/recall radii.
+        min_class_share: share below which a digit counts as missing.
+        seed: seed of KID's random subsets, so ``compute()`` is repeatable.
+    """
+
+    def __init__(
+        self,
+        feature: FeatureName = "mnist",
+        weights_path: str | Path | None = None,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        k: int = 3,
+        min_class_share: float = 0.02,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if feature == "mnist":
+            self.extractor = build_extractor("mnist", weights_path)
+            classifier = Logits(self.extractor)  # the class histogram reuses the feature pass
+        else:
+            self.extractor = build_extractor(feature, weights_path)
+            classifier = load_feature_net()
+        self.fid = FrechetInceptionDistance(feature=self.extractor, reset_real_features=False, normalize=True)
+        with warnings.catch_warnings():  # we keep 10k features, not a large dataset
+            warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all")
+            self.kid = KernelInceptionDistance(
+                feature=self.extractor, subsets=kid_subsets, subset_size=kid_subset_size,
+                reset_real_features=False, normalize=True,
+            )
+        self.pr = PrecisionRecall(k=k)
+        self.classes = ClassCoverage(classifier, min_share=min_class_share)
+        self.kid_subset_size = kid_subset_size
+        self.seed = seed
+        self.num_real = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.fid.real_features_sum.device
+
+    def set_real(self, features: Tensor, rank: int = 0, world_size: int = 1) -> None:
+        """Use real features [N, F] (this rank keeps rows ``rank::world_size``)."""
+        n_feat = self.extractor.num_features
+        if features.dim() != 2 or features.shape[1] != n_feat:
+            raise ValueError(f"real features must be [N, {n_feat}], got {list(features.shape)}")
+        self.num_real = len(features)
+        f = features[rank::world_size].to(self.device, torch.float64)
+        self.fid.real_features_sum = f.sum(dim=0)
+        self.fid.real_features_cov_sum = f.T @ f
+        self.fid.real_features_num_samples = torch.tensor(len(f), device=self.device)
+        self.kid.real_features = [f]
+        self.pr.real_features = [f]
+
+    def set_real_from_data(
+        self,
+        data_dir: str | Path | None,
+        split: Literal["train", "test"] = "test",
+        num: int | None = None,
+        cache_dir: str | Path | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        """Real features of MNIST's ``split`` (a seeded subset of ``num`` images if given),
+        computed once and cached on disk (see real.py), then :meth:`set_real`."""
+        images = load_real_images(data_dir, split, num)
+        self.set_real(real_features(self.extractor, images, cache_dir), rank, world_size)
+
+    @torch.no_grad()
+    def update(self, imgs: Tensor) -> None:
+        """Add generated images [B, 1, 28, 28] in [0, 1]."""
+        check_images(imgs, "generated images")
+        imgs = imgs.to(self.device, torch.float32)
+        self.fid.update(imgs, real=False)
+        self.kid.update(imgs, real=False)
+        self.pr.update(self.extractor(imgs), real=False)
+        self.classes.update(imgs)
+        if hasattr(self.extractor, "forget"):
+            self.extractor.forget()
+
+    def compute(self, num_generated: int | None = None) -> dict[str, Tensor]:
+        """All metrics (synchronised across DDP ranks).
+
+        Args:
+            num_generated: generated samples over all ranks, which caps KID's subset size;
+                None takes this process's count (right on one process).
+        """
+        if self.num_real == 0:
+            raise RuntimeError("SampleQuality has no real features: call set_real or set_real_from_data first")
+        n_fake = num_generated if num_generated is not None else int(self.fid.fake_features_num_samples)
+        self.kid.subset_size = min(self.kid_subset_size, n_fake, self.num_real)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            kid_mean, kid_std = self.kid.compute()
+        out = {"fid": self.fid.compute(), "kid": kid_mean, "kid_std": kid_std}
+        out.update(self.pr.compute())
+        out.update(self.classes.compute())
+        return out
+
+    def reset(self) -> None:
+        """Forget the generated samples; the real features stay."""
+        for metric in (self.fid, self.kid, self.pr, self.classes):
+            metric.reset()

@@ -1,0 +1,85 @@
+"""Real-data features, computed once per (data, network) and cached on disk.
+
+The cache file is ``<cache_dir>/real_<network sha256[:16]>_<data sha256[:16]>.pt`` holding the
+features [N, F] float64; ``cache_dir`` defaults to ``$LGM_CACHE_DIR/fid`` or
+``~/.cache/lightning_genmodels/fid``. The data key hashes the uint8 image bytes themselves, so
+another split, subset or dataset gets its own entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["default_cache_dir", "load_real_images", "real_features"]
+
+
+def default_cache_dir() -> Path:
+    """``$LGM_CACHE_DIR/fid``, else ``~/.cache/lightning_genmodels/fid``."""
+    root = os.environ.get("LGM_CACHE_DIR")
+    return Path(root) / "fid" if root else Path.home() / ".cache" / "lightning_genmodels" / "fid"
+
+
+def load_real_images(
+    data_dir: str | Path | None, split: Literal["train", "test"] = "test", num: int | None = None, seed: int = 0
+) -> Tensor:
+    """MNIST images uint8 [N, 28, 28] from the IDX files in ``data_dir``.
+
+    Args:
+        data_dir: folder of the IDX files (see MNISTDataModule); None: ``$LGM_DATA_DIR``.
+        split: "test" (10,000 images, the default reference set) or "train" (60,000).
+        num: keep a seeded random subset of this many images; None keeps all, in file order.
+        seed: seed of the subset.
+    """
+    from lightning_genmodels.data import MNISTDataModule
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    dm = MNISTDataModule(data_dir=None if data_dir is None else str(data_dir), input_format="unit", val_split=0)
+    dm.setup("fit" if split == "train" else "test")
+    images = (dm.data_train if split == "train" else dm.data_test).images
+    if num is not None:
+        if not 2 <= num <= len(images):
+            raise ValueError(f"num={num} real images requested; the {split} split has {len(images)}")
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num]]
+    return images
+
+
+@torch.no_grad()
+def real_features(
+    extractor: nn.Module, images: Tensor, cache_dir: str | Path | None = None, batch_size: int = 1000
+) -> Tensor:
+    """Features [N, F] float64 of real images uint8 [N, 28, 28], read from the cache when there.
+
+    Args:
+        extractor: a feature module with ``sha256`` (see extractors.py); features run on its device.
+        images: uint8 [N, 28, 28].
+        cache_dir: cache folder; None: :func:`default_cache_dir`. Written atomically, so DDP ranks
+            computing the same entry at once do not clash.
+        batch_size: images per forward pass.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 3:
+        raise ValueError(f"real images must be uint8 [N, H, W], got {images.dtype} {list(images.shape)}")
+    data_key = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
+    net_key = getattr(extractor, "sha256", None)
+    if not net_key:
+        raise ValueError(f"{type(extractor).__name__} has no sha256 attribute to key the real-feature cache")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"real_{net_key[:16]}_{data_key}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    device = next(extractor.parameters()).device
+    feats = torch.cat([
+        extractor(images[i : i + batch_size].to(device).float().div(255).unsqueeze(1)).cpu()
+        for i in range(0, len(images), batch_size)
+    ])
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache, suffix=".tmp", delete=False) as tmp:
+        torch.save(feats, tmp)
+    os.replace(tmp.name, path)
+    return feats

@@ -1,0 +1,59 @@
+"""The evaluation command on a small GMM checkpoint: report folder, NLL, FID-over-training plot."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from lightning_genmodels import GaussianMixture
+from lightning_genmodels.data import MNISTDataModule
+from lightning_genmodels.evaluate import main, parse_model
+
+
+@pytest.fixture(scope="module")
+def gmm_ckpt(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = GaussianMixture(3, covariance_type="diag", max_iter=2, random_state=0)
+    dm = MNISTDataModule(data_dir=str(mnist_dir), batch_size=5000, val_split=50_000)
+    trainer = Trainer(max_epochs=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    with pytest.warns(UserWarning):  # 2 EM iterations do not converge
+        trainer.fit(model, dm)
+    path = tmp_path_factory.mktemp("ckpt") / "gmm.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_report_folder(mnist_dir: Path, gmm_ckpt: Path, tmp_path: Path, fid_cache: Path, test_features) -> None:
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,step,val/fid,train/lower_bound\n0,1,30.5,\n0,1,,12.0\n1,2,20.25,\n3,4,18.0,\n")
+    out = tmp_path / "report"
+    main(["--model", f"gmm=lightning_genmodels.GaussianMixture:{gmm_ckpt}", "--log", f"gmm={log}",
+          "--data-dir", str(mnist_dir), "--out", str(out), "--num-samples", "300", "--floor-num", "500",
+          "--kid-subset-size", "100", "--cache-dir", str(fid_cache)])
+    for name in ("report.md", "results.json", "samples_gmm.png", "fid_over_training.png"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    row, floor = results["models"]["gmm"], results["floor"]
+    assert row["fid"] > floor["fid"] > 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    report = (out / "report.md").read_text()
+    assert "| gmm | " in report and f"{row['fid']:.3f}" in report and "samples_gmm.png" in report
+
+    # NLL: the dequantisation bound from the GMM's exact density, recomputed here
+    model = GaussianMixture.load_from_checkpoint(gmm_ckpt, weights_only=False)
+    dm = MNISTDataModule(data_dir=str(mnist_dir), input_format="dequantized_flat", batch_size=1000, val_split=0)
+    dm.setup("test")
+    torch.manual_seed(0)
+    log_p = torch.cat([model.score_samples(x).double() for x, _ in dm.test_dataloader()])
+    expected = -log_p.mean().item() / (784 * math.log(2)) + 8
+    assert row["nll_bits_per_dim"] == pytest.approx(expected, rel=1e-9)
+    assert 0 < expected < 8
+
+
+def test_bad_model_spec_is_rejected() -> None:
+    with pytest.raises(ValueError, match="NAME=package.module.Class:/path/to.ckpt"):
+        parse_model("gmm=/work/ckpts/gmm.ckpt")
+    assert parse_model("gmm=lightning_genmodels.GaussianMixture:/a/b.ckpt")[1] == "lightning_genmodels.GaussianMixture"

@@ -1,0 +1,65 @@
+"""FIDCallback: 2-process CPU DDP gives the metrics of 1 process; drives ModelCheckpoint."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_genmodels.callbacks import FIDCallback
+from lightning_genmodels.metrics.quality import sample_chunks
+
+from .ddp_fid_script import NoisyBank, loader, run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_chunks_split_the_same_samples_over_any_number_of_ranks() -> None:
+    one = sample_chunks(300, 64, seed=7)
+    assert [s for _, s in one] == [64, 64, 64, 64, 44] and [seed for seed, _ in one] == [7, 8, 9, 10, 11]
+    two = sample_chunks(300, 64, 7, rank=0, world_size=2) + sample_chunks(300, 64, 7, rank=1, world_size=2)
+    assert sorted(two) == one
+
+
+def test_two_process_ddp_equals_one_process(mnist_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    script = Path(__file__).with_name("ddp_fid_script.py")
+    cache = tmp_path / "cache"
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(mnist_dir), str(cache), str(tmp_path)],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"DDP run hung:\n{exc.stdout}\n{exc.stderr}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    _, single = run(str(mnist_dir), str(cache), devices=1)
+    assert ranks[0]["last"] == ranks[1]["last"]  # every rank logs the synchronised values
+    for name in ("fid", "precision", "recall", "mode_coverage", "confidence"):
+        assert ranks[0]["last"][name] == pytest.approx(single.last[name], rel=1e-9, abs=1e-12), name
+        assert ranks[0]["logged"][f"val/{name}"] == pytest.approx(single.last[name], rel=1e-6), name
+    # KID draws random subsets of the gathered features, whose order depends on the ranks
+    assert ranks[0]["last"]["kid"] == pytest.approx(single.last["kid"], rel=0.5, abs=1e-3)
+    assert single.last["fid"] > 0
+
+
+def test_drives_model_checkpoint_on_best_fid(mnist_dir: Path, tmp_path: Path) -> None:
+    fid = FIDCallback(data_dir=str(mnist_dir), cache_dir=str(tmp_path), num_samples=128, batch_size=64,
+                      num_real=500, kid_subset_size=50, every_n_epochs=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val/fid", mode="min", every_n_epochs=2, save_top_k=1)
+    trainer = Trainer(accelerator="cpu", max_epochs=4, limit_train_batches=1, limit_val_batches=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[fid, ckpt])
+    trainer.fit(NoisyBank(str(mnist_dir)), loader(), loader())
+    assert ckpt.best_model_path and ckpt.best_model_score is not None
+    assert float(ckpt.best_model_score) == pytest.approx(fid.last["fid"])  # same samples each time
+
+
+def test_bad_arguments_are_rejected() -> None:
+    with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
+        FIDCallback(num_samples=0)
+    with pytest.raises(TypeError, match="no sample_images"):
+        FIDCallback().setup(None, object(), "fit")
