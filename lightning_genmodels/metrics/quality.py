@@ -143,6 +143,11 @@ class SampleQuality(nn.Module):
             raise RuntimeError("SampleQuality has no real features: call set_real or set_real_from_data first")
         n_fake = num_generated if num_generated is not None else int(self.fid.fake_features_num_samples)
         self.kid.subset_size = min(self.kid_subset_size, n_fake, self.num_real)
+        # KID's list states have dist_reduce_fx=None: torchmetrics gathers them element by element,
+        # so ranks with different update counts would deadlock. One tensor per rank keeps them even.
+        feats = self.kid.fake_features
+        width = self.extractor.num_features
+        self.kid.fake_features = [torch.cat(feats) if feats else torch.empty(0, width, dtype=torch.float64, device=self.device)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             kid_mean, kid_std = self.kid.compute()
