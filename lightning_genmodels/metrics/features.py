@@ -26,7 +26,7 @@ __all__ = [
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mnist_features.pt"
 # SHA-256 of the shipped weights file; printed by train_features.py when it writes them.
-WEIGHTS_SHA256 = "c53b79f104990c571da4e52f35375a2d896f8ce2a491fdd42eed82178e69676f"
+WEIGHTS_SHA256 = "97916c3b6b1bef0c22298b07e2dbb4dbd9210ed3c32d64e81072064ef1d19a41"
 
 
 class FeatureWeightsError(RuntimeError):
