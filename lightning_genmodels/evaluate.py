@@ -33,7 +33,7 @@ from torchvision.utils import save_image
 from lightning_genmodels.metrics import SampleQuality, dequantized_bits_per_dim, load_real_images
 from lightning_genmodels.metrics.quality import sample_chunks
 
-COLUMNS = (("fid", "FID ↓", "{:.3f}"), ("kid", "KID×10³ ↓", "{:.3f}"), ("precision", "precision ↑", "{:.3f}"),
+COLUMNS = (("fid", "FID ↓", "{:.3f}"), ("kid", "KID ↓", "{:.4g}"), ("precision", "precision ↑", "{:.3f}"),
            ("recall", "recall ↑", "{:.3f}"), ("coverage", "mode coverage ↑", "{:.0%}"),
            ("missing_digits", "missing digits", "{}"), ("confidence", "confidence ↑", "{:.3f}"),
            ("nll_bits_per_dim", "NLL bits/dim ↓", "{:.3f}"), ("sample_s", "sampling s", "{:.1f}"))
@@ -96,10 +96,10 @@ def evaluate_model(model, quality: SampleQuality, num_samples: int, batch_size: 
 
 
 def _row(out: dict, min_share: float) -> dict:
-    """SampleQuality.compute()'s output as plain numbers for the table (KID ×10³)."""
+    """SampleQuality.compute()'s output as plain numbers for the table."""
     hist = out["histogram"].tolist()
     return {
-        "fid": float(out["fid"]), "kid": 1e3 * float(out["kid"]), "kid_std": 1e3 * float(out["kid_std"]),
+        "fid": float(out["fid"]), "kid": float(out["kid"]), "kid_std": float(out["kid_std"]),
         "precision": float(out["precision"]), "recall": float(out["recall"]),
         "coverage": float(out["coverage"]), "confidence": float(out["confidence"]),
         "missing_digits": ",".join(str(d) for d, h in enumerate(hist) if h < min_share) or "none",
@@ -159,7 +159,7 @@ def write_report(out: Path, results: dict, floor: dict, meta: dict, has_plot: bo
         f"Generated {meta['date']} on {meta['machine']} by:", "", f"```\n{meta['command']}\n```", "",
         f"{meta['num_samples']} samples per model (seeds {meta['seed']}…) against the MNIST test set "
         f"(10,000 images) in the 128 features of the shipped MNIST network (sha256 {meta['weights'][:12]}…). "
-        f"KID: {meta['kid_subset_size']}-sample subsets ×10³. Precision/recall: Kynkäänniemi et al. 2019, k=3. "
+        f"KID: polynomial-kernel MMD², mean over 100 subsets of {meta['kid_subset_size']} (our features are not normalised, so its scale differs from Inception KID). Precision/recall: Kynkäänniemi et al. 2019, k=3. "
         f"Mode coverage: digits the classifier assigns to at least 2% of the samples. Confidence: mean max "
         f"softmax probability. The floor row is {meta['floor_num']} real training images in place of samples.", "",
         "| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
@@ -176,7 +176,8 @@ def write_report(out: Path, results: dict, floor: dict, meta: dict, has_plot: bo
     lines += ["", "## Samples", ""]
     lines += [f"**{name}** ({r['class']})\n\n![{name} samples](samples_{name}.png)\n" for name, r in results.items()]
     if has_plot:
-        lines += ["## FID over training", "", "![FID over training](fid_over_training.png)", ""]
+        lines += ["## FID over training", "", "From " + ", ".join(f"{n}: `{p}`" for n, p in meta["logs"].items()) + ".",
+                  "", "![FID over training](fid_over_training.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
 
 
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "command": "python -m lightning_genmodels.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
             "num_samples": args.num_samples, "seed": args.seed, "weights": quality.extractor.sha256,
-            "kid_subset_size": min(args.kid_subset_size, args.num_samples), "floor_num": args.floor_num}
+            "kid_subset_size": min(args.kid_subset_size, args.num_samples), "floor_num": args.floor_num,
+            "logs": {name: str(path) for name, path in logs.items()}}
     write_report(out, results, floor, meta, bool(logs))
     (out / "results.json").write_text(json.dumps({"meta": meta, "floor": floor, "models": results}, indent=1))
     print(f"wrote {out / 'report.md'}")

@@ -37,7 +37,10 @@ def fid(quality: SampleQuality, images: torch.Tensor) -> float:
 
 
 def numpy_frechet(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance of Gaussians fitted to feature rows a, b (Heusel et al. 2017, eq. 6)."""
+    """Fréchet distance of Gaussians fitted to feature rows a, b (Heusel et al. 2017, eq. 6).
+    Features that are 0 in both sets (dead ReLUs) add nothing; dropping them keeps sqrtm regular."""
+    live = (a != 0).any(0) | (b != 0).any(0)
+    a, b = a[:, live], b[:, live]
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = scipy.linalg.sqrtm(cov_a @ cov_b).real
