@@ -57,3 +57,20 @@ def test_bad_model_spec_is_rejected() -> None:
     with pytest.raises(ValueError, match="NAME=package.module.Class:/path/to.ckpt"):
         parse_model("gmm=/work/ckpts/gmm.ckpt")
     assert parse_model("gmm=lightning_genmodels.GaussianMixture:/a/b.ckpt")[1] == "lightning_genmodels.GaussianMixture"
+
+
+def test_nll_uses_the_models_own_method_else_nothing(mnist_dir: Path) -> None:
+    from torch import nn
+
+    from lightning_genmodels.evaluate import nll_bits_per_dim
+
+    class WithNLL(nn.Module):
+        input_format = "binarized_flat"
+
+        def nll_bits_per_dim(self, loader) -> float:
+            x, _ = next(iter(loader))
+            assert x.shape == (1000, 784) and set(x.unique().tolist()) <= {0.0, 1.0}  # the model's format
+            return 1.25
+
+    assert nll_bits_per_dim(WithNLL(), str(mnist_dir), seed=0) == (1.25, "model.nll_bits_per_dim")
+    assert nll_bits_per_dim(nn.Linear(2, 2), str(mnist_dir), seed=0) == (None, "not defined")
