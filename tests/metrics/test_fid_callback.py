@@ -48,9 +48,9 @@ def test_two_process_ddp_equals_one_process(mnist_dir: Path, tmp_path: Path) -> 
 
 
 def test_drives_model_checkpoint_on_best_fid(mnist_dir: Path, tmp_path: Path) -> None:
-    fid = FIDCallback(data_dir=str(mnist_dir), cache_dir=str(tmp_path), num_samples=128, batch_size=64,
+    fid = FIDCallback(data_dir=str(mnist_dir), cache_dir=str(tmp_path / "cache"), num_samples=128, batch_size=64,
                       num_real=500, kid_subset_size=50, every_n_epochs=2)
-    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val/fid", mode="min", every_n_epochs=2, save_top_k=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/fid", mode="min", every_n_epochs=2, save_top_k=1)
     trainer = Trainer(accelerator="cpu", max_epochs=4, limit_train_batches=1, limit_val_batches=1, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, callbacks=[fid, ckpt])
     trainer.fit(NoisyBank(str(mnist_dir)), loader(), loader())
