@@ -4,6 +4,7 @@ from .callbacks import SampleGrid
 from .data import MNISTDataModule
 from .gmm import GaussianMixture
 from .idx import IDXFileNotFoundError, IDXFormatError
+from .vae import VAE
 
 __version__ = "0.1.0"
-__all__ = ["GaussianMixture", "IDXFileNotFoundError", "IDXFormatError", "MNISTDataModule", "SampleGrid"]
+__all__ = ["GaussianMixture", "IDXFileNotFoundError", "IDXFormatError", "MNISTDataModule", "SampleGrid", "VAE"]
