@@ -261,12 +261,16 @@ class VAE(LightningModule):
 
     # ----- training ------------------------------------------------------------------------
 
+    def beta_at(self, step: int) -> float:
+        """β after ``step`` optimiser steps: beta * min(1, step / kl_warmup_steps)."""
+        warmup = self.hparams.kl_warmup_steps
+        ramp = min(1.0, step / warmup) if warmup else 1.0
+        return self.hparams.beta * ramp
+
     @property
     def current_beta(self) -> float:
-        """β at the current optimiser step: beta * min(1, step / kl_warmup_steps)."""
-        warmup = self.hparams.kl_warmup_steps
-        ramp = min(1.0, self.global_step / warmup) if warmup else 1.0
-        return self.hparams.beta * ramp
+        """β at the current optimiser step of the attached trainer (0 steps without one)."""
+        return self.beta_at(self.global_step)
 
     def training_loss(self, rec: Tensor, kl: Tensor, beta: float) -> Tensor:
         """The minimised loss, a scalar: mean over the batch of -(rec - beta * KL).
