@@ -42,7 +42,8 @@ def cpu_model_and_isa() -> tuple[str, str]:
     model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
     flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
     flag_set = set(flags.group(1).split()) if flags else set()
-    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flag_set), "SSE")
+    widest = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+    isa = next((name for flag, name in widest if flag in flag_set), "SSE")
     return (model.group(1).strip() if model else "unknown"), isa
 
 
@@ -135,8 +136,8 @@ def main() -> None:
         extra = {"images_per_s": args.batch_size / med, "overhead_vs_torch": med / base - 1,
                  "mean_s": statistics.fmean(ts), "cpu_model": cpu, "isa": isa}
         records.append(Record("vae_train", impl, "cpu", params, med, min(ts), max(ts), extra))
-        rows.append({"impl": impl, "median_ms": med * 1e3, "min_ms": min(ts) * 1e3, "images_per_s": extra["images_per_s"],
-                     "overhead": f"{100 * extra['overhead_vs_torch']:+.1f}%"})
+        rows.append({"impl": impl, "median_ms": med * 1e3, "min_ms": min(ts) * 1e3,
+                     "images_per_s": extra["images_per_s"], "overhead": f"{100 * extra['overhead_vs_torch']:+.1f}%"})
     print({**machine_info("cpu"), "cpu_model": cpu, "isa": isa})
     print_table(rows, list(rows[0].keys()))
     write_json(args.json, records, "cpu")

@@ -20,7 +20,8 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, latent_dim: int = 32, hidden: int = 512, image_size: int = 28) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(image_size**2, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent_dim))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(image_size**2, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, 2 * latent_dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

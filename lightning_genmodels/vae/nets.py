@@ -126,5 +126,7 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"{type(self).__name__} expects latents [B, {self.latent_dim}], got shape {tuple(z.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects latents [B, {self.latent_dim}], got shape {tuple(z.shape)}"
+            )
         return self.net(z)

@@ -233,7 +233,8 @@ def test_bad_options_are_named(kwargs: dict, named: str) -> None:
 def test_other_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match="image_size=30"):
         ConvEncoder(image_size=30)
-    model = VAE(latent_dim=L, encoder=nn.Sequential(nn.Flatten(), nn.Linear(784, 3)), decoder=ConvDecoder(L, channels=(8, 4)))
+    model = VAE(latent_dim=L, encoder=nn.Sequential(nn.Flatten(), nn.Linear(784, 3)),
+                decoder=ConvDecoder(L, channels=(8, 4)))
     with pytest.raises(ValueError, match=r"returned shape \(2, 3\); expected \[B, 2 \* latent_dim\] = \[2, 8\]"):
         model.encode(torch.zeros(2, 1, 28, 28))
     model = VAE(latent_dim=L, encoder=ConvEncoder(L, channels=(4, 8)), decoder=nn.Sequential(nn.Linear(L, 784)))
