@@ -5,6 +5,16 @@ from .data import MNISTDataModule
 from .gmm import GaussianMixture
 from .idx import IDXFileNotFoundError, IDXFormatError
 from .metrics import SampleQuality
+from .vae import VAE
 
 __version__ = "0.1.0"
-__all__ = ["FIDCallback", "GaussianMixture", "IDXFileNotFoundError", "IDXFormatError", "MNISTDataModule", "SampleGrid", "SampleQuality"]
+__all__ = [
+    "FIDCallback",
+    "GaussianMixture",
+    "IDXFileNotFoundError",
+    "IDXFormatError",
+    "MNISTDataModule",
+    "SampleGrid",
+    "SampleQuality",
+    "VAE",
+]
