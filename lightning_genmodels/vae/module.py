@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from typing import Iterable
 
 import torch
 from lightning.pytorch import LightningModule
@@ -258,6 +259,21 @@ class VAE(LightningModule):
         """Nats per image to bits per dimension (with D log 256 for the Gaussian, see above)."""
         d = math.prod(self.image_shape)
         return (nll + discrete_offset(self.likelihood, d)) / (d * math.log(2.0))
+
+    @torch.no_grad()
+    def nll_bits_per_dim(self, loader: Iterable, k: int | None = None) -> float:
+        """Mean NLL in bits per dimension over ``loader`` (batches ``(x, y)`` or ``x`` in this
+        model's ``input_format``) from the IWAE bound with ``k`` samples (default ``iwae_k``);
+        the hook ``lightning_genmodels.evaluate`` calls."""
+        k = self.hparams.iwae_k if k is None else k
+        total, count = 0.0, 0
+        for batch in loader:
+            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(self.device)
+            total += self.bits_per_dim(-self.iwae_bound(x, k)).double().sum().item()
+            count += x.shape[0]
+        if count == 0:
+            raise ValueError("nll_bits_per_dim got an empty loader")
+        return total / count
 
     # ----- training ------------------------------------------------------------------------
 

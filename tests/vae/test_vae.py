@@ -153,6 +153,20 @@ def test_iwae_chunks_match_one_pass() -> None:
     torch.testing.assert_close(chunked, expected)
 
 
+def test_nll_bits_per_dim_averages_the_iwae_bound_over_a_loader() -> None:
+    """The evaluation hook: mean bits/dim of -L_k over every image of every batch."""
+    model = tiny_vae("bernoulli").eval()
+    x = data_like("bernoulli", n=5)
+    loader = [(x[:3], torch.zeros(3)), (x[3:], torch.zeros(2))]
+    torch.manual_seed(0)
+    got = model.nll_bits_per_dim(loader, k=4)
+    torch.manual_seed(0)
+    parts = [model.bits_per_dim(-model.iwae_bound(b, 4)) for b, _ in loader]
+    assert got == pytest.approx(torch.cat(parts).double().mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="empty loader"):
+        model.nll_bits_per_dim([])
+
+
 def test_kl_warmup_ramps_beta() -> None:
     model = tiny_vae(beta=2.0, kl_warmup_steps=100)
     assert [model.beta_at(s) for s in (0, 50, 100, 1000)] == [0.0, 1.0, 2.0, 2.0]
