@@ -1,9 +1,10 @@
 """Generative models on PyTorch Lightning: GMM (EM), VAE, GAN and diffusion, sharing one
 MNIST DataModule, with hot loops in a JIT-compiled C++/CUDA extension."""
-from .callbacks import SampleGrid
+from .callbacks import LatentInterpolation, SampleGrid
 from .data import MNISTDataModule
+from .gan import GAN
 from .gmm import GaussianMixture
 from .idx import IDXFileNotFoundError, IDXFormatError
 
 __version__ = "0.1.0"
-__all__ = ["GaussianMixture", "IDXFileNotFoundError", "IDXFormatError", "MNISTDataModule", "SampleGrid"]
+__all__ = ["GAN", "GaussianMixture", "IDXFileNotFoundError", "IDXFormatError", "LatentInterpolation", "MNISTDataModule", "SampleGrid"]
