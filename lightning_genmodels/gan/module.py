@@ -15,6 +15,8 @@ from typing import Any, Iterator
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import losses
@@ -137,7 +139,7 @@ class GAN(LightningModule):
         d_loss = self.discriminator_loss(real, fake)
         self._stop_if_not_finite("discriminator", d_loss)
         opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
+        self._backward(d_loss, self.discriminator)
         opt_d.step()
         self.untoggle_optimizer(opt_d)
         self.log("train/d_loss", d_loss.detach(), prog_bar=True)
@@ -149,12 +151,32 @@ class GAN(LightningModule):
         g_loss = self.generator_loss(self.generator(self.noise(real.shape[0])))
         self._stop_if_not_finite("generator", g_loss)
         opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
+        self._backward(g_loss, self.generator)
         opt_g.step()
         self.untoggle_optimizer(opt_g)
         if self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)
         self.log("train/g_loss", g_loss.detach(), prog_bar=True)
+
+    def _backward(self, loss: Tensor, player: nn.Module) -> None:
+        """``manual_backward(loss)``; under DDP, then average ``player``'s gradients over ranks.
+
+        Lightning wraps the whole module (both players) in one DistributedDataParallel, whose
+        reducer expects every parameter to get a gradient in every backward pass; here each pass
+        updates one player, so with ``find_unused_parameters=False`` DDP would raise (Lightning
+        issue #20866). So the backward runs under ``no_sync`` and only the stepping player's
+        gradients are all-reduced, in one flat buffer.
+        """
+        ddp = self.trainer.model
+        if not isinstance(ddp, DistributedDataParallel):
+            self.manual_backward(loss)
+            return
+        with ddp.no_sync():
+            self.manual_backward(loss)
+        grads = [p.grad for p in player.parameters() if p.grad is not None]
+        flat = self.trainer.strategy.reduce(_flatten_dense_tensors(grads), reduce_op="mean")
+        for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            grad.copy_(mean)
 
     def _stop_if_not_finite(self, player: str, loss: Tensor) -> None:
         """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
@@ -176,9 +198,11 @@ class GAN(LightningModule):
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
         real = self._real_images(batch)
         fake = self.generator(self.noise(real.shape[0]))
-        with torch.enable_grad():  # the gradient penalty differentiates the critic
-            d_loss = self.discriminator_loss(real, fake).detach()
         g_loss = self.generator_loss(fake)
+        # the same losses as in training; the gradient penalty differentiates the critic, which
+        # needs autograd back on (Lightning evaluates in inference mode) and non-inference copies
+        with torch.inference_mode(False), torch.enable_grad():
+            d_loss = self.discriminator_loss(real.clone(), fake.clone()).detach()
         self.log(f"{stage}/d_loss", d_loss, sync_dist=True)
         self.log(f"{stage}/g_loss", g_loss, sync_dist=True)
         return d_loss
