@@ -123,7 +123,7 @@ def run_plain(options: dict, dm: MNISTDataModule, batches: int) -> float:
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--batches", type=int, default=150, help="batches per run (first 5 untimed)")
     args = parser.parse_args()
