@@ -196,6 +196,8 @@ class GAN(LightningModule):
 
     # ----- validation and test: both players' losses on held-out real images -----------------
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
+        """Log ``{stage}/d_loss`` and ``{stage}/g_loss`` on held-out images [B, C, 28, 28] and
+        fresh fakes from the raw generator (training's manual steps cannot share this)."""
         real = self._real_images(batch)
         fake = self.generator(self.noise(real.shape[0]))
         g_loss = self.generator_loss(fake)
