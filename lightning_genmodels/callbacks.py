@@ -1,26 +1,114 @@
-"""Callbacks shared by the model families."""
+"""Callbacks shared by the model families: sample grids and latent interpolations.
+
+Every grid is drawn from a fixed seed (fixed noise), so grids from different epochs show the
+same latents and can be compared. Each grid is written as a PNG (torchvision's ``save_image``)
+and, when the trainer has a logger that takes images, sent to it as well (``_log_grid``).
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torchvision.utils import save_image
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
 
 
-class SampleGrid(Callback):
-    """Write a PNG grid of samples at the end of fitting (and every ``every_n_epochs``).
+def _log_grid(trainer: Trainer, tag: str, grid: Tensor) -> None:
+    """Send an image grid [C, H, W] in [0, 1] to every logger that takes images: one with
+    ``log_image(key, images, step)`` (W&B, Neptune, ...) or whose experiment has
+    ``add_image(tag, image, step)`` (TensorBoard). Others (CSV) are skipped."""
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=tag, images=[grid], step=trainer.global_step)
+        elif hasattr(getattr(logger, "experiment", None), "add_image"):
+            logger.experiment.add_image(tag, grid, global_step=trainer.global_step)
+
+
+def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between rows of z0 and z1 (Shoemake 1985; White 2016, "Sampling
+    Generative Networks"), falling back to the straight line when they are (anti)parallel.
+
+    Args:
+        z0, z1: endpoints [R, D].
+        t: positions [S] in [0, 1].
+
+    Returns:
+        [R, S, D]: row r, step s is slerp(z0[r], z1[r], t[s]).
+    """
+    cos = torch.nn.functional.cosine_similarity(z0, z1, dim=1).clamp(-1.0, 1.0)  # [R]
+    omega = torch.acos(cos)[:, None, None]  # [R, 1, 1]
+    t = t[None, :, None]  # [1, S, 1]
+    sin = torch.sin(omega)
+    safe = sin.abs() > 1e-6
+    w0 = torch.where(safe, torch.sin((1 - t) * omega) / torch.where(safe, sin, 1.0), 1 - t)
+    w1 = torch.where(safe, torch.sin(t * omega) / torch.where(safe, sin, 1.0), t)
+    return w0 * z0[:, None, :] + w1 * z1[:, None, :]
+
+
+class _GridCallback(Callback):
+    """Write (and log) a grid of images at fit end and every ``every_n_epochs`` epochs.
+
+    Subclasses implement ``_images(pl_module) -> [n, C, H, W]`` in [0, 1] and set ``tag``.
+    """
+
+    tag = "samples"
+
+    def __init__(self, path: str, nrow: int, every_n_epochs: int, log_to_logger: bool) -> None:
+        super().__init__()
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0")
+        self.path = path
+        self.nrow = nrow
+        self.every_n_epochs = every_n_epochs
+        self.log_to_logger = log_to_logger
+        self.last_path: Path | None = None
+
+    def _images(self, pl_module: LightningModule) -> Tensor:
+        raise NotImplementedError
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
+        images = self._images(pl_module)  # on every rank: sampling may be collective
+        if not trainer.is_global_zero:
+            return
+        images = images.detach().float().clamp(0, 1).cpu()
+        path = Path(self.path.format(epoch=trainer.current_epoch))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images, path, nrow=self.nrow, padding=2)
+        self.last_path = path
+        print(f"wrote {len(images)} {self.tag} to {path}")
+        if log and self.log_to_logger:
+            _log_grid(trainer, self.tag, make_grid(images, nrow=self.nrow, padding=2))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            with torch.no_grad():
+                self._write(trainer, pl_module, log=True)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        with torch.no_grad():
+            self._write(trainer, pl_module, log=False)
+
+
+class SampleGrid(_GridCallback):
+    """A PNG grid of samples at the end of fitting and, every ``every_n_epochs`` epochs, also
+    sent to the logger (TensorBoard ``add_image``, or any logger's ``log_image``).
 
     The module must provide ``sample_images(n, seed) -> [n, C, H, W]`` with values in [0, 1];
-    every model family in this package does.
+    every model family in this package does. The seed is fixed, so every grid shows the same
+    noise and grids from different epochs are comparable.
 
     Args:
         path: PNG file; ``{epoch}`` in it is filled in for the periodic grids.
         num_samples: images in the grid.
         nrow: images per row.
-        every_n_epochs: also write during training; 0 writes only at the end of ``fit``.
-        seed: sampling seed, so grids from different epochs are comparable.
+        every_n_epochs: also write (and log) during training; 0 writes only at the end of ``fit``.
+        seed: sampling seed (the fixed noise).
+        log_to_logger: send the periodic grids to the trainer's loggers.
     """
+
+    tag = "samples"
 
     def __init__(
         self,
@@ -29,35 +117,72 @@ class SampleGrid(Callback):
         nrow: int = 8,
         every_n_epochs: int = 0,
         seed: int = 0,
+        log_to_logger: bool = True,
     ) -> None:
-        super().__init__()
-        self.path = path
+        super().__init__(path, nrow, every_n_epochs, log_to_logger)
         self.num_samples = num_samples
-        self.nrow = nrow
-        self.every_n_epochs = every_n_epochs
         self.seed = seed
-        self.last_path: Path | None = None
 
-    def _write(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _images(self, pl_module: LightningModule) -> Tensor:
         if not hasattr(pl_module, "sample_images"):
             raise TypeError(f"{type(pl_module).__name__} has no sample_images(n, seed) for SampleGrid")
-        images = pl_module.sample_images(self.num_samples, seed=self.seed)
-        if not trainer.is_global_zero:
-            return
-        path = Path(self.path.format(epoch=trainer.current_epoch))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.detach().float().clamp(0, 1).cpu(), path, nrow=self.nrow, padding=2)
-        self.last_path = path
-        print(f"wrote {len(images)} samples to {path}")
+        return pl_module.sample_images(self.num_samples, seed=self.seed)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            with torch.no_grad():
-                self._write(trainer, pl_module)
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        with torch.no_grad():
-            self._write(trainer, pl_module)
+class LatentInterpolation(_GridCallback):
+    """A grid of walks through latent space: row r decodes ``num_steps`` points on the path
+    from z_r0 to z_r1, two fixed draws from the N(0, I) prior.
+
+    The module must provide ``latent_dim: int`` and ``decode_latents(z [n, latent_dim]) ->
+    [n, C, H, W]`` in [0, 1] (the VAE and the GAN do).
+
+    Args:
+        path: PNG file; ``{epoch}`` in it is filled in for the periodic grids.
+        num_rows: walks (rows in the grid).
+        num_steps: points per walk, endpoints included (columns).
+        mode: ``slerp`` (along the sphere, suited to Gaussian priors) or ``lerp`` (a line).
+        every_n_epochs: also write (and log) during training; 0 writes only at the end of ``fit``.
+        seed: seed of the endpoints.
+        log_to_logger: send the periodic grids to the trainer's loggers.
+    """
+
+    tag = "interpolations"
+
+    def __init__(
+        self,
+        path: str = "outputs/interpolation.png",
+        num_rows: int = 8,
+        num_steps: int = 10,
+        mode: str = "slerp",
+        every_n_epochs: int = 0,
+        seed: int = 0,
+        log_to_logger: bool = True,
+    ) -> None:
+        if mode not in ("slerp", "lerp"):
+            raise ValueError(f"mode={mode!r} is not one of slerp, lerp")
+        if num_rows < 1 or num_steps < 2:
+            raise ValueError(f"num_rows={num_rows} must be >= 1 and num_steps={num_steps} >= 2")
+        super().__init__(path, num_steps, every_n_epochs, log_to_logger)
+        self.num_rows, self.num_steps, self.mode, self.seed = num_rows, num_steps, mode, seed
+
+    def latents(self, latent_dim: int) -> Tensor:
+        """The walks' latents [num_rows * num_steps, latent_dim], row by row, on the CPU."""
+        generator = torch.Generator().manual_seed(self.seed)
+        z0, z1 = torch.randn(2, self.num_rows, latent_dim, generator=generator)
+        t = torch.linspace(0.0, 1.0, self.num_steps)
+        if self.mode == "slerp":
+            z = slerp(z0, z1, t)
+        else:
+            z = torch.lerp(z0[:, None], z1[:, None], t[None, :, None])
+        return z.reshape(-1, latent_dim)
+
+    def _images(self, pl_module: LightningModule) -> Tensor:
+        latent_dim = getattr(pl_module, "latent_dim", None)
+        if not isinstance(latent_dim, int) or not hasattr(pl_module, "decode_latents"):
+            raise TypeError(
+                f"{type(pl_module).__name__} needs latent_dim and decode_latents(z) for LatentInterpolation"
+            )
+        return pl_module.decode_latents(self.latents(latent_dim).to(pl_module.device))
 
 
 # ---------------------------------------------------------------------------- FID tracking

@@ -1,4 +1,5 @@
-"""SampleGrid: the PNG at fit end, periodic grids, clamping, and modules that cannot sample."""
+"""SampleGrid: the PNG at fit end, periodic grids, clamping, loggers, and modules that cannot
+sample; slerp and LatentInterpolation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_genmodels.callbacks import SampleGrid
+from lightning_genmodels.callbacks import LatentInterpolation, SampleGrid, slerp
 
 SIDE = 8  # stub images are [1, 8, 8]; make_grid pads each by 2 pixels
 
@@ -110,3 +111,127 @@ def test_module_without_sample_images_is_a_type_error(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="NoSampler has no sample_images"):
         fit(NoSampler(), SampleGrid(str(tmp_path / "samples.png")))
     assert not (tmp_path / "samples.png").exists()
+
+
+# ----- grids sent to loggers ------------------------------------------------------------------
+class _Experiment:
+    """TensorBoard's SummaryWriter face: ``add_image(tag, image, global_step)``."""
+
+    def __init__(self) -> None:
+        self.images: list[tuple[str, Tensor, int]] = []
+
+    def add_image(self, tag: str, image: Tensor, global_step: int) -> None:
+        self.images.append((tag, image, global_step))
+
+
+class BoardLikeLogger(lightning.pytorch.loggers.Logger):
+    """A logger whose experiment has ``add_image``, like TensorBoardLogger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._experiment = _Experiment()
+
+    @property
+    def experiment(self) -> _Experiment:
+        return self._experiment
+
+    name, version = "board", 0
+
+    def log_metrics(self, metrics, step=None) -> None: ...
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None: ...
+
+
+class ImageLogger(BoardLikeLogger):
+    """A logger with ``log_image(key, images, step)``, like WandbLogger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[str, list[Tensor], int]] = []
+
+    def log_image(self, key: str, images: list[Tensor], step: int | None = None) -> None:
+        self.logged.append((key, images, step))
+
+
+def test_periodic_grids_go_to_every_logger_that_takes_images(tmp_path: Path) -> None:
+    board, wandb_like = BoardLikeLogger(), ImageLogger()
+    csv = lightning.pytorch.loggers.CSVLogger(tmp_path / "csv")  # takes no images: skipped
+    module = Sampler()
+    callback = SampleGrid(str(tmp_path / "grid_{epoch}.png"), num_samples=4, nrow=2, every_n_epochs=1, seed=3)
+    trainer = lightning.Trainer(
+        accelerator="cpu", max_epochs=2, logger=[board, wandb_like, csv], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+    )
+    trainer.fit(module)
+
+    steps = [2, 4]  # 2 batches per epoch; grids after epochs 1 and 2, not at fit end
+    assert [(tag, step) for tag, _, step in board.experiment.images] == [("samples", s) for s in steps]
+    assert [(key, step) for key, _, step in wandb_like.logged] == [("samples", s) for s in steps]
+    assert board.experiment.images[0][1].shape == (3, 2 * (SIDE + 2) + 2, 2 * (SIDE + 2) + 2)
+    assert torch.equal(board.experiment.images[0][1], wandb_like.logged[1][1][0])  # fixed seed: same grid
+    assert all(seed == 3 for _, seed, _ in module.calls)
+    assert (tmp_path / "grid_0.png").is_file() and (tmp_path / "grid_1.png").is_file()
+
+
+def test_log_to_logger_false(tmp_path: Path) -> None:
+    wandb_like = ImageLogger()
+    callback = SampleGrid(str(tmp_path / "g.png"), num_samples=2, every_n_epochs=1, log_to_logger=False)
+    trainer = lightning.Trainer(accelerator="cpu", max_epochs=1, logger=wandb_like, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer.fit(Sampler())
+    assert wandb_like.logged == [] and (tmp_path / "g.png").is_file()
+
+
+# ----- latent interpolation -------------------------------------------------------------------
+class LatentSampler(Sampler):
+    """decode_latents maps z [n, 2] to images whose every pixel is sigmoid(z[:, 0])."""
+
+    latent_dim = 2
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        self.decoded = z
+        return torch.sigmoid(z[:, :1, None, None]).expand(-1, 1, SIDE, SIDE)
+
+
+def test_slerp_endpoints_norms_and_parallel_fallback() -> None:
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
+    t = torch.linspace(0, 1, 5)
+    path = slerp(z0, z1, t)
+    assert path.shape == (3, 5, 16)
+    torch.testing.assert_close(path[:, 0], z0)
+    torch.testing.assert_close(path[:, -1], z1)
+    # between two unit vectors slerp stays on the unit sphere, at equal angular steps
+    u0, u1 = z0 / z0.norm(dim=1, keepdim=True), z1 / z1.norm(dim=1, keepdim=True)
+    unit = slerp(u0, u1, t)
+    torch.testing.assert_close(unit.norm(dim=2), torch.ones(3, 5))
+    angles = torch.acos((unit[:, :-1] * unit[:, 1:]).sum(2).clamp(-1, 1))
+    torch.testing.assert_close(angles, angles[:, :1].expand_as(angles))
+    # parallel endpoints: the straight line
+    torch.testing.assert_close(slerp(u0, 2 * u0, t), torch.lerp(u0[:, None], 2 * u0[:, None], t[None, :, None]))
+
+
+@pytest.mark.parametrize("mode", ["slerp", "lerp"])
+def test_latent_interpolation_grid(tmp_path: Path, mode: str) -> None:
+    module = LatentSampler()
+    callback = LatentInterpolation(str(tmp_path / "interp.png"), num_rows=2, num_steps=4, mode=mode, seed=1)
+    fit(module, callback, max_epochs=1)
+    z = module.decoded.reshape(2, 4, 2)
+    z0, z1 = torch.randn(2, 2, 2, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(z[:, 0], z0)  # fixed endpoints from the seed
+    torch.testing.assert_close(z[:, -1], z1)
+    if mode == "lerp":
+        torch.testing.assert_close(z[:, 1], z0 + (z1 - z0) / 3)
+    grid = read_png(tmp_path / "interp.png")
+    assert grid.shape == (2 * (SIDE + 2) + 2, 4 * (SIDE + 2) + 2)  # rows = walks, columns = steps
+    expected = torch.sigmoid(z[0, 1, 0]) * 255
+    assert abs(float(grid[2, 2 + SIDE + 2]) - float(expected)) <= 1  # image (row 0, step 1)
+
+
+def test_latent_interpolation_needs_latents_and_checks_options(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="Sampler needs latent_dim and decode_latents"):
+        fit(Sampler(), LatentInterpolation(str(tmp_path / "i.png")), max_epochs=1)
+    with pytest.raises(ValueError, match="mode='cubic'"):
+        LatentInterpolation(mode="cubic")
+    with pytest.raises(ValueError, match="num_steps=1"):
+        LatentInterpolation(num_steps=1)

@@ -1,0 +1,163 @@
+"""GAN training throughput: ``Trainer.fit`` on :class:`lightning_genmodels.GAN` against a plain
+PyTorch loop over the same networks, MNIST batches, batch size and update schedule (one
+discriminator step, one generator step, the EMA update and the finite-loss check per batch).
+
+Both sides start from the same weights and time the same steady-state batches (after a few
+warm-up batches, setup excluded); runs alternate between the two to share machine noise.
+
+    python benchmarks/gan_train.py --data-dir /path/to/mnist [--quick] [--json PATH]
+"""
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Record, base_parser, machine_info, print_table, write_json  # noqa: E402
+
+from lightning_genmodels import GAN  # noqa: E402
+from lightning_genmodels.data import MNISTDataModule  # noqa: E402
+from lightning_genmodels.gan import losses  # noqa: E402
+
+WARMUP = 5
+
+
+def cpu_model_and_isa() -> tuple[str, str]:
+    """The CPU's model name and widest x86 vector ISA, from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown", "unknown"
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags_line = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "SSE")
+    return (model.group(1).strip() if model else "unknown"), isa
+
+
+def make_model(options: dict) -> GAN:
+    torch.manual_seed(0)
+    return GAN(**options)
+
+
+def datamodule(data_dir: str, batch_size: int) -> MNISTDataModule:
+    dm = MNISTDataModule(data_dir=data_dir, input_format="symmetric", batch_size=batch_size)
+    dm.setup("fit")
+    return dm
+
+
+class _Clock(Callback):
+    """Wall time from the start of batch WARMUP to the end of the last batch."""
+
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == WARMUP:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.end = time.perf_counter()
+
+
+def run_lightning(options: dict, dm: MNISTDataModule, batches: int) -> float:
+    """Seconds per batch of Trainer.fit, steady state."""
+    model, clock = make_model(options), _Clock()
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[clock], num_sanity_val_steps=0,
+    )
+    torch.manual_seed(1)
+    trainer.fit(model, train_dataloaders=dm.train_dataloader())
+    return (clock.end - clock.start) / (batches - WARMUP)
+
+
+def run_plain(options: dict, dm: MNISTDataModule, batches: int) -> float:
+    """Seconds per batch of the same schedule written as a plain PyTorch loop."""
+    model = make_model(options)
+    gen, disc, ema, loss = model.generator, model.discriminator, model.generator_ema, options["loss"]
+    opt_g = torch.optim.Adam(gen.parameters(), lr=model.hparams.lr_g, betas=model.hparams.betas_g)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=model.hparams.lr_d, betas=model.hparams.betas_d)
+    model.train()
+    torch.manual_seed(1)
+    start = 0.0
+    for i, (real, _) in enumerate(dm.train_dataloader()):
+        if i == WARMUP:
+            start = time.perf_counter()
+        if i == batches:
+            break
+        n = real.shape[0]
+        # discriminator step
+        disc.requires_grad_(True)
+        gen.requires_grad_(False)
+        with torch.no_grad():
+            fake = gen(torch.randn(n, model.latent_dim))
+        d_loss = losses.discriminator_loss(loss, disc(real), disc(fake))
+        if not torch.isfinite(d_loss).item():
+            raise FloatingPointError("d_loss")
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        # generator step
+        gen.requires_grad_(True)
+        disc.requires_grad_(False)
+        g_loss = losses.generator_loss(loss, disc(gen(torch.randn(n, model.latent_dim))))
+        if not torch.isfinite(g_loss).item():
+            raise FloatingPointError("g_loss")
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        ema.update_parameters(gen)
+    return (time.perf_counter() - start) / (batches - WARMUP)
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=150, help="batches per run (first 5 untimed)")
+    args = parser.parse_args()
+    if args.device != "cpu":
+        parser.error("this benchmark runs on the CPU only")
+    batches, repeats = (40, 2) if args.quick else (args.batches, args.repeats)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    options = {"latent_dim": 64, "features": args.features, "loss": "non_saturating", "ema_decay": 0.995}
+    dm = datamodule(args.data_dir, args.batch_size)
+    times: dict[str, list[float]] = {"lightning": [], "torch": []}
+    for _ in range(repeats):  # alternate, so both see the same machine load
+        times["torch"].append(run_plain(options, dm, batches))
+        times["lightning"].append(run_lightning(options, dm, batches))
+
+    cpu, isa = cpu_model_and_isa()
+    base = statistics.median(times["torch"])
+    params = {"batch_size": args.batch_size, "features": args.features, "timed_batches": batches - WARMUP,
+              "loss": options["loss"]}
+    records, rows = [], []
+    for impl, ts in times.items():
+        med = statistics.median(ts)
+        extra = {"images_per_s": args.batch_size / med, "overhead_vs_torch": med / base - 1,
+                 "cpu_model": cpu, "isa": isa, "all_s_per_batch": ts}
+        records.append(Record("gan_train", impl, "cpu", params, med, min(ts), max(ts), extra))
+        rows.append({"impl": impl, "ms_per_batch": 1e3 * med, "min_ms": 1e3 * min(ts), "max_ms": 1e3 * max(ts),
+                     "images_per_s": args.batch_size / med, "overhead_%": 100 * (med / base - 1)})
+    info = machine_info("cpu")
+    print(f"CPU: {cpu} ({isa}), {info['threads']} threads, torch {info['torch']}")
+    print(f"GAN features={args.features}, batch {args.batch_size}, {batches - WARMUP} timed batches x {repeats} runs")
+    print_table(rows, ["impl", "ms_per_batch", "min_ms", "max_ms", "images_per_s", "overhead_%"])
+    write_json(args.json, records, "cpu")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""GAN: a generator and a discriminator trained by manual optimisation, with an EMA generator
+for sampling (Goodfellow et al. 2014; DCGAN, Radford et al. 2016).
+
+Training follows Lightning 2's manual optimisation: each batch takes one discriminator step and,
+every ``n_critic`` batches, one generator step (WGAN, Arjovsky et al. 2017, Algorithm 1), each
+between ``toggle_optimizer`` and ``untoggle_optimizer``. Note that Lightning's ``global_step``
+counts optimizer steps, so it grows by up to 2 per batch.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from . import losses
+from .losses import LOSSES, Loss
+from .nets import IMAGE_SIZE, Discriminator, Generator, check_images
+
+
+class GAN(LightningModule):
+    """A GAN on [B, C, 28, 28] images in [-1, 1] (``input_format = "symmetric"``).
+
+    Args:
+        latent_dim: size of the noise z ~ N(0, I).
+        channels: image channels (1 for MNIST).
+        features: width F of the default DCGAN networks (see ``nets.py``).
+        generator: replaces the default Generator: z [B, latent_dim] -> [B, channels, 28, 28]
+            in [-1, 1].
+        discriminator: replaces the default Discriminator: [B, channels, 28, 28] -> logits [B].
+        loss: ``non_saturating``, ``hinge`` or ``wgan_gp`` (critic loss plus gradient penalty).
+        gp_weight: λ of the gradient penalty (Gulrajani et al. 2017 use 10); ``wgan_gp`` only.
+        spectral_norm: spectral normalisation of the default discriminator (Miyato et al. 2018).
+        n_critic: discriminator steps per generator step (>= 1).
+        lr_g, lr_d: Adam learning rates of the generator and the discriminator.
+        betas_g, betas_d: Adam betas of each player (DCGAN: (0.5, 0.999)).
+        ema_decay: decay of the generator's exponential moving average, used by ``sample``;
+            None samples from the raw generator.
+    """
+
+    input_format = "symmetric"
+
+    def __init__(
+        self,
+        latent_dim: int = 64,
+        channels: int = 1,
+        features: int = 64,
+        generator: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+        loss: Loss = "non_saturating",
+        gp_weight: float = 10.0,
+        spectral_norm: bool = False,
+        n_critic: int = 1,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        betas_g: tuple[float, float] = (0.5, 0.999),
+        betas_d: tuple[float, float] = (0.5, 0.999),
+        ema_decay: float | None = 0.999,
+    ) -> None:
+        super().__init__()
+        _check_options(latent_dim, channels, features, loss, gp_weight, n_critic, lr_g, lr_d, betas_g, betas_d, ema_decay)
+        self.save_hyperparameters(ignore=["generator", "discriminator"])
+        self.automatic_optimization = False
+        self.latent_dim = latent_dim
+        self.image_shape = (channels, IMAGE_SIZE, IMAGE_SIZE)
+        self.generator = generator if generator is not None else Generator(latent_dim, channels, features)
+        self.discriminator = (
+            discriminator if discriminator is not None else Discriminator(channels, features, spectral_norm)
+        )
+        self._check_networks()
+        # The EMA copy is a submodule, so it is saved in checkpoints and moved with the module;
+        # its parameters never get gradients (DDP must not wait for them).
+        self.generator_ema: AveragedModel | None = None
+        if ema_decay is not None:
+            self.generator_ema = AveragedModel(
+                self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+            )
+            self.generator_ema.requires_grad_(False)
+
+    # ----- networks -------------------------------------------------------------------------
+    def _check_networks(self) -> None:
+        """One tiny forward pass of each network, to fail at construction on a mismatch."""
+        with torch.no_grad(), _eval_mode(self.generator), _eval_mode(self.discriminator):
+            images = self.generator(torch.zeros(2, self.latent_dim))
+            if tuple(images.shape) != (2, *self.image_shape):
+                raise ValueError(
+                    f"generator maps z [2, {self.latent_dim}] to shape {tuple(images.shape)}, "
+                    f"expected {(2, *self.image_shape)}"
+                )
+            logits = self.discriminator(images)
+            if tuple(logits.shape) != (2,):
+                raise ValueError(f"discriminator maps [2, ...] images to shape {tuple(logits.shape)}, expected (2,)")
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """z ~ N(0, I), [n, latent_dim] on the module's device; drawn on the CPU when a
+        ``generator`` (CPU) is given, so seeded noise is the same on every device."""
+        if generator is None:
+            return torch.randn(n, self.latent_dim, device=self.device)
+        return torch.randn(n, self.latent_dim, generator=generator).to(self.device)
+
+    # ----- losses (override these to change the game) ---------------------------------------
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        """The discriminator's loss on real images and (detached) generated ones, [B, C, H, W] each."""
+        loss = losses.discriminator_loss(self.hparams.loss, self.discriminator(real), self.discriminator(fake))
+        if self.hparams.loss == "wgan_gp":
+            loss = loss + self.hparams.gp_weight * losses.gradient_penalty(self.discriminator, real, fake)
+        return loss
+
+    def generator_loss(self, fake: Tensor) -> Tensor:
+        """The generator's loss on generated images [B, C, H, W] (with the graph to G)."""
+        return losses.generator_loss(self.hparams.loss, self.discriminator(fake))
+
+    # ----- training ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        hp = self.hparams
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr_g, betas=tuple(hp.betas_g))
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=tuple(hp.betas_d))
+        return [opt_g, opt_d]
+
+    def _real_images(self, batch: Any) -> Tensor:
+        real = batch[0] if isinstance(batch, (tuple, list)) else batch
+        check_images(real, self.image_shape[0], type(self).__name__)
+        return real
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        real = self._real_images(batch)
+        opt_g, opt_d = self.optimizers()
+
+        # 1. discriminator step on real images and fresh, detached fakes
+        self.toggle_optimizer(opt_d)
+        with torch.no_grad():
+            fake = self.generator(self.noise(real.shape[0]))
+        d_loss = self.discriminator_loss(real, fake)
+        self._stop_if_not_finite("discriminator", d_loss)
+        opt_d.zero_grad(set_to_none=True)
+        self._backward(d_loss, self.discriminator)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+        self.log("train/d_loss", d_loss.detach(), prog_bar=True)
+
+        # 2. generator step every n_critic batches, then the EMA update
+        if (batch_idx + 1) % self.hparams.n_critic != 0:
+            return
+        self.toggle_optimizer(opt_g)
+        g_loss = self.generator_loss(self.generator(self.noise(real.shape[0])))
+        self._stop_if_not_finite("generator", g_loss)
+        opt_g.zero_grad(set_to_none=True)
+        self._backward(g_loss, self.generator)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
+        self.log("train/g_loss", g_loss.detach(), prog_bar=True)
+
+    def _backward(self, loss: Tensor, player: nn.Module) -> None:
+        """``manual_backward(loss)``; under DDP, then average ``player``'s gradients over ranks.
+
+        Lightning wraps the whole module (both players) in one DistributedDataParallel, whose
+        reducer expects every parameter to get a gradient in every backward pass; here each pass
+        updates one player, so with ``find_unused_parameters=False`` DDP would raise (Lightning
+        issue #20866). So the backward runs under ``no_sync`` and only the stepping player's
+        gradients are all-reduced, in one flat buffer.
+        """
+        ddp = self.trainer.model
+        if not isinstance(ddp, DistributedDataParallel):
+            self.manual_backward(loss)
+            return
+        with ddp.no_sync():
+            self.manual_backward(loss)
+        grads = [p.grad for p in player.parameters() if p.grad is not None]
+        flat = self.trainer.strategy.reduce(_flatten_dense_tensors(grads), reduce_op="mean")
+        for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            grad.copy_(mean)
+
+    def _stop_if_not_finite(self, player: str, loss: Tensor) -> None:
+        """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
+        weights; checkpoints already written are left as they are."""
+        finite = bool(torch.isfinite(loss).item())
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or getattr(
+            self.trainer.checkpoint_callback, "best_model_path", ""
+        )
+        kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written"
+        raise FloatingPointError(
+            f"GAN {player} loss is {loss.item()} (not finite on at least one rank) at epoch "
+            f"{self.current_epoch}, global step {self.global_step}; training stopped before the "
+            f"update, {kept}. Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True."
+        )
+
+    # ----- validation and test: both players' losses on held-out real images -----------------
+    def _shared_step(self, batch: Any, stage: str) -> Tensor:
+        """Log ``{stage}/d_loss`` and ``{stage}/g_loss`` on held-out images [B, C, 28, 28] and
+        fresh fakes from the raw generator (training's manual steps cannot share this)."""
+        real = self._real_images(batch)
+        fake = self.generator(self.noise(real.shape[0]))
+        g_loss = self.generator_loss(fake)
+        # the same losses as in training; the gradient penalty differentiates the critic, which
+        # needs autograd back on (Lightning evaluates in inference mode) and non-inference copies
+        with torch.inference_mode(False), torch.enable_grad():
+            d_loss = self.discriminator_loss(real.clone(), fake.clone()).detach()
+        self.log(f"{stage}/d_loss", d_loss, sync_dist=True)
+        self.log(f"{stage}/g_loss", g_loss, sync_dist=True)
+        return d_loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    # ----- sampling ---------------------------------------------------------------------------
+    @property
+    def sampler(self) -> nn.Module:
+        """The network ``sample`` uses: the EMA generator when there is one."""
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
+
+    @torch.no_grad()
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Images [n, C, 28, 28] in [0, 1] from latents z [n, latent_dim] (eval mode, EMA)."""
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"decode_latents needs z [n, {self.latent_dim}], got shape {tuple(z.shape)}")
+        with _eval_mode(self.sampler):
+            images = self.sampler(z.to(self.device))
+        return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def sample(self, n: int, seed: int | None = None) -> Tensor:
+        """``n`` images [n, C, 28, 28] in [0, 1]; the same ``seed`` gives the same images."""
+        if n < 1:
+            raise ValueError(f"n={n}: ask for at least one sample")
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        return self.decode_latents(self.noise(n, generator))
+
+    def sample_images(self, n: int, seed: int = 0) -> Tensor:
+        """``sample(n, seed)``, for the SampleGrid callback."""
+        return self.sample(n, seed=seed)
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode and restore its previous mode afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _check_options(
+    latent_dim: int, channels: int, features: int, loss: str, gp_weight: float, n_critic: int,
+    lr_g: float, lr_d: float, betas_g: tuple[float, float], betas_d: tuple[float, float], ema_decay: float | None,
+) -> None:
+    """Raise ValueError naming the first bad option."""
+    for name, value in (("latent_dim", latent_dim), ("channels", channels), ("features", features)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
+    if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
+        raise ValueError(f"n_critic={n_critic!r} must be an integer >= 1")
+    if not (math.isfinite(gp_weight) and gp_weight >= 0):
+        raise ValueError(f"gp_weight={gp_weight!r} must be finite and >= 0")
+    for name, value in (("lr_g", lr_g), ("lr_d", lr_d)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}={value!r} must be finite and > 0")
+    for name, betas in (("betas_g", betas_g), ("betas_d", betas_d)):
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"{name}={tuple(betas)!r} must be two numbers in [0, 1)")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay={ema_decay!r} must be in [0, 1) or None")
