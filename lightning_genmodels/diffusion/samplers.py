@@ -74,7 +74,9 @@ def inference_timesteps(
     elif spacing == "leading":
         t = (np.arange(0, steps) * (n // steps)).round()[::-1].copy().astype(np.int64) + steps_offset
     else:
-        t = np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
+        # diffusers' np.arange(n, 0, -n / steps) can overshoot by one element in floating point
+        # (steps=61 of 1000 gives 62, the last -1); counting the steps avoids it.
+        t = np.round(n - np.arange(steps) * (n / steps)).astype(np.int64) - 1
     return torch.from_numpy(t)
 
 

@@ -35,6 +35,16 @@ def test_timesteps_match_diffusers(spacing, steps):
         assert torch.equal(S.inference_timesteps(T, steps, spacing), sched.timesteps)
 
 
+def test_trailing_spacing_has_exactly_steps_timesteps():
+    """Where diffusers' float arange overshoots (61 of 1000 steps -> 62 values, the last -1),
+    ours keeps the first 61, which are diffusers' own."""
+    ours = S.inference_timesteps(T, 61, "trailing")
+    sched = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+    sched.set_timesteps(61)
+    assert len(ours) == 61 and int(ours.min()) >= 0
+    assert torch.equal(ours, sched.timesteps[:61]) and int(sched.timesteps[-1]) == -1
+
+
 def _scheduler(cls, schedule, prediction, spacing, clip, clip_range, **extra):
     """A diffusers scheduler of the same config whose ᾱ is float64, so its step runs in float64.
 
