@@ -51,6 +51,25 @@ def _check_inputs(x: Tensor, model_output: Tensor, timestep: Tensor, coef: Tenso
         raise ValueError(f"seed_offset must be [2] = (seed, offset), got shape {tuple(seed_offset.shape)}")
 
 
+def _step_math(
+    x: Tensor, model_output: Tensor, timestep: Tensor, coef: Tensor, seed: int, offset: int, clip_range: float,
+    draw_noise: bool = True,
+) -> Tensor:
+    """The step in plain tensor operations, the noise's (seed, offset) as Python ints;
+    ``draw_noise=False`` leaves the noise out (the same result where σ = 0, as DDIM with η = 0)."""
+    c = coef[timestep].reshape(x.shape[0], NUM_COEFFICIENTS, *([1] * (x.dim() - 1))).unbind(1)
+    # 1. predicted x_0, clipped when clip_range > 0
+    x0 = c[0] * x + c[1] * model_output
+    if clip_range > 0:
+        x0 = x0.clamp(-clip_range, clip_range)
+    # 2. mean of x_{t'} and the noise
+    mean = c[2] * x0 + c[3] * x + c[4] * model_output
+    if not draw_noise:
+        return mean
+    noise = _philox_normal_ref(seed % (1 << 64), offset, list(x.shape), x.device)
+    return mean + c[5] * noise
+
+
 def _diffusion_step_ref(
     x: Tensor, model_output: Tensor, timestep: Tensor, coef: Tensor, seed_offset: Tensor, clip_range: float
 ) -> Tensor:
@@ -60,15 +79,8 @@ def _diffusion_step_ref(
     if timestep.numel() and (int(timestep.min()) < 0 or int(timestep.max()) >= n_train):
         raise ValueError(f"timestep values must lie in [0, {n_train}), got {timestep.tolist()}")
     seed, offset = (int(v) for v in seed_offset.tolist())
-    c = coef[timestep].reshape(x.shape[0], NUM_COEFFICIENTS, *([1] * (x.dim() - 1))).unbind(1)
-    # 1. predicted x_0, clipped when clip_range > 0
-    x0 = c[0] * x + c[1] * model_output
-    if clip_range > 0:
-        x0 = x0.clamp(-clip_range, clip_range)
-    # 2. mean of x_{t'} and the noise
-    mean = c[2] * x0 + c[3] * x + c[4] * model_output
-    noise = _philox_normal_ref(seed % (1 << 64), offset, list(x.shape), x.device)
-    return mean + c[5] * noise
+    draw_noise = bool(coef[timestep, NUM_COEFFICIENTS - 1].ne(0).any())  # as the kernels: only where σ != 0
+    return _step_math(x, model_output, timestep, coef, seed, offset, clip_range, draw_noise)
 
 
 def diffusion_step(
