@@ -36,6 +36,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_UNET = dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attention_heads=4)
 
 
+def load_march_build(march: str) -> str:
+    """Compile the CPU diffusion and Philox kernels with ``-march=<march>`` (e.g. x86-64-v3 =
+    AVX2 + FMA) instead of the package's -march=native, and make the ops use that library.
+    Only the ops this benchmark calls are built; returns the ISA label for the records."""
+    from torch.utils import cpp_extension
+
+    from lightning_genmodels.ops import build
+
+    root = build.source_dir()
+    name = f"lgm_diffusion_{march.replace('-', '_')}"
+    folder = Path(build.cache_dir()) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [root / "ops.cpp", root / "cpu" / "diffusion.cpp", root / "cpu" / "philox.cpp"]
+    cpp_extension.load(name=name, sources=[str(p) for p in sources], extra_cflags=["-O3", "-fopenmp", f"-march={march}"],
+                       extra_ldflags=["-fopenmp"], extra_include_paths=[str(root)], build_directory=str(folder),
+                       is_python_module=False)
+    build._info = build.BuildInfo(folder / f"{name}.so", with_cuda=False)
+    for fn in build._on_load:
+        fn()
+    return f"-march={march}"
+
+
 def cpu_info() -> dict[str, str]:
     """CPU model and the widest x86 vector ISA the kernels' -march=native build can use."""
     try:
@@ -149,8 +171,11 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="a Diffusion checkpoint for the sampling UNet")
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--march", help="build the CPU kernels with -march=MARCH (x86-64-v3: AVX2) instead of native")
     args = parser.parse_args()
     info = cpu_info()
+    if args.march:
+        info["isa"] = load_march_build(args.march)
     print(f"device {args.device}; CPU {info['cpu_model']}, ISA {info['isa']}, threads {torch.get_num_threads()}")
     batches = [256] if args.quick else [64, 256, 1024]
     records = bench_step(batches, args.device, args.repeats)
