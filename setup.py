@@ -45,8 +45,8 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.3", "scipy>=1.10"],
-        "bench": ["scikit-learn>=1.3", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.3", "scipy>=1.10", "diffusers>=0.30"],
+        "bench": ["scikit-learn>=1.3", "matplotlib>=3.7", "diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["lightning-genmodels=lightning_genmodels.cli:main"]},
 )

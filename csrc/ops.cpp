@@ -16,4 +16,10 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   m.def(
       "gmm_log_prob(Tensor x, Tensor log_weights, Tensor means, Tensor prec_chol, "
       "str covariance_type) -> Tensor");
+  // One fused DDPM/DDIM sampler step (diffusion/samplers.py): x [N, ...] and model_output float32,
+  // timestep int64 [N] rows of the coefficient table coef [T, 6], noise from the Philox stream at
+  // seed_offset = (seed, offset); clip_range 0 = no clipping. Returns x_{t'} [N, ...].
+  m.def(
+      "diffusion_step(Tensor x, Tensor model_output, Tensor timestep, Tensor coef, Tensor seed_offset, "
+      "float clip_range) -> Tensor");
 }

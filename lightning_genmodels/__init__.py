@@ -2,6 +2,7 @@
 MNIST DataModule, with hot loops in a JIT-compiled C++/CUDA extension."""
 from .callbacks import FIDCallback, LatentInterpolation, SampleGrid
 from .data import MNISTDataModule
+from .diffusion import Diffusion
 from .gan import GAN
 from .gmm import GaussianMixture
 from .idx import IDXFileNotFoundError, IDXFormatError
@@ -10,6 +11,7 @@ from .vae import VAE
 
 __version__ = "0.1.0"
 __all__ = [
+    "Diffusion",
     "FIDCallback",
     "GAN",
     "GaussianMixture",

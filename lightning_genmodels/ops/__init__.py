@@ -1,11 +1,13 @@
 """Python face of the C++/CUDA ops: each op has a pure-PyTorch reference and ``impl``."""
 from .build import BuildInfo, ExtensionBuildError, load_library, resolve_cuda_home, use_ext
+from .diffusion import diffusion_step
 from .gmm import GMMStats, gmm_em_stats, gmm_log_prob
 from .philox import philox_normal
 
 __all__ = [
     "BuildInfo",
     "ExtensionBuildError",
+    "diffusion_step",
     "GMMStats",
     "gmm_em_stats",
     "gmm_log_prob",

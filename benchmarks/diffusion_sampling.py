@@ -1,0 +1,199 @@
+"""Diffusion sampling speed: the fused step op alone, and whole DDIM-50 / DDPM-1000 sampling.
+
+    python benchmarks/diffusion_sampling.py --quick
+    python benchmarks/diffusion_sampling.py --json benchmarks/results/diffusion_sampling_cpu.json
+
+1. ``step``: one sampler step on [B, 1, 28, 28], B = 64, 256, 1024, for DDPM (noise drawn: σ > 0)
+   and DDIM η = 0 (no noise): ``ext`` (the fused op), ``ref`` (the eager reference, Philox noise
+   included), ``ref_compiled`` (the reference's tensor math under ``torch.compile``, DDIM only:
+   with the Philox reference inside, inductor had not finished compiling after 400 s here).
+2. ``sampling``: images per second of whole sampling with the UNet of configs/diffusion_mnist.yaml
+   (its weights from --ckpt, else a seeded random init; the speed does not depend on them):
+   ``ours`` = ``Diffusion.sample`` as it runs by default (fused op, inference mode),
+   ``ours_eager`` = the same loop on the reference step, ``diffusers`` = diffusers' scheduler
+   (``DDIMScheduler`` / ``DDPMScheduler`` with the same config) driving the same UNet in the loop
+   of its pipelines (``torch.no_grad``). DDIM-50 starts all from the same noise, so the records
+   also give the largest difference between our images and diffusers'.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Record, base_parser, print_table, time_fn, write_json  # noqa: E402
+
+from lightning_genmodels import Diffusion  # noqa: E402
+from lightning_genmodels.diffusion import samplers as S  # noqa: E402
+from lightning_genmodels.ops import diffusion_step, philox_normal  # noqa: E402
+from lightning_genmodels.ops.diffusion import _step_math  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_UNET = dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attention_heads=4)
+
+
+def load_march_build(march: str) -> str:
+    """Compile the CPU diffusion and Philox kernels with ``-march=<march>`` (e.g. x86-64-v3 =
+    AVX2 + FMA) instead of the package's -march=native, and make the ops use that library.
+    Only the ops this benchmark calls are built; returns the ISA label for the records."""
+    from torch.utils import cpp_extension
+
+    from lightning_genmodels.ops import build
+
+    root = build.source_dir()
+    name = f"lgm_diffusion_{march.replace('-', '_')}"
+    folder = Path(build.cache_dir()) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [root / "ops.cpp", root / "cpu" / "diffusion.cpp", root / "cpu" / "philox.cpp"]
+    cpp_extension.load(name=name, sources=[str(p) for p in sources], extra_cflags=["-O3", "-fopenmp", f"-march={march}"],
+                       extra_ldflags=["-fopenmp"], extra_include_paths=[str(root)], build_directory=str(folder),
+                       is_python_module=False)
+    build._info = build.BuildInfo(folder / f"{name}.so", with_cuda=False)
+    for fn in build._on_load:
+        fn()
+    return f"-march={march}"
+
+
+def cpu_info() -> dict[str, str]:
+    """CPU model and the widest x86 vector ISA the kernels' -march=native build can use."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu_model": "unknown", "isa": "unknown"}
+    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+    flags = set((re.search(r"^flags\s*:(.*)$", text, re.M) or [None, ""])[1].split())
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
+    return {"cpu_model": model.group(1).strip() if model else "unknown", "isa": isa}
+
+
+def bench_step(batches: list[int], device: str, repeats: int) -> list[Record]:
+    records = []
+    for sampler in ("ddpm", "ddim"):
+        model = Diffusion(**CONFIG_UNET)
+        timesteps, table = model.coefficient_table(50 if sampler == "ddim" else 1000, sampler, 0.0)
+        table = table.to(device)
+        t_value = int(timesteps[len(timesteps) // 2])
+        compiled = torch.compile(_step_math, dynamic=True)
+        for b in batches:
+            gen = torch.Generator().manual_seed(b)
+            x = torch.randn(b, 1, 28, 28, generator=gen).to(device)
+            out = torch.randn(b, 1, 28, 28, generator=gen).to(device)
+            t = torch.full((b,), t_value, dtype=torch.int64, device=device)
+            so = S.seed_offset_tensor(7, 1 << 40, device)
+            fns = {
+                "ext": lambda: diffusion_step(x, out, t, table, so, 1.0, impl="ext"),
+                "ref": lambda: diffusion_step(x, out, t, table, so, 1.0, impl="ref"),
+            }
+            if sampler == "ddim":  # σ = 0: the compiled reference without the noise term
+                fns["ref_compiled"] = lambda: compiled(x, out, t, table, 7, 1 << 40, 1.0, False)
+            expected = fns["ref"]()
+            for impl, fn in fns.items():
+                torch.testing.assert_close(fn(), expected, rtol=1e-5, atol=1e-4)
+                med, lo, hi = time_fn(fn, device, repeats=max(repeats, 20), warmup=3)
+                params = {"sampler": sampler, "batch": b}
+                records.append(Record("diffusion_step", impl, device, params, med, lo, hi))
+    return records
+
+
+def diffusers_loop(model: Diffusion, n: int, steps: int, sampler: str, x: torch.Tensor) -> torch.Tensor:
+    """diffusers' scheduler driving our UNet, as its DDPM/DDIM pipelines do."""
+    import diffusers
+
+    hp = model.hparams
+    common = dict(num_train_timesteps=hp.num_train_timesteps, beta_schedule="linear", beta_start=hp.beta_start,
+                  beta_end=hp.beta_end, prediction_type=hp.prediction_type, clip_sample=hp.clip_sample,
+                  clip_sample_range=hp.clip_sample_range, timestep_spacing=hp.timestep_spacing)
+    if sampler == "ddim":
+        sched = diffusers.DDIMScheduler(**common, set_alpha_to_one=hp.set_alpha_to_one)
+    else:
+        sched = diffusers.DDPMScheduler(**common, variance_type=hp.variance_type)
+    sched.set_timesteps(steps)
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = model.unet(x, t.to(x.device).expand(n))
+            x = sched.step(out, t, x, generator=gen).prev_sample if sampler == "ddpm" else \
+                sched.step(out, t, x, eta=0.0, generator=gen).prev_sample
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int, ckpt: Path | None) -> list[Record]:
+    torch.manual_seed(0)
+    model = Diffusion.load_from_checkpoint(ckpt, map_location=device) if ckpt else Diffusion(**CONFIG_UNET)
+    model = model.to(device).eval()
+    records = []
+    for sampler, steps, n in cases:
+        x_start = philox_normal(0, 0, [n, 1, 28, 28], device=device)  # our slot-0 noise for seed 0
+
+        def ours(impl: str) -> torch.Tensor:
+            model.hparams.impl = impl
+            return model.sample(n, steps=steps, sampler=sampler, eta=0.0, seed=0)
+
+        fns = {"ours": lambda: ours("ext"), "ours_eager": lambda: ours("ref"),
+               "diffusers": lambda: diffusers_loop(model, n, steps, sampler, x_start.clone())}
+        extra: dict[str, Any] = {}
+        if sampler == "ddim":
+            diff = (fns["ours"]() - fns["diffusers"]()).abs().max().item()
+            extra["max_abs_diff_vs_diffusers"] = diff
+        long_run = steps > 100  # DDPM-1000: one warm call is warm enough
+        for impl, fn in fns.items():
+            med, lo, hi = time_fn(fn, device, repeats=min(repeats, 2) if long_run else repeats, warmup=0 if long_run else 1)
+            params = {"sampler": sampler, "steps": steps, "n": n}
+            records.append(Record("diffusion_sampling", impl, device, params, med, lo, hi,
+                                  {"images_per_s": n / med, **extra}))
+        model.hparams.impl = "auto"
+    return records
+
+
+def ratio_rows(records: list[Record]) -> list[dict[str, Any]]:
+    rows = []
+    by = {(r.bench, r.impl, tuple(r.params.items())): r for r in records}
+    for r in records:
+        key = tuple(r.params.items())
+        if r.bench == "diffusion_step" and r.impl == "ext":
+            ref, comp = by[(r.bench, "ref", key)], by.get((r.bench, "ref_compiled", key))
+            rows.append({"bench": "step", **r.params, "ext_ms": 1e3 * r.median_s, "ref_ms": 1e3 * ref.median_s,
+                         "compiled_ms": 1e3 * comp.median_s if comp else "n/a",
+                         "ext_vs_ref": ref.median_s / r.median_s,
+                         "ext_vs_compiled": comp.median_s / r.median_s if comp else "n/a"})
+        if r.bench == "diffusion_sampling" and r.impl == "ours":
+            dif, eag = by[(r.bench, "diffusers", key)], by[(r.bench, "ours_eager", key)]
+            rows.append({"bench": "sampling", **r.params, "ours_img_s": r.extra["images_per_s"],
+                         "diffusers_img_s": dif.extra["images_per_s"], "eager_img_s": eag.extra["images_per_s"],
+                         "ours_vs_diffusers": dif.median_s / r.median_s, "ours_vs_eager": eag.median_s / r.median_s})
+    return rows
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", type=Path, help="a Diffusion checkpoint for the sampling UNet")
+    parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--march", help="build the CPU kernels with -march=MARCH (x86-64-v3: AVX2) instead of native")
+    args = parser.parse_args()
+    info = cpu_info()
+    if args.march:
+        info["isa"] = load_march_build(args.march)
+    print(f"device {args.device}; CPU {info['cpu_model']}, ISA {info['isa']}, threads {torch.get_num_threads()}")
+    batches = [256] if args.quick else [64, 256, 1024]
+    records = bench_step(batches, args.device, args.repeats)
+    if not args.skip_sampling:
+        cases = [("ddim", 50, 16), ("ddpm", 1000, 4)] if args.quick else [("ddim", 50, 64), ("ddpm", 1000, 8)]
+        records += bench_sampling(cases, args.device, 1 if args.quick else args.repeats, args.ckpt)
+    for r in records:
+        r.extra.update(info)
+    rows = ratio_rows(records)
+    print_table([r for r in rows if r["bench"] == "step"],
+                ["sampler", "batch", "ext_ms", "ref_ms", "compiled_ms", "ext_vs_ref", "ext_vs_compiled"])
+    print()
+    print_table([r for r in rows if r["bench"] == "sampling"],
+                ["sampler", "steps", "n", "ours_img_s", "diffusers_img_s", "eager_img_s", "ours_vs_diffusers",
+                 "ours_vs_eager"])
+    write_json(args.json, records, args.device)
+
+
+if __name__ == "__main__":
+    main()

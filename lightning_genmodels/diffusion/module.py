@@ -1,0 +1,241 @@
+"""Diffusion: a DDPM/DDIM LightningModule on images in [-1, 1] (Ho et al. 2020; Song et al. 2021).
+
+Training minimises the (optionally min-SNR weighted) MSE between the UNet's output and the
+target of its prediction type at a uniformly drawn timestep. An exponential moving average of
+the weights (Lightning's ``EMAWeightAveraging``, added by ``configure_callbacks``) is used for
+validation, is what a checkpoint's ``state_dict`` holds, and is copied into the model when
+fitting ends, so sampling uses it. Sampling runs the fused step op (:mod:`.samplers`,
+:func:`lightning_genmodels.ops.diffusion_step`) under inference mode; on CUDA each step after
+a warm-up is one CUDA-graph replay.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import Tensor
+
+from ..ops.build import IMPLS, Impl
+from . import samplers as S
+from .schedules import BETA_SCHEDULES, BetaSchedule, alphas_cumprod, make_betas
+from .unet import UNet
+
+
+class Diffusion(LightningModule):
+    """Denoising diffusion model with a UNet, DDPM and DDIM samplers, EMA and min-SNR weighting.
+
+    Buffers: ``betas`` [T] and ``alphas_cumprod`` [T], float32 (computed in float64).
+
+    Args:
+        in_channels, image_size, base_channels, channel_mults, num_res_blocks, attention_heads,
+            dropout, groups: the :class:`~.unet.UNet`.
+        num_train_timesteps: T.
+        beta_schedule: ``"linear"``, ``"cosine"`` or ``"sigmoid"`` (:mod:`.schedules`).
+        beta_start, beta_end: range of the linear and sigmoid schedules.
+        prediction_type: the UNet predicts ``"epsilon"``, ``"sample"`` (x_0) or ``"v_prediction"``.
+        min_snr_gamma: min-SNR-γ loss weighting (Hang et al. 2023); None trains unweighted.
+        lr, weight_decay, warmup_steps: AdamW and a linear warm-up of the learning rate.
+        ema_decay: EMA decay per optimizer step; 0 turns the EMA off.
+        sampler, sample_steps, eta, variance_type, timestep_spacing, clip_sample,
+            clip_sample_range, set_alpha_to_one: defaults of :meth:`sample` (diffusers' meanings).
+        impl: the fused step op's implementation (``"auto"``, ``"ref"``, ``"ext"``).
+    """
+
+    input_format = "symmetric"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_heads: int = 4,
+        dropout: float = 0.0,
+        groups: int = 8,
+        num_train_timesteps: int = 1000,
+        beta_schedule: BetaSchedule = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        prediction_type: S.PredictionType = "epsilon",
+        min_snr_gamma: float | None = None,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        ema_decay: float = 0.999,
+        sampler: S.SamplerName = "ddim",
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        variance_type: S.VarianceType = "fixed_small",
+        timestep_spacing: S.TimestepSpacing = "leading",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        impl: Impl = "auto",
+    ) -> None:
+        super().__init__()
+        S.check_option("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        S.check_option("prediction_type", prediction_type, S.PREDICTION_TYPES)
+        S.check_option("sampler", sampler, S.SAMPLERS)
+        S.check_option("variance_type", variance_type, S.VARIANCE_TYPES)
+        S.check_option("timestep_spacing", timestep_spacing, S.TIMESTEP_SPACINGS)
+        S.check_option("impl", impl, IMPLS)
+        S.check_steps(sample_steps, num_train_timesteps)
+        S.check_eta(eta)
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        if not clip_sample_range > 0:
+            raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
+        self.save_hyperparameters()
+        self.unet = UNet(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
+                         attention_heads, dropout, groups)
+        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        self.register_buffer("betas", betas.float(), persistent=False)  # [T]
+        self.register_buffer("alphas_cumprod", alphas_cumprod(betas).float(), persistent=False)  # [T]
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """The UNet's prediction [N, C, S, S] for noisy images x [N, C, S, S] at timesteps t [N]."""
+        return self.unet(x, t)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (Ho et al. 2020, eq. 4). Shapes [N, C, S, S], t [N]."""
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def _target_and_weight(self, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Regression target of the prediction type and the per-sample loss weight [N]."""
+        abar = self.alphas_cumprod[t]
+        a, s = abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1)
+        kind = self.hparams.prediction_type
+        target = noise if kind == "epsilon" else x0 if kind == "sample" else a * noise - s * x0
+        gamma = self.hparams.min_snr_gamma
+        if gamma is None:
+            return target, torch.ones_like(abar)
+        # min-SNR-γ (Hang et al. 2023, eq. 9 and §3.4 for ε and v targets)
+        snr = abar / (1 - abar)
+        clipped = snr.clamp(max=gamma)
+        weight = clipped / snr if kind == "epsilon" else clipped if kind == "sample" else clipped / (snr + 1)
+        return target, weight
+
+    def _shared_step(self, batch: Any, stage: str) -> Tensor:
+        x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+        self.unet.check_input(x0)
+        n = x0.shape[0]
+        if stage == "train":
+            t = torch.randint(0, self.hparams.num_train_timesteps, (n,), device=x0.device)
+            noise = torch.randn_like(x0)
+        else:  # fixed draws, so that validation losses of different epochs compare
+            gen = torch.Generator().manual_seed(1234 + n)
+            t = torch.randint(0, self.hparams.num_train_timesteps, (n,), generator=gen).to(x0.device)
+            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        target, weight = self._target_and_weight(x0, noise, t)
+        mse = F.mse_loss(self(self.q_sample(x0, t, noise), t), target, reduction="none").flatten(1).mean(1)
+        loss = (weight * mse).mean()
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", sync_dist=stage != "train", batch_size=n)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        warmup = max(int(hp.warmup_steps), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The EMA of the weights (no buffers: ours are constants)."""
+        if self.hparams.ema_decay == 0:
+            return []
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay, use_buffers=False)]
+
+    # ------------------------------------------------------------------ sampling
+
+    def coefficient_table(
+        self, steps: int, sampler: str, eta: float, timestep_spacing: str | None = None,
+        variance_type: str | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(visited timesteps [steps] int64, coefficient table [T, 6] float32) on the device."""
+        hp = self.hparams
+        steps = S.check_steps(steps, hp.num_train_timesteps)
+        timesteps = S.inference_timesteps(hp.num_train_timesteps, steps, timestep_spacing or hp.timestep_spacing)
+        betas = make_betas(hp.beta_schedule, hp.num_train_timesteps, hp.beta_start, hp.beta_end)
+        table = S.step_coefficients(
+            alphas_cumprod(betas), timesteps, sampler, hp.prediction_type,
+            variance_type or hp.variance_type, eta, hp.set_alpha_to_one,
+        )
+        return timesteps.to(self.device), table.float().to(self.device)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        n: int,
+        steps: int | None = None,
+        sampler: S.SamplerName | None = None,
+        eta: float | None = None,
+        seed: int = 0,
+        *,
+        timestep_spacing: S.TimestepSpacing | None = None,
+        variance_type: S.VarianceType | None = None,
+        cuda_graph: bool = True,
+    ) -> Tensor:
+        """Draw ``n`` images [n, C, S, S] in [0, 1] by DDPM or DDIM from pure noise.
+
+        Deterministic for a seed: image i depends only on (seed, i), so under DDP each rank draws
+        its own contiguous share (:func:`.samplers.shard`) and the shares are gathered: n images
+        over R ranks equal the n images of one process (to float rounding).
+
+        Args:
+            n: number of images.
+            steps: sampler steps in [1, num_train_timesteps] (default ``sample_steps``).
+            sampler: ``"ddpm"`` or ``"ddim"`` (default the module's).
+            eta: DDIM's η in [0, 1] (default the module's).
+            seed: noise seed in [0, 2**64).
+            timestep_spacing, variance_type: override the module's defaults.
+            cuda_graph: on CUDA, replay each step as a captured CUDA graph after a warm-up.
+        """
+        hp = self.hparams
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        sampler = S.check_option("sampler", sampler or hp.sampler, S.SAMPLERS)
+        eta = S.check_eta(hp.eta if eta is None else eta)
+        steps = S.check_steps(hp.sample_steps if steps is None else steps, hp.num_train_timesteps)
+        timesteps, table = self.coefficient_table(steps, sampler, eta, timestep_spacing, variance_type)
+        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+        first, count = S.shard(int(n), rank, world)
+        shape = (count, hp.in_channels, hp.image_size, hp.image_size)
+        clip = float(hp.clip_sample_range) if hp.clip_sample else 0.0
+        x = S.sample_loop(self.unet, shape, first, timesteps, table, seed, clip, hp.impl,
+                        cuda_graph and self.device.type == "cuda")
+        images = ((x + 1) / 2).clamp(0, 1)
+        return _gather_shares(images, n, world) if world > 1 else images
+
+    def sample_images(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings."""
+        return self.sample(n, seed=seed)
+
+
+def _gather_shares(images: Tensor, n: int, world: int) -> Tensor:
+    """Concatenate every rank's share (padded to equal size for all_gather) in rank order."""
+    counts = [S.shard(n, r, world)[1] for r in range(world)]
+    padded = images.new_zeros((max(counts), *images.shape[1:]))
+    padded[: images.shape[0]] = images
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])

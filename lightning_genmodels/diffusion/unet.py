@@ -1,0 +1,165 @@
+"""A small UNet for 28×28 images: the ε/x_0/v predictor of DDPM (Ho et al. 2020, Appendix B).
+
+Sinusoidal timestep embedding (Vaswani et al. 2017) through an MLP, residual blocks with
+GroupNorm that add the embedding, stride-2 convolutions down and nearest-neighbour upsampling
+up with skip connections, and self-attention at the lowest resolution (the middle block).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding [N, dim] of timesteps t [N] (Vaswani et al. 2017, §3.5)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, the time embedding added in between; 1×1 skip if C changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x: [N, C_in, H, W], emb: [N, E] -> [N, C_out, H, W]."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H·W positions, pre-GroupNorm, residual."""
+
+    def __init__(self, channels: int, heads: int, groups: int) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention_heads={heads} must divide the channels ({channels})")
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N, C, H, W] -> [N, C, H, W]."""
+        n, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [N, heads, HW, C/heads]
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class UNet(nn.Module):
+    """UNet noise predictor: ``forward(x [N, C, S, S], t [N]) -> [N, C, S, S]``.
+
+    Args:
+        in_channels: image channels C.
+        image_size: S; must be divisible by 2^(len(channel_mults) - 1).
+        base_channels: channels of the first level; level i has ``base_channels * channel_mults[i]``.
+        channel_mults: one multiplier per resolution level (28 -> 14 -> 7 for three levels).
+        num_res_blocks: residual blocks per level, on each side.
+        attention_heads: heads of the self-attention at the lowest resolution.
+        dropout: in the residual blocks.
+        groups: GroupNorm groups; must divide every level's channels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_heads: int = 4,
+        dropout: float = 0.0,
+        groups: int = 8,
+    ) -> None:
+        super().__init__()
+        mults = [int(m) for m in channel_mults]
+        if not mults or min(mults) < 1 or base_channels < 1 or num_res_blocks < 1:
+            raise ValueError(
+                f"need base_channels >= 1, num_res_blocks >= 1 and channel_mults of positive integers, got "
+                f"{base_channels}, {num_res_blocks}, {list(channel_mults)}"
+            )
+        if image_size % 2 ** (len(mults) - 1):
+            raise ValueError(f"image_size={image_size} must be divisible by 2**(len(channel_mults) - 1)")
+        chans = [base_channels * m for m in mults]
+        if any(c % groups for c in chans):
+            raise ValueError(f"groups={groups} must divide every level's channels {chans}")
+        self.in_channels, self.image_size = in_channels, image_size
+        emb_dim = 4 * base_channels
+        self.base_channels = base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(in_channels, chans[0], 3, padding=1)
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        ch = chans[0]
+        for i, out_ch in enumerate(chans):
+            blocks = []
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(ch, out_ch, emb_dim, groups, dropout))
+                ch = out_ch
+            self.down.append(nn.ModuleList(blocks))
+            last = i == len(chans) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+        self.mid1 = ResBlock(ch, ch, emb_dim, groups, dropout)
+        self.mid_attn = SelfAttention(ch, attention_heads, groups)
+        self.mid2 = ResBlock(ch, ch, emb_dim, groups, dropout)
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, out_ch in reversed(list(enumerate(chans))):
+            blocks = []
+            for j in range(num_res_blocks):
+                blocks.append(ResBlock(ch + (chans[i] if j == 0 else 0), out_ch, emb_dim, groups, dropout))
+                ch = out_ch
+            self.up.append(nn.ModuleList(blocks))
+            self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1) if i > 0 else nn.Identity())
+        self.norm_out = nn.GroupNorm(groups, ch)
+        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+
+    def check_input(self, x: Tensor) -> None:
+        """ValueError naming the shape when x is not [N, C, S, S] as built."""
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"UNet was built for images [N, {', '.join(map(str, expected))}] "
+                f"(in_channels={self.in_channels}, image_size={self.image_size}), got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """x: [N, C, S, S] noisy images, t: [N] timesteps -> [N, C, S, S] prediction."""
+        self.check_input(x)
+        emb = self.time_mlp(timestep_embedding(t.reshape(-1).expand(x.shape[0]), self.base_channels))
+        h = self.conv_in(x)
+        skips = []
+        for blocks, down in zip(self.down, self.downsample):
+            for block in blocks:
+                h = block(h, emb)
+            skips.append(h)
+            h = down(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for blocks, up in zip(self.up, self.upsample):
+            h = torch.cat([h, skips.pop()], dim=1)
+            for block in blocks:
+                h = block(h, emb)
+            if not isinstance(up, nn.Identity):
+                h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,171 @@
+"""Diffusion LightningModule: options and errors, sampling, DDP sharding, EMA, fit and CLI."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+from lightning_genmodels import Diffusion, MNISTDataModule
+from lightning_genmodels.cli import main
+from lightning_genmodels.diffusion import samplers as S
+from lightning_genmodels.diffusion.unet import UNet
+
+TINY = dict(base_channels=8, channel_mults=(1, 2), groups=4, attention_heads=2, num_train_timesteps=100)
+
+
+def tiny(**kwargs) -> Diffusion:
+    torch.manual_seed(0)
+    model = Diffusion(**(TINY | kwargs))
+    # a UNet that is not the identity, so that samples depend on it
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_unet_shapes_and_bad_images():
+    net = UNet(in_channels=1, image_size=28, base_channels=8, channel_mults=(1, 2, 2), groups=4, attention_heads=2)
+    x = torch.randn(3, 1, 28, 28)
+    assert net(x, torch.tensor([0, 5, 999])).shape == x.shape
+    assert net(x, torch.tensor(7)).shape == x.shape  # one timestep for all
+    with pytest.raises(ValueError, match=r"built for images \[N, 1, 28, 28\].*got shape \(3, 3, 28, 28\)"):
+        net(torch.randn(3, 3, 28, 28), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"got shape \(2, 1, 32, 32\)"):
+        net(torch.randn(2, 1, 32, 32), torch.zeros(2))
+    with pytest.raises(ValueError, match="image_size=30 must be divisible"):
+        UNet(image_size=30, channel_mults=(1, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"beta_schedule": "quadratic"}, "beta_schedule must be one of .* got 'quadratic'"),
+        ({"prediction_type": "score"}, "prediction_type must be one of .* got 'score'"),
+        ({"sampler": "pndm"}, "sampler must be one of .* got 'pndm'"),
+        ({"sample_steps": 101}, r"steps must be an integer in \[1, num_train_timesteps=100\], got 101"),
+        ({"sample_steps": 0}, "got 0"),
+        ({"eta": 1.5}, r"eta must be in \[0, 1\], got 1.5"),
+        ({"timestep_spacing": "cubic"}, "timestep_spacing must be one of .* got 'cubic'"),
+        ({"variance_type": "learned"}, "variance_type must be one of .* got 'learned'"),
+        ({"min_snr_gamma": -1.0}, "min_snr_gamma must be > 0 or None, got -1.0"),
+        ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_bad_options_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Diffusion(**(TINY | kwargs))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"steps": 101}, r"num_train_timesteps=100\], got 101"),
+        ({"steps": 0}, r"got 0"),
+        ({"eta": -0.1}, r"eta must be in \[0, 1\], got -0.1"),
+        ({"eta": float("nan")}, "eta must be in"),
+        ({"sampler": "euler"}, "got 'euler'"),
+        ({"n": 0}, "n must be a positive integer, got 0"),
+        ({"seed": -1}, "seed must be in"),
+    ],
+)
+def test_bad_sample_arguments_name_the_value(kwargs, match):
+    model = tiny()
+    with pytest.raises(ValueError, match=match):
+        model.sample(**({"n": 2, "steps": 2} | kwargs))
+
+
+def test_bad_training_images_raise():
+    model = tiny()
+    with pytest.raises(ValueError, match=r"got shape \(2, 1, 14, 14\)"):
+        model.training_step((torch.zeros(2, 1, 14, 14), torch.zeros(2)), 0)
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)])
+def test_sample_range_determinism_and_ext_equals_ref(sampler, eta):
+    model = tiny()
+    a = model.sample(3, steps=3, sampler=sampler, eta=eta, seed=3)
+    assert a.shape == (3, 1, 28, 28) and a.min() >= 0 and a.max() <= 1 and a.std() > 0.05
+    torch.testing.assert_close(model.sample(3, steps=3, sampler=sampler, eta=eta, seed=3), a, rtol=0, atol=0)
+    assert not torch.equal(model.sample(3, steps=3, sampler=sampler, eta=eta, seed=4), a)
+    model.hparams.impl = "ref"
+    torch.testing.assert_close(model.sample(3, steps=3, sampler=sampler, eta=eta, seed=3), a, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_images_uses_the_defaults():
+    model = tiny(sample_steps=3)
+    torch.testing.assert_close(model.sample_images(2, seed=1), model.sample(2, seed=1, steps=3, sampler="ddim"))
+
+
+@pytest.mark.parametrize("n, world", [(10, 3), (2, 4), (7, 1), (8, 2)])
+def test_shards_cover_the_batch_in_order(n, world):
+    shares = [S.shard(n, r, world) for r in range(world)]
+    assert sum(c for _, c in shares) == n and shares[0][0] == 0
+    assert all(f + c == nf for (f, c), (nf, _) in zip(shares, shares[1:]))
+    assert max(c for _, c in shares) - min(c for _, c in shares) <= 1
+
+
+def test_rank_shares_equal_the_single_process_batch():
+    """What each of 3 ranks draws (its shard, its noise offset) is the matching slice of the
+    batch one process draws: the loop DDP ranks run, without the gather."""
+    model = tiny()
+    timesteps, table = model.coefficient_table(5, "ddpm", 0.0)
+    whole = S.sample_loop(model.unet, (7, 1, 28, 28), 0, timesteps, table, 11, 1.0, "ext")
+    parts = []
+    for rank in range(3):
+        first, count = S.shard(7, rank, 3)
+        parts.append(S.sample_loop(model.unet, (count, 1, 28, 28), first, timesteps, table, 11, 1.0, "ext"))
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", S.PREDICTION_TYPES)
+def test_min_snr_weights(prediction):
+    model = tiny(prediction_type=prediction, min_snr_gamma=5.0)
+    t = torch.tensor([0, 50, 99])
+    _, weight = model._target_and_weight(torch.zeros(3, 1, 28, 28), torch.zeros(3, 1, 28, 28), t)
+    abar = model.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    expected = {"epsilon": snr.clamp(max=5) / snr, "sample": snr.clamp(max=5),
+                "v_prediction": snr.clamp(max=5) / (snr + 1)}[prediction]
+    torch.testing.assert_close(weight, expected)
+    assert weight[0] < (1.0 if prediction != "sample" else math.inf)
+
+
+def test_fit_keeps_an_ema_used_for_checkpoints_and_sampling(mnist_dir, tmp_path):
+    model = Diffusion(**TINY, ema_decay=0.5, lr=1e-2, sample_steps=2)
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=16, val_split=32)
+    every = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    trainer = Trainer(max_steps=3, limit_val_batches=1, val_check_interval=3, logger=False, callbacks=[every],
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    assert data.input_format == "symmetric"
+    ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging))
+    # after fit the model holds the average
+    averaged = dict(ema._average_model.module.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, averaged[name])
+    # a checkpoint taken during fit: state_dict is the average, the raw weights are kept beside it
+    mid = torch.load(tmp_path / "step=2.ckpt", weights_only=False)
+    key = "unet.conv_in.weight"
+    assert not torch.equal(mid["current_model_state"][key], mid["state_dict"][key])
+    ckpt = tmp_path / "end.ckpt"
+    trainer.save_checkpoint(ckpt)
+    torch.testing.assert_close(torch.load(ckpt, weights_only=False)["state_dict"][key], model.unet.conv_in.weight)
+    loaded = Diffusion.load_from_checkpoint(ckpt)
+    torch.testing.assert_close(loaded.sample(2, seed=0), model.sample(2, seed=0))
+
+
+def test_cli_fit_with_the_config(mnist_dir, tmp_path, capsys):
+    png = tmp_path / "grid.png"
+    main([
+        "fit", "--config", "configs/diffusion_mnist.yaml", f"--data.data_dir={mnist_dir}",
+        "--trainer.fast_dev_run=2", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+        "--model.base_channels=8", "--model.channel_mults=[1, 2]", "--model.groups=4",
+        "--model.sample_steps=2", "--data.batch_size=8",
+        "--trainer.callbacks+=lightning_genmodels.callbacks.SampleGrid",
+        f"--trainer.callbacks.path={png}", "--trainer.callbacks.num_samples=4",
+    ])
+    assert png.exists()
+    assert "train/loss" in capsys.readouterr().out

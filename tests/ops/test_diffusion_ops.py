@@ -1,0 +1,191 @@
+"""diffusion_step: the kernels against the reference, opcheck, torch.compile, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_genmodels.diffusion import samplers as S
+from lightning_genmodels.diffusion.schedules import alphas_cumprod, make_betas
+from lightning_genmodels.ops import diffusion_step, load_library
+from lightning_genmodels.ops.diffusion import _diffusion_step_ref
+from tests.utils import DEVICES, requires_cuda
+
+T = 1000
+
+
+def make_table(sampler="ddpm", prediction="epsilon", variance="fixed_small", eta=0.5, steps=50,
+               spacing="leading", schedule="linear", device="cpu"):
+    timesteps = S.inference_timesteps(T, steps, spacing)
+    abar = alphas_cumprod(make_betas(schedule, T))
+    table = S.step_coefficients(abar, timesteps, sampler, prediction, variance, eta)
+    return timesteps.to(device), table.float().to(device)
+
+
+def sample_inputs(device: str):
+    """(x, model_output, timestep, coef, seed_offset, clip_range) over samplers and shapes."""
+    gen = torch.Generator().manual_seed(0)
+    for sampler, prediction, shape, clip in [
+        ("ddpm", "epsilon", (4, 1, 28, 28), 1.0),
+        ("ddim", "v_prediction", (3, 2, 5, 7), 0.0),
+        ("ddpm", "sample", (5, 3), 0.5),
+        ("ddim", "epsilon", (1, 13), 2.0),
+        ("ddpm", "epsilon", (0, 1, 4, 4), 1.0),
+    ]:
+        timesteps, table = make_table(sampler, prediction, device=device)
+        n = shape[0]
+        t = timesteps[torch.randint(0, len(timesteps), (n,), generator=gen)].to(device)
+        x = torch.randn(shape, generator=gen).to(device)
+        out = torch.randn(shape, generator=gen).to(device)
+        so = S.seed_offset_tensor(2**63 + 7, 5, device)  # offset not a multiple of 4
+        yield x, out, t, table, so, clip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ext_matches_reference(device):
+    for args in sample_inputs(device):
+        ext = diffusion_step(*args, impl="ext")
+        ref = diffusion_step(*args, impl="ref")
+        assert ext.shape == args[0].shape and ext.device.type == device
+        torch.testing.assert_close(ext, ref, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    dims=st.lists(st.integers(1, 9), min_size=0, max_size=3),
+    sampler=st.sampled_from(S.SAMPLERS),
+    prediction=st.sampled_from(S.PREDICTION_TYPES),
+    variance=st.sampled_from(S.VARIANCE_TYPES),
+    spacing=st.sampled_from(S.TIMESTEP_SPACINGS),
+    eta=st.sampled_from([0.0, 0.3, 1.0]),
+    steps=st.integers(1, T),
+    clip=st.sampled_from([0.0, 0.5, 1.0]),
+    seed=st.integers(0, 2**64 - 1),
+    offset=st.integers(0, 2**45),
+    data_seed=st.integers(0, 2**31),
+)
+def test_property_ext_equals_reference(n, dims, sampler, prediction, variance, spacing, eta, steps, clip, seed,
+                                       offset, data_seed):
+    timesteps, table = make_table(sampler, prediction, variance, eta, steps, spacing)
+    gen = torch.Generator().manual_seed(data_seed)
+    t = timesteps[torch.randint(0, len(timesteps), (n,), generator=gen)]
+    x = 3 * torch.randn((n, *dims), generator=gen)
+    out = 3 * torch.randn((n, *dims), generator=gen)
+    so = S.seed_offset_tensor(seed, offset, "cpu")
+    ext = diffusion_step(x, out, t, table, so, clip, impl="ext")
+    ref = diffusion_step(x, out, t, table, so, clip, impl="ref")
+    # x̂_0 can reach |x| / √ᾱ_t ~ 500 before the step scales it back: allow its rounding
+    torch.testing.assert_close(ext, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_noise_depends_on_position_only():
+    """Splitting a batch (offset advanced by the first half's size) gives the same result."""
+    timesteps, table = make_table("ddpm", eta=1.0)
+    x, out = torch.randn(6, 1, 3, 3), torch.randn(6, 1, 3, 3)
+    t = torch.full((6,), int(timesteps[3]))
+    whole = diffusion_step(x, out, t, table, S.seed_offset_tensor(4, 100, "cpu"), 1.0, impl="ext")
+    a = diffusion_step(x[:2], out[:2], t[:2], table, S.seed_offset_tensor(4, 100, "cpu"), 1.0, impl="ext")
+    b = diffusion_step(x[2:], out[2:], t[2:], table, S.seed_offset_tensor(4, 118, "cpu"), 1.0, impl="ext")
+    torch.testing.assert_close(torch.cat([a, b]), whole, rtol=0, atol=0)
+    other = diffusion_step(x, out, t, table, S.seed_offset_tensor(5, 100, "cpu"), 1.0, impl="ext")
+    assert not torch.equal(other, whole)
+
+
+def test_noncontiguous_inputs():
+    timesteps, table = make_table("ddim", eta=0.7)
+    x = torch.randn(4, 1, 6, 6).transpose(2, 3)
+    out = torch.randn(4, 1, 6, 6)[:, :, ::1, :]
+    t = timesteps[:8:2].clone()
+    so = S.seed_offset_tensor(1, 0, "cpu")
+    torch.testing.assert_close(diffusion_step(x, out, t, table, so, 1.0, impl="ext"),
+                               _diffusion_step_ref(x, out, t, table, so, 1.0), rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck():
+    load_library()
+    for args in sample_inputs("cpu"):
+        torch.library.opcheck(torch.ops.lightning_genmodels.diffusion_step.default, args)
+
+
+def test_works_under_torch_compile():
+    load_library()
+    timesteps, table = make_table("ddpm")
+    x, out = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t, so = timesteps[:3].clone(), S.seed_offset_tensor(3, 8, "cpu")
+
+    def two_steps(x, out, t, so):
+        y = torch.ops.lightning_genmodels.diffusion_step(x, out, t, table, so, 1.0)
+        return torch.ops.lightning_genmodels.diffusion_step(y, out, t, table, so, 1.0) * 2
+
+    compiled = torch.compile(two_steps, backend="aot_eager", fullgraph=True)
+    ref = _diffusion_step_ref(_diffusion_step_ref(x, out, t, table, so, 1.0), out, t, table, so, 1.0) * 2
+    torch.testing.assert_close(compiled(x, out, t, so), ref, rtol=1e-5, atol=1e-5)
+
+
+def _good(device="cpu"):
+    timesteps, table = make_table(device=device)
+    x = torch.randn(2, 1, 4, 4, device=device)
+    return {"x": x, "model_output": torch.randn_like(x), "timestep": timesteps[:2].clone(), "coef": table,
+            "seed_offset": S.seed_offset_tensor(0, 0, device), "clip_range": 1.0}
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        ({"x": torch.randn(2, 1, 4, 4).double()}, TypeError, "x must be float32"),
+        ({"model_output": torch.randn(2, 1, 4, 5)}, ValueError, "model_output must have the shape"),
+        ({"model_output": torch.randn(2, 1, 4, 4).half()}, TypeError, "model_output must be float32"),
+        ({"timestep": torch.zeros(3, dtype=torch.int64)}, ValueError, r"timestep must be \[N\] = \[2\]"),
+        ({"timestep": torch.zeros(2, dtype=torch.int32)}, TypeError, "timestep must be int64"),
+        ({"coef": torch.zeros(10, 5)}, ValueError, r"coef must be \[T, 6\]"),
+        ({"seed_offset": torch.zeros(3, dtype=torch.int64)}, ValueError, "seed_offset must be"),
+        ({"clip_range": -1.0}, ValueError, "clip_range must be >= 0"),
+        ({"clip_range": float("nan")}, ValueError, "clip_range"),
+        ({"x": [1.0]}, TypeError, "x must be a Tensor"),
+    ],
+)
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+def test_bad_inputs_raise_clear_errors(change, error, match, impl):
+    args = _good() | change
+    with pytest.raises(error, match=match):
+        diffusion_step(**args, impl=impl)
+
+
+@pytest.mark.parametrize("bad_t", [-1, T])
+def test_out_of_range_timesteps_raise(bad_t):
+    args = _good()
+    args["timestep"] = torch.tensor([5, bad_t])
+    with pytest.raises(RuntimeError, match=rf"timestep\[1\] = {bad_t} is outside \[0, {T}\)"):
+        diffusion_step(**args, impl="ext")
+    with pytest.raises(ValueError, match=f"timestep values must lie in"):
+        diffusion_step(**args, impl="ref")
+
+
+def test_kernel_checks_its_inputs():
+    """The op itself (not only the Python wrapper) names bad arguments."""
+    load_library()
+    a = _good()
+    op = torch.ops.lightning_genmodels.diffusion_step
+    with pytest.raises(RuntimeError, match="model_output must have the shape of x"):
+        op(a["x"], a["x"][:1], a["timestep"], a["coef"], a["seed_offset"], 1.0)
+    with pytest.raises(RuntimeError, match="seed_offset must be an int64 tensor"):
+        op(a["x"], a["model_output"], a["timestep"], a["coef"], a["seed_offset"].int(), 1.0)
+    with pytest.raises(RuntimeError, match="coef must be float32"):
+        op(a["x"], a["model_output"], a["timestep"], a["coef"].double(), a["seed_offset"], 1.0)
+
+
+@requires_cuda
+def test_mixed_devices_raise():
+    args = _good() | {"coef": _good()["coef"].cuda()}
+    with pytest.raises(ValueError, match="coef must be on the device of x"):
+        diffusion_step(**args, impl="ext")
+
+
+@requires_cuda
+def test_cpu_and_cuda_agree():
+    cpu = _good("cpu") | {"clip_range": 0.5}
+    gpu = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in cpu.items()}
+    torch.testing.assert_close(diffusion_step(**gpu, impl="ext").cpu(), diffusion_step(**cpu, impl="ext"),
+                               rtol=1e-5, atol=1e-5)
