@@ -1,6 +1,6 @@
 """Streamed, DDP-aware k-means: k-means++ seeding and Lloyd's iterations, one pass each.
 
-The data are never held in memory: every step is a pass of :data:`~.gmm_data.Batches` over the
+The data are never held in memory: every step is a pass of :data:`~.batches.Batches` over the
 rank-local rows whose per-rank sums (or per-rank candidates) are combined across ranks, so every
 rank ends with the same centres. Rows of sample weight 0 (DDP padding) never count.
 
@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .gmm_data import Batches, all_gather_cat, all_reduce_sum, rank
+from .batches import Batches, all_gather_cat, all_reduce_sum, rank
 
 
 class KMeansResult(NamedTuple):

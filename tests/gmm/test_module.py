@@ -18,11 +18,11 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_genmodels.gmm import GaussianMixture
-from lightning_genmodels.gmm_data import padding_weights
+from lightning_genmodels.gmm.batches import padding_weights
 
-from .utils import DEVICES
+from ..utils import DEVICES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 PARAMS = ["weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"]
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
@@ -378,7 +378,7 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
               **{k: v.tolist() for k, v in init.items()}}
     torch.save({"x": x, "kwargs": kwargs, "batch_size": 64}, tmp_path / "in.pt")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    script = ROOT / "tests" / "ddp_gmm_script.py"
+    script = ROOT / "tests" / "gmm" / "ddp_script.py"
     try:
         proc = subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(tmp_path)],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)

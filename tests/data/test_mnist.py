@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_genmodels.data import INPUT_FORMATS, MNISTDataModule, pass_through
-from lightning_genmodels.idx import IDXFileNotFoundError, IDXFormatError
+from lightning_genmodels.data.idx import IDXFileNotFoundError, IDXFormatError
 
 NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte"]

@@ -1,10 +1,13 @@
 """Gaussian mixture fitted by exact, streamed EM as a LightningModule, with scikit-learn's face.
 
-One training epoch is one EM iteration (Dempster, Laird & Rubin, 1977; Bishop, PRML §9.2.2):
-``training_step`` runs the fused E-step op on each batch and accumulates its float64 sufficient
-statistics in :class:`EMStatistics` (a torchmetrics ``Metric``, so DDP ranks are summed in
-float64 for free); ``on_train_epoch_end`` turns the sums into the M-step. One pass over the
-data per iteration, so a data set larger than memory is fitted exactly.
+One training epoch is one EM iteration (Dempster, Laird & Rubin, 1977; Bishop, PRML §9.2.2),
+run as one manual-optimisation ``training_step`` that takes Lightning's ``dataloader_iter``:
+the fused E-step op runs on every batch and its float64 sufficient statistics accumulate in
+:class:`~lightning_genmodels.metrics.EMStatistics` (a torchmetrics ``Metric``, so DDP ranks are
+summed in float64 for free); the M-step is the step of the :class:`~.strategy.EMStep` optimizer,
+so ``trainer.global_step`` counts EM iterations. One pass over the data per iteration, so a data
+set larger than memory is fitted exactly. Under DDP use ``strategy="ddp_em"``
+(:class:`~.strategy.EMDDPStrategy`): EM has no gradients for DistributedDataParallel to reduce.
 
 Bookkeeping follows scikit-learn: the lower bound of iteration i (mean log-likelihood) is the
 one its E-step computed with the parameters from before its M-step; EM stops when it changes by
@@ -13,37 +16,37 @@ run with the best final lower bound is kept.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-from typing import Any, Sequence, Union
+import time
+import warnings
+from typing import Any, Iterator
 
-import numpy as np
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
-from . import gmm_math
-from .gmm_data import (
-    EMStatistics,
-    TensorDataModule,
-    batch_tensor,
-    broadcast_,
-    loader_batches,
-    padding_weights,
-    shared_seed,
+from ..metrics.em import EMStatistics
+from ..ops.build import Impl
+from ..ops.gmm import gmm_em_stats, gmm_log_prob
+from . import em
+from .batches import batch_tensor, broadcast_, loader_batches, padding_weights, shared_seed
+from .em import CovarianceType, GMMStats
+from .estimator import PARAMS as _PARAMS
+from .estimator import ArrayLike, ConvergenceWarning, ScikitLearnMixin, check_options
+from .init import InitParams, initial_moments
+from .strategy import EMDDPStrategy, EMStep
+
+# Lightning's notes on the ``dataloader_iter`` step flavour ("experimental", "batch_idx will not
+# match"): this module consumes a whole epoch in one step by design, so they do not apply.
+DATALOADER_ITER_NOTES = (
+    r"You are using the `dataloader_iter` step flavor",
+    r"Found `dataloader_iter` argument in the `training_step`",
 )
-from .gmm_init import INIT_PARAMS, InitParams, initial_moments
-from .ops.build import IMPLS, Impl
-from .ops.gmm import COVARIANCE_TYPES, CovarianceType, GMMStats, gmm_em_stats, gmm_log_prob
-
-ArrayLike = Union[Tensor, np.ndarray, Sequence[Any]]
-_PARAMS = ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_")
 
 
-class GaussianMixture(LightningModule):
+class GaussianMixture(ScikitLearnMixin, LightningModule):
     """Gaussian mixture model trained by EM, one epoch per iteration; scikit-learn compatible.
 
     Parameters are buffers in the model's dtype (K components, D features):
@@ -52,11 +55,12 @@ class GaussianMixture(LightningModule):
     (scikit-learn's layouts). D is taken from the data on the first fit unless ``n_features``.
 
     Empty components: a component whose responsibilities sum to ~0 keeps its previous mean and
-    covariance, with weight ``10·eps / N`` (see :func:`~.gmm_math.m_step`), and a warning.
+    covariance, with weight ``10·eps / N`` (see :func:`~.em.m_step`), and a warning.
 
     Methods taking data (``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic``,
     ``aic``, ``fit``, ``fit_predict``) accept a Tensor or NumPy array [N, D] and return Tensors
-    on the module's device (``score``, ``bic`` and ``aic`` 0-d).
+    on the module's device (``score``, ``bic`` and ``aic`` Python floats, as scikit-learn's).
+    ``get_params``/``set_params`` make it a scikit-learn estimator (``clone``, ``GridSearchCV``).
 
     Args:
         n_components: K.
@@ -66,7 +70,7 @@ class GaussianMixture(LightningModule):
         max_iter: EM iterations (epochs) per initialisation.
         n_init: initialisations; the best final lower bound wins.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``
-            (see :mod:`~.gmm_init`).
+            (see :mod:`~.init`).
         weights_init: [K] starting weights (sum 1).
         means_init: [K, D] starting means.
         precisions_init: starting precisions (inverse covariances), layout of the type.
@@ -76,6 +80,9 @@ class GaussianMixture(LightningModule):
         kmeans_max_iter: Lloyd passes of the ``kmeans`` initialisation at most.
         kmeans_tol: relative tolerance of those passes.
         impl: E-step op implementation (``"auto"``, ``"ref"``, ``"ext"``).
+        verbose: 0 silent; 1 prints each initialisation and its end; 2 also every
+            ``verbose_interval`` iterations with the time and lower-bound change (scikit-learn's).
+        verbose_interval: iterations between verbose=2 reports.
     """
 
     input_format = "dequantized_flat"
@@ -98,13 +105,19 @@ class GaussianMixture(LightningModule):
         kmeans_max_iter: int = 300,
         kmeans_tol: float = 1e-4,
         impl: Impl = "auto",
+        verbose: int = 0,
+        verbose_interval: int = 10,
     ) -> None:
+        # The arguments as given, for get_params (scikit-learn's clone checks identity).
+        self._sk_params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
-        _check_options(covariance_type, init_params, impl, n_components, tol, reg_covar, max_iter, n_init)
+        check_options(covariance_type, init_params, impl, n_components, tol, reg_covar, max_iter, n_init)
+        for note in DATALOADER_ITER_NOTES:
+            warnings.filterwarnings("ignore", message=note)
         self._init = {
-            "weights": gmm_math.as_float64(weights_init, "weights_init"),
-            "means": gmm_math.as_float64(means_init, "means_init"),
-            "precisions": gmm_math.as_float64(precisions_init, "precisions_init"),
+            "weights": em.as_float64(weights_init, "weights_init"),
+            "means": em.as_float64(means_init, "means_init"),
+            "precisions": em.as_float64(precisions_init, "precisions_init"),
         }
         self.save_hyperparameters(ignore=["weights_init", "means_init", "precisions_init"])
         # Plain lists in the hyper-parameters: YAML- and weights_only-checkpoint-friendly.
@@ -134,6 +147,7 @@ class GaussianMixture(LightningModule):
         self._best: dict[str, Any] | None = None
         self._in_progress = False
         self._seed = 0
+        self._data_finite = False  # fit(X) checked its rows once: the passes need not
 
     def _allocate(self, n_features: int) -> None:
         """(Re)create the buffers [shapes in the class docstring] and the E-step sums for D."""
@@ -141,7 +155,7 @@ class GaussianMixture(LightningModule):
         shapes = {
             "weights_": (k,),
             "means_": (k, n_features),
-            **{n: gmm_math.covariance_shape(cov, k, n_features) for n in _PARAMS[2:]},
+            **{n: em.covariance_shape(cov, k, n_features) for n in _PARAMS[2:]},
         }
         for name, shape in shapes.items():
             if tuple(self._buffers[name].shape) != shape:
@@ -169,7 +183,7 @@ class GaussianMixture(LightningModule):
     def _set_params(self, weights: Tensor, means: Tensor, covariances: Tensor, prec_chol: Tensor) -> None:
         """Write float64 parameters into the buffers (model dtype); precisions = U Uᵀ."""
         cov_type = self.hparams.covariance_type
-        prec = gmm_math.precisions_from_cholesky(prec_chol.double(), cov_type)
+        prec = em.precisions_from_cholesky(prec_chol.double(), cov_type)
         for name, value in zip(_PARAMS, (weights, means, covariances, prec_chol, prec)):
             self._buffers[name].copy_(value.to(self._buffers[name].dtype))
 
@@ -182,19 +196,22 @@ class GaussianMixture(LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
 
-    def configure_optimizers(self) -> None:
-        return None
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return EMStep()
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        if stage == "fit" and isinstance(strategy, DDPStrategy):
-            # EM has no gradients for DDP to reduce, and DistributedDataParallel refuses a module
-            # without trainable parameters; EMStatistics sums the statistics across ranks instead.
-            strategy.configure_ddp = lambda: None
+        if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, EMDDPStrategy):
+            raise ValueError(
+                f"GaussianMixture under {type(strategy).__name__} needs strategy='ddp_em' "
+                "(lightning_genmodels.gmm.EMDDPStrategy): EM has no gradients for "
+                "DistributedDataParallel to reduce; EMStatistics sums the statistics across ranks"
+            )
 
     def _train_batches(self):
         loader = self.trainer.train_dataloader
-        return loader_batches(loader, getattr(loader, "sampler", None), self.device, self.dtype)
+        sampler = getattr(loader, "sampler", None)
+        return loader_batches(loader, sampler, self.device, self.dtype, check_finite=not self._data_finite)
 
     def on_train_start(self) -> None:
         batches = self._train_batches()
@@ -215,17 +232,25 @@ class GaussianMixture(LightningModule):
         if self.hparams.max_iter == 0:
             self._end_restart(converged=False)
 
-    def on_train_epoch_start(self) -> None:
-        self._seen = 0
+    def training_step(self, dataloader_iter: Iterator[Any]) -> None:
+        """One EM iteration: the E-step over every batch of the epoch, then the M-step as the
+        step of the :class:`~.strategy.EMStep` optimizer (one optimizer step per epoch)."""
+        if not self._in_progress:
+            for _ in dataloader_iter:  # finished (max_iter=0): let the epoch end
+                pass
+            return
         self.em_stats.reset()
+        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        seen = 0
+        for item in dataloader_iter:  # (batch, batch_idx, dataloader_idx)
+            x = batch_tensor(item[0]).to(device=self.device, dtype=self.dtype)
+            w = padding_weights(sampler, seen, x.shape[0], x.device)
+            seen += x.shape[0]
+            self._e_step(x, None if w is None else w.to(x.dtype))
+        self.optimizers().step(closure=self._end_iteration)
 
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        """E-step of one batch: accumulate its float64 sufficient statistics."""
-        x = batch_tensor(batch).to(self.dtype)
-        loader = self.trainer.train_dataloader
-        w = padding_weights(getattr(loader, "sampler", None), self._seen, x.shape[0], x.device)
-        self._seen += x.shape[0]
-        w = None if w is None else w.to(x.dtype)
+    def _e_step(self, x: Tensor, w: Tensor | None) -> None:
+        """Accumulate one batch's float64 sufficient statistics in ``em_stats``."""
         stats = gmm_em_stats(
             x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,
             self.hparams.covariance_type, w, impl=self.hparams.impl,
@@ -234,10 +259,8 @@ class GaussianMixture(LightningModule):
         # NaN/inf in x make the batch's log-likelihood non-finite: a free check, no extra pass.
         self.em_stats.update(stats, n_rows, (~torch.isfinite(stats.loglik)).double())
 
-    def on_train_epoch_end(self) -> None:
+    def _end_iteration(self) -> None:
         """M-step on the epoch's statistics summed over ranks; convergence and restarts."""
-        if not self._in_progress:
-            return
         stats, n_total, n_nonfinite = self.em_stats.compute()
         self.em_stats.reset()
         if float(n_nonfinite) > 0:
@@ -248,23 +271,22 @@ class GaussianMixture(LightningModule):
         self._check_enough_samples(float(n_total))
         bound = float(stats.loglik / n_total)
         self._m_step(stats)
-        self._count_em_step()
         change = bound - self.lower_bound_
         self.n_iter_ += 1
         self.lower_bound_ = bound
         self.lower_bounds_.append(bound)
-        self.log("train/lower_bound", bound, sync_dist=True)
+        self.log("train/lower_bound", bound, batch_size=1)
+        self._report_iteration(change)
         converged = abs(change) < self.hparams.tol
         if converged or self.n_iter_ >= self.hparams.max_iter:
             self._end_restart(converged)
 
-    def _count_em_step(self) -> None:
-        """Count the M-step as the epoch's one optimisation step: ``trainer.global_step`` then
-        counts EM iterations, so ``max_steps`` and ModelCheckpoint (which skips saving while the
-        step count stands still) work without an optimizer."""
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        progress.increment_ready()
-        progress.increment_completed()
+    def _report_iteration(self, change: float) -> None:
+        hp = self.hparams
+        if hp.verbose >= 2 and self.n_iter_ % hp.verbose_interval == 0:
+            now = time.perf_counter()
+            _say(f"  Iteration {self.n_iter_}\t time lapse {now - self._tick:.5f}s\t ll change {change:.5f}")
+            self._tick = now
 
     def on_train_end(self) -> None:
         if self._in_progress:  # the trainer stopped first (max_epochs): keep the best so far
@@ -281,7 +303,7 @@ class GaussianMixture(LightningModule):
 
     def _m_step(self, stats: GMMStats) -> None:
         cov_type = self.hparams.covariance_type
-        step = gmm_math.m_step(
+        step = em.m_step(
             stats, cov_type, self.hparams.reg_covar, torch.finfo(self.dtype).eps,
             prev_means=self.means_, prev_covariances=self.covariances_,
         )
@@ -291,14 +313,17 @@ class GaussianMixture(LightningModule):
                 "their points; they keep their previous mean and covariance with weight ~0",
                 category=RuntimeWarning,
             )
-        prec_chol = gmm_math.precision_cholesky(step.covariances, cov_type)
+        prec_chol = em.precision_cholesky(step.covariances, cov_type)
         self._set_params(step.weights, step.means, step.covariances, prec_chol)
 
     def _initialize(self, batches) -> None:
         """Starting parameters of restart ``self._restart``, identical on every rank."""
         hp, cov_type, given = self.hparams, self.hparams.covariance_type, self._init
         k, d = hp.n_components, self.n_features_in_
-        gmm_math.check_given_init(given, cov_type, k, d)
+        if hp.verbose:
+            _say(f"Initialization {self._restart}")
+        self._tick = self._start = time.perf_counter()
+        em.check_given_init(given, cov_type, k, d)
         if any(v is None for v in given.values()):
             moments = initial_moments(
                 batches, hp.init_params, k, cov_type, self._seed + self._restart,
@@ -306,7 +331,7 @@ class GaussianMixture(LightningModule):
             )
             self._check_enough_samples(moments.n_total)
             centers = None if moments.centers is None else moments.centers.to(self.device)
-            step = gmm_math.m_step(moments.stats, cov_type, hp.reg_covar, torch.finfo(self.dtype).eps, centers)
+            step = em.m_step(moments.stats, cov_type, hp.reg_covar, torch.finfo(self.dtype).eps, centers)
             weights, means, cov = step.weights, step.means, step.covariances
         dev = {"device": self.device}
         if given["weights"] is not None:
@@ -314,10 +339,10 @@ class GaussianMixture(LightningModule):
         if given["means"] is not None:
             means = given["means"].to(**dev)
         if given["precisions"] is not None:
-            prec_chol = gmm_math.precision_cholesky_from_precisions(given["precisions"].to(**dev), cov_type)
-            cov = gmm_math.covariances_from_precisions(given["precisions"].to(**dev), cov_type)
+            prec_chol = em.precision_cholesky_from_precisions(given["precisions"].to(**dev), cov_type)
+            cov = em.covariances_from_precisions(given["precisions"].to(**dev), cov_type)
         else:
-            prec_chol = gmm_math.precision_cholesky(cov, cov_type)
+            prec_chol = em.precision_cholesky(cov, cov_type)
         self._set_params(weights, means, cov, prec_chol)
         broadcast_(*(self._buffers[n] for n in _PARAMS))
         self.n_iter_, self.lower_bound_, self.lower_bounds_, self.converged_ = 0, -math.inf, [], False
@@ -330,6 +355,10 @@ class GaussianMixture(LightningModule):
     def _end_restart(self, converged: bool) -> None:
         """Keep this run if it is the best so far; start the next one or finish."""
         cand = self._candidate(converged)
+        if self.hparams.verbose:
+            state = "converged" if converged else "did not converge"
+            timing = f". time lapse {time.perf_counter() - self._start:.5f}s\t lower bound {self.lower_bound_:.5f}"
+            _say(f"Initialization {state}" + (timing if self.hparams.verbose >= 2 else "."))
         if self._best is None or cand["lower_bound_"] > self._best["lower_bound_"]:
             self._best = cand
         self._restart += 1
@@ -347,126 +376,22 @@ class GaussianMixture(LightningModule):
             self._buffers[name].copy_(value)
         for key in ("n_iter_", "lower_bound_", "lower_bounds_", "converged_"):
             setattr(self, key, best[key])
+        n_restarts = self._n_restarts
         self._best, self._in_progress, self.fitted = None, False, True
         if not self.converged_ and self.hparams.max_iter > 0:
             rank_zero_warn(
-                "GaussianMixture: the best initialisation did not converge. Try different init "
-                "parameters, or increase max_iter, tol, or check for degenerate data.",
-                category=RuntimeWarning,
+                f"GaussianMixture: the best of {n_restarts} initialisation(s) did not converge "
+                f"within max_iter={self.hparams.max_iter} iterations. Try different init parameters, "
+                "or increase max_iter, tol, or check for degenerate data.",
+                category=ConvergenceWarning,
             )
-
-    # ------------------------------------------------------------------ scikit-learn face
-
-    def _input(self, X: ArrayLike) -> Tensor:
-        """X as a [N, D] tensor on the module's device and dtype, validated against the fit."""
-        self._check_fitted()
-        x = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
-        if x.dim() != 2:
-            raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
-        if x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
-        x = x.to(device=self.device, dtype=self.dtype)
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("X contains NaN or infinite values")
-        return x
-
-    def fit(
-        self,
-        X: ArrayLike,
-        y: Any = None,
-        *,
-        trainer: Trainer | None = None,
-        accelerator: str = "auto",
-        devices: int | str | list[int] = 1,
-        strategy: str = "auto",
-        batch_size: int = 8192,
-        num_workers: int = 0,
-        **trainer_kwargs: Any,
-    ) -> "GaussianMixture":
-        """Fit on in-memory rows with a Lightning Trainer, as scikit-learn's ``fit``.
-
-        The module's dtype follows X: float32 or float64 as given; other tensors become
-        torch's default dtype, other NumPy arrays float64. Under DDP each rank gets its own
-        shard of X, without DistributedSampler padding.
-
-        Args:
-            X: [N, D] Tensor or NumPy array, finite, N >= n_components.
-            y: ignored (scikit-learn's signature).
-            trainer: a Trainer to use instead of the one built from the arguments below.
-            accelerator: the built Trainer's accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
-            devices: its devices (2 or more: DDP with ``strategy="ddp"``).
-            strategy: its strategy.
-            batch_size: rows per E-step batch (the result does not depend on it).
-            num_workers: DataLoader worker processes.
-            **trainer_kwargs: further ``Trainer`` arguments.
-
-        Returns:
-            self, fitted.
-
-        Raises:
-            ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; or a
-                covariance is singular (increase ``reg_covar``).
-        """
-        x = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.to(torch.float64 if not isinstance(X, Tensor) else torch.get_default_dtype())
-        x = x.detach().cpu()
-        if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-            raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("X contains NaN or infinite values")
-        self._check_enough_samples(x.shape[0])
-        warm = self.hparams.warm_start and self.fitted
-        if warm and x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
-        self.to(x.dtype)
-        self._allocate(x.shape[1])
-        with contextlib.ExitStack() as stack:
-            if trainer is None:
-                stack.enter_context(_quiet_lightning())
-                epochs = self.hparams.max_iter * (1 if warm else self.hparams.n_init)
-                trainer = Trainer(
-                    max_epochs=max(1, epochs), accelerator=accelerator, devices=devices, strategy=strategy,
-                    logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, **trainer_kwargs,
-                )
-            trainer.fit(self, datamodule=TensorDataModule(x, batch_size, num_workers))
-        return self
-
-    def fit_predict(self, X: ArrayLike, y: Any = None, **fit_kwargs: Any) -> Tensor:
-        """``fit(X)`` then ``predict(X)``: labels [N] (int64)."""
-        return self.fit(X, **fit_kwargs).predict(X)
-
-    @torch.no_grad()
-    def _estimate_weighted_log_prob(self, X: ArrayLike) -> Tensor:
-        x = self._input(X)
-        return gmm_log_prob(
-            x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,
-            self.hparams.covariance_type, impl=self.hparams.impl,
-        )
-
-    def score_samples(self, X: ArrayLike) -> Tensor:
-        """log p(x_n) [N]."""
-        return torch.logsumexp(self._estimate_weighted_log_prob(X), dim=1)
-
-    def score(self, X: ArrayLike, y: Any = None) -> Tensor:
-        """Mean log-likelihood of X (higher is better), 0-d."""
-        return self.score_samples(X).mean()
-
-    def predict(self, X: ArrayLike) -> Tensor:
-        """Most probable component of each row [N] (int64)."""
-        return self._estimate_weighted_log_prob(X).argmax(dim=1)
-
-    def predict_proba(self, X: ArrayLike) -> Tensor:
-        """Responsibilities p(k | x_n) [N, K]."""
-        return torch.softmax(self._estimate_weighted_log_prob(X), dim=1)
 
     # ------------------------------------------------------------------ evaluation
 
-    def _eval_step(self, batch: Any, stage: str) -> Tensor | None:
+    def _shared_step(self, batch: Any, stage: str) -> Tensor | None:
         """Mean log-likelihood of a batch under the current parameters, logged as
         ``{stage}/log_likelihood`` (Lightning weights batches by size: the data set's mean).
-        Within fit, validation scores the parameters the epoch's E-step used."""
+        Within fit, validation scores the parameters after the epoch's M-step."""
         if not (self.fitted or self._in_progress):
             return None  # the sanity check before initialisation
         x = batch_tensor(batch).to(self.dtype)
@@ -480,10 +405,10 @@ class GaussianMixture(LightningModule):
         return mean
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        return self._eval_step(batch, "val")
+        return self._shared_step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        return self._eval_step(batch, "test")
+        return self._shared_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """Per row: the most probable component ``labels`` [B] and ``log_prob`` log p(x) [B]."""
@@ -501,73 +426,8 @@ class GaussianMixture(LightningModule):
             raise ValueError(f"sample_images needs square images, but D = {x.shape[1]}")
         return x.reshape(n, 1, side, side).clamp(0.0, 1.0)
 
-    def _n_parameters(self) -> int:
-        return gmm_math.n_parameters(self.hparams.covariance_type, self.hparams.n_components, self.n_features_in_)
 
-    def bic(self, X: ArrayLike) -> Tensor:
-        """Bayesian information criterion −2 log L + p log N (lower is better), 0-d."""
-        n = len(X)
-        return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
-
-    def aic(self, X: ArrayLike) -> Tensor:
-        """Akaike information criterion −2 log L + 2 p (lower is better), 0-d."""
-        return -2.0 * self.score(X) * len(X) + 2 * self._n_parameters()
-
-    @torch.no_grad()
-    def sample(self, n_samples: int = 1, generator: torch.Generator | int | None = None) -> tuple[Tensor, Tensor]:
-        """Draw from the mixture on the module's device.
-
-        Args:
-            n_samples: rows to draw (>= 1).
-            generator: a torch.Generator on the module's device, or an int seed for one; None
-                uses torch's global generator.
-
-        Returns:
-            (X [n_samples, D] in the model's dtype, labels [n_samples] int64), grouped by
-            component in increasing order as scikit-learn's ``sample``.
-        """
-        self._check_fitted()
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        if isinstance(generator, int):
-            generator = torch.Generator(device=self.device).manual_seed(generator)
-        k, d = self.means_.shape
-        counts = torch.multinomial(self.weights_.double(), n_samples, replacement=True, generator=generator)
-        labels = torch.sort(counts).values
-        z = torch.randn(n_samples, d, generator=generator, device=self.device, dtype=torch.float64)
-        x = gmm_math.sample_from_normals(
-            z, labels, self.means_.double(), self.covariances_.double(), self.hparams.covariance_type
-        )
-        return x.to(self.dtype), labels
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Silence Lightning's info messages (accelerator banner, tips) for the sklearn-style fit."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _check_options(
-    covariance_type: str, init_params: str, impl: str, n_components: int, tol: float,
-    reg_covar: float, max_iter: int, n_init: int,
-) -> None:
-    """Raise ValueError with the allowed values for an invalid constructor option."""
-    for name, value, allowed in (
-        ("covariance_type", covariance_type, COVARIANCE_TYPES),
-        ("init_params", init_params, INIT_PARAMS),
-        ("impl", impl, IMPLS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    for name, value, low in (("n_components", n_components, 1), ("n_init", n_init, 1),
-                             ("max_iter", max_iter, 0), ("tol", tol, 0.0), ("reg_covar", reg_covar, 0.0)):
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+@rank_zero_only
+def _say(message: str) -> None:
+    """A ``verbose`` progress line, printed by rank 0 only."""
+    print(message, flush=True)

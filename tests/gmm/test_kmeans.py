@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from lightning_genmodels.kmeans import kmeans, kmeans_plusplus, lloyd, squared_distances, weighted_draw
+from lightning_genmodels.gmm.kmeans import kmeans, kmeans_plusplus, lloyd, squared_distances, weighted_draw
 
 
 def stream(x: torch.Tensor, batch_size: int, weights: torch.Tensor | None = None):

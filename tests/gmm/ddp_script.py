@@ -34,7 +34,7 @@ def main(inp: str, out_dir: str) -> None:
     data = torch.load(inp)
     x, kwargs, batch_size = data["x"], data["kwargs"], data["batch_size"]
     out = Path(out_dir)
-    flags = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+    flags = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_em"}
     quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
              "enable_model_summary": False}
 

@@ -23,10 +23,9 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor
 
-from .gmm_data import Batches, all_reduce_sum
-from .gmm_math import resp_statistics
+from .batches import Batches, all_reduce_sum
+from .em import GMMStats, moments
 from .kmeans import kmeans, kmeans_plusplus, rank_generator, squared_distances, weighted_draw
-from .ops.gmm import GMMStats
 
 InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
 INIT_PARAMS: tuple[str, ...] = get_args(InitParams)
@@ -45,11 +44,11 @@ def _sum_stats(a: GMMStats | None, b: GMMStats) -> GMMStats:
 
 
 def _pass_statistics(batches: Batches, resp_fn, covariance_type: str) -> tuple[GMMStats, float]:
-    """Σ over one pass of :func:`resp_statistics` with resp = ``resp_fn(x)``, summed over ranks."""
+    """Σ over one pass of :func:`moments` with resp = ``resp_fn(x)``, summed over ranks."""
     acc: GMMStats | None = None
     total = 0.0
     for x, s in batches():
-        acc = _sum_stats(acc, resp_statistics(x, resp_fn(x), covariance_type, s))
+        acc = _sum_stats(acc, moments(x, resp_fn(x), covariance_type, s))
         total += x.shape[0] if s is None else float(s.sum())
     if acc is None:
         raise ValueError("the training data loader yielded no batches")
@@ -61,7 +60,7 @@ def _pass_statistics(batches: Batches, resp_fn, covariance_type: str) -> tuple[G
 def _one_per_component(rows: Tensor, covariance_type: str) -> GMMStats:
     """Moments where component k owns exactly row k of ``rows`` [K, D]."""
     k = rows.shape[0]
-    return resp_statistics(rows, torch.eye(k, dtype=torch.float64, device=rows.device), covariance_type)
+    return moments(rows, torch.eye(k, dtype=torch.float64, device=rows.device), covariance_type)
 
 
 def initial_moments(
