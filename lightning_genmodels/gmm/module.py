@@ -36,6 +36,7 @@ from .em import CovarianceType, GMMStats
 from .estimator import PARAMS as _PARAMS
 from .estimator import ArrayLike, ConvergenceWarning, ScikitLearnMixin, check_options
 from .init import InitParams, initial_moments
+from .rows import RowBatches
 from .strategy import EMDDPStrategy, EMStep
 
 # Lightning's notes on the ``dataloader_iter`` step flavour ("experimental", "batch_idx will not
@@ -129,6 +130,7 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
         for name in _PARAMS:
             self.register_buffer(name, torch.empty(0))
         self.em_stats: EMStatistics | None = None
+        self._data_finite = False  # fit(X) checked its rows once: the passes need not
         self._reset_fit_state()
         self.fitted = False
         self.n_features_in_: int | None = None
@@ -147,7 +149,6 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
         self._best: dict[str, Any] | None = None
         self._in_progress = False
         self._seed = 0
-        self._data_finite = False  # fit(X) checked its rows once: the passes need not
 
     def _allocate(self, n_features: int) -> None:
         """(Re)create the buffers [shapes in the class docstring] and the E-step sums for D."""
@@ -325,9 +326,11 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
         self._tick = self._start = time.perf_counter()
         em.check_given_init(given, cov_type, k, d)
         if any(v is None for v in given.values()):
+            loader = self.trainer.train_dataloader
+            rows = loader.x.to(self.device, self.dtype) if isinstance(loader, RowBatches) else None
             moments = initial_moments(
                 batches, hp.init_params, k, cov_type, self._seed + self._restart,
-                hp.kmeans_max_iter, hp.kmeans_tol,
+                hp.kmeans_max_iter, hp.kmeans_tol, rows,
             )
             self._check_enough_samples(moments.n_total)
             centers = None if moments.centers is None else moments.centers.to(self.device)
