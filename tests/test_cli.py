@@ -21,7 +21,6 @@ K = 3
 NUM_SAMPLES, NROW = 12, 4
 GRID_SIZE = (NROW * 30 + 2, (NUM_SAMPLES // NROW) * 30 + 2)  # PIL's (width, height)
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 
 
 class MyGMM(GaussianMixture):

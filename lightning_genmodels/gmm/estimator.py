@@ -47,6 +47,12 @@ class ScikitLearnMixin:
         self.__init__(**{**self._sk_params, **params})
         return self
 
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn >= 1.6 asks every estimator for its tags; only it calls this."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False))
+
     # ------------------------------------------------------------------ fit
 
     def fit(

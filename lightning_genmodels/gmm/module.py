@@ -263,6 +263,8 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
     def _end_iteration(self) -> None:
         """M-step on the epoch's statistics summed over ranks; convergence and restarts."""
         stats, n_total, n_nonfinite = self.em_stats.compute()
+        # torchmetrics squeezes one-element results: K = 1 gives nk [1] -> []; restore shapes.
+        stats = GMMStats(*(v.reshape(getattr(self.em_stats, k).shape) for k, v in zip(GMMStats._fields, stats)))
         self.em_stats.reset()
         if float(n_nonfinite) > 0:
             raise ValueError(

@@ -36,6 +36,7 @@ NAMESPACE = "lightning_genmodels"
 # Architectures compiled when no GPU is visible to pick one (a compile check, e.g. in CI).
 DEFAULT_ARCHS = "8.0;9.0"
 CPU_FLAGS = ["-O3", "-fopenmp", "-march=native"]
+CUDA_SEARCH_ROOT = Path("/usr/local")  # where toolkits live as cuda/ and cuda-<version>/
 CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 
 
@@ -101,8 +102,8 @@ def resolve_cuda_home() -> Path | None:
         target = nvcc if _is_cuda_home(nvcc.parent.parent) else _nvcc_from_wrapper(nvcc)
         if target is not None and _is_cuda_home(target.parent.parent):
             return target.parent.parent
-    versioned = sorted(Path("/usr/local").glob("cuda-*"), key=_version_key, reverse=True)
-    return next((c for c in [Path("/usr/local/cuda")] + versioned if _is_cuda_home(c)), None)
+    versioned = sorted(CUDA_SEARCH_ROOT.glob("cuda-*"), key=_version_key, reverse=True)
+    return next((c for c in [CUDA_SEARCH_ROOT / "cuda"] + versioned if _is_cuda_home(c)), None)
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
