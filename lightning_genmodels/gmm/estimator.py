@@ -17,6 +17,7 @@ from torch import Tensor
 from ..ops.build import IMPLS
 from ..ops.gmm import gmm_log_prob
 from . import em
+from .batches import batch_tensor
 from .init import INIT_PARAMS
 from .rows import TensorDataModule
 
@@ -126,7 +127,31 @@ class ScikitLearnMixin:
         """``fit(X)`` then ``predict(X)``: labels [N] (int64)."""
         return self.fit(X, **fit_kwargs).predict(X)
 
+    def _check_enough_samples(self, n_total: float) -> None:
+        if n_total < self.hparams.n_components:
+            raise ValueError(
+                f"Expected n_samples >= n_components but got n_components = "
+                f"{self.hparams.n_components}, n_samples = {n_total:g}"
+            )
+
     # ------------------------------------------------------------------ inference
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Per row: the most probable component ``labels`` [B] and ``log_prob`` log p(x) [B]."""
+        self._check_fitted()
+        joint = self._estimate_weighted_log_prob(batch_tensor(batch))
+        return {"labels": joint.argmax(dim=1), "log_prob": torch.logsumexp(joint, dim=1)}
+
+    @torch.no_grad()
+    def sample_images(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` samples as square images [n, 1, H, W] clamped to [0, 1] (D = H·W, e.g. MNIST's
+        784 pixels), for :class:`~lightning_genmodels.callbacks.SampleGrid`."""
+        x, _ = self.sample(n, generator=seed)
+        side = math.isqrt(x.shape[1])
+        if side * side != x.shape[1]:
+            raise ValueError(f"sample_images needs square images, but D = {x.shape[1]}")
+        return x.reshape(n, 1, side, side).clamp(0.0, 1.0)
+
 
     def _input(self, X: ArrayLike) -> Tensor:
         """X as a [N, D] tensor on the module's device and dtype, validated against the fit."""

@@ -297,13 +297,6 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
 
     # ------------------------------------------------------------------ EM
 
-    def _check_enough_samples(self, n_total: float) -> None:
-        if n_total < self.hparams.n_components:
-            raise ValueError(
-                f"Expected n_samples >= n_components but got n_components = "
-                f"{self.hparams.n_components}, n_samples = {n_total:g}"
-            )
-
     def _m_step(self, stats: GMMStats) -> None:
         cov_type = self.hparams.covariance_type
         step = em.m_step(
@@ -414,22 +407,6 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        """Per row: the most probable component ``labels`` [B] and ``log_prob`` log p(x) [B]."""
-        self._check_fitted()
-        joint = self._estimate_weighted_log_prob(batch_tensor(batch))
-        return {"labels": joint.argmax(dim=1), "log_prob": torch.logsumexp(joint, dim=1)}
-
-    @torch.no_grad()
-    def sample_images(self, n: int, seed: int = 0) -> Tensor:
-        """``n`` samples as square images [n, 1, H, W] clamped to [0, 1] (D = H·W, e.g. MNIST's
-        784 pixels), for :class:`~lightning_genmodels.callbacks.SampleGrid`."""
-        x, _ = self.sample(n, generator=seed)
-        side = math.isqrt(x.shape[1])
-        if side * side != x.shape[1]:
-            raise ValueError(f"sample_images needs square images, but D = {x.shape[1]}")
-        return x.reshape(n, 1, side, side).clamp(0.0, 1.0)
 
 
 @rank_zero_only
