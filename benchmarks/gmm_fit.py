@@ -46,7 +46,7 @@ def fit_ours(x: torch.Tensor, k: int, device: str) -> tuple[float, dict]:
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported in the table instead
         model.fit(x, accelerator=device, batch_size=BATCH)
     seconds = time.perf_counter() - start
-    return seconds, {"n_iter": model.n_iter_, "converged": model.converged_, "lower_bound": model.lower_bound_}
+    return seconds, {"n_iter": int(model.n_iter_), "converged": bool(model.converged_), "lower_bound": float(model.lower_bound_)}
 
 
 def fit_sklearn(x: torch.Tensor, k: int) -> tuple[float, dict]:
@@ -60,7 +60,7 @@ def fit_sklearn(x: torch.Tensor, k: int) -> tuple[float, dict]:
         warnings.simplefilter("ignore", SkConvergenceWarning)
         model.fit(data)
     seconds = time.perf_counter() - start
-    return seconds, {"n_iter": model.n_iter_, "converged": model.converged_, "lower_bound": model.lower_bound_}
+    return seconds, {"n_iter": int(model.n_iter_), "converged": bool(model.converged_), "lower_bound": float(model.lower_bound_)}
 
 
 def per_iteration(x: torch.Tensor, k: int, device: str, repeats: int) -> dict:
