@@ -105,6 +105,7 @@ class ScikitLearnMixin:
             raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
         self.to(x.dtype)
         self._allocate(x.shape[1])
+        own_trainer = trainer is None
         with contextlib.ExitStack() as stack:
             if trainer is None:
                 stack.enter_context(_quiet_lightning())
@@ -116,11 +117,11 @@ class ScikitLearnMixin:
                     enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                     **trainer_kwargs,
                 )
-            self._data_finite = True
+            self._data_finite, self._log_bound = True, not own_trainer
             try:
                 trainer.fit(self, datamodule=TensorDataModule(x, batch_size))
             finally:
-                self._data_finite = False
+                self._data_finite, self._log_bound = False, True
         return self
 
     def fit_predict(self, X: ArrayLike, y: Any = None, **fit_kwargs: Any) -> Tensor:

@@ -131,6 +131,7 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
             self.register_buffer(name, torch.empty(0))
         self.em_stats: EMStatistics | None = None
         self._data_finite = False  # fit(X) checked its rows once: the passes need not
+        self._log_bound = True  # off in fit(X)'s own Trainer, which logs nothing
         self._reset_fit_state()
         self.fitted = False
         self.n_features_in_: int | None = None
@@ -242,23 +243,28 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
             return
         self.em_stats.reset()
         sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        log_weights = torch.log(self.weights_)
+        sums: list[Tensor] | None = None  # nk, sx, sxx, loglik, n_rows, n_nonfinite: one update per epoch
         seen = 0
         for item in dataloader_iter:  # (batch, batch_idx, dataloader_idx)
             x = batch_tensor(item[0]).to(device=self.device, dtype=self.dtype)
             w = padding_weights(sampler, seen, x.shape[0], x.device)
             seen += x.shape[0]
-            self._e_step(x, None if w is None else w.to(x.dtype))
+            batch = self._e_step(x, log_weights, None if w is None else w.to(x.dtype))
+            sums = batch if sums is None else [a.add_(b) for a, b in zip(sums, batch)]
+        if sums is not None:
+            self.em_stats.update(GMMStats(*sums[:4]), sums[4], sums[5])
         self.optimizers().step(closure=self._end_iteration)
 
-    def _e_step(self, x: Tensor, w: Tensor | None) -> None:
-        """Accumulate one batch's float64 sufficient statistics in ``em_stats``."""
+    def _e_step(self, x: Tensor, log_weights: Tensor, w: Tensor | None) -> list[Tensor]:
+        """One batch's float64 sufficient statistics, row count and non-finite flag."""
         stats = gmm_em_stats(
-            x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,
+            x, log_weights, self.means_, self.precisions_cholesky_,
             self.hparams.covariance_type, w, impl=self.hparams.impl,
         )
-        n_rows = torch.tensor(float(x.shape[0]), device=x.device) if w is None else w.sum()
+        n_rows = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device) if w is None else w.double().sum()
         # NaN/inf in x make the batch's log-likelihood non-finite: a free check, no extra pass.
-        self.em_stats.update(stats, n_rows, (~torch.isfinite(stats.loglik)).double())
+        return [*stats, n_rows, (~torch.isfinite(stats.loglik)).double()]
 
     def _end_iteration(self) -> None:
         """M-step on the epoch's statistics summed over ranks; convergence and restarts."""
@@ -278,7 +284,8 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
         self.n_iter_ += 1
         self.lower_bound_ = bound
         self.lower_bounds_.append(bound)
-        self.log("train/lower_bound", bound, batch_size=1)
+        if self._log_bound:
+            self.log("train/lower_bound", bound, batch_size=1)
         self._report_iteration(change)
         converged = abs(change) < self.hparams.tol
         if converged or self.n_iter_ >= self.hparams.max_iter:
