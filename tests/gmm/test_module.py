@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_genmodels.gmm import GaussianMixture
 from lightning_genmodels.gmm.batches import padding_weights
+from lightning_genmodels.gmm.em import covariance_shape
 
 from ..utils import DEVICES
 
@@ -44,7 +45,7 @@ def blobs(n: int = 500, d: int = 5, k: int = 3, spread: float = 4.0, seed: int =
 def given_init(x: np.ndarray, k: int, covariance_type: str) -> dict:
     """Starting parameters away from the optimum: data rows as means, unit precisions."""
     d = x.shape[1]
-    shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    shape = covariance_shape(covariance_type, k, d)
     matrices = covariance_type in ("full", "tied")
     precisions = np.broadcast_to(np.eye(d), shape).copy() if matrices else np.ones(shape)
     weights = np.arange(1, k + 1, dtype=np.float64)
