@@ -134,6 +134,9 @@ def greedy_kmeans_plusplus(x: Tensor, n_clusters: int, seed: int, n_local_trials
         e = -torch.log1p(-torch.rand(x.shape[0], generator=g, dtype=torch.float64)).to(x.device)
         keys = e if weights is None else torch.where(weights > 0, e / weights, torch.inf)
         keys, idx = torch.topk(keys, min(n, x.shape[0]), largest=False)
+        if idx.shape[0] < n:  # a small shard: pad, so every rank gathers the same shape
+            keys = torch.cat([keys, keys.new_full((n - idx.shape[0],), torch.inf)])
+            idx = torch.cat([idx, idx.new_zeros(n - idx.shape[0])])
         keys, rows = all_gather_cat(keys), all_gather_cat(x[idx])
         return rows[torch.argsort(keys, stable=True)[:n]]
 
