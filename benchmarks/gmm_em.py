@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Record, base_parser, machine_info, print_table, time_fn, write_json  # noqa: E402
 
-from lightning_genmodels.gmm_math import m_step, precision_cholesky  # noqa: E402
-from lightning_genmodels.idx import read_idx  # noqa: E402
+from lightning_genmodels.gmm.em import m_step, precision_cholesky  # noqa: E402
+from lightning_genmodels.data.idx import read_idx  # noqa: E402
 from lightning_genmodels.ops.gmm import gmm_em_stats  # noqa: E402
 
 COV_TYPES = ("diag", "spherical", "tied", "full")

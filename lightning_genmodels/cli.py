@@ -7,7 +7,10 @@ assembled from configuration.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import warnings
+from typing import Any, Iterator
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -40,17 +43,49 @@ class GenModelsCLI(LightningCLI):
         self._print_metrics()
 
 
+# Notices that a quickstart user cannot act on, silenced by name (nothing else is): Lightning
+# 2.6's use of a torch pytree API that torch 2.14 deprecates; jsonargparse's deprecations of
+# calls inside LightningCLI; the worker-count hint (on a 2-core machine workers only cost).
+QUIET_NOTES = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The '\w+_dataloader' does not have many workers",
+)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Lightning's info logs (accelerator banner, seed, tips) off, and :data:`QUIET_NOTES`."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for note in QUIET_NOTES:
+                warnings.filterwarnings("ignore", message=note)
+            with contextlib.suppress(ImportError):
+                from jsonargparse._deprecated import JsonargparseDeprecationWarning
+
+                warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def main(args: list[str] | None = None, **kwargs: Any) -> GenModelsCLI:
-    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks)."""
-    return GenModelsCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        **kwargs,
-    )
+    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks). Prints the
+    final metrics and what the callbacks write, and no Lightning chatter (:func:`quiet`)."""
+    with quiet():
+        return GenModelsCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            **kwargs,
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from lightning_genmodels.callbacks import LatentInterpolation, SampleGrid, slerp
 
 SIDE = 8  # stub images are [1, 8, 8]; make_grid pads each by 2 pixels
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 class NoSampler(lightning.LightningModule):

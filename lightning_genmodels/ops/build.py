@@ -36,6 +36,7 @@ NAMESPACE = "lightning_genmodels"
 # Architectures compiled when no GPU is visible to pick one (a compile check, e.g. in CI).
 DEFAULT_ARCHS = "8.0;9.0"
 CPU_FLAGS = ["-O3", "-fopenmp", "-march=native"]
+CUDA_SEARCH_ROOT = Path("/usr/local")  # where toolkits live as cuda/ and cuda-<version>/
 CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 
 
@@ -56,7 +57,7 @@ class BuildInfo:
 _lock = threading.Lock()
 _info: BuildInfo | None = None
 _error: ExtensionBuildError | None = None
-_warned = False
+_warned: set[str] = set()  # which fallbacks have warned
 _on_load: list[Callable[[], None]] = []
 
 
@@ -101,8 +102,13 @@ def resolve_cuda_home() -> Path | None:
         target = nvcc if _is_cuda_home(nvcc.parent.parent) else _nvcc_from_wrapper(nvcc)
         if target is not None and _is_cuda_home(target.parent.parent):
             return target.parent.parent
-    candidates = [Path("/usr/local/cuda")] + sorted(Path("/usr/local").glob("cuda-*"), reverse=True)
-    return next((c for c in candidates if _is_cuda_home(c)), None)
+    versioned = sorted(CUDA_SEARCH_ROOT.glob("cuda-*"), key=_version_key, reverse=True)
+    return next((c for c in [CUDA_SEARCH_ROOT / "cuda"] + versioned if _is_cuda_home(c)), None)
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    """``cuda-12.4`` -> (12, 4): folders sort by version (``cuda-12`` after ``cuda-9``)."""
+    return tuple(int(n) for n in re.findall(r"\d+", path.name.removeprefix("cuda-")))
 
 
 def _wheel_cuda_includes(cuda_home: Path) -> list[str]:
@@ -146,10 +152,15 @@ def _cpu_signature() -> str:
         return platform.machine()
 
 
+SOURCE_SUFFIXES = (".cpp", ".cc", ".cu", ".h", ".hpp", ".cuh")
+
+
 def _build_key(root: Path, sources: list[Path], with_cuda: bool, archs: str) -> str:
+    """Hash of every source file under ``csrc/`` (any header may be included), the flags, the
+    torch version and the host CPU's instruction set."""
     digest = hashlib.sha256()
-    headers = sorted(root.glob("common/*.h")) + sorted(root.glob("**/*.cuh"))
-    for path in sources + headers:
+    every_file = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+    for path in every_file:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     extra = [torch.__version__, str(with_cuda), archs if with_cuda else "", os.environ.get("CXX", "")]
@@ -211,20 +222,33 @@ def build(with_cuda: bool | None = None) -> BuildInfo:
     """
     root = source_dir()
     cuda_home = resolve_cuda_home()
-    if with_cuda is None:
-        with_cuda = _want_cuda(cuda_home)
-    elif with_cuda and (cuda_home is None or torch.version.cuda is None):
+    if with_cuda is None and _want_cuda(cuda_home):
+        try:
+            return _build(root, True, cuda_home)
+        except ExtensionBuildError as exc:  # keep the CPU kernels: retry without CUDA
+            warnings.warn(f"{NAMESPACE}: the CUDA build failed, building the CPU kernels only: {exc}",
+                          RuntimeWarning, stacklevel=2)
+            return _build(root, False, cuda_home)
+    if with_cuda and (cuda_home is None or torch.version.cuda is None):
         raise ExtensionBuildError("CUDA build asked for, but no CUDA toolkit or CUDA torch found")
+    return _build(root, bool(with_cuda), cuda_home)
+
+
+def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
     archs = _arch_list() if with_cuda else ""
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     sources = _sources(root, with_cuda)
     name = f"lgm_ops_{_build_key(root, sources, with_cuda, archs)}"
     build_dir = cache_dir() / name
-    build_dir.mkdir(parents=True, exist_ok=True)
     library = build_dir / f"{name}.so"
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = open(build_dir / "build.lock", "w")
+    except OSError as exc:  # e.g. a read-only cache folder: set LGM_OPS_CACHE
+        raise ExtensionBuildError(f"cannot use the build cache {build_dir} (set LGM_OPS_CACHE): {exc}") from exc
     # One process builds; the others wait on the lock, then find the library built.
-    with open(build_dir / "build.lock", "w") as lock_file:
+    with lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         cached = library.exists()
         try:
@@ -263,29 +287,40 @@ def register_on_load(fn: Callable[[], None]) -> None:
         fn()
 
 
-def use_ext(impl: str) -> bool:
+def use_ext(impl: str, device: torch.device | str | None = None) -> bool:
     """Whether an op call should take the compiled kernel (True) or the reference (False).
 
     ``ref`` (or ``LGM_OPS_IMPL=ref``) takes the reference; ``ext`` builds and raises on
-    failure; ``auto`` builds and, on failure, warns once and takes the reference.
+    failure; ``auto`` builds and, on failure, warns once and takes the reference. Per device:
+    a CUDA ``device`` needs a library built with CUDA (``auto`` falls back with one warning,
+    ``ext`` raises).
     """
-    global _warned
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "ref" or os.environ.get("LGM_OPS_IMPL") == "ref":
         return False
+    cuda = device is not None and torch.device(device).type == "cuda"
     if impl == "ext":
-        load_library()
+        info = load_library()
+        if cuda and not info.with_cuda:
+            raise ExtensionBuildError(
+                f"impl='ext' on {device}, but the {NAMESPACE} ops were built without CUDA "
+                "(no CUDA toolkit at build time, or its compile failed)"
+            )
         return True
     try:
-        load_library()
-        return True
+        info = load_library()
     except ExtensionBuildError as exc:
-        if not _warned:
-            _warned = True
-            warnings.warn(
-                f"lightning_genmodels: falling back to the PyTorch reference ops: {exc}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        _warn_once("build", f"{NAMESPACE}: falling back to the PyTorch reference ops: {exc}")
         return False
+    if cuda and not info.with_cuda:
+        _warn_once("cuda", f"{NAMESPACE}: the ops were built without CUDA; CUDA tensors use the "
+                           "PyTorch reference ops (install a CUDA toolkit and rebuild for the kernels)")
+        return False
+    return True
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)

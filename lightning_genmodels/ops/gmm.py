@@ -24,31 +24,16 @@ and never hold more than a tile of the N × K responsibility matrix.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor
 
+# The layouts, the statistics' type and their moments formula are the GMM's own (gmm/em.py).
+from ..gmm.em import COVARIANCE_TYPES, CovarianceType, GMMStats, moments
+from ..gmm.em import covariance_shape as prec_chol_shape
 from .build import Impl, register_on_load, use_ext
 
-CovarianceType = Literal["full", "tied", "diag", "spherical"]
-COVARIANCE_TYPES: tuple[str, ...] = get_args(CovarianceType)
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-class GMMStats(NamedTuple):
-    """Sufficient statistics of one E-step, all float64 (shapes in the module docstring)."""
-
-    nk: Tensor
-    sx: Tensor
-    sxx: Tensor
-    loglik: Tensor
-
-
-def prec_chol_shape(covariance_type: str, n_components: int, n_features: int) -> tuple[int, ...]:
-    """Shape of ``prec_chol`` (and of ``sxx``) for a covariance type."""
-    k, d = n_components, n_features
-    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
 
 
 def _check_inputs(
@@ -91,6 +76,11 @@ def _check_inputs(
         )
     if sample_weight is not None and tuple(sample_weight.shape) != (n,):
         raise ValueError(f"sample_weight must be [N] = [{n}], got shape {tuple(sample_weight.shape)}")
+    if sample_weight is not None:
+        bad = ~(torch.isfinite(sample_weight) & (sample_weight >= 0))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"sample_weight must be finite and >= 0, got {float(sample_weight[i])} at row {i}")
 
 
 # --- reference: the specification --------------------------------------------------------
@@ -159,19 +149,9 @@ def _gmm_em_stats_ref(
     resp = torch.exp(joint - log_norm[:, None])
     s = torch.ones(n, dtype=torch.float64, device=x.device) if sample_weight is None else sample_weight.double()
     # Rows of weight 0 contribute exactly 0, even where their likelihood is not finite.
-    resp = torch.where(s[:, None] != 0, resp * s[:, None], 0.0)
     loglik = torch.where(s != 0, s * log_norm, 0.0).sum()
     # 2. statistics (PRML 9.24-9.27, before normalisation)
-    nk = resp.sum(0)
-    sx = resp.T @ x64
-    if covariance_type == "full":
-        sxx = torch.stack([(x64 * resp[:, j : j + 1]).T @ x64 for j in range(resp.shape[1])])
-    elif covariance_type == "tied":
-        sxx = (x64 * s[:, None]).T @ x64
-    elif covariance_type == "diag":
-        sxx = resp.T @ x64.square()
-    else:
-        sxx = resp.T @ x64.square().sum(-1)
+    nk, sx, sxx, _ = moments(x64, resp, covariance_type, s)
     return nk, sx, sxx, loglik
 
 
@@ -205,7 +185,7 @@ def gmm_em_stats(
         [D, D] (tied, Σ s_n x_n x_nᵀ), [K, D] (diag) or [K] (spherical).
     """
     _check_inputs(x, log_weights, means, prec_chol, covariance_type, sample_weight)
-    if use_ext(impl):
+    if use_ext(impl, x.device):
         out = torch.ops.lightning_genmodels.gmm_em_stats(
             x, sample_weight, log_weights, means, prec_chol, covariance_type
         )
@@ -231,7 +211,7 @@ def gmm_log_prob(
         [N, K] in x's dtype; ``torch.logsumexp(out, 1)`` is scikit-learn's ``score_samples``.
     """
     _check_inputs(x, log_weights, means, prec_chol, covariance_type)
-    if use_ext(impl):
+    if use_ext(impl, x.device):
         return torch.ops.lightning_genmodels.gmm_log_prob(x, log_weights, means, prec_chol, covariance_type)
     return _gmm_log_prob_ref(x, log_weights, means, prec_chol, covariance_type)
 

@@ -108,7 +108,7 @@ def philox_normal(
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be floating point, got {dtype}")
     device = torch.device(device) if device is not None else torch.empty(0).device
-    if use_ext(impl):
+    if use_ext(impl, device):
         out = torch.ops.lightning_genmodels.philox_normal(_seed_offset(seed, offset, device), size)
     else:
         out = _philox_normal_ref(int(seed), int(offset), size, device)

@@ -6,6 +6,7 @@ library and one-warning state stay untouched.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -119,3 +120,77 @@ def test_unknown_impl_is_an_error(impl):
 
     with pytest.raises(ValueError, match="impl must be one of"):
         use_ext(impl)
+
+
+def test_cuda_folders_sort_by_version(tmp_path, monkeypatch):
+    from lightning_genmodels.ops import build
+
+    for version in ("9.2", "12.4", "11.8"):
+        _fake_toolkit(tmp_path / f"cuda-{version}")
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no nvcc on PATH
+    monkeypatch.setattr(build, "CUDA_SEARCH_ROOT", tmp_path)
+    assert resolve_cuda_home() == tmp_path / "cuda-12.4"
+
+
+def test_build_key_hashes_every_source_file(tmp_path):
+    """An edit to any file under csrc/ (cpu/gmm_kernels.h included) must change the cache key."""
+    from lightning_genmodels.ops.build import _build_key, _sources, source_dir
+
+    root = tmp_path / "csrc"
+    shutil.copytree(source_dir(), root)
+    key = lambda: _build_key(root, _sources(root, False), False, "")  # noqa: E731
+    headers = sorted(p for p in root.rglob("*") if p.suffix in (".h", ".cuh"))
+    assert root / "cpu" / "gmm_kernels.h" in headers
+    for header in headers:
+        before = key()
+        header.write_text(header.read_text() + "\n// edited\n")
+        assert key() != before, header.relative_to(root)
+
+
+def _seeded_cache(tmp_path: Path) -> Path:
+    """A cache folder holding this process's CPU library, so a subprocess finds it built."""
+    from lightning_genmodels.ops import load_library
+
+    info = load_library()
+    if info.with_cuda:
+        pytest.skip("this process's library has CUDA; the CPU-only key differs")
+    cache = tmp_path / "cache"
+    shutil.copytree(info.library.parent, cache / info.library.parent.name)
+    return cache
+
+
+def test_failed_cuda_compile_keeps_the_cpu_kernels(tmp_path):
+    toolkit = _fake_toolkit(tmp_path / "broken-cuda")  # its nvcc does nothing: the compile fails
+    (toolkit / "bin" / "nvcc").write_text("#!/bin/sh\nexit 1\n")
+    code = DRAW + "\nfrom lightning_genmodels.ops import load_library\nprint('WITH_CUDA', load_library().with_cuda)"
+    result = _run(code, _seeded_cache(tmp_path), CUDA_HOME=str(toolkit), LGM_OPS_CUDA="1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WITH_CUDA False" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert "WARNINGS 1" in result.stdout  # "the CUDA build failed, building the CPU kernels only"
+
+
+def test_unusable_cache_folder_stays_inside_the_auto_fallback(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a cache path below a file: mkdir fails (as a read-only folder would)
+    result = _run(DRAW, blocker / "cache", LGM_OPS_CUDA="0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNINGS 1" in result.stdout, result.stdout + result.stderr
+
+
+def test_cuda_tensors_fall_back_per_device_when_built_without_cuda(monkeypatch):
+    import torch
+
+    from lightning_genmodels.ops import ExtensionBuildError, build, load_library
+
+    if load_library().with_cuda:
+        pytest.skip("the library here has CUDA kernels")
+    monkeypatch.setattr(build, "_warned", set())
+    assert build.use_ext("auto", torch.device("cpu"))
+    with pytest.warns(RuntimeWarning, match="built without CUDA") as caught:
+        assert not build.use_ext("auto", torch.device("cuda", 0))
+        assert not build.use_ext("auto", "cuda")
+    assert len(caught) == 1  # one warning, not one per call
+    with pytest.raises(ExtensionBuildError, match="without CUDA"):
+        build.use_ext("ext", "cuda")

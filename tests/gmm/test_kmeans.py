@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from lightning_genmodels.kmeans import kmeans, kmeans_plusplus, lloyd, squared_distances, weighted_draw
+from lightning_genmodels.gmm.kmeans import kmeans, kmeans_plusplus, lloyd, squared_distances, weighted_draw
 
 
 def stream(x: torch.Tensor, batch_size: int, weights: torch.Tensor | None = None):
@@ -75,3 +75,21 @@ def test_kmeans_finds_the_blobs() -> None:
     assert result.n_iter < 300
     order = squared_distances(result.centers, centres).argmin(1)
     torch.testing.assert_close(result.centers, centres[order], atol=0.2, rtol=0)
+
+
+def test_greedy_kmeans_plusplus_seeds_as_well_as_sklearn() -> None:
+    """In-memory greedy k-means++ (fit(X)'s seeding): centres are data rows, and their
+    potential Σ D(x)² is on a par with scikit-learn's greedy kmeans_plusplus."""
+    from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
+
+    from lightning_genmodels.gmm.kmeans import greedy_kmeans_plusplus
+
+    x, _ = blob_data(seed=5, n=1200, k=12, d=6)
+    potential = lambda c: float(squared_distances(x, torch.as_tensor(c)).min(1).values.sum())  # noqa: E731
+    ours = [greedy_kmeans_plusplus(x, 12, seed) for seed in range(8)]
+    for centers in ours:
+        assert centers.shape == (12, 6) and len({tuple(r) for r in centers.tolist()}) == 12
+        assert all(bool((x == row).all(1).any()) for row in centers)  # each centre is a data row
+    theirs = [sk_kmeans_plusplus(x.numpy(), 12, random_state=seed)[0] for seed in range(8)]
+    assert np.mean([potential(c) for c in ours]) < 1.2 * np.mean([potential(c) for c in theirs])
+    assert torch.equal(greedy_kmeans_plusplus(x, 12, 3), ours[3])  # seeded: reproducible

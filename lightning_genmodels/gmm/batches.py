@@ -1,6 +1,5 @@
-"""Plumbing for streamed EM: the E-step sums (:class:`EMStatistics`), cross-rank collectives,
-the weights that cancel DistributedSampler padding, a sampler that never pads, and the
-in-memory DataModule behind ``fit(X)``.
+"""Plumbing for streamed EM: passes over the rank-local batches, cross-rank collectives, the
+weights that cancel DistributedSampler padding, and a sampler that never pads.
 
 Padding: ``DistributedSampler`` (and Lightning's ``DistributedSamplerWrapper``, a subclass) with
 ``drop_last=False`` repeats the first ``total_size - len(dataset)`` indices at the END of its
@@ -15,13 +14,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchmetrics import Metric
-
-from .gmm_math import covariance_shape
-from .ops.gmm import GMMStats
+from torch.utils.data import Dataset, DistributedSampler
 
 # A zero-argument callable that starts one pass over the (rank-local) data, yielding
 # ``(x [B, D], sample_weight [B] or None)``; called once per pass.
@@ -95,15 +89,18 @@ def batch_tensor(batch: Any) -> Tensor:
     return batch.reshape(batch.shape[0], -1)
 
 
-def loader_batches(loader: Iterable[Any], sampler: Any, device: torch.device, dtype: torch.dtype) -> Batches:
+def loader_batches(
+    loader: Iterable[Any], sampler: Any, device: torch.device, dtype: torch.dtype, check_finite: bool = True
+) -> Batches:
     """A :data:`Batches` over a DataLoader: rows flattened to [B, D], moved to device/dtype, with
-    the padding weights of ``sampler`` (the loader's, possibly a DistributedSampler)."""
+    the padding weights of ``sampler`` (the loader's, possibly a DistributedSampler); each batch
+    is checked for NaN/inf unless ``check_finite`` is False (data checked once beforehand)."""
 
     def passes() -> Iterator[tuple[Tensor, Tensor | None]]:
         seen = 0
         for batch in loader:
             x = batch_tensor(batch).to(device=device, dtype=dtype)
-            if not bool(torch.isfinite(x).all()):
+            if check_finite and not bool(torch.isfinite(x).all()):
                 raise ValueError("the data contain NaN or infinite values")
             w = padding_weights(sampler, seen, x.shape[0], device)
             seen += x.shape[0]
@@ -127,88 +124,3 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
-
-
-class RowsDataset(Dataset):
-    """Rows of an in-memory [N, D] tensor; a batch is one gather, not N Python calls."""
-
-    def __init__(self, x: Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Tensor]:
-        return (self.x[index],)
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor]:
-        return (self.x[torch.as_tensor(indices, dtype=torch.long)],)
-
-
-def _pass_through(batch: Any) -> Any:
-    return batch
-
-
-class TensorDataModule(LightningDataModule):
-    """In-memory rows [N, D] for ``GaussianMixture.fit(X)``; under DDP each rank gets an
-    :class:`UnpaddedDistributedSampler` shard (built lazily, once the process group exists)."""
-
-    def __init__(self, x: Tensor, batch_size: int = 4096, num_workers: int = 0) -> None:
-        super().__init__()
-        self.x = x
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = RowsDataset(self.x)
-        sampler = None
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            sampler = UnpaddedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
-        return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            collate_fn=_pass_through,
-        )
-
-
-class EMStatistics(Metric):
-    """Float64 sums of the E-step over the batches of one epoch: ``update`` only accumulates;
-    ``compute`` returns them summed over DDP ranks.
-
-    States (float64): nk [K], sx [K, D], sxx (layout of the covariance type), loglik [],
-    n_total [] (Σ sample weights), n_nonfinite [] (batches whose log-likelihood was not finite).
-    """
-
-    full_state_update = False
-
-    def __init__(self, n_components: int, n_features: int, covariance_type: str) -> None:
-        super().__init__()
-        shapes = {
-            "nk": (n_components,),
-            "sx": (n_components, n_features),
-            "sxx": covariance_shape(covariance_type, n_components, n_features),
-            "loglik": (),
-            "n_total": (),
-            "n_nonfinite": (),
-        }
-        for name, shape in shapes.items():
-            self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, stats: GMMStats, n_rows: Tensor, n_nonfinite: Tensor) -> None:
-        self.nk += stats.nk
-        self.sx += stats.sx
-        self.sxx += stats.sxx
-        self.loglik += stats.loglik
-        self.n_total += n_rows.double()
-        self.n_nonfinite += n_nonfinite.double()
-
-    def compute(self) -> tuple[GMMStats, Tensor, Tensor]:
-        return GMMStats(self.nk, self.sx, self.sxx, self.loglik), self.n_total, self.n_nonfinite
-
-    def _apply(self, fn: Any, exclude_state: Sequence[str] = ()) -> "EMStatistics":
-        # Follow device moves, but never leave float64: ``module.to(dtype)`` would cast states.
-        this = super()._apply(fn, exclude_state)
-        for name in this._defaults:
-            setattr(this, name, getattr(this, name).double())
-            this._defaults[name] = this._defaults[name].double()
-        return this

@@ -23,10 +23,9 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor
 
-from .gmm_data import Batches, all_reduce_sum
-from .gmm_math import resp_statistics
-from .kmeans import kmeans, kmeans_plusplus, rank_generator, squared_distances, weighted_draw
-from .ops.gmm import GMMStats
+from .batches import Batches, all_reduce_sum
+from .em import GMMStats, moments
+from .kmeans import greedy_kmeans_plusplus, kmeans, kmeans_plusplus, rank_generator, squared_distances, weighted_draw
 
 InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
 INIT_PARAMS: tuple[str, ...] = get_args(InitParams)
@@ -45,11 +44,11 @@ def _sum_stats(a: GMMStats | None, b: GMMStats) -> GMMStats:
 
 
 def _pass_statistics(batches: Batches, resp_fn, covariance_type: str) -> tuple[GMMStats, float]:
-    """Σ over one pass of :func:`resp_statistics` with resp = ``resp_fn(x)``, summed over ranks."""
+    """Σ over one pass of :func:`moments` with resp = ``resp_fn(x)``, summed over ranks."""
     acc: GMMStats | None = None
     total = 0.0
     for x, s in batches():
-        acc = _sum_stats(acc, resp_statistics(x, resp_fn(x), covariance_type, s))
+        acc = _sum_stats(acc, moments(x, resp_fn(x), covariance_type, s))
         total += x.shape[0] if s is None else float(s.sum())
     if acc is None:
         raise ValueError("the training data loader yielded no batches")
@@ -61,7 +60,7 @@ def _pass_statistics(batches: Batches, resp_fn, covariance_type: str) -> tuple[G
 def _one_per_component(rows: Tensor, covariance_type: str) -> GMMStats:
     """Moments where component k owns exactly row k of ``rows`` [K, D]."""
     k = rows.shape[0]
-    return resp_statistics(rows, torch.eye(k, dtype=torch.float64, device=rows.device), covariance_type)
+    return moments(rows, torch.eye(k, dtype=torch.float64, device=rows.device), covariance_type)
 
 
 def initial_moments(
@@ -72,6 +71,7 @@ def initial_moments(
     seed: int,
     kmeans_max_iter: int = 300,
     kmeans_tol: float = 1e-4,
+    rows: Tensor | None = None,
 ) -> InitMoments:
     """Moments of the initial responsibilities of ``init_params`` (module docstring).
 
@@ -83,18 +83,25 @@ def initial_moments(
         seed: shared by all ranks.
         kmeans_max_iter: Lloyd passes at most (``kmeans``).
         kmeans_tol: Lloyd's relative tolerance (``kmeans``).
+        rows: the rank's rows [n, D] when they are in memory (``fit(X)``): the ``kmeans``
+            and ``k-means++`` seeding is then scikit-learn's greedy k-means++.
 
     Returns:
         InitMoments, identical on every rank.
     """
     k = n_components
     if init_params == "kmeans":
-        centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol).centers
+        centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol, rows).centers
         one_hot = lambda x: torch.nn.functional.one_hot(  # noqa: E731
             squared_distances(x, centers).argmin(1), k
         ).double()
         stats, n = _pass_statistics(batches, one_hot, covariance_type)
         return InitMoments(stats, centers, n)
+    if init_params == "k-means++" and rows is not None:
+        centers = greedy_kmeans_plusplus(rows, k, seed)
+        n = torch.tensor(float(rows.shape[0]), dtype=torch.float64, device=rows.device)
+        all_reduce_sum(n)
+        return InitMoments(_one_per_component(centers, covariance_type), centers, float(n))
     if init_params == "k-means++":
         centers, n = kmeans_plusplus(batches, k, seed)
         return InitMoments(_one_per_component(centers, covariance_type), centers, n)

@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +17,20 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_genmodels.gmm import GaussianMixture
-from lightning_genmodels.gmm_data import padding_weights
+from lightning_genmodels.gmm.batches import padding_weights
+from lightning_genmodels.gmm.em import covariance_shape
 
-from .utils import DEVICES
+from ..utils import DEVICES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 PARAMS = ["weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"]
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
          "enable_model_summary": False}
 
+# Only named warnings: scikit-learn's and ours for fits stopped at max_iter on purpose.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore::RuntimeWarning", "ignore::sklearn.exceptions.ConvergenceWarning", "ignore::UserWarning"
+    "ignore::sklearn.exceptions.ConvergenceWarning", "ignore::lightning_genmodels.ConvergenceWarning"
 )
 
 
@@ -44,7 +45,7 @@ def blobs(n: int = 500, d: int = 5, k: int = 3, spread: float = 4.0, seed: int =
 def given_init(x: np.ndarray, k: int, covariance_type: str) -> dict:
     """Starting parameters away from the optimum: data rows as means, unit precisions."""
     d = x.shape[1]
-    shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    shape = covariance_shape(covariance_type, k, d)
     matrices = covariance_type in ("full", "tied")
     precisions = np.broadcast_to(np.eye(d), shape).copy() if matrices else np.ones(shape)
     weights = np.arange(1, k + 1, dtype=np.float64)
@@ -59,7 +60,7 @@ def rel_err(ours: torch.Tensor, theirs: np.ndarray) -> float:
 def fit_both(x: np.ndarray, covariance_type: str, **kwargs) -> tuple[GaussianMixture, SkGaussianMixture]:
     k = 3
     init = given_init(x.astype(np.float64), k, covariance_type)
-    ours = GaussianMixture(k, covariance_type=covariance_type, impl="ref", **init, **kwargs).fit(x)
+    ours = GaussianMixture(k, covariance_type=covariance_type, **init, **kwargs).fit(x)
     theirs = SkGaussianMixture(k, covariance_type=covariance_type, **init, **kwargs).fit(x)
     return ours, theirs
 
@@ -144,8 +145,8 @@ def test_sample_matches_the_mixture(fitted_pair) -> None:
 def test_fit_predict_equals_fit_then_predict() -> None:
     x = blobs()
     init = given_init(x, 3, "diag")
-    labels = GaussianMixture(3, covariance_type="diag", impl="ref", **init).fit_predict(x)
-    again = GaussianMixture(3, covariance_type="diag", impl="ref", **init).fit(x).predict(x)
+    labels = GaussianMixture(3, covariance_type="diag", **init).fit_predict(x)
+    again = GaussianMixture(3, covariance_type="diag", **init).fit(x).predict(x)
     assert torch.equal(labels, again)
 
 
@@ -159,7 +160,7 @@ def test_every_init_method_finds_separated_blobs(init_params: str) -> None:
     # Uniform random responsibilities start every mean at the data mean (in scikit-learn too):
     # EM then needs a tight tol and a few restarts to separate them.
     extra = {"n_init": 3, "tol": 1e-6, "max_iter": 500} if init_params == "random" else {}
-    model = GaussianMixture(3, init_params=init_params, random_state=0, impl="ref", **extra).fit(x)
+    model = GaussianMixture(3, init_params=init_params, random_state=0, **extra).fit(x)
     assert model.converged_
     assert adjusted_rand_score(truth, model.predict(x).numpy()) == pytest.approx(1.0)
     sk = SkGaussianMixture(3, random_state=0).fit(x)
@@ -168,7 +169,7 @@ def test_every_init_method_finds_separated_blobs(init_params: str) -> None:
 
 def test_n_init_keeps_the_best_restart() -> None:
     x = blobs(n=400, d=2, k=6, spread=3.0, seed=4)
-    kwargs = {"covariance_type": "diag", "init_params": "random_from_data", "max_iter": 10, "impl": "ref"}
+    kwargs = {"covariance_type": "diag", "init_params": "random_from_data", "max_iter": 10}
     singles = [GaussianMixture(6, random_state=10 + r, **kwargs).fit(x) for r in range(3)]
     bounds = [m.lower_bound_ for m in singles]
     assert len(set(bounds)) > 1  # the restarts differ
@@ -180,7 +181,7 @@ def test_n_init_keeps_the_best_restart() -> None:
 
 def test_random_state_is_reproducible() -> None:
     x = blobs(seed=5)
-    fit = lambda seed: GaussianMixture(3, init_params="random", max_iter=3, random_state=seed, impl="ref").fit(x)
+    fit = lambda seed: GaussianMixture(3, init_params="random", max_iter=3, random_state=seed).fit(x)
     a, b, c = fit(7), fit(7), fit(8)
     assert all(torch.equal(getattr(a, n), getattr(b, n)) for n in PARAMS)
     assert not torch.equal(a.means_, c.means_)
@@ -189,8 +190,8 @@ def test_random_state_is_reproducible() -> None:
 def test_warm_start_continues() -> None:
     x = blobs(seed=6)
     init = given_init(x, 3, "full")
-    four = GaussianMixture(3, max_iter=4, tol=0.0, impl="ref", **init).fit(x)
-    warm = GaussianMixture(3, max_iter=2, tol=0.0, warm_start=True, impl="ref", **init).fit(x)
+    four = GaussianMixture(3, max_iter=4, tol=0.0, **init).fit(x)
+    warm = GaussianMixture(3, max_iter=2, tol=0.0, warm_start=True, **init).fit(x)
     warm.fit(x)
     assert warm.n_iter_ == 2  # per call, as scikit-learn
     np.testing.assert_allclose(warm.lower_bounds_, four.lower_bounds_[2:], rtol=1e-12)
@@ -200,7 +201,7 @@ def test_warm_start_continues() -> None:
 
 def test_max_iter_zero_only_initialises() -> None:
     x = blobs()
-    model = GaussianMixture(3, covariance_type="diag", max_iter=0, random_state=0, impl="ref").fit(x)
+    model = GaussianMixture(3, covariance_type="diag", max_iter=0, random_state=0).fit(x)
     assert model.n_iter_ == 0 and model.fitted and model.lower_bounds_ == []
     assert torch.isfinite(model.means_).all() and model.predict(x).shape == (500,)
 
@@ -211,16 +212,16 @@ def test_max_iter_zero_only_initialises() -> None:
 def test_clear_errors() -> None:
     x = blobs(n=10)
     with pytest.raises(ValueError, match="n_components"):
-        GaussianMixture(11, impl="ref").fit(x)
+        GaussianMixture(11).fit(x)
     bad = x.copy()
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        GaussianMixture(2, impl="ref").fit(bad)
+        GaussianMixture(2).fit(bad)
     bad[3, 2] = np.inf
     with pytest.raises(ValueError, match="infinite"):
-        GaussianMixture(2, impl="ref").fit(torch.from_numpy(bad))
+        GaussianMixture(2).fit(torch.from_numpy(bad))
     with pytest.raises(ValueError, match="2-D"):
-        GaussianMixture(2, impl="ref").fit(x[0])
+        GaussianMixture(2).fit(x[0])
     with pytest.raises(ValueError, match="covariance_type"):
         GaussianMixture(2, covariance_type="banana")
     with pytest.raises(ValueError, match="init_params"):
@@ -228,20 +229,20 @@ def test_clear_errors() -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
         GaussianMixture(2).predict(x)
     with pytest.raises(ValueError, match="means_init"):
-        GaussianMixture(2, means_init=np.zeros((2, 3)), impl="ref").fit(x)
+        GaussianMixture(2, means_init=np.zeros((2, 3))).fit(x)
 
 
 def test_streamed_dataloader_errors() -> None:
     x = torch.from_numpy(blobs(n=100))
     with pytest.raises(ValueError, match="n_components"):  # K > N seen in the init pass
-        model = GaussianMixture(20, init_params="random_from_data", impl="ref").double()
+        model = GaussianMixture(20, init_params="random_from_data").double()
         Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x[:12]), batch_size=5))
     x[57, 1] = torch.nan
     init = given_init(x.numpy(), 3, "diag")  # given init: the E-step pass finds the NaN
-    model = GaussianMixture(3, covariance_type="diag", impl="ref", **init).double()
+    model = GaussianMixture(3, covariance_type="diag", **init).double()
     with pytest.raises(ValueError, match="NaN"):
         Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x), batch_size=32))
-    model = GaussianMixture(3, covariance_type="diag", impl="ref").double()  # k-means init pass
+    model = GaussianMixture(3, covariance_type="diag").double()  # k-means init pass
     with pytest.raises(ValueError, match="NaN"):
         Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x), batch_size=32))
 
@@ -258,8 +259,8 @@ def test_singular_covariance_asks_for_more_reg_covar() -> None:
     x = blobs(n=200)
     x[:, 1] = x[:, 0]  # a duplicated feature: singular covariance without regularisation
     with pytest.raises(ValueError, match="increase reg_covar"):
-        GaussianMixture(2, covariance_type="full", reg_covar=0.0, random_state=0, impl="ref").fit(x)
-    model = GaussianMixture(2, covariance_type="full", reg_covar=1e-4, random_state=0, impl="ref").fit(x)
+        GaussianMixture(2, covariance_type="full", reg_covar=0.0, random_state=0).fit(x)
+    model = GaussianMixture(2, covariance_type="full", reg_covar=1e-4, random_state=0).fit(x)
     assert torch.isfinite(model.precisions_cholesky_).all()
 
 
@@ -272,7 +273,7 @@ def test_empty_component_keeps_its_previous_mean_and_covariance() -> None:
         "precisions_init": np.broadcast_to(np.eye(2), (3, 2, 2)).copy(),
     }
     with pytest.warns(RuntimeWarning, match="lost all"):
-        model = GaussianMixture(3, max_iter=10, impl="ref", **init).fit(x)
+        model = GaussianMixture(3, max_iter=10, **init).fit(x)
     for name in PARAMS:
         assert torch.isfinite(getattr(model, name)).all()
     assert torch.allclose(model.means_[2], torch.from_numpy(far))
@@ -306,14 +307,14 @@ def test_padding_weights_cancel_distributed_sampler_padding() -> None:
 
 def test_trainer_fit_logs_and_checkpoint_round_trips(tmp_path: Path) -> None:
     x = torch.from_numpy(blobs(seed=8)).float()
-    model = GaussianMixture(3, covariance_type="tied", max_iter=50, random_state=0, impl="ref")
+    model = GaussianMixture(3, covariance_type="tied", max_iter=50, random_state=0)
     trainer = Trainer(max_epochs=50, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     trainer.fit(model, DataLoader(TensorDataset(x), batch_size=128, shuffle=True))
     assert model.converged_ and model.n_iter_ < 50 and trainer.current_epoch == model.n_iter_
     assert float(trainer.callback_metrics["train/lower_bound"]) == pytest.approx(model.lower_bound_, rel=1e-6)
     path = tmp_path / "gmm.ckpt"
     trainer.save_checkpoint(path)
-    fresh = GaussianMixture(3, covariance_type="tied", impl="ref")
+    fresh = GaussianMixture(3, covariance_type="tied")
     for loaded in (GaussianMixture.load_from_checkpoint(path), fresh):
         if not loaded.fitted:
             loaded.load_state_dict(model.state_dict())
@@ -326,7 +327,7 @@ def test_trainer_fit_logs_and_checkpoint_round_trips(tmp_path: Path) -> None:
 
 def test_resume_from_a_mid_fit_checkpoint(tmp_path: Path) -> None:
     x = torch.from_numpy(blobs(seed=9))
-    kwargs = {"n_components": 3, "max_iter": 6, "tol": 0.0, "impl": "ref", **given_init(x.numpy(), 3, "full")}
+    kwargs = {"n_components": 3, "max_iter": 6, "tol": 0.0, **given_init(x.numpy(), 3, "full")}
     loader = DataLoader(TensorDataset(x), batch_size=128)
     every_epoch = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1)
     straight = GaussianMixture(**kwargs).double()
@@ -347,8 +348,7 @@ def test_mnist_diag_through_trainer_and_datamodule(mnist_dir: Path) -> None:
     from lightning_genmodels.data import MNISTDataModule
 
     dm = MNISTDataModule(data_dir=str(mnist_dir), val_split=55000, batch_size=1000, seed=0)
-    model = GaussianMixture(10, covariance_type="diag", max_iter=3, random_state=0, kmeans_max_iter=10,
-                            impl="ref")
+    model = GaussianMixture(10, covariance_type="diag", max_iter=3, random_state=0, kmeans_max_iter=10)
     Trainer(max_epochs=3, **QUIET).fit(model, datamodule=dm)
     assert model.means_.shape == (10, 784) and model.n_iter_ == 3
     assert all(math.isfinite(b) for b in model.lower_bounds_)
@@ -363,8 +363,7 @@ def test_mnist_full_covariance_cholesky_works(mnist_dir: Path) -> None:
     from lightning_genmodels.data import MNISTDataModule
 
     dm = MNISTDataModule(data_dir=str(mnist_dir), val_split=58000, batch_size=1000, seed=0)
-    model = GaussianMixture(2, covariance_type="full", max_iter=2, init_params="k-means++", random_state=0,
-                            impl="ref")
+    model = GaussianMixture(2, covariance_type="full", max_iter=2, init_params="k-means++", random_state=0)
     Trainer(max_epochs=2, **QUIET).fit(model, datamodule=dm)  # constant border pixels: reg_covar
     assert torch.isfinite(model.precisions_cholesky_).all() and math.isfinite(model.lower_bound_)
 
@@ -374,20 +373,18 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(340, 4, generator=g, dtype=torch.float64) + 4 * i for i in range(3)])[:1003]
     init = given_init(x.numpy(), 3, "full")
-    kwargs = {"n_components": 3, "covariance_type": "full", "max_iter": 4, "tol": 0.0, "impl": "ref",
+    kwargs = {"n_components": 3, "covariance_type": "full", "max_iter": 4, "tol": 0.0,
               **{k: v.tolist() for k, v in init.items()}}
     torch.save({"x": x, "kwargs": kwargs, "batch_size": 64}, tmp_path / "in.pt")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    script = ROOT / "tests" / "ddp_gmm_script.py"
+    script = ROOT / "tests" / "gmm" / "ddp_script.py"
     try:
         proc = subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(tmp_path)],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"DDP run hung:\n{exc.stdout}\n{exc.stderr}")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        single = GaussianMixture(**kwargs).fit(x, batch_size=64)
+    single = GaussianMixture(**kwargs).fit(x, batch_size=64)
     for case in ("loader", "fit", "kmeans"):
         ranks = [torch.load(tmp_path / f"{case}.rank{r}.pt") for r in (0, 1)]
         for name in PARAMS[:4]:

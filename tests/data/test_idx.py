@@ -11,7 +11,7 @@ import torch
 import torchvision.datasets
 
 from lightning_genmodels.data import MNISTDataModule
-from lightning_genmodels.idx import (
+from lightning_genmodels.data.idx import (
     IDXFileNotFoundError,
     IDXFormatError,
     find_files,

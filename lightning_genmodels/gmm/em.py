@@ -1,5 +1,6 @@
-"""Pure functions of Gaussian-mixture EM: the M-step from raw moments, precision Cholesky
-factors, moments of given responsibilities, and the parameter count behind BIC/AIC.
+"""Pure functions of Gaussian-mixture EM: the sufficient statistics of given responsibilities
+(the moments half of the E-step, also the reference of the ``gmm_em_stats`` op), the M-step
+from those raw moments, precision Cholesky factors, and the parameter count behind BIC/AIC.
 
 Layouts follow scikit-learn's ``GaussianMixture`` (K components, D features):
 
@@ -13,19 +14,36 @@ Every function here computes in float64; callers cast the results to the model's
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .ops.gmm import GMMStats
+CovarianceType = Literal["full", "tied", "diag", "spherical"]
+COVARIANCE_TYPES: tuple[str, ...] = get_args(CovarianceType)
 
 CHOLESKY_ERROR = (
     "Fitting the mixture model failed because some components have ill-defined empirical "
     "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
     "number of components, increase reg_covar, or scale the input data."
 )
+
+
+class GMMStats(NamedTuple):
+    """Sufficient statistics of one E-step pass, float64 (PRML eqs. 9.24-9.27 before dividing):
+    nk [K] = Σ s r, sx [K, D] = Σ s r x, sxx (layout of :func:`covariance_shape`), loglik []."""
+
+    nk: Tensor
+    sx: Tensor
+    sxx: Tensor
+    loglik: Tensor
+
+
+def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple[int, ...]:
+    """Shape of the covariances, precisions, precisions_cholesky and ``sxx`` of a covariance type."""
+    k, d = n_components, n_features
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
 
 
 class MStep(NamedTuple):
@@ -154,36 +172,36 @@ def covariances_from_precisions(precisions: Tensor, covariance_type: str) -> Ten
     return prec.reciprocal()
 
 
-def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple[int, ...]:
-    """Shape of the covariances (and precisions, precisions_cholesky) of a covariance type."""
-    k, d = n_components, n_features
-    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
-
-
-def resp_statistics(
+def moments(
     x: Tensor, resp: Tensor, covariance_type: str, sample_weight: Tensor | None = None
 ) -> GMMStats:
-    """The moments of :func:`gmm_em_stats` for given responsibilities (initialisation).
+    """Raw moments of rows ``x`` under responsibilities ``resp`` (PRML eqs. 9.24-9.27 before
+    dividing by N_k), float64, with row weights s (ones when None):
+
+        nk = Σ_n s_n r_nk      sx = Σ_n s_n r_nk x_n
+        sxx = Σ_n s_n r_nk x_n x_nᵀ (full)   Σ_n s_n x_n x_nᵀ (tied)
+              Σ_n s_n r_nk x_n² (diag)       Σ_n s_n r_nk ||x_n||² (spherical)
+
+    A row of weight 0 contributes exactly 0, even where its responsibilities are not finite.
 
     Args:
         x: [N, D].
         resp: [N, K] responsibilities (rows need not sum to 1: one-hot labels, random rows).
-        covariance_type: selects the layout of ``sxx``; tied sums x xᵀ over all weighted rows.
+        covariance_type: selects the layout of ``sxx`` (:func:`covariance_shape`).
         sample_weight: [N] row weights; None means ones.
 
     Returns:
         GMMStats in float64 with ``loglik`` = 0.
     """
-    x64 = x.double()
-    r = resp.double()
+    x64, r = x.double(), resp.double()
     s = torch.ones(x64.shape[0], dtype=torch.float64, device=x.device)
     if sample_weight is not None:
         s = sample_weight.double()
-        r = r * s[:, None]
+        r = torch.where(s[:, None] != 0, r * s[:, None], 0.0)
     nk = r.sum(0)
     sx = r.T @ x64
     if covariance_type == "full":
-        sxx = torch.einsum("nk,ni,nj->kij", r, x64, x64)
+        sxx = torch.stack([(x64 * r[:, j : j + 1]).T @ x64 for j in range(r.shape[1])])
     elif covariance_type == "tied":
         sxx = (x64 * s[:, None]).T @ x64
     elif covariance_type == "diag":

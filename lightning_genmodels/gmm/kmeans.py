@@ -1,13 +1,15 @@
 """Streamed, DDP-aware k-means: k-means++ seeding and Lloyd's iterations, one pass each.
 
-The data are never held in memory: every step is a pass of :data:`~.gmm_data.Batches` over the
+The data are never held in memory: every step is a pass of :data:`~.batches.Batches` over the
 rank-local rows whose per-rank sums (or per-rank candidates) are combined across ranks, so every
 rank ends with the same centres. Rows of sample weight 0 (DDP padding) never count.
 
 - Seeding is k-means++ (Arthur & Vassilvitskii, 2007): the first centre uniform over the rows,
   each next one drawn with probability ∝ D(x)², the squared distance to the nearest centre
-  chosen so far; one pass per centre. scikit-learn's greedy variant (2 + log K trial draws kept
-  by least potential) is not used.
+  chosen so far. Streamed (:func:`kmeans_plusplus`): one pass per centre. Rows in memory
+  (:func:`greedy_kmeans_plusplus`, for ``fit(X)``): scikit-learn's greedy variant, which draws
+  2 + ⌊ln K⌋ candidates per centre and keeps the one that lowers the potential Σ D(x)² most,
+  with D(x)² kept per row, so each centre costs one pass over the rows against the candidates.
 - A draw is weighted reservoir sampling (Efraimidis & Spirakis, 2006): each row gets the key
   E / w with E ~ Exp(1) and the ``n`` smallest keys win; ranks pool their local winners.
 - Lloyd's iterations stop when the squared centre shift Σ_k ||c_k' − c_k||² is at most
@@ -17,12 +19,13 @@ rank ends with the same centres. Rows of sample weight 0 (DDP padding) never cou
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .gmm_data import Batches, all_gather_cat, all_reduce_sum, rank
+from .batches import Batches, all_gather_cat, all_reduce_sum, rank
 
 
 class KMeansResult(NamedTuple):
@@ -108,6 +111,48 @@ def kmeans_plusplus(batches: Batches, n_clusters: int, seed: int) -> tuple[Tenso
     return centers, total
 
 
+def greedy_kmeans_plusplus(x: Tensor, n_clusters: int, seed: int, n_local_trials: int | None = None) -> Tensor:
+    """Greedy k-means++ centres [K, D] (float64) of the rank-local rows ``x`` [n, D] in memory
+    (scikit-learn's ``_kmeans_plusplus``; candidates drawn without replacement).
+
+    Args:
+        x: this rank's rows (every rank calls this with its own shard).
+        n_clusters: K.
+        seed: shared by all ranks.
+        n_local_trials: candidates per centre; None means 2 + ⌊ln K⌋ (scikit-learn's choice).
+    """
+    g = rank_generator(seed)
+    trials = n_local_trials or 2 + int(math.log(n_clusters))
+    sq_norms = x.square().sum(1)
+
+    def sq_dist(c: Tensor) -> Tensor:  # [n, len(c)] float64, products in x's dtype
+        c = c.to(x.dtype)
+        return torch.addmm(c.square().sum(1), x, c.T, alpha=-2.0).add_(sq_norms[:, None]).clamp_min_(0.0).double()
+
+    def draw(n: int, weights: Tensor | None) -> Tensor:
+        """n rows ∝ weights without replacement over all ranks (keys E / w as weighted_draw)."""
+        e = -torch.log1p(-torch.rand(x.shape[0], generator=g, dtype=torch.float64)).to(x.device)
+        keys = e if weights is None else torch.where(weights > 0, e / weights, torch.inf)
+        keys, idx = torch.topk(keys, min(n, x.shape[0]), largest=False)
+        if idx.shape[0] < n:  # a small shard: pad, so every rank gathers the same shape
+            keys = torch.cat([keys, keys.new_full((n - idx.shape[0],), torch.inf)])
+            idx = torch.cat([idx, idx.new_zeros(n - idx.shape[0])])
+        keys, rows = all_gather_cat(keys), all_gather_cat(x[idx])
+        return rows[torch.argsort(keys, stable=True)[:n]]
+
+    centers = [draw(1, None).double()]
+    closest = sq_dist(centers[0])[:, 0]  # D(x)²
+    for _ in range(1, n_clusters):
+        candidates = draw(trials, closest)
+        dist = sq_dist(candidates)  # [n, trials]
+        potential = torch.minimum(closest[:, None], dist).sum(0)
+        all_reduce_sum(potential)
+        best = int(potential.argmin())
+        closest = torch.minimum(closest, dist[:, best])
+        centers.append(candidates[best : best + 1].double())
+    return torch.cat(centers)
+
+
 def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
     """Lloyd's iterations from ``centers`` [K, D], one pass each (tolerance: module docstring)."""
     centers = centers.double()
@@ -124,13 +169,18 @@ def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1
         for x, s in batches():
             # Products in the data's dtype (as scikit-learn), batch sums added in float64.
             c = centers.to(x.dtype)
-            w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device) if s is None else s.to(x.dtype)
             best, labels = torch.addmm(c.square().sum(1), x, c.T, alpha=-2.0).min(1)
-            assign = torch.nn.functional.one_hot(labels, k).to(x.dtype) * w[:, None]  # [B, K]
-            counts += assign.sum(0, dtype=torch.float64)
-            sums += (assign.T @ x).double()
-            inertia += (best.double() * w.double()).sum()
+            assign = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # [B, K]
+            if s is None:
+                counts += torch.bincount(labels, minlength=k)
+                inertia += best.sum(dtype=torch.float64)
+            else:
+                assign *= s.to(x.dtype)[:, None]
+                counts += assign.sum(0, dtype=torch.float64)
+                inertia += (best.double() * s.double()).sum()
+            sums += (assign.T @ x).double()  # a GEMM: far faster than index_add_ on CPU
             if tol_abs is None:
+                w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device) if s is None else s.to(x.dtype)
                 x64, w64 = x.double(), w.double()
                 moments += torch.stack([w64.sum().expand(d), w64 @ x64, w64 @ x64.square()])
         all_reduce_sum(counts, sums, inertia)
@@ -149,7 +199,13 @@ def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1
     return KMeansResult(centers, float(inertia), n_iter)
 
 
-def kmeans(batches: Batches, n_clusters: int, seed: int, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
-    """k-means++ seeding followed by Lloyd's iterations (K + up to ``max_iter`` passes)."""
-    centers, _ = kmeans_plusplus(batches, n_clusters, seed)
+def kmeans(
+    batches: Batches, n_clusters: int, seed: int, max_iter: int = 300, tol: float = 1e-4, rows: Tensor | None = None
+) -> KMeansResult:
+    """k-means++ seeding followed by Lloyd's iterations (up to ``max_iter`` passes); the greedy
+    seeding of :func:`greedy_kmeans_plusplus` when the rank's ``rows`` [n, D] are in memory."""
+    if rows is not None:
+        centers = greedy_kmeans_plusplus(rows, n_clusters, seed)
+    else:
+        centers, _ = kmeans_plusplus(batches, n_clusters, seed)
     return lloyd(batches, centers, max_iter, tol)

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_genmodels.data import INPUT_FORMATS, MNISTDataModule, pass_through
-from lightning_genmodels.idx import IDXFileNotFoundError, IDXFormatError
+from lightning_genmodels.data.idx import IDXFileNotFoundError, IDXFormatError
 
 NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte"]
@@ -157,8 +157,8 @@ def test_input_formats(mnist_dir: Path, input_format: str) -> None:
         assert set(x.unique().tolist()) == {0.0, 1.0} and not torch.equal(x, x2)
         assert abs(x.mean().item() - pixels.mean().item() / 255) < 0.01
         assert torch.all(x[pixels == 0] == 0) and torch.all(x[pixels == 255] == 1)
-    else:  # dequantized: inside (0, 1), in the pixel's bin [x/256, (x+1)/256], fresh noise
-        assert x.min() > 0 and x.max() < 1 and not torch.equal(x, x2)
+    else:  # dequantized: inside (0, 1), in the pixel's bin [x/256, (x+1)/256], noise fixed per sample
+        assert x.min() > 0 and x.max() < 1 and torch.equal(x, x2)
         offset = x * 256 - pixels
         assert offset.min() >= 0 and offset.max() <= 1
         assert abs(offset.mean().item() - 0.5) < 0.01
@@ -271,3 +271,22 @@ def test_setup_without_trainer_uses_unit(fit_dm: MNISTDataModule) -> None:
     assert fit_dm.input_format == "unit"
     x, _ = next(iter(fit_dm.val_dataloader()))
     assert x.shape[1:] == (1, 28, 28) and 0 <= x.min() and x.max() <= 1
+
+
+def test_dequantization_noise_is_fixed_per_sample(mnist_dir: Path) -> None:
+    """EM must see the same data every epoch: a sample's noise is keyed by its index."""
+    dm = make_dm(mnist_dir, "fit", val_split=59000, input_format="dequantized_flat", batch_size=250, seed=3)
+    ds = dm.data_train  # 1000 training samples
+    a = ds.__getitems__([5, 17, 900])[0]
+    b = ds.__getitems__([900, 5])[0]  # another batch, another order
+    assert torch.equal(a[2], b[0]) and torch.equal(a[0], b[1])
+    epochs = [torch.cat([x for x, _ in dm.train_dataloader()]) for _ in range(2)]  # shuffled
+    assert torch.equal(epochs[0].sort(0).values, epochs[1].sort(0).values)
+    pixels = ds.images[[5, 17, 900]].reshape(3, -1).double()
+    u = a.double() * 256 - pixels  # the noise itself: U(0, 1)
+    assert 0.0 <= float(u.min()) and float(u.max()) <= 1.0
+    u_all = torch.cat([x for x, _ in dm.train_dataloader()]).double() * 256
+    u_all = u_all - u_all.floor()
+    assert abs(float(u_all.mean()) - 0.5) < 0.01 and abs(float(u_all.var()) - 1 / 12) < 0.01
+    other = make_dm(mnist_dir, "fit", val_split=59000, input_format="dequantized_flat", seed=4)
+    assert not torch.equal(other.data_train.__getitems__([5])[0], ds.__getitems__([5])[0])

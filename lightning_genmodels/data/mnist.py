@@ -8,9 +8,11 @@ Input formats (``input_format``; each may take a ``_flat`` suffix for [B, 784] i
 - ``symmetric``: x / 127.5 - 1, in [-1, 1] (GANs, diffusion).
 - ``binarized``: Bernoulli(x / 255), float 0/1, drawn afresh for every batch (dynamic
   binarisation; Salakhutdinov & Murray 2008) for Bernoulli-likelihood VAEs.
-- ``dequantized``: (x + u) / 256 with u ~ U[0, 1) afresh for every batch, clamped into the open
-  interval (0, 1) (uniform dequantisation; Theis, van den Oord & Bethge 2016) for
-  continuous densities such as the GMM.
+- ``dequantized``: (x + u) / 256 with u ~ U(0, 1), clamped into the open interval (0, 1)
+  (uniform dequantisation; Theis, van den Oord & Bethge 2016) for continuous densities such
+  as the GMM. In the DataModule u is fixed per sample: keyed by the sample's index in its
+  file through the Philox stream (:func:`dequantization_noise`), so every epoch sees the same
+  data and EM's convergence test compares like with like.
 """
 from __future__ import annotations
 
@@ -50,12 +52,27 @@ def check_input_format(input_format: str) -> str:
     return "unit_flat" if input_format == "flat" else input_format
 
 
-def format_images(x: Tensor, input_format: str) -> Tensor:
+def dequantization_noise(keys: Tensor, n_pixels: int, seed: int) -> Tensor:
+    """Uniform noise U(0, 1) [len(keys), n_pixels] (float32) for the samples with index ``keys``:
+    u = Φ(z), z the Philox normals ``philox_normal(seed, key · n_pixels, [n_pixels])`` of each
+    sample, so a sample's noise depends on its index and the seed only (any batch, any epoch,
+    any device). Drawn as one stretch of the stream covering ``0 .. max(keys)``."""
+    from ..ops.philox import philox_normal  # here: ops imports the GMM, which imports data
+
+    if keys.numel() == 0:
+        return torch.empty(0, n_pixels)
+    z = philox_normal(seed, 0, [int(keys.max()) + 1, n_pixels], dtype=torch.float64)[keys]
+    return torch.special.ndtr(z).float()
+
+
+def format_images(x: Tensor, input_format: str, noise: Tensor | None = None) -> Tensor:
     """Convert a batch of pixel bytes to the model's input convention (see module docstring).
 
     Args:
         x: uint8 [B, H, W].
         input_format: one of ``INPUT_FORMATS``.
+        noise: U(0, 1) noise [B, H * W] for ``dequantized`` (e.g. :func:`dequantization_noise`);
+            None draws it afresh from torch's generator.
 
     Returns:
         float32 [B, 1, H, W], or [B, H * W] for a ``_flat`` format.
@@ -70,7 +87,8 @@ def format_images(x: Tensor, input_format: str) -> Tensor:
     elif base == "binarized":
         x = torch.bernoulli(x.div_(255))
     else:  # dequantized; float32 rounding of x + u can reach 1 (and u can be 0), hence the clamp
-        x.add_(torch.rand_like(x)).div_(256).clamp_(2.0**-24, _OPEN_BELOW_ONE)
+        u = torch.rand_like(x) if noise is None else noise.reshape(x.shape).to(x.dtype)
+        x.add_(u).div_(256).clamp_(2.0**-24, _OPEN_BELOW_ONE)
     return x.flatten(1) if flat else x.unsqueeze(1)
 
 
@@ -84,12 +102,27 @@ class ImageTensorDataset(Dataset):
         images: uint8 [N, H, W].
         labels: uint8 or int [N].
         input_format: one of ``INPUT_FORMATS``.
+        keys: [N] each sample's index in its file, the key of its dequantisation noise;
+            None means 0 .. N-1.
+        noise_seed: the Philox seed of that noise.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, input_format: str) -> None:
+    def __init__(
+        self, images: Tensor, labels: Tensor, input_format: str, keys: Tensor | None = None, noise_seed: int = 0
+    ) -> None:
         self.images = images
         self.labels = labels.long()
         self.input_format = check_input_format(input_format)
+        self.keys = torch.arange(images.shape[0]) if keys is None else keys
+        self.noise_seed = noise_seed
+        self._noise: Tensor | None = None  # [N, H * W], drawn on first use (dequantized only)
+
+    def _noise_of(self, idx: Tensor) -> Tensor | None:
+        if not self.input_format.startswith("dequantized"):
+            return None
+        if self._noise is None:
+            self._noise = dequantization_noise(self.keys, self.images[0].numel(), self.noise_seed)
+        return self._noise[idx]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -97,7 +130,7 @@ class ImageTensorDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         """A batch: images float32 [B, ...] in the input format, labels int64 [B]."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return format_images(self.images[idx], self.input_format), self.labels[idx]
+        return format_images(self.images[idx], self.input_format, self._noise_of(idx)), self.labels[idx]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         x, y = self.__getitems__([index])
@@ -191,10 +224,11 @@ class MNISTDataModule(LightningDataModule):
         if stage in (None, "fit", "validate"):
             images, labels = self._load("train")
             val_idx, train_idx = self._split_indices(images.shape[0])
-            self.data_train = ImageTensorDataset(images[train_idx], labels[train_idx], self.input_format)
-            self.data_val = ImageTensorDataset(images[val_idx], labels[val_idx], self.input_format)
+            fmt, seed = self.input_format, 2 * self.hparams.seed  # noise streams: 2s train file, 2s+1 test
+            self.data_train = ImageTensorDataset(images[train_idx], labels[train_idx], fmt, train_idx, seed)
+            self.data_val = ImageTensorDataset(images[val_idx], labels[val_idx], fmt, val_idx, seed)
         if stage in (None, "test", "predict"):
-            self.data_test = ImageTensorDataset(*self._load("test"), self.input_format)
+            self.data_test = ImageTensorDataset(*self._load("test"), self.input_format, None, 2 * self.hparams.seed + 1)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, shuffle=True)

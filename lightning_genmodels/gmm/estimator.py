@@ -1,0 +1,270 @@
+"""The scikit-learn face of :class:`~.module.GaussianMixture`: ``fit(X)`` on in-memory rows,
+``predict``/``score``/``sample``/``bic``/``aic``, and ``get_params``/``set_params`` so that
+``sklearn.base.clone`` and ``GridSearchCV`` work (scikit-learn itself is not imported)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from lightning.pytorch import Trainer
+from torch import Tensor
+
+from ..ops.build import IMPLS
+from ..ops.gmm import gmm_log_prob
+from . import em
+from .batches import batch_tensor
+from .init import INIT_PARAMS
+from .rows import TensorDataModule
+
+ArrayLike = Union[Tensor, np.ndarray, Sequence[Any]]
+PARAMS = ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_")
+# fit(X)'s strategy names -> the DDP strategies for EM (see strategy.py)
+_EM_STRATEGIES = {"ddp": "ddp_em", "ddp_spawn": "ddp_em_spawn"}
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the lower bound settled (scikit-learn's namesake)."""
+
+
+class ScikitLearnMixin:
+    """scikit-learn's estimator API over the LightningModule's EM (mixed into GaussianMixture)."""
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as given (scikit-learn's estimator API)."""
+        return dict(self._sk_params)
+
+    def set_params(self, **params: Any) -> "ScikitLearnMixin":
+        """Change constructor arguments; the model is re-created unfitted with them."""
+        unknown = sorted(set(params) - set(self._sk_params))
+        if unknown:
+            raise ValueError(f"invalid parameters {unknown} for {type(self).__name__}; valid: {sorted(self._sk_params)}")
+        self.__init__(**{**self._sk_params, **params})
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn >= 1.6 asks every estimator for its tags; only it calls this."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False))
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(
+        self,
+        X: ArrayLike,
+        y: Any = None,
+        *,
+        trainer: Trainer | None = None,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = 1,
+        strategy: str = "auto",
+        batch_size: int = 8192,
+        **trainer_kwargs: Any,
+    ) -> "ScikitLearnMixin":
+        """Fit on in-memory rows with a Lightning Trainer, as scikit-learn's ``fit``.
+
+        The module's dtype follows X: float32 or float64 as given; other tensors become
+        torch's default dtype, other NumPy arrays float64. Batches are views of X (no copy)
+        and X is checked for NaN/inf once. Under DDP each rank takes a contiguous shard of X.
+
+        Args:
+            X: [N, D] Tensor or NumPy array, finite, N >= n_components.
+            y: ignored (scikit-learn's signature).
+            trainer: a Trainer to use instead of the one built from the arguments below.
+            accelerator: the built Trainer's accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
+            devices: its devices (2 or more: DDP with ``strategy="ddp"``).
+            strategy: its strategy (``"ddp"`` means ``"ddp_em"``, DDP without gradient sync).
+            batch_size: rows per E-step batch (the result does not depend on it).
+            **trainer_kwargs: further ``Trainer`` arguments.
+
+        Returns:
+            self, fitted.
+
+        Raises:
+            ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; or a
+                covariance is singular (increase ``reg_covar``).
+        """
+        x = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.to(torch.float64 if not isinstance(X, Tensor) else torch.get_default_dtype())
+        x = x.detach().cpu().contiguous()
+        if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("X contains NaN or infinite values")
+        self._check_enough_samples(x.shape[0])
+        warm = self.hparams.warm_start and self.fitted
+        if warm and x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
+        self.to(x.dtype)
+        self._allocate(x.shape[1])
+        own_trainer = trainer is None
+        with contextlib.ExitStack() as stack:
+            if trainer is None:
+                stack.enter_context(_quiet_lightning())
+                epochs = self.hparams.max_iter * (1 if warm else self.hparams.n_init)
+                trainer = Trainer(
+                    max_epochs=max(1, epochs), accelerator=accelerator, devices=devices,
+                    strategy=_EM_STRATEGIES.get(strategy, strategy) if isinstance(strategy, str) else strategy,
+                    logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                    **trainer_kwargs,
+                )
+            self._data_finite, self._log_bound = True, not own_trainer
+            try:
+                trainer.fit(self, datamodule=TensorDataModule(x, batch_size))
+            finally:
+                self._data_finite, self._log_bound = False, True
+        return self
+
+    def fit_predict(self, X: ArrayLike, y: Any = None, **fit_kwargs: Any) -> Tensor:
+        """``fit(X)`` then ``predict(X)``: labels [N] (int64)."""
+        return self.fit(X, **fit_kwargs).predict(X)
+
+    def _check_enough_samples(self, n_total: float) -> None:
+        if n_total < self.hparams.n_components:
+            raise ValueError(
+                f"Expected n_samples >= n_components but got n_components = "
+                f"{self.hparams.n_components}, n_samples = {n_total:g}"
+            )
+
+    # ------------------------------------------------------------------ inference
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Per row: the most probable component ``labels`` [B] and ``log_prob`` log p(x) [B]."""
+        self._check_fitted()
+        joint = self._estimate_weighted_log_prob(batch_tensor(batch))
+        return {"labels": joint.argmax(dim=1), "log_prob": torch.logsumexp(joint, dim=1)}
+
+    @torch.no_grad()
+    def sample_images(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` samples as square images [n, 1, H, W] clamped to [0, 1] (D = H·W, e.g. MNIST's
+        784 pixels), for :class:`~lightning_genmodels.callbacks.SampleGrid`."""
+        x, _ = self.sample(n, generator=seed)
+        side = math.isqrt(x.shape[1])
+        if side * side != x.shape[1]:
+            raise ValueError(f"sample_images needs square images, but D = {x.shape[1]}")
+        return x.reshape(n, 1, side, side).clamp(0.0, 1.0)
+
+
+    def _input(self, X: ArrayLike) -> Tensor:
+        """X as a [N, D] tensor on the module's device and dtype, validated against the fit."""
+        self._check_fitted()
+        x = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
+        if x.dim() != 2:
+            raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
+        x = x.to(device=self.device, dtype=self.dtype)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("X contains NaN or infinite values")
+        return x
+
+    @torch.no_grad()
+    def _estimate_weighted_log_prob(self, X: ArrayLike) -> Tensor:
+        x = self._input(X)
+        return gmm_log_prob(
+            x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,
+            self.hparams.covariance_type, impl=self.hparams.impl,
+        )
+
+    def score_samples(self, X: ArrayLike) -> Tensor:
+        """log p(x_n) [N]."""
+        return torch.logsumexp(self._estimate_weighted_log_prob(X), dim=1)
+
+    def score(self, X: ArrayLike, y: Any = None) -> float:
+        """Mean log-likelihood of X (higher is better)."""
+        return float(self.score_samples(X).double().mean())
+
+    def predict(self, X: ArrayLike) -> Tensor:
+        """Most probable component of each row [N] (int64)."""
+        return self._estimate_weighted_log_prob(X).argmax(dim=1)
+
+    def predict_proba(self, X: ArrayLike) -> Tensor:
+        """Responsibilities p(k | x_n) [N, K]."""
+        return torch.softmax(self._estimate_weighted_log_prob(X), dim=1)
+
+    def _n_parameters(self) -> int:
+        return em.n_parameters(self.hparams.covariance_type, self.hparams.n_components, self.n_features_in_)
+
+    def bic(self, X: ArrayLike) -> float:
+        """Bayesian information criterion −2 log L + p log N (lower is better)."""
+        n = len(X)
+        return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X: ArrayLike) -> float:
+        """Akaike information criterion −2 log L + 2 p (lower is better)."""
+        return -2.0 * self.score(X) * len(X) + 2 * self._n_parameters()
+
+    @torch.no_grad()
+    def sample(self, n_samples: int = 1, generator: torch.Generator | int | None = None) -> tuple[Tensor, Tensor]:
+        """Draw from the mixture on the module's device.
+
+        Args:
+            n_samples: rows to draw (>= 1).
+            generator: a torch.Generator on the module's device, or an int seed for one; None
+                uses torch's global generator.
+
+        Returns:
+            (X [n_samples, D] in the model's dtype, labels [n_samples] int64), grouped by
+            component in increasing order as scikit-learn's ``sample``.
+        """
+        self._check_fitted()
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if isinstance(generator, int):
+            generator = torch.Generator(device=self.device).manual_seed(generator)
+        k, d = self.means_.shape
+        counts = torch.multinomial(self.weights_.double(), n_samples, replacement=True, generator=generator)
+        labels = torch.sort(counts).values
+        z = torch.randn(n_samples, d, generator=generator, device=self.device, dtype=torch.float64)
+        x = em.sample_from_normals(
+            z, labels, self.means_.double(), self.covariances_.double(), self.hparams.covariance_type
+        )
+        return x.to(self.dtype), labels
+
+
+# Lightning 2.6's own use of a torch pytree API that torch 2.14 deprecates: not ours to fix.
+PYTREE_NOTE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """No Lightning banner or tips (info logs) during the scikit-learn-style fit, and not
+    Lightning's pytree deprecation notice (:data:`PYTREE_NOTE`)."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=PYTREE_NOTE)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def check_options(
+    covariance_type: str, init_params: str, impl: str, n_components: int, tol: float,
+    reg_covar: float, max_iter: int, n_init: int,
+) -> None:
+    """Raise ValueError with the allowed values for an invalid constructor option."""
+    for name, value, allowed in (
+        ("covariance_type", covariance_type, em.COVARIANCE_TYPES),
+        ("init_params", init_params, INIT_PARAMS),
+        ("impl", impl, IMPLS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    for name, value, low in (("n_components", n_components, 1), ("n_init", n_init, 1),
+                             ("max_iter", max_iter, 0), ("tol", tol, 0.0), ("reg_covar", reg_covar, 0.0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")

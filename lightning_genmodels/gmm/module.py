@@ -1,0 +1,422 @@
+"""Gaussian mixture fitted by exact, streamed EM as a LightningModule, with scikit-learn's face.
+
+One training epoch is one EM iteration (Dempster, Laird & Rubin, 1977; Bishop, PRML §9.2.2),
+run as one manual-optimisation ``training_step`` that takes Lightning's ``dataloader_iter``:
+the fused E-step op runs on every batch and its float64 sufficient statistics accumulate in
+:class:`~lightning_genmodels.metrics.EMStatistics` (a torchmetrics ``Metric``, so DDP ranks are
+summed in float64 for free); the M-step is the step of the :class:`~.strategy.EMStep` optimizer,
+so ``trainer.global_step`` counts EM iterations. One pass over the data per iteration, so a data
+set larger than memory is fitted exactly. Under DDP use ``strategy="ddp_em"``
+(:class:`~.strategy.EMDDPStrategy`): EM has no gradients for DistributedDataParallel to reduce.
+
+Bookkeeping follows scikit-learn: the lower bound of iteration i (mean log-likelihood) is the
+one its E-step computed with the parameters from before its M-step; EM stops when it changes by
+less than ``tol`` (``converged_``) or after ``max_iter`` iterations; with ``n_init`` restarts the
+run with the best final lower bound is kept.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, Iterator
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
+
+from ..metrics.em import EMStatistics
+from ..ops.build import Impl
+from ..ops.gmm import gmm_em_stats, gmm_log_prob
+from . import em
+from .batches import batch_tensor, broadcast_, loader_batches, padding_weights, shared_seed
+from .em import CovarianceType, GMMStats
+from .estimator import PARAMS as _PARAMS
+from .estimator import ArrayLike, ConvergenceWarning, ScikitLearnMixin, check_options
+from .init import InitParams, initial_moments
+from .rows import RowBatches
+from .strategy import EMDDPStrategy, EMStep
+
+# Lightning's notes on the ``dataloader_iter`` step flavour ("experimental", "batch_idx will not
+# match"): this module consumes a whole epoch in one step by design, so they do not apply.
+DATALOADER_ITER_NOTES = (
+    r"You are using the `dataloader_iter` step flavor",
+    r"Found `dataloader_iter` argument in the `training_step`",
+)
+
+
+class GaussianMixture(ScikitLearnMixin, LightningModule):
+    """Gaussian mixture model trained by EM, one epoch per iteration; scikit-learn compatible.
+
+    Parameters are buffers in the model's dtype (K components, D features):
+    ``weights_`` [K], ``means_`` [K, D], and ``covariances_``, ``precisions_``,
+    ``precisions_cholesky_`` of shape full [K, D, D], tied [D, D], diag [K, D], spherical [K]
+    (scikit-learn's layouts). D is taken from the data on the first fit unless ``n_features``.
+
+    Empty components: a component whose responsibilities sum to ~0 keeps its previous mean and
+    covariance, with weight ``10·eps / N`` (see :func:`~.em.m_step`), and a warning.
+
+    Methods taking data (``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic``,
+    ``aic``, ``fit``, ``fit_predict``) accept a Tensor or NumPy array [N, D] and return Tensors
+    on the module's device (``score``, ``bic`` and ``aic`` Python floats, as scikit-learn's).
+    ``get_params``/``set_params`` make it a scikit-learn estimator (``clone``, ``GridSearchCV``).
+
+    Args:
+        n_components: K.
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        tol: stop when the lower bound changes by less than this.
+        reg_covar: added to the diagonal of every covariance.
+        max_iter: EM iterations (epochs) per initialisation.
+        n_init: initialisations; the best final lower bound wins.
+        init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``
+            (see :mod:`~.init`).
+        weights_init: [K] starting weights (sum 1).
+        means_init: [K, D] starting means.
+        precisions_init: starting precisions (inverse covariances), layout of the type.
+        random_state: seed of the initialisation; None draws one (shared by DDP ranks).
+        warm_start: a fitted model continues from its parameters (one initialisation).
+        n_features: D, to allocate the buffers before seeing data.
+        kmeans_max_iter: Lloyd passes of the ``kmeans`` initialisation at most.
+        kmeans_tol: relative tolerance of those passes.
+        impl: E-step op implementation (``"auto"``, ``"ref"``, ``"ext"``).
+        verbose: 0 silent; 1 prints each initialisation and its end; 2 also every
+            ``verbose_interval`` iterations with the time and lower-bound change (scikit-learn's).
+        verbose_interval: iterations between verbose=2 reports.
+    """
+
+    input_format = "dequantized_flat"
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        covariance_type: CovarianceType = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: InitParams = "kmeans",
+        weights_init: ArrayLike | None = None,
+        means_init: ArrayLike | None = None,
+        precisions_init: ArrayLike | None = None,
+        random_state: int | None = None,
+        warm_start: bool = False,
+        n_features: int | None = None,
+        kmeans_max_iter: int = 300,
+        kmeans_tol: float = 1e-4,
+        impl: Impl = "auto",
+        verbose: int = 0,
+        verbose_interval: int = 10,
+    ) -> None:
+        # The arguments as given, for get_params (scikit-learn's clone checks identity).
+        self._sk_params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__()
+        check_options(covariance_type, init_params, impl, n_components, tol, reg_covar, max_iter, n_init)
+        for note in DATALOADER_ITER_NOTES:
+            warnings.filterwarnings("ignore", message=note)
+        self._init = {
+            "weights": em.as_float64(weights_init, "weights_init"),
+            "means": em.as_float64(means_init, "means_init"),
+            "precisions": em.as_float64(precisions_init, "precisions_init"),
+        }
+        self.save_hyperparameters(ignore=["weights_init", "means_init", "precisions_init"])
+        # Plain lists in the hyper-parameters: YAML- and weights_only-checkpoint-friendly.
+        self.hparams.update({f"{k}_init": None if v is None else v.tolist() for k, v in self._init.items()})
+        self.automatic_optimization = False
+        # Parameters, in the model's dtype, empty until D is known (see _allocate):
+        # weights_ [K], means_ [K, D]; covariances_, precisions_cholesky_, precisions_:
+        # full [K, D, D], tied [D, D], diag [K, D], spherical [K].
+        for name in _PARAMS:
+            self.register_buffer(name, torch.empty(0))
+        self.em_stats: EMStatistics | None = None
+        self._data_finite = False  # fit(X) checked its rows once: the passes need not
+        self._log_bound = True  # off in fit(X)'s own Trainer, which logs nothing
+        self._reset_fit_state()
+        self.fitted = False
+        self.n_features_in_: int | None = None
+        if n_features is not None:
+            self._allocate(n_features)
+
+    # ------------------------------------------------------------------ state
+
+    def _reset_fit_state(self) -> None:
+        self.converged_ = False
+        self.n_iter_ = 0
+        self.lower_bound_ = -math.inf
+        self.lower_bounds_: list[float] = []
+        self._restart = 0
+        self._n_restarts = self.hparams.n_init
+        self._best: dict[str, Any] | None = None
+        self._in_progress = False
+        self._seed = 0
+
+    def _allocate(self, n_features: int) -> None:
+        """(Re)create the buffers [shapes in the class docstring] and the E-step sums for D."""
+        k, cov = self.hparams.n_components, self.hparams.covariance_type
+        shapes = {
+            "weights_": (k,),
+            "means_": (k, n_features),
+            **{n: em.covariance_shape(cov, k, n_features) for n in _PARAMS[2:]},
+        }
+        for name, shape in shapes.items():
+            if tuple(self._buffers[name].shape) != shape:
+                self._buffers[name] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if self.em_stats is None or self.n_features_in_ != n_features:
+            self.em_stats = EMStatistics(k, n_features, cov).to(self.device)
+        self.n_features_in_ = n_features
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Fitted flags and the progress of an interrupted fit (saved in ``state_dict``)."""
+        keys = ("fitted", "n_features_in_", "converged_", "n_iter_", "lower_bound_", "lower_bounds_",
+                "_restart", "_n_restarts", "_best", "_in_progress", "_seed")
+        return {k: getattr(self, k) for k in keys}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        means = state_dict.get(prefix + "means_")
+        if means is not None and means.dim() == 2:
+            self._allocate(means.shape[1])  # buffers of a fresh module take the saved shapes
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _set_params(self, weights: Tensor, means: Tensor, covariances: Tensor, prec_chol: Tensor) -> None:
+        """Write float64 parameters into the buffers (model dtype); precisions = U Uᵀ."""
+        cov_type = self.hparams.covariance_type
+        prec = em.precisions_from_cholesky(prec_chol.double(), cov_type)
+        for name, value in zip(_PARAMS, (weights, means, covariances, prec_chol, prec)):
+            self._buffers[name].copy_(value.to(self._buffers[name].dtype))
+
+    def _params(self) -> dict[str, Tensor]:
+        return {name: self._buffers[name].clone() for name in _PARAMS}
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError("GaussianMixture is not fitted yet: call fit(X) or Trainer.fit(model, ...) first")
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return EMStep()
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, EMDDPStrategy):
+            raise ValueError(
+                f"GaussianMixture under {type(strategy).__name__} needs strategy='ddp_em' "
+                "(lightning_genmodels.gmm.EMDDPStrategy): EM has no gradients for "
+                "DistributedDataParallel to reduce; EMStatistics sums the statistics across ranks"
+            )
+
+    def _train_batches(self):
+        loader = self.trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        return loader_batches(loader, sampler, self.device, self.dtype, check_finite=not self._data_finite)
+
+    def on_train_start(self) -> None:
+        batches = self._train_batches()
+        if self.n_features_in_ is None:
+            x, _ = next(iter(batches()))
+            self._allocate(x.shape[1])
+        if self._in_progress and self.trainer.ckpt_path is not None:
+            return  # resuming an interrupted fit from a checkpoint
+        warm = self.hparams.warm_start and self.fitted
+        prev_bound = self.lower_bound_
+        self._reset_fit_state()
+        self._in_progress = True
+        self._seed = shared_seed(self.hparams.random_state, self.device)
+        if warm:
+            self._n_restarts, self.lower_bound_ = 1, prev_bound
+        else:
+            self._initialize(batches)
+        if self.hparams.max_iter == 0:
+            self._end_restart(converged=False)
+
+    def training_step(self, dataloader_iter: Iterator[Any]) -> None:
+        """One EM iteration: the E-step over every batch of the epoch, then the M-step as the
+        step of the :class:`~.strategy.EMStep` optimizer (one optimizer step per epoch)."""
+        if not self._in_progress:
+            for _ in dataloader_iter:  # finished (max_iter=0): let the epoch end
+                pass
+            return
+        self.em_stats.reset()
+        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        log_weights = torch.log(self.weights_)
+        sums: list[Tensor] | None = None  # nk, sx, sxx, loglik, n_rows, n_nonfinite: one update per epoch
+        seen = 0
+        for item in dataloader_iter:  # (batch, batch_idx, dataloader_idx)
+            x = batch_tensor(item[0]).to(device=self.device, dtype=self.dtype)
+            w = padding_weights(sampler, seen, x.shape[0], x.device)
+            seen += x.shape[0]
+            batch = self._e_step(x, log_weights, None if w is None else w.to(x.dtype))
+            sums = batch if sums is None else [a.add_(b) for a, b in zip(sums, batch)]
+        if sums is not None:
+            self.em_stats.update(GMMStats(*sums[:4]), sums[4], sums[5])
+        self.optimizers().step(closure=self._end_iteration)
+
+    def _e_step(self, x: Tensor, log_weights: Tensor, w: Tensor | None) -> list[Tensor]:
+        """One batch's float64 sufficient statistics, row count and non-finite flag."""
+        stats = gmm_em_stats(
+            x, log_weights, self.means_, self.precisions_cholesky_,
+            self.hparams.covariance_type, w, impl=self.hparams.impl,
+        )
+        n_rows = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device) if w is None else w.double().sum()
+        # NaN/inf in x make the batch's log-likelihood non-finite: a free check, no extra pass.
+        return [*stats, n_rows, (~torch.isfinite(stats.loglik)).double()]
+
+    def _end_iteration(self) -> None:
+        """M-step on the epoch's statistics summed over ranks; convergence and restarts."""
+        stats, n_total, n_nonfinite = self.em_stats.compute()
+        # torchmetrics squeezes one-element results: K = 1 gives nk [1] -> []; restore shapes.
+        stats = GMMStats(*(v.reshape(getattr(self.em_stats, k).shape) for k, v in zip(GMMStats._fields, stats)))
+        self.em_stats.reset()
+        if float(n_nonfinite) > 0:
+            raise ValueError(
+                "the E-step's log-likelihood is not finite: the data contain NaN or infinite values "
+                "(or values so large that every density underflows: scale the data)"
+            )
+        self._check_enough_samples(float(n_total))
+        bound = float(stats.loglik / n_total)
+        self._m_step(stats)
+        change = bound - self.lower_bound_
+        self.n_iter_ += 1
+        self.lower_bound_ = bound
+        self.lower_bounds_.append(bound)
+        if self._log_bound:
+            self.log("train/lower_bound", bound, batch_size=1)
+        self._report_iteration(change)
+        converged = abs(change) < self.hparams.tol
+        if converged or self.n_iter_ >= self.hparams.max_iter:
+            self._end_restart(converged)
+
+    def _report_iteration(self, change: float) -> None:
+        hp = self.hparams
+        if hp.verbose >= 2 and self.n_iter_ % hp.verbose_interval == 0:
+            now = time.perf_counter()
+            _say(f"  Iteration {self.n_iter_}\t time lapse {now - self._tick:.5f}s\t ll change {change:.5f}")
+            self._tick = now
+
+    def on_train_end(self) -> None:
+        if self._in_progress:  # the trainer stopped first (max_epochs): keep the best so far
+            self._finish(self._candidate(converged=False) if self.n_iter_ > 0 or self._best is None else None)
+
+    # ------------------------------------------------------------------ EM
+
+    def _m_step(self, stats: GMMStats) -> None:
+        cov_type = self.hparams.covariance_type
+        step = em.m_step(
+            stats, cov_type, self.hparams.reg_covar, torch.finfo(self.dtype).eps,
+            prev_means=self.means_, prev_covariances=self.covariances_,
+        )
+        if bool(step.empty.any()):
+            rank_zero_warn(
+                f"GaussianMixture: components {step.empty.nonzero().flatten().tolist()} lost all "
+                "their points; they keep their previous mean and covariance with weight ~0",
+                category=RuntimeWarning,
+            )
+        prec_chol = em.precision_cholesky(step.covariances, cov_type)
+        self._set_params(step.weights, step.means, step.covariances, prec_chol)
+
+    def _initialize(self, batches) -> None:
+        """Starting parameters of restart ``self._restart``, identical on every rank."""
+        hp, cov_type, given = self.hparams, self.hparams.covariance_type, self._init
+        k, d = hp.n_components, self.n_features_in_
+        if hp.verbose:
+            _say(f"Initialization {self._restart}")
+        self._tick = self._start = time.perf_counter()
+        em.check_given_init(given, cov_type, k, d)
+        if any(v is None for v in given.values()):
+            loader = self.trainer.train_dataloader
+            rows = loader.x.to(self.device, self.dtype) if isinstance(loader, RowBatches) else None
+            moments = initial_moments(
+                batches, hp.init_params, k, cov_type, self._seed + self._restart,
+                hp.kmeans_max_iter, hp.kmeans_tol, rows,
+            )
+            self._check_enough_samples(moments.n_total)
+            centers = None if moments.centers is None else moments.centers.to(self.device)
+            step = em.m_step(moments.stats, cov_type, hp.reg_covar, torch.finfo(self.dtype).eps, centers)
+            weights, means, cov = step.weights, step.means, step.covariances
+        dev = {"device": self.device}
+        if given["weights"] is not None:
+            weights = given["weights"].to(**dev)
+        if given["means"] is not None:
+            means = given["means"].to(**dev)
+        if given["precisions"] is not None:
+            prec_chol = em.precision_cholesky_from_precisions(given["precisions"].to(**dev), cov_type)
+            cov = em.covariances_from_precisions(given["precisions"].to(**dev), cov_type)
+        else:
+            prec_chol = em.precision_cholesky(cov, cov_type)
+        self._set_params(weights, means, cov, prec_chol)
+        broadcast_(*(self._buffers[n] for n in _PARAMS))
+        self.n_iter_, self.lower_bound_, self.lower_bounds_, self.converged_ = 0, -math.inf, [], False
+        self.fitted = True  # usable parameters from here on (mid-fit checkpoints included)
+
+    def _candidate(self, converged: bool) -> dict[str, Any]:
+        return {"params": self._params(), "n_iter_": self.n_iter_, "lower_bound_": self.lower_bound_,
+                "lower_bounds_": list(self.lower_bounds_), "converged_": converged}
+
+    def _end_restart(self, converged: bool) -> None:
+        """Keep this run if it is the best so far; start the next one or finish."""
+        cand = self._candidate(converged)
+        if self.hparams.verbose:
+            state = "converged" if converged else "did not converge"
+            timing = f". time lapse {time.perf_counter() - self._start:.5f}s\t lower bound {self.lower_bound_:.5f}"
+            _say(f"Initialization {state}" + (timing if self.hparams.verbose >= 2 else "."))
+        if self._best is None or cand["lower_bound_"] > self._best["lower_bound_"]:
+            self._best = cand
+        self._restart += 1
+        if self._restart < self._n_restarts:
+            self._initialize(self._train_batches())
+        else:
+            self._finish(None)
+            self.trainer.should_stop = True
+
+    def _finish(self, candidate: dict[str, Any] | None) -> None:
+        best = self._best
+        if candidate is not None and (best is None or candidate["lower_bound_"] > best["lower_bound_"]):
+            best = candidate
+        for name, value in best["params"].items():
+            self._buffers[name].copy_(value)
+        for key in ("n_iter_", "lower_bound_", "lower_bounds_", "converged_"):
+            setattr(self, key, best[key])
+        n_restarts = self._n_restarts
+        self._best, self._in_progress, self.fitted = None, False, True
+        if not self.converged_ and self.hparams.max_iter > 0:
+            rank_zero_warn(
+                f"GaussianMixture: the best of {n_restarts} initialisation(s) did not converge "
+                f"within max_iter={self.hparams.max_iter} iterations. Try different init parameters, "
+                "or increase max_iter, tol, or check for degenerate data.",
+                category=ConvergenceWarning,
+            )
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _shared_step(self, batch: Any, stage: str) -> Tensor | None:
+        """Mean log-likelihood of a batch under the current parameters, logged as
+        ``{stage}/log_likelihood`` (Lightning weights batches by size: the data set's mean).
+        Within fit, validation scores the parameters after the epoch's M-step."""
+        if not (self.fitted or self._in_progress):
+            return None  # the sanity check before initialisation
+        x = batch_tensor(batch).to(self.dtype)
+        log_prob = torch.logsumexp(
+            gmm_log_prob(x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,
+                         self.hparams.covariance_type, impl=self.hparams.impl),
+            dim=1,
+        )
+        mean = log_prob.mean()
+        self.log(f"{stage}/log_likelihood", mean, batch_size=x.shape[0], sync_dist=True)
+        return mean
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        return self._shared_step(batch, "test")
+
+
+@rank_zero_only
+def _say(message: str) -> None:
+    """A ``verbose`` progress line, printed by rank 0 only."""
+    print(message, flush=True)

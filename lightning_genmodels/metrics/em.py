@@ -1,0 +1,54 @@
+"""EM sufficient statistics as a torchmetrics Metric: ``update`` accumulates one batch's E-step
+sums, ``compute`` returns them summed over DDP ranks (``dist_reduce_fx="sum"``) in float64."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from ..gmm.em import GMMStats, covariance_shape
+
+
+class EMStatistics(Metric):
+    """Float64 sums of the E-step over the batches of one epoch: ``update`` only accumulates;
+    ``compute`` returns them summed over DDP ranks.
+
+    States (float64): nk [K], sx [K, D], sxx (layout of the covariance type), loglik [],
+    n_total [] (Σ sample weights), n_nonfinite [] (batches whose log-likelihood was not finite).
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_components: int, n_features: int, covariance_type: str) -> None:
+        super().__init__()
+        shapes = {
+            "nk": (n_components,),
+            "sx": (n_components, n_features),
+            "sxx": covariance_shape(covariance_type, n_components, n_features),
+            "loglik": (),
+            "n_total": (),
+            "n_nonfinite": (),
+        }
+        for name, shape in shapes.items():
+            self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, stats: GMMStats, n_rows: Tensor, n_nonfinite: Tensor) -> None:
+        self.nk += stats.nk
+        self.sx += stats.sx
+        self.sxx += stats.sxx
+        self.loglik += stats.loglik
+        self.n_total += n_rows.double()
+        self.n_nonfinite += n_nonfinite.double()
+
+    def compute(self) -> tuple[GMMStats, Tensor, Tensor]:
+        return GMMStats(self.nk, self.sx, self.sxx, self.loglik), self.n_total, self.n_nonfinite
+
+    def _apply(self, fn: Any, exclude_state: Sequence[str] = ()) -> "EMStatistics":
+        # Follow device moves, but never leave float64: ``module.to(dtype)`` would cast states.
+        this = super()._apply(fn, exclude_state)
+        for name in this._defaults:
+            setattr(this, name, getattr(this, name).double())
+            this._defaults[name] = this._defaults[name].double()
+        return this

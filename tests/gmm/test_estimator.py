@@ -1,0 +1,102 @@
+"""GaussianMixture's scikit-learn face: quiet fits, ConvergenceWarning, clone/GridSearchCV,
+verbose, views as batches, and the DDP strategy it needs."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_genmodels import ConvergenceWarning, GaussianMixture
+from lightning_genmodels.gmm.rows import RowBatches
+
+
+def blobs(n: int = 300, d: int = 3, k: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(size=(n // k, d)) + 6.0 * i for i in range(k)])
+
+
+def test_fit_predict_score_print_and_warn_nothing(capfd: pytest.CaptureFixture) -> None:
+    x = blobs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = GaussianMixture(3, covariance_type="diag", random_state=0).fit(x)
+        model.predict(x)
+        score = model.score(x)
+    out, err = capfd.readouterr()
+    assert model.converged_ and isinstance(score, float)
+    assert [str(w.message) for w in caught] == [] and out == "" and err == ""
+
+
+def test_stopping_at_max_iter_warns_once() -> None:
+    x = blobs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = GaussianMixture(3, covariance_type="full", max_iter=2, tol=0.0, n_init=2, random_state=0).fit(x)
+    assert not model.converged_ and model.n_iter_ == 2
+    assert [w.category for w in caught] == [ConvergenceWarning], [str(w.message) for w in caught]
+    assert "max_iter=2" in str(caught[0].message)
+
+
+def test_verbose_reports_progress(capsys: pytest.CaptureFixture) -> None:
+    GaussianMixture(3, random_state=0, verbose=2, verbose_interval=1).fit(blobs())
+    out = capsys.readouterr().out
+    assert "Initialization 0" in out and "Iteration 1\t" in out and "Initialization converged" in out
+    GaussianMixture(3, random_state=0).fit(blobs())
+    assert capsys.readouterr().out == ""
+
+
+def test_sklearn_clone_params_and_grid_search() -> None:
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+
+    means = np.zeros((3, 3))
+    model = GaussianMixture(3, covariance_type="diag", means_init=means, random_state=0)
+    params = model.get_params()
+    assert params["n_components"] == 3 and params["means_init"] is means
+    copy = clone(model)
+    assert type(copy) is GaussianMixture and copy.get_params()["covariance_type"] == "diag"
+    assert model.set_params(n_components=2, means_init=None) is model and model.hparams.n_components == 2
+    with pytest.raises(ValueError, match="invalid parameters"):
+        model.set_params(n_compnents=2)
+    x = np.random.default_rng(1).permutation(blobs(n=240))  # each fold sees every blob
+    search = GridSearchCV(GaussianMixture(covariance_type="diag", random_state=0), {"n_components": [1, 3]}, cv=2)
+    search.fit(x)
+    assert search.best_params_ == {"n_components": 3}
+
+
+def test_in_memory_batches_are_views() -> None:
+    x = torch.randn(10, 4)
+    batches = list(RowBatches(x, 4))
+    assert [b.shape[0] for b in batches] == [4, 4, 2] and len(RowBatches(x, 4)) == 3
+    assert all(b.data_ptr() == x[4 * i].data_ptr() for i, b in enumerate(batches))  # no copy
+    shards = [torch.cat(list(RowBatches(x, 3, r, 3))) for r in range(3)]
+    assert torch.equal(torch.cat(shards), x)  # ranks: contiguous shards, each row once
+
+
+def test_plain_ddp_strategy_is_refused_with_advice(tmp_path) -> None:
+    x = torch.from_numpy(blobs())
+    trainer = Trainer(accelerator="cpu", devices=1, strategy="ddp", max_epochs=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="strategy='ddp_em'"):
+        trainer.fit(GaussianMixture(3).double(), DataLoader(TensorDataset(x), batch_size=100))
+
+
+def test_global_step_counts_em_iterations() -> None:
+    x = torch.from_numpy(blobs())
+    trainer = Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    model = GaussianMixture(3, max_iter=4, tol=0.0, random_state=0).double()
+    trainer.fit(model, DataLoader(TensorDataset(x), batch_size=64))
+    assert trainer.global_step == model.n_iter_ == 4
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical", "full"])
+def test_one_component(covariance_type: str) -> None:
+    x = blobs()
+    model = GaussianMixture(1, covariance_type=covariance_type).fit(x)
+    assert model.converged_ and model.means_.shape == (1, 3)
+    np.testing.assert_allclose(model.means_[0].numpy(), x.mean(0), rtol=1e-10)
