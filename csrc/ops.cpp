@@ -16,4 +16,7 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   m.def(
       "gmm_log_prob(Tensor x, Tensor log_weights, Tensor means, Tensor prec_chol, "
       "str covariance_type) -> Tensor");
+  // The instruction set of the CPU GMM kernels for a request ("auto", "avx512", "avx2", "generic";
+  // "" = the LGM_GMM_CPU_ISA environment variable): raises when this CPU cannot run it.
+  m.def("gmm_cpu_isa(str isa) -> str");
 }

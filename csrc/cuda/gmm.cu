@@ -13,20 +13,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <string_view>
 #include <vector>
 
 #include "common/gmm.h"
+#include "common/gmm_host.h"
 
 namespace lgm {
-
-// Defined in cpu/gmm.cpp.
-CovType gmm_check_inputs(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& sample_weight,
-                         const at::Tensor& log_weights, const at::Tensor& means, const at::Tensor& prec_chol,
-                         std::string_view covariance_type);
-at::Tensor gmm_log_det(const at::Tensor& prec_chol, CovType cov, int64_t n_components, int64_t n_features);
-std::vector<int64_t> gmm_sxx_shape(CovType cov, int64_t k, int64_t d);
 
 namespace {
 
@@ -69,8 +64,7 @@ __device__ double block_sum(double value, double* shared) {
 // One thread per row: resp[n, :] = sample weight * softmax_k(joint log-probabilities) (float64);
 // partial[block] = sum over the block's rows of weight * log-sum-exp.
 template <typename T>
-__global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, int64_t D,
-                               const double* __restrict__ log_weights, const double* __restrict__ log_det,
+__global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, const double* __restrict__ log_const,
                                const T* __restrict__ sample_weight, double* __restrict__ resp,
                                double* __restrict__ partial) {
   __shared__ double shared[kThreads];
@@ -79,7 +73,7 @@ __global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t
   if (n < rows) {
     double* row = resp + n * K;
     for (int64_t k = 0; k < K; ++k) {
-      row[k] = joint_log_prob(gaussian_log_const(log_weights[k], log_det[k], D), static_cast<double>(maha[n * K + k]));
+      row[k] = joint_log_prob(log_const[k], static_cast<double>(maha[n * K + k]));
     }
     const double w = sample_weight ? static_cast<double>(sample_weight[n]) : 1.0;
     loglik = weighted_loglik(row_softmax(row, K, w, row), w);
@@ -90,13 +84,12 @@ __global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t
 
 // out[n, k] = log w_k + log N(x_n | k) in x's dtype.
 template <typename T>
-__global__ void joint_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, int64_t D,
-                             const double* __restrict__ log_weights, const double* __restrict__ log_det,
+__global__ void joint_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, const double* __restrict__ log_const,
                              T* __restrict__ out) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * K;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t k = i % K;
-    out[i] = static_cast<T>(joint_log_prob(gaussian_log_const(log_weights[k], log_det[k], D), static_cast<double>(maha[i])));
+    out[i] = static_cast<T>(joint_log_prob(log_const[k], static_cast<double>(maha[i])));
   }
 }
 
@@ -120,32 +113,9 @@ at::Tensor exact_mm(const at::Tensor& a, const at::Tensor& b) {
   return at::mm(a.to(at::kDouble), b.to(at::kDouble)).to(a.scalar_type());
 }
 
-// Parameters prepared once per call, in x's dtype: tables p [K, D] (diag/spherical) and
-// nu = mu P [K, D]; prec for tied [D, D] / full [K, D, D]; log w and log det in float64.
-struct Params {
-  CovType cov;
-  int64_t K, D;
-  at::Tensor p, nu, prec, log_weights, log_det;
-
-  Params(CovType cov_, const at::Tensor& log_weights_, const at::Tensor& means, const at::Tensor& prec_chol)
-      : cov(cov_), K(means.size(0)), D(means.size(1)) {
-    switch (cov) {
-      case CovType::kDiag: p = prec_chol.contiguous(); break;
-      case CovType::kSpherical: p = prec_chol.unsqueeze(1).expand({K, D}).contiguous(); break;
-      case CovType::kTied: prec = prec_chol.contiguous(); break;
-      case CovType::kFull: prec = prec_chol.contiguous(); break;
-    }
-    if (p.defined()) {
-      nu = (means * p).contiguous();
-    } else if (cov == CovType::kTied) {
-      nu = exact_mm(means, prec);
-    } else {
-      nu = at::bmm(means.unsqueeze(1).to(at::kDouble), prec.to(at::kDouble)).squeeze(1).to(means.scalar_type()).contiguous();
-    }
-    log_weights = log_weights_.to(at::kDouble).contiguous();
-    log_det = gmm_log_det(prec_chol, cov, K, D).contiguous();
-  }
-};
+// Parameters prepared once per call by the host function the CPU kernels also use
+// (common/gmm_host.h): p, nu [K, D] (ld = D), prec, log_const; nu of tied/full formed in float64.
+using Params = GmmTables;
 
 // maha [rows, K] of the chunk xc (rows with unit stride along D).
 template <typename T>
@@ -177,8 +147,14 @@ at::Tensor chunk_maha(const Params& prm, const at::Tensor& xc) {
 
 // Rows per chunk: the chunk's float64 copy [rows, D] and responsibilities [rows, K] within
 // kChunkBytes (maha [rows, K] and y [rows, D] are no larger), one softmax thread per row in one grid.
+// LGM_GMM_CUDA_CHUNK_ROWS caps it (tests use it to run the multi-chunk path on small inputs).
 int64_t chunk_rows(int64_t N, int64_t D, int64_t K) {
-  return std::max<int64_t>(1, std::min({N, kChunkBytes / ((D + K) * 8), int64_t{65535} * kThreads}));
+  int64_t rows = std::min({N, kChunkBytes / ((D + K) * 8), int64_t{65535} * kThreads});
+  if (const char* cap = std::getenv("LGM_GMM_CUDA_CHUNK_ROWS")) {
+    const long long value = std::atoll(cap);
+    if (value > 0) rows = std::min<int64_t>(rows, value);
+  }
+  return std::max<int64_t>(1, rows);
 }
 
 at::Tensor rows_with_unit_stride(const at::Tensor& x) {
@@ -194,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const a
   const auto f64 = x.options().dtype(at::kDouble);
   const auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor nk = at::zeros({K}, f64), sx = at::zeros({K, D}, f64);
-  at::Tensor sxx = at::zeros(gmm_sxx_shape(prm.cov, K, D), f64);
+  at::Tensor sxx = at::zeros(gmm_param_shape(prm.cov, K, D), f64);
   const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
   // Block partials of the log-likelihood: every chunk writes its own slice.
   int64_t n_partials = 0;
@@ -209,8 +185,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const a
     const int blocks = blocks_for(rows, kThreads);
     TORCH_INTERNAL_ASSERT(static_cast<int64_t>(blocks) * kThreads >= rows, "gmm_em_stats: chunk too large");
     softmax_kernel<T><<<blocks, kThreads, 0, stream>>>(
-        maha.data_ptr<T>(), rows, K, D, prm.log_weights.data_ptr<double>(), prm.log_det.data_ptr<double>(),
-        sw.defined() ? sw.data_ptr<T>() + n0 : nullptr, resp.data_ptr<double>(), partial.data_ptr<double>() + offset);
+        maha.data_ptr<T>(), rows, K, prm.log_const.data_ptr<double>(), sw.defined() ? sw.data_ptr<T>() + n0 : nullptr, resp.data_ptr<double>(), partial.data_ptr<double>() + offset);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     offset += blocks;
     // Statistics as float64 GEMMs (PRML eqs. 9.24-9.27 before normalisation).
@@ -242,8 +217,7 @@ at::Tensor log_prob_cuda(const at::Tensor& x_in, const Params& prm) {
     const int64_t rows = std::min(C, N - n0);
     const at::Tensor maha = chunk_maha<T>(prm, x.narrow(0, n0, rows));
     joint_kernel<T><<<blocks_for(rows * K, kThreads), kThreads, 0, stream>>>(
-        maha.data_ptr<T>(), rows, K, D, prm.log_weights.data_ptr<double>(), prm.log_det.data_ptr<double>(),
-        out.data_ptr<T>() + n0 * K);
+        maha.data_ptr<T>(), rows, K, prm.log_const.data_ptr<double>(), out.data_ptr<T>() + n0 * K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return out;
@@ -259,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_em_stats_cuda(
   TORCH_CHECK_VALUE(x.is_cuda(), "gmm_em_stats: x must be on a CUDA device, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_em_stats_cuda", [&] {
-    return em_stats_cuda<scalar_t>(x, sample_weight, Params(cov, log_weights, means, prec_chol));
+    return em_stats_cuda<scalar_t>(x, sample_weight, gmm_tables(cov, log_weights, means, prec_chol, means.size(1)));
   });
 }
 
@@ -270,7 +244,7 @@ at::Tensor gmm_log_prob_cuda(const at::Tensor& x, const at::Tensor& log_weights,
   TORCH_CHECK_VALUE(x.is_cuda(), "gmm_log_prob: x must be on a CUDA device, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_cuda", [&] {
-    return log_prob_cuda<scalar_t>(x, Params(cov, log_weights, means, prec_chol));
+    return log_prob_cuda<scalar_t>(x, gmm_tables(cov, log_weights, means, prec_chol, means.size(1)));
   });
 }
 
