@@ -95,7 +95,7 @@ at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, c
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * tile, rows = std::min(tile, N - n0);
       int64_t lds = 0;
-      const T* xs = tile_rows(plan, xp + n0 * ldx, ldx, rows, s, &lds);
+      const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
       tile_maha(plan, x.narrow(0, n0, rows), xs, lds, rows, s);
       for (int64_t n = 0; n < rows; ++n) {
         for (int64_t k = 0; k < K; ++k) {

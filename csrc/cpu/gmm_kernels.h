@@ -32,15 +32,17 @@ namespace gmm_cpu {
 
 enum class Isa { kGeneric, kAvx2, kAvx512 };
 
-// The SIMD kernels of one instruction set, for x of dtype T. Rows of x are read as `dp` values
-// (dp = D rounded up to the vector width, zeros past D: a padded copy unless D is a multiple).
+// The SIMD kernels of one instruction set, for x of dtype T. Rows of x are read in whole vectors,
+// D rounded up to the vector width (what lies past D is masked or never used): the caller copies
+// a tile whose last row could not be read that far (gmm_tile.cpp tile_rows).
 template <typename T>
 struct SimdKernels {
   int bytes;  // vector width in bytes: 64, 32 or 16
-  // 1. out[k, r] = sum_d (x_rd p_kd - nu_kd)^2, or (x_rd - nu_kd)^2 when p is null; tables [K, ldt].
+  // 1. out[k, r] = sum_d (x_rd p_kd - nu_kd)^2, or (x_rd - nu_kd)^2 when p is null; tables [K, ldt],
+  // and transposed pT, nuT [D, ldk] (null: not used) that small D reads instead.
   // Tiles of maha and resp are component-major: [K, ld] with ld = the tile's row count.
-  void (*maha)(const T* x, int64_t ldx, int64_t rows, int64_t dp, const T* p, const T* nu, int64_t ldt, int64_t K,
-               T* out, int64_t ldo);
+  void (*maha)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
+               const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo);
   // 2. (float32 only, else null) resp [K, ld] = w_n softmax_k(log_const_k - maha_kn / 2), nk += sum_n resp;
   // returns sum_n w_n lse_n. work: float [K, ld]; rowbuf: double [3, ld].
   double (*softmax)(const T* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const T* sw,
@@ -52,6 +54,8 @@ struct SimdKernels {
   // 3. the same for one component over the m rows idx with responsibilities val.
   void (*moments_sparse)(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const double* val, int64_t m,
                          double* sx, double* sxx);
+  // out[n] = ||x_n||^2 in float64, for spherical second moments.
+  void (*sq_norms)(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out);
 };
 
 namespace generic {
@@ -86,7 +90,8 @@ template <typename T>
 struct Plan {
   const SimdKernels<T>& simd;
   GmmTables tab;
-  int64_t K, D, ldt;
+  int64_t K, D, ldt, ldk;
+  at::Tensor p_t, nu_t;           // [D, ldk]: p and nu transposed, zeros past K (p_t: diag/spherical)
   std::vector<double> log_const;  // [K]
 
   Plan(const SimdKernels<T>& simd_, CovType cov, const at::Tensor& log_weights, const at::Tensor& means,
@@ -96,6 +101,13 @@ struct Plan {
         K(tab.K), D(tab.D), ldt(tab.ld) {
     const double* lc = tab.log_const.template data_ptr<double>();
     log_const.assign(lc, lc + K);
+    ldk = padded(K, simd_.bytes);
+    nu_t = at::zeros({D, ldk}, means.options());
+    nu_t.narrow(1, 0, K).copy_(tab.nu.narrow(1, 0, D).t());
+    if (tab.p.defined()) {
+      p_t = at::zeros({D, ldk}, means.options());
+      p_t.narrow(1, 0, K).copy_(tab.p.narrow(1, 0, D).t());
+    }
   }
 
   static int64_t padded(int64_t d, int bytes) {
@@ -150,11 +162,12 @@ struct Scratch {
 // ---------------------------------------------------------------------------------------------
 // One tile (gmm_tile.cpp), instantiated for float and double.
 
-// Rows n0 .. n0 + rows of x (pointer xt, row stride ldx) as rows readable to ldt values with zeros
-// past D: xt itself when D is a multiple of the vector width, else a copy in s.xpad. Returns the
+// Rows n0 .. n0 + rows of x (row stride ldx, N rows) as rows readable to ldt values: x itself
+// where the last row's ldt values end inside x, else a zero-padded copy in s.xpad. Returns the
 // pointer and sets *ld to its row stride.
 template <typename T>
-const T* tile_rows(const Plan<T>& plan, const T* xt, int64_t ldx, int64_t rows, Scratch<T>& s, int64_t* ld);
+const T* tile_rows(const Plan<T>& plan, const T* x, int64_t ldx, int64_t N, int64_t n0, int64_t rows, Scratch<T>& s,
+                   int64_t* ld);
 
 // maha [rows, K] for the tile x_tile (xs: tile_rows' padded rows, row stride lds).
 template <typename T>

@@ -101,18 +101,18 @@ LGM_INLINE void flush(double* dst, VD v, int64_t n) {
 
 // ---------------------------------------------------------------------------------------------
 // 1. Squared distances for RB rows and KB components: out[k, r] = sum_d t^2 (component-major) with the whitened
-// residual t = x_rd p_kd - nu_kd (kScaled; common/gmm.h whitened_residual) or x_rd - nu_kd. Rows of
-// x and of the tables are dp values with zeros past D, which add nothing.
+// residual t = x_rd p_kd - nu_kd (kScaled; common/gmm.h whitened_residual) or x_rd - nu_kd. Rows of x
+// are read in whole vectors (up to D rounded up; the caller guarantees they are readable) and the
+// lanes past D masked to 0; table rows are zero past D.
 
 template <typename T, int RB, int KB, bool kScaled>
-LGM_INLINE void maha_block(const T* x, int64_t ldx, int64_t dp, const T* p, const T* nu, int64_t ldt, T* out,
-                           int64_t ldo) {
+LGM_INLINE void maha_block(const T* x, int64_t ldx, int64_t D, const T* p, const T* nu, int64_t ldt, T* out,
+                           int64_t ldo, Vec<T> tail_mask) {
   using V = Vec<T>;
+  using VM = typename VecOf<int64_t, kBytes>::type;  // lane masks as bits (any lane size)
   constexpr int64_t W = width<T>();
   V acc[RB][KB] = {};
-  for (int64_t d = 0; d < dp; d += W) {
-    V xv[RB];
-    for (int r = 0; r < RB; ++r) xv[r] = load<V>(x + r * ldx + d);
+  auto step = [&](const V (&xv)[RB], int64_t d) __attribute__((always_inline)) {
     for (int k = 0; k < KB; ++k) {
       V nv = load<V>(nu + k * ldt + d);
       pin(nv);
@@ -130,21 +130,40 @@ LGM_INLINE void maha_block(const T* x, int64_t ldx, int64_t dp, const T* p, cons
         }
       }
     }
+  };
+  int64_t d = 0;
+  for (; d + W <= D; d += W) {
+    V xv[RB];
+    for (int r = 0; r < RB; ++r) xv[r] = load<V>(x + r * ldx + d);
+    step(xv, d);
+  }
+  if (d < D) {  // the last partial vector: lanes past D are cleared bit by bit (they may hold anything)
+    V xv[RB];
+    for (int r = 0; r < RB; ++r) xv[r] = (V)((VM)load<V>(x + r * ldx + d) & (VM)tail_mask);
+    step(xv, d);
   }
   for (int k = 0; k < KB; ++k)
     for (int r = 0; r < RB; ++r) out[k * ldo + r] = hsum<T>(acc[r][k]);
 }
 
 template <typename T, int KB, bool kScaled>
-void maha_rows(const T* x, int64_t ldx, int64_t rows, int64_t dp, const T* p, const T* nu, int64_t ldt, T* out,
+void maha_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, T* out,
                int64_t ldo) {
+  using VM = typename VecOf<int64_t, kBytes>::type;
+  constexpr int64_t W = width<T>();
+  Vec<T> tail_mask;  // all-ones bits in the lanes below D % W
+  T ones;
+  std::memset(&ones, 0xFF, sizeof(T));
+  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
   int64_t n = 0;
-  for (; n + kRB <= rows; n += kRB) maha_block<T, kRB, KB, kScaled>(x + n * ldx, ldx, dp, p, nu, ldt, out + n, ldo);
-  for (; n < rows; ++n) maha_block<T, 1, KB, kScaled>(x + n * ldx, ldx, dp, p, nu, ldt, out + n, ldo);
+  for (; n + kRB <= rows; n += kRB)
+    maha_block<T, kRB, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask);
+  for (; n < rows; ++n) maha_block<T, 1, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask);
+  (void)sizeof(VM);
 }
 
 template <typename T, bool kScaled>
-void maha_blocks(const T* x, int64_t ldx, int64_t rows, int64_t dp, const T* p, const T* nu, int64_t ldt, int64_t K,
+void maha_blocks(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, int64_t K,
                  T* out, int64_t ldo) {
   // Blocks of at most kKB components, sizes as equal as possible.
   const int64_t blocks = (K + kKB - 1) / kKB;
@@ -154,23 +173,90 @@ void maha_blocks(const T* x, int64_t ldx, int64_t rows, int64_t dp, const T* p, 
     const T* nb = nu + k0 * ldt;
     T* ob = out + k0 * ldo;
     switch (kb) {
-      case 1: maha_rows<T, 1, kScaled>(x, ldx, rows, dp, pb, nb, ldt, ob, ldo); break;
-      case 2: maha_rows<T, 2, kScaled>(x, ldx, rows, dp, pb, nb, ldt, ob, ldo); break;
-      case 3: if constexpr (kKB >= 3) maha_rows<T, 3, kScaled>(x, ldx, rows, dp, pb, nb, ldt, ob, ldo); break;
-      case 4: if constexpr (kKB >= 4) maha_rows<T, 4, kScaled>(x, ldx, rows, dp, pb, nb, ldt, ob, ldo); break;
-      case 5: if constexpr (kKB >= 5) maha_rows<T, 5, kScaled>(x, ldx, rows, dp, pb, nb, ldt, ob, ldo); break;
+      case 1: maha_rows<T, 1, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 2: maha_rows<T, 2, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 3: if constexpr (kKB >= 3) maha_rows<T, 3, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 4: if constexpr (kKB >= 4) maha_rows<T, 4, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 5: if constexpr (kKB >= 5) maha_rows<T, 5, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
       default: break;
     }
   }
 }
 
+// Few features (D <= kSmallD): vectors run along components instead, so no horizontal sums.
+// Tables transposed, pT, nuT [D, ldk] (ldk = K rounded up to the width, zeros past K); RB rows and
+// KV vectors of components per block; x_rd broadcast.
+constexpr int64_t kSmallD = 64;
+constexpr int kRBK = kBytes == 64 ? 8 : 4;
+
+template <typename T, int RB, int KV, bool kScaled>
+LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT, const T* nuT, int64_t ldk, T* out,
+                                int64_t ldo, int64_t kcount) {
+  using V = Vec<T>;
+  constexpr int64_t W = width<T>();
+  V acc[RB][KV] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    V pv[KV], nv[KV];
+    for (int j = 0; j < KV; ++j) {
+      nv[j] = load<V>(nuT + d * ldk + j * W);
+      if constexpr (kScaled) pv[j] = load<V>(pT + d * ldk + j * W);
+    }
+    for (int r = 0; r < RB; ++r) {
+      const V xb = V{} + x[r * ldx + d];
+      for (int j = 0; j < KV; ++j) {
+        const V t = kScaled ? xb * pv[j] - nv[j] : xb - nv[j];
+        acc[r][j] += t * t;
+      }
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    for (int j = 0; j < KV; ++j) {
+      T lanes[W];
+      std::memcpy(lanes, &acc[r][j], sizeof(V));
+      for (int64_t l = 0; l < W && j * W + l < kcount; ++l) out[(j * W + l) * ldo + r] = lanes[l];
+    }
+  }
+}
+
+template <typename T, int KV, bool kScaled>
+void maha_kvec_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk, T* out,
+                    int64_t ldo, int64_t kcount) {
+  int64_t n = 0;
+  for (; n + kRBK <= rows; n += kRBK)
+    maha_kvec_block<T, kRBK, KV, kScaled>(x + n * ldx, ldx, D, pT, nuT, ldk, out + n, ldo, kcount);
+  for (; n < rows; ++n) maha_kvec_block<T, 1, KV, kScaled>(x + n * ldx, ldx, D, pT, nuT, ldk, out + n, ldo, kcount);
+}
+
+template <typename T, bool kScaled>
+void maha_kvec(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk, int64_t K,
+               T* out, int64_t ldo) {
+  constexpr int64_t W = width<T>();
+  for (int64_t k0 = 0; k0 < K; k0 += 2 * W) {
+    const int64_t kc = min_of<int64_t>(K - k0, 2 * W);
+    const T* pb = kScaled ? pT + k0 : nullptr;
+    if (kc > W) {
+      maha_kvec_rows<T, 2, kScaled>(x, ldx, rows, D, pb, nuT + k0, ldk, out + k0 * ldo, ldo, kc);
+    } else {
+      maha_kvec_rows<T, 1, kScaled>(x, ldx, rows, D, pb, nuT + k0, ldk, out + k0 * ldo, ldo, kc);
+    }
+  }
+}
+
 template <typename T>
-void maha(const T* x, int64_t ldx, int64_t rows, int64_t dp, const T* p, const T* nu, int64_t ldt, int64_t K, T* out,
-          int64_t ldo) {
+void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
+          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo) {
+  if (nuT && D <= kSmallD) {
+    if (pT) {
+      maha_kvec<T, true>(x, ldx, rows, D, pT, nuT, ldk, K, out, ldo);
+    } else {
+      maha_kvec<T, false>(x, ldx, rows, D, nullptr, nuT, ldk, K, out, ldo);
+    }
+    return;
+  }
   if (p) {
-    maha_blocks<T, true>(x, ldx, rows, dp, p, nu, ldt, K, out, ldo);
+    maha_blocks<T, true>(x, ldx, rows, D, p, nu, ldt, K, out, ldo);
   } else {
-    maha_blocks<T, false>(x, ldx, rows, dp, nullptr, nu, ldt, K, out, ldo);
+    maha_blocks<T, false>(x, ldx, rows, D, nullptr, nu, ldt, K, out, ldo);
   }
 }
 
@@ -350,17 +436,37 @@ void moments_sparse(const T* x, int64_t ldx, int64_t D, const int64_t* idx, cons
   }
 }
 
+// out[n] = ||x_n||^2 in float64 (spherical second moments).
+template <typename T>
+void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
+  for (int64_t n = 0; n < rows; ++n) {
+    const T* row = x + n * ldx;
+    VD a0 = {}, a1 = {};
+    int64_t d = 0;
+    for (; d + 2 * kWD <= D; d += 2 * kWD) {
+      const VD v0 = load_double(row + d), v1 = load_double(row + d + kWD);
+      a0 += v0 * v0;
+      a1 += v1 * v1;
+    }
+    double total = hsum<double>(a0 + a1);
+    for (; d < D; ++d) total += static_cast<double>(row[d]) * static_cast<double>(row[d]);
+    out[n] = total;
+  }
+}
+
 }  // namespace
 
 template <>
 const SimdKernels<float>& kernels<float>() {
-  static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &moments_dense<float>, &moments_sparse<float>};
+  static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &moments_dense<float>, &moments_sparse<float>,
+                                    &sq_norms<float>};
   return k;
 }
 
 template <>
 const SimdKernels<double>& kernels<double>() {
-  static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, &moments_dense<double>, &moments_sparse<double>};
+  static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, &moments_dense<double>, &moments_sparse<double>,
+                                     &sq_norms<double>};
   return k;
 }
 

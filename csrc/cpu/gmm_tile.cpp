@@ -11,8 +11,10 @@ namespace lgm {
 namespace gmm_cpu {
 
 template <typename T>
-const T* tile_rows(const Plan<T>& plan, const T* xt, int64_t ldx, int64_t rows, Scratch<T>& s, int64_t* ld) {
-  if (plan.ldt == plan.D) {
+const T* tile_rows(const Plan<T>& plan, const T* x, int64_t ldx, int64_t N, int64_t n0, int64_t rows, Scratch<T>& s,
+                   int64_t* ld) {
+  const T* xt = x + n0 * ldx;
+  if ((n0 + rows - 1) * ldx + plan.ldt <= (N - 1) * ldx + plan.D) {
     *ld = ldx;
     return xt;
   }
@@ -27,7 +29,9 @@ template <typename T>
 void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s) {
   T* maha = s.maha.template data_ptr<T>();  // [K, tile]
   const T* nu = plan.tab.nu.template data_ptr<T>();
-  const int64_t K = plan.K, D = plan.D, ldt = plan.ldt, ldm = plan.tile();
+  const int64_t K = plan.K, D = plan.D, ldt = plan.ldt, ldm = plan.tile(), ldk = plan.ldk;
+  const T* nu_t = plan.nu_t.template data_ptr<T>();
+  const T* p_t = plan.p_t.defined() ? plan.p_t.template data_ptr<T>() : nullptr;
   T* yp = plan.cov() == CovType::kTied || plan.cov() == CovType::kFull ? s.ypad.template data_ptr<T>() : nullptr;
   auto pad_y = [&](const at::Tensor& y) {  // y [rows, D] -> ypad [rows, ldt], zeros past D
     const T* src = y.template data_ptr<T>();
@@ -36,13 +40,13 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
   switch (plan.cov()) {
     case CovType::kDiag:
     case CovType::kSpherical:
-      plan.simd.maha(xs, lds, rows, ldt, plan.tab.p.template data_ptr<T>(), nu, ldt, K, maha, ldm);
+      plan.simd.maha(xs, lds, rows, D, plan.tab.p.template data_ptr<T>(), nu, ldt, p_t, nu_t, ldk, K, maha, ldm);
       break;
     case CovType::kTied: {
       at::Tensor y = s.y.narrow(0, 0, rows);
       at::mm_out(y, x_tile, plan.tab.prec);
       pad_y(y);
-      plan.simd.maha(yp, ldt, rows, ldt, nullptr, nu, ldt, K, maha, ldm);
+      plan.simd.maha(yp, ldt, rows, D, nullptr, nu, ldt, nullptr, nu_t, ldk, K, maha, ldm);
       break;
     }
     case CovType::kFull: {
@@ -50,7 +54,7 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
       for (int64_t k = 0; k < K; ++k) {
         at::mm_out(y, x_tile, plan.tab.prec[k]);
         pad_y(y);
-        plan.simd.maha(yp, ldt, rows, ldt, nullptr, nu + k * ldt, ldt, 1, maha + k * ldm, ldm);
+        plan.simd.maha(yp, ldt, rows, D, nullptr, nu + k * ldt, ldt, nullptr, nullptr, 0, 1, maha + k * ldm, ldm);
       }
       break;
     }
@@ -113,11 +117,7 @@ template <typename T>
 void tile_norm_moments(const Plan<T>& plan, const T* xt, int64_t ldx, int64_t rows, Scratch<T>& s, double* sxx) {
   const int64_t K = plan.K, D = plan.D, ld = plan.tile();
   double* norms = s.rowbuf.data();
-  for (int64_t n = 0; n < rows; ++n) {
-    double acc = 0.0;
-    for (int64_t d = 0; d < D; ++d) acc += static_cast<double>(xt[n * ldx + d]) * static_cast<double>(xt[n * ldx + d]);
-    norms[n] = acc;
-  }
+  plan.simd.sq_norms(xt, ldx, rows, D, norms);
   for (int64_t k = 0; k < K; ++k) {
     const double* rk = s.resp.data() + k * ld;
     double acc = 0.0;
@@ -196,7 +196,7 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
     const at::Tensor x_tile = x.narrow(0, n0, rows);
     const T* swt = sw ? sw + n0 : nullptr;
     int64_t lds = 0;
-    const T* xs = tile_rows(plan, xp + n0 * ldx, ldx, rows, s, &lds);
+    const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
     tile_maha(plan, x_tile, xs, lds, rows, s);
     *loglik += tile_responsibilities(plan, swt, rows, s, nk);
     tile_moments(plan, xs, lds, rows, s, sx, cov == CovType::kDiag ? sxx : nullptr);
@@ -206,7 +206,7 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
 }
 
 #define LGM_TILE_INSTANTIATE(T)                                                                                      \
-  template const T* tile_rows<T>(const Plan<T>&, const T*, int64_t, int64_t, Scratch<T>&, int64_t*);                \
+  template const T* tile_rows<T>(const Plan<T>&, const T*, int64_t, int64_t, int64_t, int64_t, Scratch<T>&, int64_t*); \
   template void tile_maha<T>(const Plan<T>&, const at::Tensor&, const T*, int64_t, int64_t, Scratch<T>&);            \
   template void chunk_stats<T>(const Plan<T>&, const at::Tensor&, const T*, int64_t, int64_t, Scratch<T>&, double*);
 LGM_TILE_INSTANTIATE(float)
