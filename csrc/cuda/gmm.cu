@@ -7,6 +7,7 @@
 //   3. the statistics are float64 GEMMs of the responsibilities with the chunk (cuBLAS via ATen),
 //      accumulated into float64 outputs; the block partials are summed by one block in a fixed
 //      order. No float atomics, no host synchronisation, everything on the current stream.
+// Diag/spherical with 64 <= K <= 1024 take a GEMM design instead (em_stats_cuda_gemm, below).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -161,6 +162,97 @@ at::Tensor rows_with_unit_stride(const at::Tensor& x) {
   return (x.stride(1) == 1 && x.stride(0) >= x.size(1)) ? x : x.contiguous();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Many components (diag/spherical, kGemmMinK <= K <= kGemmMaxK): the design for --large (N = 1e6,
+// D = 128, K = 1024). Compiled, never yet run on a GPU (tests/ops: test_cuda_many_components_*).
+//   1. joint [rows, K] = log_const - maha / 2 as ONE float64 GEMM of [x, x^2] with
+//      [p nu ; -p^2 / 2] (the expanded form, safe in float64), plus a constant per component;
+//   2. a warp per row reads its joint row once into registers and writes w * softmax once;
+//   3. [nk | sx | sxx] = R^T [1, x, x^2] as ONE float64 GEMM.
+
+constexpr int64_t kGemmMinK = 64;
+constexpr int kPerLane = 32;                       // K <= 32 * 32 values in registers
+constexpr int64_t kGemmMaxK = 32 * kPerLane;
+
+// Rows of joint [rows, K] -> w * softmax in place (common/gmm.h row_softmax semantics);
+// partial[block] = sum over the block's rows of w * lse.
+template <typename T>
+__global__ void softmax_warp_kernel(double* __restrict__ joint, int64_t rows, int64_t K,
+                                    const T* __restrict__ sample_weight, double* __restrict__ partial) {
+  __shared__ double shared[kThreads];
+  const int lane = threadIdx.x % 32;
+  const int64_t n = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  double loglik = 0.0;
+  if (n < rows) {  // uniform across the warp
+    double* row = joint + n * K;
+    double v[kPerLane];
+    double top = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int64_t k = lane + 32 * i;
+      v[i] = k < K ? row[k] : -INFINITY;
+      top = fmax(top, v[i]);
+    }
+    for (int o = 16; o > 0; o /= 2) top = fmax(top, __shfl_xor_sync(0xffffffffu, top, o));
+    double sum = 0.0;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      v[i] = top == -INFINITY ? 0.0 : exp_nonpositive(v[i] - top);
+      sum += v[i];
+    }
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const double w = sample_weight ? static_cast<double>(sample_weight[n]) : 1.0;
+    const double scale = w == 0.0 ? 0.0 : w / sum;
+    const bool no_finite = top == -INFINITY && w != 0.0;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int64_t k = lane + 32 * i;
+      if (k < K) row[k] = no_finite ? NAN : v[i] * scale;
+    }
+    if (lane == 0) loglik = weighted_loglik(top == -INFINITY ? top : top + log(sum), w);
+  }
+  const double total = block_sum(loglik, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda_gemm(const at::Tensor& x, const at::Tensor& sw,
+                                                                               const Params& prm) {
+  const int64_t N = x.size(0), K = prm.K, D = prm.D;
+  const int64_t C = std::min<int64_t>(chunk_rows(N, 2 * D + 1, K), int64_t{65535} * kWarps);
+  const auto f64 = x.options().dtype(at::kDouble);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  // maha = sum_d (x p - nu)^2 = sum_d x^2 p^2 - 2 x p nu + nu^2 (nu = mu p).
+  const at::Tensor p = prm.p.narrow(1, 0, D).to(at::kDouble), nu = prm.nu.narrow(1, 0, D).to(at::kDouble);
+  const at::Tensor weights = at::cat({p * nu, -0.5 * p.square()}, 1).t().contiguous();  // [2D, K]
+  const at::Tensor constant = (prm.log_const - 0.5 * nu.square().sum(1)).unsqueeze(0);  // [1, K]
+  at::Tensor moments = at::zeros({K, 1 + 2 * D}, f64);                                   // [nk | sx | sxx]
+  int64_t n_partials = 0;
+  for (int64_t n0 = 0; n0 < N; n0 += C) n_partials += blocks_for(std::min(C, N - n0), kWarps);
+  at::Tensor partial = at::zeros({std::max<int64_t>(1, n_partials)}, f64);
+  int64_t offset = 0;
+  for (int64_t n0 = 0; n0 < N; n0 += C) {
+    const int64_t rows = std::min(C, N - n0);
+    const at::Tensor xd = x.narrow(0, n0, rows).to(at::kDouble);
+    const at::Tensor lhs = at::cat({at::ones({rows, 1}, f64), xd, xd.square()}, 1);  // [rows, 1 + 2D]
+    at::Tensor joint = at::addmm(constant, lhs.narrow(1, 1, 2 * D), weights);      // 1.
+    const int blocks = blocks_for(rows, kWarps);
+    TORCH_INTERNAL_ASSERT(static_cast<int64_t>(blocks) * kWarps >= rows, "gmm_em_stats: chunk too large");
+    softmax_warp_kernel<T><<<blocks, kThreads, 0, stream>>>(joint.data_ptr<double>(), rows, K,  // 2.
+                                                           sw.defined() ? sw.data_ptr<T>() + n0 : nullptr,
+                                                           partial.data_ptr<double>() + offset);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    offset += blocks;
+    moments.addmm_(joint.t(), lhs);  // 3.
+  }
+  at::Tensor loglik = at::empty({}, f64);
+  sum_kernel<<<1, kThreads, 0, stream>>>(partial.data_ptr<double>(), n_partials, loglik.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor sxx = moments.narrow(1, 1 + D, D);
+  sxx = prm.cov == CovType::kSpherical ? sxx.sum(1) : sxx.contiguous();
+  return {moments.select(1, 0).contiguous(), moments.narrow(1, 1, D).contiguous(), sxx, loglik};
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const at::Tensor& x_in,
                                                                           const std::optional<at::Tensor>& sample_weight,
@@ -169,9 +261,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const a
   const int64_t N = x.size(0), K = prm.K, D = prm.D, C = chunk_rows(N, D, K);
   const auto f64 = x.options().dtype(at::kDouble);
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
+  if ((prm.cov == CovType::kDiag || prm.cov == CovType::kSpherical) && K >= kGemmMinK && K <= kGemmMaxK) {
+    return em_stats_cuda_gemm<T>(x, sw, prm);
+  }
   at::Tensor nk = at::zeros({K}, f64), sx = at::zeros({K, D}, f64);
   at::Tensor sxx = at::zeros(gmm_param_shape(prm.cov, K, D), f64);
-  const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
   // Block partials of the log-likelihood: every chunk writes its own slice.
   int64_t n_partials = 0;
   for (int64_t n0 = 0; n0 < N; n0 += C) n_partials += blocks_for(std::min(C, N - n0), kThreads);

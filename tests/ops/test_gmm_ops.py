@@ -373,11 +373,13 @@ def test_invalid_impl_raises():
 
 
 @requires_cuda
+@pytest.mark.parametrize("k", [5, 70])
 @pytest.mark.parametrize("cov", COVARIANCE_TYPES)
-def test_cuda_multi_chunk_matches_reference(cov, monkeypatch):
-    """LGM_GMM_CUDA_CHUNK_ROWS caps the chunk so that 1000 rows take 7 chunks."""
+def test_cuda_multi_chunk_matches_reference(cov, k, monkeypatch):
+    """LGM_GMM_CUDA_CHUNK_ROWS caps the chunk so that 1000 rows take 7 chunks (K = 70: the GEMM
+    design of diag/spherical)."""
     monkeypatch.setenv("LGM_GMM_CUDA_CHUNK_ROWS", "150")
-    log_weights, means, prec_chol = make_params(5, 9, cov, torch.float64, "cuda", seed=2)
+    log_weights, means, prec_chol = make_params(k, 9, cov, torch.float64, "cuda", seed=2)
     x = make_x(1000, means, seed=2)
     weight = torch.rand(1000, dtype=torch.float64, device="cuda")
     ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
@@ -389,7 +391,8 @@ def test_cuda_multi_chunk_matches_reference(cov, monkeypatch):
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_many_components_and_features(dtype):
-    """K >= 1024 and D >= 128 (the --large shape, fewer rows), with a row stride larger than D."""
+    """K >= 1024 and D >= 128 (the --large shape, fewer rows: the GEMM design), with a row stride
+    larger than D."""
     log_weights, means, prec_chol = make_params(1024, 128, "diag", dtype, "cuda", seed=3, spread=0.5)
     x = make_x(3000, means, seed=3)
     wide = torch.zeros(3000, 200, dtype=dtype, device="cuda")
