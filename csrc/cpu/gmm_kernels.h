@@ -3,20 +3,22 @@
 // tiles of rows.
 //
 // Each tile (cache-resident) goes through three steps:
-//   1. maha [rows, K]: squared Mahalanobis distances. diag/spherical: a register-blocked kernel
-//      computing sum_d (x_d p_kd - mu_kd p_kd)^2 (the centred form: no cancellation, 2 FMAs per
-//      term), summed in x's dtype over D; tied/full: y = x P by GEMM, then the same kernel on
-//      sum_d (y_d - (mu P)_d)^2.
-//   2. row-wise log-sum-exp and responsibilities, float64 [rows, K]: float32 x takes a vectorised
+//   1. maha [K, rows] (component-major, like every tile below): squared Mahalanobis distances.
+//      diag/spherical: a register-blocked kernel computing sum_d (x_d p_kd - mu_kd p_kd)^2 (the
+//      centred form: no cancellation, 2 FMAs per term), summed in x's dtype over D, with vectors
+//      along D (D > 64) or along components (D <= 64); tied/full: y = x P by GEMM, then the same
+//      kernel on sum_d (y_d - (mu P)_d)^2.
+//   2. row-wise log-sum-exp and responsibilities, float64 [K, rows]: float32 x takes a vectorised
 //      float32 exp of (joint - row max) (exactly 0 below e^-87), float64 x libm's exp (common/gmm.h).
 //   3. moments sum_n r_nk x_n (and x_n^2) by a register-blocked kernel, dense, or sparse over the
-//      rows whose responsibility is not 0: products and sums in float64. tied/full second moments
-//      by a GEMM in x's dtype over the tile, added in float64.
+//      rows whose responsibility is not 0: products and sums in float64 (spherical: r times the
+//      float64 ||x_n||^2). tied/full second moments by a GEMM in x's dtype over the tile, added
+//      in float64.
 // Tiles are grouped into chunks whose boundaries depend only on (N, D, K, covariance type, vector
 // width); each chunk owns a float64 accumulator and chunks are summed in order at the end, so the
 // result does not depend on the number of threads.
 //
-// The SIMD kernels of steps 1-3 exist once per instruction set (gmm_simd.h, compiled by
+// The SIMD kernels of steps 1-3 exist once per instruction set (gmm_simd.h, gmm_simd_em.h compiled by
 // gmm_simd_<isa>.cpp with that target) and are chosen at run time (gmm_isa.cpp): avx512, avx2 or
 // generic (16-byte vectors), or the one named by LGM_GMM_CPU_ISA.
 #include <ATen/ATen.h>
