@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -66,11 +67,41 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        match = re.search(rf"^{name}\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        return None
+    return match.group(1).strip() if match else None
+
+
+def cpu_model() -> str:
+    """The processor's name (``/proc/cpuinfo`` model name), else what ``platform`` knows."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def vector_isa() -> str:
+    """The widest x86 vector instruction set of this CPU: ``avx512f``, ``avx2`` (with FMA),
+    ``avx``, ``sse4_2``; else the machine name (``aarch64``). Results from different ISAs are
+    never one comparison."""
+    flags = set((_cpuinfo_field("flags") or "").split())
+    if "avx512f" in flags:
+        return "avx512f"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    for isa in ("avx", "sse4_2"):
+        if isa in flags:
+            return isa
+    return platform.machine()
+
+
 def machine_info(device: str) -> dict[str, Any]:
+    """Date, host, CPU model and vector ISA, threads and torch version (and the GPU, on CUDA)."""
     info = {
         "date": date.today().isoformat(),
         "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "isa": vector_isa(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
@@ -92,11 +123,12 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
 
 
-def write_json(path: Path | None, records: list[Record], device: str) -> None:
+def write_json(path: Path | None, records: list[Record], device: str, **machine_extra: Any) -> None:
+    """Write the records with ``machine_info`` (plus ``machine_extra``) in each."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    machine = machine_info(device)
+    machine = {**machine_info(device), **machine_extra}
     payload = [{**r.as_json(), "machine": machine} for r in records]
     path.write_text(json.dumps(payload, indent=1))
     print(f"wrote {len(records)} records to {path}")

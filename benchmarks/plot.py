@@ -88,7 +88,8 @@ def format_seconds(seconds: float, _pos: Any = None) -> str:
 def machine_line(records: Sequence[Record]) -> str:
     """Processor (GPU where there is one) and date(s) of the measurements."""
     machines = [r.get("machine") or {} for r in records]
-    hardware = unique([m.get("gpu") or m.get("cpu") for m in machines if m.get("gpu") or m.get("cpu")])
+    names = [m.get("gpu") or " ".join(str(m[k]) for k in ("cpu", "isa", "kernel_isa") if m.get(k)) for m in machines]
+    hardware = unique([name for name in names if name])
     dates = unique([m["date"] for m in machines if "date" in m])
     return ", ".join(str(x) for x in hardware + dates)
 

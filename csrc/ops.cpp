@@ -16,6 +16,9 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   m.def(
       "gmm_log_prob(Tensor x, Tensor log_weights, Tensor means, Tensor prec_chol, "
       "str covariance_type) -> Tensor");
+  // The instruction set of the CPU GMM kernels for a request ("auto", "avx512", "avx2", "generic";
+  // "" = the LGM_GMM_CPU_ISA environment variable): raises when this CPU cannot run it.
+  m.def("gmm_cpu_isa(str isa) -> str");
   // One fused DDPM/DDIM sampler step (diffusion/samplers.py): x [N, ...] and model_output float32,
   // timestep int64 [N] rows of the coefficient table coef [T, 6], noise from the Philox stream at
   // seed_offset = (seed, offset); clip_range 0 = no clipping. Returns x_{t'} [N, ...].

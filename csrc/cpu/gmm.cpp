@@ -1,94 +1,18 @@
-// CPU kernels of gmm_em_stats and gmm_log_prob: argument checks and per-component constants shared
-// with cuda/gmm.cu, the schedule of chunks of tiles, and registration. The per-tile work is in
-// gmm_tile.cpp and gmm_simd.cpp; gmm_kernels.h describes the algorithm.
+// CPU kernels of gmm_em_stats and gmm_log_prob: the schedule of chunks of tiles, and registration.
+// Checks and tables are shared with cuda/gmm.cu (common/gmm_host.h); the per-tile work is in
+// gmm_tile.cpp and gmm_simd.h; gmm_kernels.h describes the algorithm.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string_view>
 #include <vector>
 
-#include "common/gmm.h"
 #include "cpu/gmm_kernels.h"
 
 namespace lgm {
-
-// ---------------------------------------------------------------------------------------------
-// Argument checks and per-component constants: shared with cuda/gmm.cu.
-
-CovType parse_covariance_type(std::string_view covariance_type) {
-  if (covariance_type == "full") return CovType::kFull;
-  if (covariance_type == "tied") return CovType::kTied;
-  if (covariance_type == "diag") return CovType::kDiag;
-  if (covariance_type == "spherical") return CovType::kSpherical;
-  TORCH_CHECK_VALUE(false, "covariance_type must be one of 'full', 'tied', 'diag', 'spherical', got '",
-                    covariance_type, "'");
-  return CovType::kFull;  // unreachable
-}
-
-CovType gmm_check_inputs(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& sample_weight,
-                         const at::Tensor& log_weights, const at::Tensor& means, const at::Tensor& prec_chol,
-                         std::string_view covariance_type) {
-  const CovType cov = parse_covariance_type(covariance_type);
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-                   ": x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) >= 1, op, ": x must be [N, D] with D >= 1, got ", x.sizes());
-  TORCH_CHECK_VALUE(log_weights.dim() == 1 && log_weights.size(0) >= 1, op,
-                    ": log_weights must be [K] with K >= 1, got ", log_weights.sizes());
-  const int64_t n = x.size(0), d = x.size(1), k = log_weights.size(0);
-  TORCH_CHECK_VALUE(means.dim() == 2 && means.size(0) == k && means.size(1) == d, op, ": means must be [K, D] = [",
-                    k, ", ", d, "], got ", means.sizes());
-  std::vector<int64_t> expected;
-  switch (cov) {
-    case CovType::kFull: expected = {k, d, d}; break;
-    case CovType::kTied: expected = {d, d}; break;
-    case CovType::kDiag: expected = {k, d}; break;
-    case CovType::kSpherical: expected = {k}; break;
-  }
-  TORCH_CHECK_VALUE(prec_chol.sizes() == at::IntArrayRef(expected), op, ": prec_chol must be ", at::IntArrayRef(expected),
-                    " for covariance_type='", covariance_type, "', got ", prec_chol.sizes());
-  const std::pair<const char*, const at::Tensor*> params[] = {
-      {"log_weights", &log_weights}, {"means", &means}, {"prec_chol", &prec_chol}};
-  for (const auto& [name, t] : params) {
-    TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of x (",
-                     x.scalar_type(), "), got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->device() == x.device(), op, ": ", name, " must be on the device of x (", x.device(),
-                      "), got ", t->device());
-  }
-  if (sample_weight.has_value()) {
-    const at::Tensor& w = *sample_weight;
-    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == n, op, ": sample_weight must be [N] = [", n, "], got ", w.sizes());
-    TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": sample_weight must have the dtype of x (",
-                     x.scalar_type(), "), got ", w.scalar_type());
-    TORCH_CHECK_VALUE(w.device() == x.device(), op, ": sample_weight must be on the device of x (", x.device(),
-                      "), got ", w.device());
-  }
-  return cov;
-}
-
-// log det P_k = sum_d log (P_k)_dd as float64 [K], on the device of prec_chol.
-at::Tensor gmm_log_det(const at::Tensor& prec_chol, CovType cov, int64_t n_components, int64_t n_features) {
-  const at::Tensor p = prec_chol.to(at::kDouble);
-  switch (cov) {
-    case CovType::kFull: return at::diagonal(p, 0, -2, -1).log().sum(-1);
-    case CovType::kTied: return at::diagonal(p).log().sum().expand({n_components}).contiguous();
-    case CovType::kDiag: return p.log().sum(-1);
-    case CovType::kSpherical: return p.log() * static_cast<double>(n_features);
-  }
-  return {};
-}
-
-// Size of the second-moment statistic sxx for a covariance type.
-std::vector<int64_t> gmm_sxx_shape(CovType cov, int64_t k, int64_t d) {
-  switch (cov) {
-    case CovType::kFull: return {k, d, d};
-    case CovType::kTied: return {d, d};
-    case CovType::kDiag: return {k, d};
-    case CovType::kSpherical: return {k};
-  }
-  return {};
-}
 
 namespace {
 
@@ -99,6 +23,13 @@ using gmm_cpu::chunk_stats;
 using gmm_cpu::Plan;
 using gmm_cpu::Scratch;
 using gmm_cpu::tile_maha;
+using gmm_cpu::tile_rows;
+
+// The kernels of the instruction set for this call (LGM_GMM_CPU_ISA, else the host's widest).
+template <typename T>
+const gmm_cpu::SimdKernels<T>& call_kernels() {
+  return gmm_cpu::simd_kernels<T>(gmm_cpu::resolve_isa(""));
+}
 
 constexpr int64_t kMaxChunks = 16;  // fixed-order partial sums (a multiple of common thread counts)
 constexpr int64_t kChunkBudget = int64_t{256} << 20;  // bytes of float64 chunk accumulators
@@ -115,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
                                                                          const at::Tensor& means,
                                                                          const at::Tensor& prec_chol, CovType cov) {
   const at::Tensor x = rows_with_unit_stride(x_in);
-  const Plan<T> plan(cov, log_weights, means, prec_chol);
+  const Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
   const int64_t N = x.size(0), K = plan.K, D = plan.D, tile = plan.tile();
   const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
   const T* swp = sw.defined() ? sw.template data_ptr<T>() : nullptr;
@@ -144,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
   at::Tensor nk = total.narrow(0, 0, K).clone();
   at::Tensor sx = total.narrow(0, K, K * D).view({K, D}).clone();
   at::Tensor sxx = total.narrow(0, K + K * D, plan.sxx_size());
-  sxx = cov == CovType::kSpherical ? sxx.view({K, D}).sum(1) : sxx.view(gmm_sxx_shape(cov, K, D)).clone();
+  sxx = sxx.view(gmm_param_shape(cov, K, D)).clone();
   at::Tensor loglik = total.narrow(0, size - 1, 1).squeeze(0).clone();
   return {nk, sx, sxx, loglik};
 }
@@ -153,19 +84,23 @@ template <typename T>
 at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, const at::Tensor& means,
                         const at::Tensor& prec_chol, CovType cov) {
   const at::Tensor x = rows_with_unit_stride(x_in);
-  const Plan<T> plan(cov, log_weights, means, prec_chol);
+  const Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
   const int64_t N = x.size(0), K = plan.K, tile = plan.tile(), ldx = x.stride(0);
   at::Tensor out = at::empty({N, K}, x.options());
   T* op = out.data_ptr<T>();
   const T* xp = x.template data_ptr<T>();
   at::parallel_for(0, (N + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
     Scratch<T> s(plan, x.options());
-    const T* maha = s.maha.template data_ptr<T>();
+    const T* maha = s.maha.template data_ptr<T>();  // [K, tile]
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * tile, rows = std::min(tile, N - n0);
-      tile_maha(plan, x.narrow(0, n0, rows), xp + n0 * ldx, ldx, rows, N - n0, s);
-      for (int64_t i = 0; i < rows * K; ++i) {
-        op[n0 * K + i] = static_cast<T>(joint_log_prob(plan.log_const[i % K], maha[i]));
+      int64_t lds = 0;
+      const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
+      tile_maha(plan, x.narrow(0, n0, rows), xs, lds, rows, s);
+      for (int64_t n = 0; n < rows; ++n) {
+        for (int64_t k = 0; k < K; ++k) {
+          op[(n0 + n) * K + k] = static_cast<T>(joint_log_prob(plan.log_const[k], maha[k * tile + n]));
+        }
       }
     }
   });

@@ -2,118 +2,131 @@
 // Internal to the CPU kernels of gmm_em_stats and gmm_log_prob (cpu/gmm*.cpp): one pass over x in
 // tiles of rows.
 //
-// Each tile (kTile rows, cache-resident) goes through three steps:
-//   1. maha [rows, K]: squared Mahalanobis distances. diag/spherical: a register-blocked kernel
-//      computing sum_d (x_d p_kd - mu_kd p_kd)^2 (the centred form: no cancellation, 2 FMAs per
-//      term); tied/full: y = x P by GEMM, then the same kernel on sum_d (y_d - (mu P)_d)^2.
-//   2. row-wise log-sum-exp and responsibilities in double precision (common/gmm.h).
+// Each tile (cache-resident) goes through three steps:
+//   1. maha [K, rows] (component-major, like every tile below): squared Mahalanobis distances.
+//      diag/spherical: a register-blocked kernel computing sum_d (x_d p_kd - mu_kd p_kd)^2 (the
+//      centred form: no cancellation, 2 FMAs per term), summed in x's dtype over D, with vectors
+//      along D (D > 64) or along components (D <= 64); tied/full: y = x P by GEMM, then the same
+//      kernel on sum_d (y_d - (mu P)_d)^2.
+//   2. row-wise log-sum-exp and responsibilities, float64 [K, rows]: float32 x takes a vectorised
+//      float32 exp of (joint - row max) (exactly 0 below e^-87), float64 x libm's exp (common/gmm.h).
 //   3. moments sum_n r_nk x_n (and x_n^2) by a register-blocked kernel, dense, or sparse over the
-//      rows whose responsibility is not exactly 0; tied/full second moments by GEMM.
-// Tiles are grouped into chunks whose boundaries depend only on (N, D, K, covariance type); each
-// chunk owns a float64 accumulator and chunks are summed in order at the end, so the result does
-// not depend on the number of threads. Within a tile, products are formed in x's dtype over at
-// most kTile rows and then added into the float64 accumulators.
+//      rows whose responsibility is not 0: products and sums in float64 (spherical: r times the
+//      float64 ||x_n||^2). tied/full second moments by a GEMM in x's dtype over the tile, added
+//      in float64.
+// Tiles are grouped into chunks whose boundaries depend only on (N, D, K, covariance type, vector
+// width); each chunk owns a float64 accumulator and chunks are summed in order at the end, so the
+// result does not depend on the number of threads.
 //
-// gmm.cpp: the ops (checks, chunk schedule, registration); gmm_tile.cpp: the three steps of a tile;
-// gmm_simd.cpp: the register-blocked SIMD kernels of steps 1 and 3.
+// The SIMD kernels of steps 1-3 exist once per instruction set (gmm_simd.h, gmm_simd_em.h compiled by
+// gmm_simd_<isa>.cpp with that target) and are chosen at run time (gmm_isa.cpp): avx512, avx2 or
+// generic (16-byte vectors), or the one named by LGM_GMM_CPU_ISA.
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <string>
 #include <vector>
 
-#include "common/gmm.h"
+#include "common/gmm_host.h"
 
 namespace lgm {
-
-// Defined in gmm.cpp, shared with cuda/gmm.cu.
-at::Tensor gmm_log_det(const at::Tensor& prec_chol, CovType cov, int64_t n_components, int64_t n_features);
-std::vector<int64_t> gmm_sxx_shape(CovType cov, int64_t k, int64_t d);
-
 namespace gmm_cpu {
+
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+// The SIMD kernels of one instruction set, for x of dtype T. Rows of x are read in whole vectors,
+// D rounded up to the vector width (what lies past D is masked or never used): the caller copies
+// a tile whose last row could not be read that far (gmm_tile.cpp tile_rows).
+template <typename T>
+struct SimdKernels {
+  int bytes;  // vector width in bytes: 64, 32 or 16
+  // 1. out[k, r] = sum_d (x_rd p_kd - nu_kd)^2, or (x_rd - nu_kd)^2 when p is null; tables [K, ldt],
+  // and transposed pT, nuT [D, ldk] (null: not used) that small D reads instead.
+  // Tiles of maha and resp are component-major: [K, ld] with ld = the tile's row count.
+  void (*maha)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
+               const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo);
+  // 2. (float32 only, else null) resp [K, ld] = w_n softmax_k(log_const_k - maha_kn / 2), nk += sum_n resp;
+  // returns sum_n w_n lse_n. work: float [K, ld]; rowbuf: double [3, ld].
+  double (*softmax)(const T* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const T* sw,
+                    float* work, double* rowbuf, double* resp, double* nk);
+  // 3. sx[k, d] += sum_n r_kn x_nd and, when sxx is not null, sxx[k, d] += sum_n r_kn x_nd^2 (float64);
+  // r [K, ldr].
+  void (*moments_dense)(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* r, int64_t ldr, int64_t K,
+                        double* sx, double* sxx);
+  // 3. the same for one component over the m rows idx with responsibilities val.
+  void (*moments_sparse)(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const double* val, int64_t m,
+                         double* sx, double* sxx);
+  // out[n] = ||x_n||^2 in float64, for spherical second moments.
+  void (*sq_norms)(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out);
+};
+
+namespace generic {
+template <typename T>
+const SimdKernels<T>& kernels();
+}
+#if defined(__x86_64__) || defined(__i386__)
+namespace avx2 {
+template <typename T>
+const SimdKernels<T>& kernels();
+}
+namespace avx512 {
+template <typename T>
+const SimdKernels<T>& kernels();
+}
+#endif
+
+// gmm_isa.cpp: the instruction set of a request ("auto", "avx512", "avx2", "generic"; "" reads
+// LGM_GMM_CPU_ISA, default auto); raises when the host cannot run the one asked for.
+Isa resolve_isa(const std::string& request);
+const char* isa_name(Isa isa);
+template <typename T>
+const SimdKernels<T>& simd_kernels(Isa isa);
+
+// ---------------------------------------------------------------------------------------------
+// Per-call plan: the shared tables (common/gmm_host.h) padded to the vector width.
 
 constexpr int64_t kTile = 128;      // rows per tile: x tile + tables stay in L2
 constexpr int64_t kFullTile = 512;  // full: larger tiles amortise the float64 D x D adds
 
-// 64-byte SIMD vectors (GCC/Clang vector extension): AVX-512 registers with -march=native,
-// pairs of AVX2 registers otherwise.
-template <typename T>
-struct Simd;
-template <>
-struct Simd<float> {
-  typedef float V __attribute__((vector_size(64)));
-  static constexpr int kWidth = 16;
-};
-template <>
-struct Simd<double> {
-  typedef double V __attribute__((vector_size(64)));
-  static constexpr int kWidth = 8;
-};
-
-template <typename T>
-using Vec = typename Simd<T>::V;
-
-// ---------------------------------------------------------------------------------------------
-// SIMD kernels (gmm_simd.cpp), instantiated for float and double.
-
-// 1. Squared distances out [rows, ldo]: out[r, k] = sum_d (x_rd p_kd - nu_kd)^2 (kScaled) or
-// (x_rd - nu_kd)^2, columns 0..K-1 for table rows 0..K-1. Tables p, nu are [*, ldt] with ldt >= D
-// a multiple of the vector width and zeros past D. Rows of x up to `readable` may be prefetched.
-template <typename T, bool kScaled>
-void maha_tile(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, int64_t K,
-               T* out, int64_t ldo, int64_t readable);
-
-// 3. Moments: sx[k, d] += sum_n r[n, k] x[n, d] and (kSquares) sxx[k, d] += sum_n r[n, k] x[n, d]^2.
-// Dense: all rows, responsibilities r [rows, K].
-template <typename T, bool kSquares>
-void moments_dense(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t K, double* sx, double* sxx);
-
-// Sparse: one component, the m rows idx with weights val (its non-zero responsibilities).
-template <typename T, bool kSquares>
-void moments_sparse(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const T* val, int64_t m, double* sx,
-                    double* sxx);
-
-// ---------------------------------------------------------------------------------------------
-// Per-call plan: tables for the distance kernel, sizes of the accumulator layout.
-
 template <typename T>
 struct Plan {
-  CovType cov;
-  int64_t K, D, ldt;
-  at::Tensor p_tab;   // [K, ldt] diag/spherical: p_kd (spherical: p_k repeated)
-  at::Tensor nu_tab;  // [K, ldt] diag/spherical: mu_kd p_kd; tied/full: (mu_k P_k)_d
-  at::Tensor prec;    // tied [D, D], full [K, D, D]: P in x's dtype, contiguous
+  const SimdKernels<T>& simd;
+  GmmTables tab;
+  int64_t K, D, ldt, ldk;
+  at::Tensor p_t, nu_t;           // [D, ldk]: p and nu transposed, zeros past K (p_t: diag/spherical)
   std::vector<double> log_const;  // [K]
 
-  Plan(CovType cov_, const at::Tensor& log_weights, const at::Tensor& means, const at::Tensor& prec_chol)
-      : cov(cov_), K(means.size(0)), D(means.size(1)) {
-    constexpr int W = Simd<T>::kWidth;
-    ldt = (D + W - 1) / W * W;
-    const at::Tensor log_det = gmm_log_det(prec_chol, cov, K, D).contiguous();
-    const at::Tensor lw = log_weights.to(at::kDouble).contiguous();
-    for (int64_t k = 0; k < K; ++k) {
-      log_const.push_back(gaussian_log_const(lw.data_ptr<double>()[k], log_det.data_ptr<double>()[k], D));
+  Plan(const SimdKernels<T>& simd_, CovType cov, const at::Tensor& log_weights, const at::Tensor& means,
+       const at::Tensor& prec_chol)
+      : simd(simd_),
+        tab(gmm_tables(cov, log_weights, means, prec_chol, padded(means.size(1), simd_.bytes))),
+        K(tab.K), D(tab.D), ldt(tab.ld) {
+    const double* lc = tab.log_const.template data_ptr<double>();
+    log_const.assign(lc, lc + K);
+    ldk = padded(K, simd_.bytes);
+    nu_t = at::zeros({D, ldk}, means.options());
+    nu_t.narrow(1, 0, K).copy_(tab.nu.narrow(1, 0, D).t());
+    if (tab.p.defined()) {
+      p_t = at::zeros({D, ldk}, means.options());
+      p_t.narrow(1, 0, K).copy_(tab.p.narrow(1, 0, D).t());
     }
-    const auto opts = means.options();
-    p_tab = at::zeros({K, ldt}, opts);
-    nu_tab = at::zeros({K, ldt}, opts);
-    at::Tensor p, nu;
-    switch (cov) {
-      case CovType::kDiag: p = prec_chol; nu = means * prec_chol; break;
-      case CovType::kSpherical: p = prec_chol.unsqueeze(1).expand({K, D}); nu = means * p; break;
-      case CovType::kTied: prec = prec_chol.contiguous(); nu = at::mm(means, prec); break;
-      case CovType::kFull: prec = prec_chol.contiguous(); nu = at::bmm(means.unsqueeze(1), prec).squeeze(1); break;
-    }
-    if (p.defined()) p_tab.narrow(1, 0, D).copy_(p);
-    nu_tab.narrow(1, 0, D).copy_(nu);
   }
 
-  int64_t tile() const { return cov == CovType::kFull ? kFullTile : kTile; }
-  // Accumulator layout: nk [K] | sx [K, D] | sxx (diag form [K, D] for spherical) | loglik.
+  static int64_t padded(int64_t d, int bytes) {
+    const int64_t w = bytes / static_cast<int64_t>(sizeof(T));
+    return (d + w - 1) / w * w;
+  }
+  CovType cov() const { return tab.cov; }
+  int64_t tile() const { return tab.cov == CovType::kFull ? kFullTile : kTile; }
+  // Accumulator layout: nk [K] | sx [K, D] | sxx (gmm_param_shape) | loglik.
   int64_t sxx_size() const {
-    switch (cov) {
+    switch (tab.cov) {
       case CovType::kFull: return K * D * D;
       case CovType::kTied: return D * D;
-      default: return K * D;
+      case CovType::kDiag: return K * D;
+      case CovType::kSpherical: return K;
     }
+    return 0;
   }
   int64_t stats_size() const { return K + K * D + sxx_size() + 1; }
 };
@@ -121,23 +134,28 @@ struct Plan {
 // Scratch owned by one thread.
 template <typename T>
 struct Scratch {
-  at::Tensor maha, resp, y, xr, xg, s;  // [tile, K] x2, [tile, D] x3, [D, D]
-  std::vector<double> joint, rd;
+  at::Tensor maha, xpad, ypad, y, xr, xg, s;  // [K, tile], [tile, ldt] x2, [tile, D] x3, [D, D]
+  std::vector<double> resp, joint, rd, rowbuf;  // [K, tile], [K] x2, [3, tile]
+  std::vector<float> work;                      // [K, tile]
   std::vector<int64_t> idx;
-  std::vector<T> val;
+  std::vector<double> val;
 
   Scratch(const Plan<T>& plan, const at::TensorOptions& opts) {
     const int64_t t = plan.tile();
-    maha = at::empty({t, plan.K}, opts);
-    resp = at::empty({t, plan.K}, opts);
-    if (plan.cov == CovType::kTied || plan.cov == CovType::kFull) {
+    maha = at::empty({plan.K, t}, opts);
+    xpad = at::zeros({t, plan.ldt}, opts);
+    if (plan.cov() == CovType::kTied || plan.cov() == CovType::kFull) {
+      ypad = at::zeros({t, plan.ldt}, opts);
       y = at::empty({t, plan.D}, opts);
       xr = at::empty({t, plan.D}, opts);
       xg = at::empty({t, plan.D}, opts);
       s = at::empty({plan.D, plan.D}, opts);
     }
+    resp.resize(t * plan.K);
     joint.resize(plan.K);
     rd.resize(plan.K);
+    rowbuf.resize(3 * t);
+    work.resize(t * plan.K);
     idx.resize(t);
     val.resize(t);
   }
@@ -146,11 +164,16 @@ struct Scratch {
 // ---------------------------------------------------------------------------------------------
 // One tile (gmm_tile.cpp), instantiated for float and double.
 
-// maha [rows, K] for the tile x_tile = rows n0 .. n0 + rows of x (pointer xt, row stride ldx);
-// `readable` rows of x start at xt (for prefetching past the tile).
+// Rows n0 .. n0 + rows of x (row stride ldx, N rows) as rows readable to ldt values: x itself
+// where the last row's ldt values end inside x, else a zero-padded copy in s.xpad. Returns the
+// pointer and sets *ld to its row stride.
 template <typename T>
-void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xt, int64_t ldx, int64_t rows, int64_t readable,
-               Scratch<T>& s);
+const T* tile_rows(const Plan<T>& plan, const T* x, int64_t ldx, int64_t N, int64_t n0, int64_t rows, Scratch<T>& s,
+                   int64_t* ld);
+
+// maha [rows, K] for the tile x_tile (xs: tile_rows' padded rows, row stride lds).
+template <typename T>
+void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s);
 
 // One chunk of tiles [t0, t1) accumulated into acc (layout of Plan::stats_size).
 template <typename T>

@@ -1,5 +1,8 @@
-// The three steps of one tile of the CPU GMM E-step (gmm_kernels.h), and a chunk of tiles.
+// The three steps of one tile of the CPU GMM E-step (gmm_kernels.h), and a chunk of tiles. The
+// vector work goes through plan.simd, the kernels of the instruction set chosen for the call.
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/gmm_kernels.h"
@@ -7,28 +10,51 @@
 namespace lgm {
 namespace gmm_cpu {
 
+template <typename T>
+const T* tile_rows(const Plan<T>& plan, const T* x, int64_t ldx, int64_t N, int64_t n0, int64_t rows, Scratch<T>& s,
+                   int64_t* ld) {
+  const T* xt = x + n0 * ldx;
+  if ((n0 + rows - 1) * ldx + plan.ldt <= (N - 1) * ldx + plan.D) {
+    *ld = ldx;
+    return xt;
+  }
+  T* xp = s.xpad.template data_ptr<T>();  // zeros past D since allocation
+  for (int64_t n = 0; n < rows; ++n) std::memcpy(xp + n * plan.ldt, xt + n * ldx, plan.D * sizeof(T));
+  *ld = plan.ldt;
+  return xp;
+}
+
 // 1. Squared distances of a tile: the SIMD kernel, after a GEMM y = x P for tied/full.
 template <typename T>
-void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xt, int64_t ldx, int64_t rows, int64_t readable,
-               Scratch<T>& s) {
-  T* maha = s.maha.template data_ptr<T>();
-  const T* p = plan.p_tab.template data_ptr<T>();
-  const T* nu = plan.nu_tab.template data_ptr<T>();
-  const int64_t K = plan.K, D = plan.D, ldt = plan.ldt;
-  switch (plan.cov) {
+void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s) {
+  T* maha = s.maha.template data_ptr<T>();  // [K, tile]
+  const T* nu = plan.tab.nu.template data_ptr<T>();
+  const int64_t K = plan.K, D = plan.D, ldt = plan.ldt, ldm = plan.tile(), ldk = plan.ldk;
+  const T* nu_t = plan.nu_t.template data_ptr<T>();
+  const T* p_t = plan.p_t.defined() ? plan.p_t.template data_ptr<T>() : nullptr;
+  T* yp = plan.cov() == CovType::kTied || plan.cov() == CovType::kFull ? s.ypad.template data_ptr<T>() : nullptr;
+  auto pad_y = [&](const at::Tensor& y) {  // y [rows, D] -> ypad [rows, ldt], zeros past D
+    const T* src = y.template data_ptr<T>();
+    for (int64_t n = 0; n < rows; ++n) std::memcpy(yp + n * ldt, src + n * D, D * sizeof(T));
+  };
+  switch (plan.cov()) {
     case CovType::kDiag:
-    case CovType::kSpherical: maha_tile<T, true>(xt, ldx, rows, D, p, nu, ldt, K, maha, K, readable); break;
+    case CovType::kSpherical:
+      plan.simd.maha(xs, lds, rows, D, plan.tab.p.template data_ptr<T>(), nu, ldt, p_t, nu_t, ldk, K, maha, ldm);
+      break;
     case CovType::kTied: {
       at::Tensor y = s.y.narrow(0, 0, rows);
-      at::mm_out(y, x_tile, plan.prec);
-      maha_tile<T, false>(y.template data_ptr<T>(), D, rows, D, nullptr, nu, ldt, K, maha, K, rows);
+      at::mm_out(y, x_tile, plan.tab.prec);
+      pad_y(y);
+      plan.simd.maha(yp, ldt, rows, D, nullptr, nu, ldt, nullptr, nu_t, ldk, K, maha, ldm);
       break;
     }
     case CovType::kFull: {
       at::Tensor y = s.y.narrow(0, 0, rows);
       for (int64_t k = 0; k < K; ++k) {
-        at::mm_out(y, x_tile, plan.prec[k]);
-        maha_tile<T, false>(y.template data_ptr<T>(), D, rows, D, nullptr, nu + k * ldt, ldt, 1, maha + k, K, rows);
+        at::mm_out(y, x_tile, plan.tab.prec[k]);
+        pad_y(y);
+        plan.simd.maha(yp, ldt, rows, D, nullptr, nu + k * ldt, ldt, nullptr, nullptr, 0, 1, maha + k * ldm, ldm);
       }
       break;
     }
@@ -37,47 +63,66 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xt, int64
 
 namespace {
 
-// 2. Joint log-probabilities -> log-sum-exp, responsibilities resp [rows, K] (x's dtype, times the
-// sample weight), nk += sum of responsibilities. Returns the tile's weighted log-likelihood.
+// 2. Joint log-probabilities -> log-sum-exp, responsibilities s.resp [K, tile] (float64, times the
+// sample weight), nk += their sums. Returns the tile's weighted log-likelihood.
 template <typename T>
 double tile_responsibilities(const Plan<T>& plan, const T* sw, int64_t rows, Scratch<T>& s, double* nk) {
-  const int64_t K = plan.K;
+  const int64_t K = plan.K, ld = plan.tile();
   const T* maha = s.maha.template data_ptr<T>();
-  T* resp = s.resp.template data_ptr<T>();
-  double loglik = 0.0;
+  if constexpr (std::is_same_v<T, float>) {
+    return plan.simd.softmax(maha, rows, K, ld, plan.log_const.data(), sw, s.work.data(), s.rowbuf.data(),
+                             s.resp.data(), nk);
+  }
+  double loglik = 0.0;  // float64 x: libm's exp, as the CUDA kernel
   for (int64_t n = 0; n < rows; ++n) {
-    for (int64_t k = 0; k < K; ++k) s.joint[k] = joint_log_prob(plan.log_const[k], maha[n * K + k]);
+    for (int64_t k = 0; k < K; ++k) s.joint[k] = joint_log_prob(plan.log_const[k], maha[k * ld + n]);
     const double w = sw ? static_cast<double>(sw[n]) : 1.0;
     loglik += weighted_loglik(row_softmax(s.joint.data(), K, w, s.rd.data()), w);
     for (int64_t k = 0; k < K; ++k) {
+      s.resp[k * ld + n] = s.rd[k];
       nk[k] += s.rd[k];
-      resp[n * K + k] = static_cast<T>(s.rd[k]);
     }
   }
   return loglik;
 }
 
-// 3. sx (and diag-form sxx for diag/spherical) from the tile's responsibilities.
-template <typename T, bool kSquares>
-void tile_moments(const Plan<T>& plan, const T* xt, int64_t ldx, int64_t rows, Scratch<T>& s, double* sx,
+// 3. sx (and diag sxx when sxx is not null) from the tile's responsibilities.
+template <typename T>
+void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s, double* sx,
                   double* sxx) {
-  const int64_t K = plan.K, D = plan.D;
-  const T* resp = s.resp.template data_ptr<T>();
+  const int64_t K = plan.K, D = plan.D, ld = plan.tile();
+  const double* resp = s.resp.data();
   int64_t nnz = 0;
-  for (int64_t i = 0; i < rows * K; ++i) nnz += resp[i] != T(0);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < rows; ++n) nnz += resp[k * ld + n] != 0.0;
   if (2 * nnz >= rows * K) {  // dense enough: register-blocked over components
-    moments_dense<T, kSquares>(xt, ldx, rows, D, resp, K, sx, sxx);
+    plan.simd.moments_dense(xs, lds, rows, D, resp, ld, K, sx, sxx);
     return;
   }
   for (int64_t k = 0; k < K; ++k) {  // sparse: per component, its rows with r != 0 (exact)
+    const double* rk = resp + k * ld;
     int64_t m = 0;
     for (int64_t n = 0; n < rows; ++n) {
-      if (resp[n * K + k] != T(0)) {
+      if (rk[n] != 0.0) {
         s.idx[m] = n;
-        s.val[m++] = resp[n * K + k];
+        s.val[m++] = rk[n];
       }
     }
-    if (m > 0) moments_sparse<T, kSquares>(xt, ldx, D, s.idx.data(), s.val.data(), m, sx + k * D, kSquares ? sxx + k * D : nullptr);
+    if (m > 0) plan.simd.moments_sparse(xs, lds, D, s.idx.data(), s.val.data(), m, sx + k * D, sxx ? sxx + k * D : nullptr);
+  }
+}
+
+// spherical: sxx[k] += sum_n r_kn ||x_n||^2, squared norms in float64.
+template <typename T>
+void tile_norm_moments(const Plan<T>& plan, const T* xt, int64_t ldx, int64_t rows, Scratch<T>& s, double* sxx) {
+  const int64_t K = plan.K, D = plan.D, ld = plan.tile();
+  double* norms = s.rowbuf.data();
+  plan.simd.sq_norms(xt, ldx, rows, D, norms);
+  for (int64_t k = 0; k < K; ++k) {
+    const double* rk = s.resp.data() + k * ld;
+    double acc = 0.0;
+    for (int64_t n = 0; n < rows; ++n) acc += rk[n] * norms[n];
+    sxx[k] += acc;
   }
 }
 
@@ -92,14 +137,15 @@ inline void add_to(double* dst, const at::Tensor& src) {
   }
 }
 
-// Second moments by GEMM. tied: sum_n w_n x_n x_n^T; full: per k, sum over rows with r != 0.
+// Second moments by GEMM over the tile in x's dtype, added in float64. tied: sum_n w_n x_n x_n^T;
+// full: per k, over the rows with r != 0.
 template <typename T>
 void tile_second_moments(const Plan<T>& plan, const at::Tensor& x_tile, const T* sw, int64_t rows, Scratch<T>& s,
                          double* sxx) {
   const int64_t K = plan.K, D = plan.D;
   const T* xt = x_tile.template data_ptr<T>();
   const int64_t ldx = x_tile.stride(0);
-  if (plan.cov == CovType::kTied) {
+  if (plan.cov() == CovType::kTied) {
     at::Tensor lhs = x_tile;
     if (sw) {
       lhs = s.xr.narrow(0, 0, rows);
@@ -111,13 +157,14 @@ void tile_second_moments(const Plan<T>& plan, const at::Tensor& x_tile, const T*
     add_to(sxx, s.s);
     return;
   }
-  const T* resp = s.resp.template data_ptr<T>();
+  const double* resp = s.resp.data();
+  const int64_t ld = plan.tile();
   T* xr = s.xr.template data_ptr<T>();
   T* xg = s.xg.template data_ptr<T>();
   for (int64_t k = 0; k < K; ++k) {
     int64_t m = 0;
     for (int64_t n = 0; n < rows; ++n) {
-      const T r = resp[n * K + k];
+      const T r = static_cast<T>(resp[k * ld + n]);
       if (r == T(0)) continue;
       for (int64_t d = 0; d < D; ++d) {
         xg[m * D + d] = xt[n * ldx + d];
@@ -143,30 +190,28 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
   double* sxx = sx + K * D;
   double* loglik = sxx + plan.sxx_size();
   const T* xp = x.template data_ptr<T>();
+  const CovType cov = plan.cov();
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n0 = t * tile, rows = std::min(tile, N - n0);
-    const T* xt = xp + n0 * ldx;
     const at::Tensor x_tile = x.narrow(0, n0, rows);
     const T* swt = sw ? sw + n0 : nullptr;
-    tile_maha(plan, x_tile, xt, ldx, rows, N - n0, s);
+    int64_t lds = 0;
+    const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
+    tile_maha(plan, x_tile, xs, lds, rows, s);
     *loglik += tile_responsibilities(plan, swt, rows, s, nk);
-    if (plan.cov == CovType::kDiag || plan.cov == CovType::kSpherical) {
-      tile_moments<T, true>(plan, xt, ldx, rows, s, sx, sxx);
-    } else {
-      tile_moments<T, false>(plan, xt, ldx, rows, s, sx, nullptr);
-      tile_second_moments(plan, x_tile, swt, rows, s, sxx);
-    }
+    tile_moments(plan, xs, lds, rows, s, sx, cov == CovType::kDiag ? sxx : nullptr);
+    if (cov == CovType::kSpherical) tile_norm_moments(plan, xp + n0 * ldx, ldx, rows, s, sxx);
+    if (cov == CovType::kTied || cov == CovType::kFull) tile_second_moments(plan, x_tile, swt, rows, s, sxx);
   }
 }
 
-template void tile_maha<float>(const Plan<float>&, const at::Tensor&, const float*, int64_t, int64_t, int64_t,
-                               Scratch<float>&);
-template void tile_maha<double>(const Plan<double>&, const at::Tensor&, const double*, int64_t, int64_t, int64_t,
-                                Scratch<double>&);
-template void chunk_stats<float>(const Plan<float>&, const at::Tensor&, const float*, int64_t, int64_t,
-                                 Scratch<float>&, double*);
-template void chunk_stats<double>(const Plan<double>&, const at::Tensor&, const double*, int64_t, int64_t,
-                                  Scratch<double>&, double*);
+#define LGM_TILE_INSTANTIATE(T)                                                                                      \
+  template const T* tile_rows<T>(const Plan<T>&, const T*, int64_t, int64_t, int64_t, int64_t, Scratch<T>&, int64_t*); \
+  template void tile_maha<T>(const Plan<T>&, const at::Tensor&, const T*, int64_t, int64_t, Scratch<T>&);            \
+  template void chunk_stats<T>(const Plan<T>&, const at::Tensor&, const T*, int64_t, int64_t, Scratch<T>&, double*);
+LGM_TILE_INSTANTIATE(float)
+LGM_TILE_INSTANTIATE(double)
+#undef LGM_TILE_INSTANTIATE
 
 }  // namespace gmm_cpu
 }  // namespace lgm

@@ -7,26 +7,22 @@
 //   3. the statistics are float64 GEMMs of the responsibilities with the chunk (cuBLAS via ATen),
 //      accumulated into float64 outputs; the block partials are summed by one block in a fixed
 //      order. No float atomics, no host synchronisation, everything on the current stream.
+// Diag/spherical with 64 <= K <= 1024 take a GEMM design instead (em_stats_cuda_gemm, below).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <string_view>
 #include <vector>
 
 #include "common/gmm.h"
+#include "common/gmm_host.h"
 
 namespace lgm {
-
-// Defined in cpu/gmm.cpp.
-CovType gmm_check_inputs(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& sample_weight,
-                         const at::Tensor& log_weights, const at::Tensor& means, const at::Tensor& prec_chol,
-                         std::string_view covariance_type);
-at::Tensor gmm_log_det(const at::Tensor& prec_chol, CovType cov, int64_t n_components, int64_t n_features);
-std::vector<int64_t> gmm_sxx_shape(CovType cov, int64_t k, int64_t d);
 
 namespace {
 
@@ -69,8 +65,7 @@ __device__ double block_sum(double value, double* shared) {
 // One thread per row: resp[n, :] = sample weight * softmax_k(joint log-probabilities) (float64);
 // partial[block] = sum over the block's rows of weight * log-sum-exp.
 template <typename T>
-__global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, int64_t D,
-                               const double* __restrict__ log_weights, const double* __restrict__ log_det,
+__global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, const double* __restrict__ log_const,
                                const T* __restrict__ sample_weight, double* __restrict__ resp,
                                double* __restrict__ partial) {
   __shared__ double shared[kThreads];
@@ -79,7 +74,7 @@ __global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t
   if (n < rows) {
     double* row = resp + n * K;
     for (int64_t k = 0; k < K; ++k) {
-      row[k] = joint_log_prob(gaussian_log_const(log_weights[k], log_det[k], D), static_cast<double>(maha[n * K + k]));
+      row[k] = joint_log_prob(log_const[k], static_cast<double>(maha[n * K + k]));
     }
     const double w = sample_weight ? static_cast<double>(sample_weight[n]) : 1.0;
     loglik = weighted_loglik(row_softmax(row, K, w, row), w);
@@ -90,13 +85,12 @@ __global__ void softmax_kernel(const T* __restrict__ maha, int64_t rows, int64_t
 
 // out[n, k] = log w_k + log N(x_n | k) in x's dtype.
 template <typename T>
-__global__ void joint_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, int64_t D,
-                             const double* __restrict__ log_weights, const double* __restrict__ log_det,
+__global__ void joint_kernel(const T* __restrict__ maha, int64_t rows, int64_t K, const double* __restrict__ log_const,
                              T* __restrict__ out) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * K;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t k = i % K;
-    out[i] = static_cast<T>(joint_log_prob(gaussian_log_const(log_weights[k], log_det[k], D), static_cast<double>(maha[i])));
+    out[i] = static_cast<T>(joint_log_prob(log_const[k], static_cast<double>(maha[i])));
   }
 }
 
@@ -120,32 +114,9 @@ at::Tensor exact_mm(const at::Tensor& a, const at::Tensor& b) {
   return at::mm(a.to(at::kDouble), b.to(at::kDouble)).to(a.scalar_type());
 }
 
-// Parameters prepared once per call, in x's dtype: tables p [K, D] (diag/spherical) and
-// nu = mu P [K, D]; prec for tied [D, D] / full [K, D, D]; log w and log det in float64.
-struct Params {
-  CovType cov;
-  int64_t K, D;
-  at::Tensor p, nu, prec, log_weights, log_det;
-
-  Params(CovType cov_, const at::Tensor& log_weights_, const at::Tensor& means, const at::Tensor& prec_chol)
-      : cov(cov_), K(means.size(0)), D(means.size(1)) {
-    switch (cov) {
-      case CovType::kDiag: p = prec_chol.contiguous(); break;
-      case CovType::kSpherical: p = prec_chol.unsqueeze(1).expand({K, D}).contiguous(); break;
-      case CovType::kTied: prec = prec_chol.contiguous(); break;
-      case CovType::kFull: prec = prec_chol.contiguous(); break;
-    }
-    if (p.defined()) {
-      nu = (means * p).contiguous();
-    } else if (cov == CovType::kTied) {
-      nu = exact_mm(means, prec);
-    } else {
-      nu = at::bmm(means.unsqueeze(1).to(at::kDouble), prec.to(at::kDouble)).squeeze(1).to(means.scalar_type()).contiguous();
-    }
-    log_weights = log_weights_.to(at::kDouble).contiguous();
-    log_det = gmm_log_det(prec_chol, cov, K, D).contiguous();
-  }
-};
+// Parameters prepared once per call by the host function the CPU kernels also use
+// (common/gmm_host.h): p, nu [K, D] (ld = D), prec, log_const; nu of tied/full formed in float64.
+using Params = GmmTables;
 
 // maha [rows, K] of the chunk xc (rows with unit stride along D).
 template <typename T>
@@ -177,12 +148,109 @@ at::Tensor chunk_maha(const Params& prm, const at::Tensor& xc) {
 
 // Rows per chunk: the chunk's float64 copy [rows, D] and responsibilities [rows, K] within
 // kChunkBytes (maha [rows, K] and y [rows, D] are no larger), one softmax thread per row in one grid.
+// LGM_GMM_CUDA_CHUNK_ROWS caps it (tests use it to run the multi-chunk path on small inputs).
 int64_t chunk_rows(int64_t N, int64_t D, int64_t K) {
-  return std::max<int64_t>(1, std::min({N, kChunkBytes / ((D + K) * 8), int64_t{65535} * kThreads}));
+  int64_t rows = std::min({N, kChunkBytes / ((D + K) * 8), int64_t{65535} * kThreads});
+  if (const char* cap = std::getenv("LGM_GMM_CUDA_CHUNK_ROWS")) {
+    const long long value = std::atoll(cap);
+    if (value > 0) rows = std::min<int64_t>(rows, value);
+  }
+  return std::max<int64_t>(1, rows);
 }
 
 at::Tensor rows_with_unit_stride(const at::Tensor& x) {
   return (x.stride(1) == 1 && x.stride(0) >= x.size(1)) ? x : x.contiguous();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many components (diag/spherical, kGemmMinK <= K <= kGemmMaxK): the design for --large (N = 1e6,
+// D = 128, K = 1024). Compiled, never yet run on a GPU (tests/ops: test_cuda_many_components_*).
+//   1. joint [rows, K] = log_const - maha / 2 as ONE float64 GEMM of [x, x^2] with
+//      [p nu ; -p^2 / 2] (the expanded form, safe in float64), plus a constant per component;
+//   2. a warp per row reads its joint row once into registers and writes w * softmax once;
+//   3. [nk | sx | sxx] = R^T [1, x, x^2] as ONE float64 GEMM.
+
+constexpr int64_t kGemmMinK = 64;
+constexpr int kPerLane = 32;                       // K <= 32 * 32 values in registers
+constexpr int64_t kGemmMaxK = 32 * kPerLane;
+
+// Rows of joint [rows, K] -> w * softmax in place (common/gmm.h row_softmax semantics);
+// partial[block] = sum over the block's rows of w * lse.
+template <typename T>
+__global__ void softmax_warp_kernel(double* __restrict__ joint, int64_t rows, int64_t K,
+                                    const T* __restrict__ sample_weight, double* __restrict__ partial) {
+  __shared__ double shared[kThreads];
+  const int lane = threadIdx.x % 32;
+  const int64_t n = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  double loglik = 0.0;
+  if (n < rows) {  // uniform across the warp
+    double* row = joint + n * K;
+    double v[kPerLane];
+    double top = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int64_t k = lane + 32 * i;
+      v[i] = k < K ? row[k] : -INFINITY;
+      top = fmax(top, v[i]);
+    }
+    for (int o = 16; o > 0; o /= 2) top = fmax(top, __shfl_xor_sync(0xffffffffu, top, o));
+    double sum = 0.0;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      v[i] = top == -INFINITY ? 0.0 : exp_nonpositive(v[i] - top);
+      sum += v[i];
+    }
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const double w = sample_weight ? static_cast<double>(sample_weight[n]) : 1.0;
+    const double scale = w == 0.0 ? 0.0 : w / sum;
+    const bool no_finite = top == -INFINITY && w != 0.0;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int64_t k = lane + 32 * i;
+      if (k < K) row[k] = no_finite ? NAN : v[i] * scale;
+    }
+    if (lane == 0) loglik = weighted_loglik(top == -INFINITY ? top : top + log(sum), w);
+  }
+  const double total = block_sum(loglik, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda_gemm(const at::Tensor& x, const at::Tensor& sw,
+                                                                               const Params& prm) {
+  const int64_t N = x.size(0), K = prm.K, D = prm.D;
+  const int64_t C = std::min<int64_t>(chunk_rows(N, 2 * D + 1, K), int64_t{65535} * kWarps);
+  const auto f64 = x.options().dtype(at::kDouble);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  // maha = sum_d (x p - nu)^2 = sum_d x^2 p^2 - 2 x p nu + nu^2 (nu = mu p).
+  const at::Tensor p = prm.p.narrow(1, 0, D).to(at::kDouble), nu = prm.nu.narrow(1, 0, D).to(at::kDouble);
+  const at::Tensor weights = at::cat({p * nu, -0.5 * p.square()}, 1).t().contiguous();  // [2D, K]
+  const at::Tensor constant = (prm.log_const - 0.5 * nu.square().sum(1)).unsqueeze(0);  // [1, K]
+  at::Tensor moments = at::zeros({K, 1 + 2 * D}, f64);                                   // [nk | sx | sxx]
+  int64_t n_partials = 0;
+  for (int64_t n0 = 0; n0 < N; n0 += C) n_partials += blocks_for(std::min(C, N - n0), kWarps);
+  at::Tensor partial = at::zeros({std::max<int64_t>(1, n_partials)}, f64);
+  int64_t offset = 0;
+  for (int64_t n0 = 0; n0 < N; n0 += C) {
+    const int64_t rows = std::min(C, N - n0);
+    const at::Tensor xd = x.narrow(0, n0, rows).to(at::kDouble);
+    const at::Tensor lhs = at::cat({at::ones({rows, 1}, f64), xd, xd.square()}, 1);  // [rows, 1 + 2D]
+    at::Tensor joint = at::addmm(constant, lhs.narrow(1, 1, 2 * D), weights);      // 1.
+    const int blocks = blocks_for(rows, kWarps);
+    TORCH_INTERNAL_ASSERT(static_cast<int64_t>(blocks) * kWarps >= rows, "gmm_em_stats: chunk too large");
+    softmax_warp_kernel<T><<<blocks, kThreads, 0, stream>>>(joint.data_ptr<double>(), rows, K,  // 2.
+                                                           sw.defined() ? sw.data_ptr<T>() + n0 : nullptr,
+                                                           partial.data_ptr<double>() + offset);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    offset += blocks;
+    moments.addmm_(joint.t(), lhs);  // 3.
+  }
+  at::Tensor loglik = at::empty({}, f64);
+  sum_kernel<<<1, kThreads, 0, stream>>>(partial.data_ptr<double>(), n_partials, loglik.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor sxx = moments.narrow(1, 1 + D, D);
+  sxx = prm.cov == CovType::kSpherical ? sxx.sum(1) : sxx.contiguous();
+  return {moments.select(1, 0).contiguous(), moments.narrow(1, 1, D).contiguous(), sxx, loglik};
 }
 
 template <typename T>
@@ -193,9 +261,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const a
   const int64_t N = x.size(0), K = prm.K, D = prm.D, C = chunk_rows(N, D, K);
   const auto f64 = x.options().dtype(at::kDouble);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor nk = at::zeros({K}, f64), sx = at::zeros({K, D}, f64);
-  at::Tensor sxx = at::zeros(gmm_sxx_shape(prm.cov, K, D), f64);
   const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
+  if ((prm.cov == CovType::kDiag || prm.cov == CovType::kSpherical) && K >= kGemmMinK && K <= kGemmMaxK) {
+    return em_stats_cuda_gemm<T>(x, sw, prm);
+  }
+  at::Tensor nk = at::zeros({K}, f64), sx = at::zeros({K, D}, f64);
+  at::Tensor sxx = at::zeros(gmm_param_shape(prm.cov, K, D), f64);
   // Block partials of the log-likelihood: every chunk writes its own slice.
   int64_t n_partials = 0;
   for (int64_t n0 = 0; n0 < N; n0 += C) n_partials += blocks_for(std::min(C, N - n0), kThreads);
@@ -209,8 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda(const a
     const int blocks = blocks_for(rows, kThreads);
     TORCH_INTERNAL_ASSERT(static_cast<int64_t>(blocks) * kThreads >= rows, "gmm_em_stats: chunk too large");
     softmax_kernel<T><<<blocks, kThreads, 0, stream>>>(
-        maha.data_ptr<T>(), rows, K, D, prm.log_weights.data_ptr<double>(), prm.log_det.data_ptr<double>(),
-        sw.defined() ? sw.data_ptr<T>() + n0 : nullptr, resp.data_ptr<double>(), partial.data_ptr<double>() + offset);
+        maha.data_ptr<T>(), rows, K, prm.log_const.data_ptr<double>(), sw.defined() ? sw.data_ptr<T>() + n0 : nullptr, resp.data_ptr<double>(), partial.data_ptr<double>() + offset);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     offset += blocks;
     // Statistics as float64 GEMMs (PRML eqs. 9.24-9.27 before normalisation).
@@ -242,8 +312,7 @@ at::Tensor log_prob_cuda(const at::Tensor& x_in, const Params& prm) {
     const int64_t rows = std::min(C, N - n0);
     const at::Tensor maha = chunk_maha<T>(prm, x.narrow(0, n0, rows));
     joint_kernel<T><<<blocks_for(rows * K, kThreads), kThreads, 0, stream>>>(
-        maha.data_ptr<T>(), rows, K, D, prm.log_weights.data_ptr<double>(), prm.log_det.data_ptr<double>(),
-        out.data_ptr<T>() + n0 * K);
+        maha.data_ptr<T>(), rows, K, prm.log_const.data_ptr<double>(), out.data_ptr<T>() + n0 * K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return out;
@@ -259,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_em_stats_cuda(
   TORCH_CHECK_VALUE(x.is_cuda(), "gmm_em_stats: x must be on a CUDA device, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_em_stats_cuda", [&] {
-    return em_stats_cuda<scalar_t>(x, sample_weight, Params(cov, log_weights, means, prec_chol));
+    return em_stats_cuda<scalar_t>(x, sample_weight, gmm_tables(cov, log_weights, means, prec_chol, means.size(1)));
   });
 }
 
@@ -270,7 +339,7 @@ at::Tensor gmm_log_prob_cuda(const at::Tensor& x, const at::Tensor& log_weights,
   TORCH_CHECK_VALUE(x.is_cuda(), "gmm_log_prob: x must be on a CUDA device, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_cuda", [&] {
-    return log_prob_cuda<scalar_t>(x, Params(cov, log_weights, means, prec_chol));
+    return log_prob_cuda<scalar_t>(x, gmm_tables(cov, log_weights, means, prec_chol, means.size(1)));
   });
 }
 

@@ -24,6 +24,10 @@ and never hold more than a tile of the N × K responsibility matrix.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -31,7 +35,7 @@ from torch import Tensor
 # The layouts, the statistics' type and their moments formula are the GMM's own (gmm/em.py).
 from ..gmm.em import COVARIANCE_TYPES, CovarianceType, GMMStats, moments
 from ..gmm.em import covariance_shape as prec_chol_shape
-from .build import Impl, register_on_load, use_ext
+from .build import Impl, load_library, register_on_load, use_ext
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -231,3 +235,51 @@ def _register_fake() -> None:
 
 
 register_on_load(_register_fake)
+
+
+# --- CPU instruction set of the kernels ----------------------------------------------------
+
+CpuIsa = Literal["auto", "avx512", "avx2", "generic"]
+CPU_ISAS: tuple[str, ...] = ("avx512", "avx2", "generic")
+CPU_ISA_ENV = "LGM_GMM_CPU_ISA"
+
+
+def gmm_cpu_isa(isa: CpuIsa | None = None) -> str:
+    """The instruction set the CPU kernels take for ``isa`` (None: ``$LGM_GMM_CPU_ISA``, else
+    ``auto``, the widest this CPU runs): ``"avx512"``, ``"avx2"`` or ``"generic"`` (16-byte vectors).
+
+    Raises:
+        ValueError: for an unknown name, or one this CPU cannot run.
+        ExtensionBuildError: when the extension does not build.
+    """
+    load_library()
+    return torch.ops.lightning_genmodels.gmm_cpu_isa("" if isa is None else isa)
+
+
+def available_cpu_isas() -> list[str]:
+    """Every instruction set of the CPU kernels that this CPU runs, widest first."""
+    out = []
+    for isa in CPU_ISAS:
+        try:
+            out.append(gmm_cpu_isa(isa))
+        except ValueError:
+            pass
+    return out
+
+
+@contextmanager
+def force_cpu_isa(isa: CpuIsa) -> Iterator[str]:
+    """Run the CPU kernels on ``isa`` inside the block (sets ``$LGM_GMM_CPU_ISA``; not thread-safe).
+
+    Raises ValueError at entry when this CPU cannot run ``isa``: never a silent fallback.
+    """
+    resolved = gmm_cpu_isa(isa)
+    old = os.environ.get(CPU_ISA_ENV)
+    os.environ[CPU_ISA_ENV] = isa
+    try:
+        yield resolved
+    finally:
+        if old is None:
+            os.environ.pop(CPU_ISA_ENV, None)
+        else:
+            os.environ[CPU_ISA_ENV] = old

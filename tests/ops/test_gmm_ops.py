@@ -1,6 +1,8 @@
 """gmm_em_stats / gmm_log_prob: the kernels against the reference, scikit-learn, and bad inputs."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +12,18 @@ from hypothesis import strategies as st
 from lightning_genmodels.ops import load_library
 from lightning_genmodels.ops.gmm import (
     COVARIANCE_TYPES,
+    CPU_ISA_ENV,
+    CPU_ISAS,
     GMMStats,
     _gmm_em_stats_ref,
     _gmm_log_prob_ref,
+    available_cpu_isas,
+    force_cpu_isa,
+    gmm_cpu_isa,
     gmm_em_stats,
     gmm_log_prob,
 )
-from tests.utils import DEVICES
+from tests.utils import DEVICES, requires_cuda
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -63,7 +70,9 @@ def make_x(n: int, means: torch.Tensor, seed: int, layout: str = "contiguous") -
 
 def sample_inputs(device: str, dtype: torch.dtype):
     """Argument tuples (x, sample_weight, log_weights, means, prec_chol, covariance_type)."""
-    shapes = [(1, 1, 1), (7, 3, 2), (130, 5, 3), (300, 17, 10), (517, 33, 6)]
+    # D <= 64 takes the component-vectorised distances, D = 70 the feature-vectorised ones (a
+    # masked last vector, and the last tile copied); K = 13 spans blocks of the AVX-512 kernels.
+    shapes = [(1, 1, 1), (7, 3, 2), (130, 5, 3), (300, 17, 10), (517, 33, 6), (259, 70, 13)]
     for covariance_type in COVARIANCE_TYPES:
         for i, (n, d, k) in enumerate(shapes):
             log_weights, means, prec_chol = make_params(k, d, covariance_type, dtype, device, seed=i)
@@ -115,6 +124,88 @@ def test_log_prob_ext_matches_reference(device, dtype):
         torch.testing.assert_close(ext, ref, **tol)
 
 
+# --- every CPU instruction set this machine runs ------------------------------------------
+
+
+def _require_isa(isa: str) -> None:
+    if isa not in available_cpu_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_every_cpu_isa_matches_reference(isa, dtype):
+    """Each SIMD path (gmm_simd_<isa>.cpp), forced, against the reference; forcing never falls back."""
+    _require_isa(isa)
+    with force_cpu_isa(isa) as used:
+        assert used == isa and gmm_cpu_isa() == isa
+        for x, weight, log_weights, means, prec_chol, cov in sample_inputs("cpu", dtype):
+            ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
+            assert_stats_close(ext, _gmm_em_stats_ref(x, weight, log_weights, means, prec_chol, cov), dtype)
+            log_prob = gmm_log_prob(x, log_weights, means, prec_chol, cov, impl="ext")
+            tol = {"rtol": 1e-10, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-3}
+            torch.testing.assert_close(log_prob, _gmm_log_prob_ref(x, log_weights, means, prec_chol, cov), **tol)
+
+
+def test_cpu_isa_paths_are_distinct_code():
+    """Forcing a path changes the code that runs: vector widths sum in different orders, so the
+    float32 distances of two paths differ in their last bits (and both match the reference above).
+    D > 64: the kernels that vectorise along D (for D <= 64 they run along components and sum in
+    the same order on every path)."""
+    isas = available_cpu_isas()
+    if len(isas) < 2:
+        pytest.skip("this CPU runs only one instruction set")
+    log_weights, means, prec_chol = make_params(6, 203, "diag", torch.float32, "cpu", seed=4)
+    x = make_x(512, means, seed=4)
+    outs = {}
+    for isa in isas:
+        with force_cpu_isa(isa):
+            outs[isa] = gmm_log_prob(x, log_weights, means, prec_chol, "diag", impl="ext")
+    for a in isas[1:]:
+        assert not torch.equal(outs[isas[0]], outs[a]), (isas[0], a)
+
+
+def test_unknown_or_unsupported_isa_raises():
+    with pytest.raises(ValueError, match="avx9"):
+        gmm_cpu_isa("avx9")
+    args = make_params(2, 3, "diag", torch.float32, "cpu")
+    x = torch.randn(5, 3)
+    old = os.environ.get(CPU_ISA_ENV)
+    os.environ[CPU_ISA_ENV] = "sse9"
+    try:
+        with pytest.raises(ValueError, match="sse9"):
+            gmm_em_stats(x, *args, "diag", impl="ext")
+    finally:
+        os.environ.pop(CPU_ISA_ENV) if old is None else os.environ.__setitem__(CPU_ISA_ENV, old)
+    for isa in set(CPU_ISAS) - set(available_cpu_isas()):
+        with pytest.raises(ValueError, match=isa):
+            gmm_cpu_isa(isa)
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_float64_accumulation_at_a_million_rows(cov):
+    """K = 1 makes the responsibility the row weight exactly, so the statistics are plain weighted
+    sums: float64 accumulation keeps them within 1e-9 of exact float64 sums at N = 1e6 (float32
+    partial sums over tiles do not); tied/full second moments (float32 GEMM per tile) within 1e-7."""
+    n, d = 1_000_000, 3
+    g = torch.Generator().manual_seed(11)
+    x = (5.0 + torch.randn(n, d, generator=g, dtype=torch.float64)).float()
+    weight = torch.rand(n, generator=g, dtype=torch.float64).float()
+    log_weights, means, prec_chol = make_params(1, d, cov, torch.float32, "cpu", seed=11)
+    stats = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
+    x64, w64 = x.double(), weight.double()
+    exact_sxx = {
+        "full": ((x64 * w64[:, None]).T @ x64)[None],
+        "tied": (x64 * w64[:, None]).T @ x64,
+        "diag": (w64[:, None] * x64.square()).sum(0, keepdim=True),
+        "spherical": (w64 * x64.square().sum(1)).sum(0, keepdim=True),
+    }[cov]
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731
+    assert rel(stats.nk, w64.sum(0, keepdim=True)) < 1e-9
+    assert rel(stats.sx, (w64[:, None] * x64).sum(0, keepdim=True)) < 1e-9
+    assert rel(stats.sxx, exact_sxx) < (1e-9 if cov in ("diag", "spherical") else 1e-7)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_zero_weight_rows_are_dropped(device):
     """A row of weight 0 (DDP padding) contributes nothing, whatever its values."""
@@ -162,7 +253,7 @@ def test_result_does_not_depend_on_thread_count():
 @settings(max_examples=100, deadline=None)
 @given(
     n=st.integers(0, 300),
-    d=st.integers(1, 40),
+    d=st.integers(1, 90),
     k=st.integers(1, 13),
     cov=st.sampled_from(COVARIANCE_TYPES),
     spread=st.sampled_from([0.0, 0.5, 5.0]),
@@ -276,3 +367,71 @@ def test_invalid_impl_raises():
     with pytest.raises(ValueError, match="impl"):
         gmm_log_prob(**OK_ARGS, impl="fast")
 
+
+
+# --- CUDA: the paths small CPU-sized tests would not reach (run once a GPU is there) -------
+
+
+@requires_cuda
+@pytest.mark.parametrize("k", [5, 70])
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_cuda_multi_chunk_matches_reference(cov, k, monkeypatch):
+    """LGM_GMM_CUDA_CHUNK_ROWS caps the chunk so that 1000 rows take 7 chunks (K = 70: the GEMM
+    design of diag/spherical)."""
+    monkeypatch.setenv("LGM_GMM_CUDA_CHUNK_ROWS", "150")
+    log_weights, means, prec_chol = make_params(k, 9, cov, torch.float64, "cuda", seed=2)
+    x = make_x(1000, means, seed=2)
+    weight = torch.rand(1000, dtype=torch.float64, device="cuda")
+    ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
+    assert_stats_close(ext, _gmm_em_stats_ref(x, weight, log_weights, means, prec_chol, cov), torch.float64)
+    log_prob = gmm_log_prob(x, log_weights, means, prec_chol, cov, impl="ext")
+    torch.testing.assert_close(log_prob, _gmm_log_prob_ref(x, log_weights, means, prec_chol, cov), rtol=1e-10, atol=1e-9)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_many_components_and_features(dtype):
+    """K >= 1024 and D >= 128 (the --large shape, fewer rows: the GEMM design), with a row stride
+    larger than D."""
+    log_weights, means, prec_chol = make_params(1024, 128, "diag", dtype, "cuda", seed=3, spread=0.5)
+    x = make_x(3000, means, seed=3)
+    wide = torch.zeros(3000, 200, dtype=dtype, device="cuda")
+    wide[:, :128] = x
+    strided = wide[:, :128]
+    assert strided.stride(0) == 200
+    ext = gmm_em_stats(strided, log_weights, means, prec_chol, "diag", impl="ext")
+    assert_stats_close(ext, _gmm_em_stats_ref(x, None, log_weights, means, prec_chol, "diag"), dtype)
+
+
+@requires_cuda
+def test_cuda_non_default_stream_and_determinism():
+    log_weights, means, prec_chol = make_params(12, 40, "full", torch.float32, "cuda", seed=6)
+    x = make_x(5000, means, seed=6)
+    first = gmm_em_stats(x, log_weights, means, prec_chol, "full", impl="ext")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        on_stream = gmm_em_stats(x, log_weights, means, prec_chol, "full", impl="ext")
+    torch.cuda.current_stream().wait_stream(stream)
+    for a, b in zip(first, on_stream):
+        assert torch.equal(a, b)  # run-to-run bitwise determinism, on any stream
+
+
+@requires_cuda
+def test_cuda_opcheck_and_compile():
+    load_library()
+    for args in sample_inputs("cuda", torch.float64):
+        x, weight, log_weights, means, prec_chol, cov = args
+        if x.shape[0] > 200:
+            continue
+        torch.library.opcheck(torch.ops.lightning_genmodels.gmm_em_stats.default, args)
+        torch.library.opcheck(torch.ops.lightning_genmodels.gmm_log_prob.default, (x, log_weights, means, prec_chol, cov))
+    log_weights, means, prec_chol = make_params(3, 4, "diag", torch.float32, "cuda")
+    x = make_x(64, means, seed=0)
+
+    def mean_loglik(x: torch.Tensor) -> torch.Tensor:
+        nk, sx, sxx, loglik = torch.ops.lightning_genmodels.gmm_em_stats(x, None, log_weights, means, prec_chol, "diag")
+        return loglik / nk.sum()
+
+    compiled = torch.compile(mean_loglik, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), mean_loglik(x))

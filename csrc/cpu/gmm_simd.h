@@ -1,0 +1,267 @@
+// Width-generic SIMD kernels of the CPU GMM E-step (gmm_kernels.h), on GCC/Clang vector extensions:
+// vector helpers and step 1 (distances) here, steps 2-3 in gmm_simd_em.h. Not normal headers:
+// gmm_simd_<isa>.cpp includes both once, after its system headers and its `#pragma GCC target`,
+// with LGM_SIMD_BYTES (vector width) and LGM_SIMD_NS (namespace) defined, so every function here
+// is compiled for that instruction set. Everything is in an
+// anonymous namespace (one copy per translation unit, never merged across targets by the linker)
+// except kernels<T>(), and nothing here calls a function compiled for another target.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define LGM_INLINE inline __attribute__((always_inline))
+
+namespace lgm {
+namespace gmm_cpu {
+namespace LGM_SIMD_NS {
+namespace {
+
+constexpr int kBytes = LGM_SIMD_BYTES;
+
+template <typename T, int B>
+struct VecOf {
+  typedef T type __attribute__((vector_size(B)));
+};
+template <typename T>
+using Vec = typename VecOf<T, kBytes>::type;
+using VF = Vec<float>;
+using VD = Vec<double>;
+using VI = Vec<int32_t>;
+using VH = typename VecOf<float, kBytes / 2>::type;  // floats that convert to one VD
+
+template <typename T>
+constexpr int64_t width() {
+  return kBytes / static_cast<int64_t>(sizeof(T));
+}
+constexpr int64_t kWD = width<double>();
+
+// Register blocking, sized to the register file: 32 registers with AVX-512, 16 otherwise.
+constexpr int kRB = 4;                       // rows per distance block
+constexpr int kKB = kBytes == 64 ? 5 : 2;    // components per distance block (RB x KB accumulators)
+constexpr int kMB = kBytes == 64 ? 12 : 6;   // components per dense-moment block (2 MB accumulators)
+
+template <typename V, typename T>
+LGM_INLINE V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+// One VD of float64 from x: WD values, converted from float32 when T is float.
+template <typename T>
+LGM_INLINE VD load_double(const T* p) {
+  if constexpr (sizeof(T) == 8) {
+    return load<VD>(p);
+  } else {
+    return __builtin_convertvector(load<VH>(p), VD);
+  }
+}
+
+// Keeps v in a register: stops the compiler from re-reading a table entry from memory for every
+// use (with AVX-512 it otherwise spends a load per FMA and becomes load-bound).
+template <typename V>
+LGM_INLINE void pin(V& v) {
+  if constexpr (kBytes == 64) __asm__("" : "+v"(v));
+}
+
+// Sum of a vector's lanes by halving (log2 of the width shuffles and adds).
+template <typename T, int B>
+LGM_INLINE T hsum_bytes(typename VecOf<T, B>::type v) {
+  if constexpr (B == 16) {
+    if constexpr (sizeof(T) == 8) {
+      return v[0] + v[1];
+    } else {
+      return (v[0] + v[2]) + (v[1] + v[3]);
+    }
+  } else {
+    typename VecOf<T, B / 2>::type lo, hi;
+    std::memcpy(&lo, &v, B / 2);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
+    return hsum_bytes<T, B / 2>(lo + hi);
+  }
+}
+template <typename T>
+LGM_INLINE T hsum(Vec<T> v) {
+  return hsum_bytes<T, kBytes>(v);
+}
+
+template <typename T>
+LGM_INLINE T min_of(T a, T b) {
+  return a < b ? a : b;
+}
+
+// dst[j] += v[j] for j < min(n, WD).
+LGM_INLINE void flush(double* dst, VD v, int64_t n) {
+  if (n >= kWD) {
+    VD d = load<VD>(dst) + v;
+    std::memcpy(dst, &d, sizeof(VD));
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] += v[j];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Squared distances for RB rows and KB components: out[k, r] = sum_d t^2 (component-major) with the whitened
+// residual t = x_rd p_kd - nu_kd (kScaled; common/gmm.h whitened_residual) or x_rd - nu_kd. Rows of x
+// are read in whole vectors (up to D rounded up; the caller guarantees they are readable) and the
+// lanes past D masked to 0; table rows are zero past D.
+
+template <typename T, int RB, int KB, bool kScaled>
+LGM_INLINE void maha_block(const T* x, int64_t ldx, int64_t D, const T* p, const T* nu, int64_t ldt, T* out,
+                           int64_t ldo, Vec<T> tail_mask) {
+  using V = Vec<T>;
+  using VM = typename VecOf<int64_t, kBytes>::type;  // lane masks as bits (any lane size)
+  constexpr int64_t W = width<T>();
+  V acc[RB][KB] = {};
+  auto step = [&](const V (&xv)[RB], int64_t d) __attribute__((always_inline)) {
+    for (int k = 0; k < KB; ++k) {
+      V nv = load<V>(nu + k * ldt + d);
+      pin(nv);
+      if constexpr (kScaled) {
+        V pv = load<V>(p + k * ldt + d);
+        pin(pv);
+        for (int r = 0; r < RB; ++r) {
+          const V t = xv[r] * pv - nv;
+          acc[r][k] += t * t;
+        }
+      } else {
+        for (int r = 0; r < RB; ++r) {
+          const V t = xv[r] - nv;
+          acc[r][k] += t * t;
+        }
+      }
+    }
+  };
+  int64_t d = 0;
+  for (; d + W <= D; d += W) {
+    V xv[RB];
+    for (int r = 0; r < RB; ++r) xv[r] = load<V>(x + r * ldx + d);
+    step(xv, d);
+  }
+  if (d < D) {  // the last partial vector: lanes past D are cleared bit by bit (they may hold anything)
+    V xv[RB];
+    for (int r = 0; r < RB; ++r) xv[r] = (V)((VM)load<V>(x + r * ldx + d) & (VM)tail_mask);
+    step(xv, d);
+  }
+  for (int k = 0; k < KB; ++k)
+    for (int r = 0; r < RB; ++r) out[k * ldo + r] = hsum<T>(acc[r][k]);
+}
+
+template <typename T, int KB, bool kScaled>
+void maha_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, T* out,
+               int64_t ldo) {
+  using VM = typename VecOf<int64_t, kBytes>::type;
+  constexpr int64_t W = width<T>();
+  Vec<T> tail_mask;  // all-ones bits in the lanes below D % W
+  T ones;
+  std::memset(&ones, 0xFF, sizeof(T));
+  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
+  int64_t n = 0;
+  for (; n + kRB <= rows; n += kRB)
+    maha_block<T, kRB, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask);
+  for (; n < rows; ++n) maha_block<T, 1, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask);
+  (void)sizeof(VM);
+}
+
+template <typename T, bool kScaled>
+void maha_blocks(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, int64_t K,
+                 T* out, int64_t ldo) {
+  // Blocks of at most kKB components, sizes as equal as possible.
+  const int64_t blocks = (K + kKB - 1) / kKB;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k0 = b * K / blocks, kb = (b + 1) * K / blocks - k0;
+    const T* pb = kScaled ? p + k0 * ldt : nullptr;
+    const T* nb = nu + k0 * ldt;
+    T* ob = out + k0 * ldo;
+    switch (kb) {
+      case 1: maha_rows<T, 1, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 2: maha_rows<T, 2, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 3: if constexpr (kKB >= 3) maha_rows<T, 3, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 4: if constexpr (kKB >= 4) maha_rows<T, 4, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 5: if constexpr (kKB >= 5) maha_rows<T, 5, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      default: break;
+    }
+  }
+}
+
+// Few features (D <= kSmallD): vectors run along components instead, so no horizontal sums.
+// Tables transposed, pT, nuT [D, ldk] (ldk = K rounded up to the width, zeros past K); RB rows and
+// KV vectors of components per block; x_rd broadcast.
+constexpr int64_t kSmallD = 64;
+constexpr int kRBK = kBytes == 64 ? 8 : 4;
+
+template <typename T, int RB, int KV, bool kScaled>
+LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT, const T* nuT, int64_t ldk, T* out,
+                                int64_t ldo, int64_t kcount) {
+  using V = Vec<T>;
+  constexpr int64_t W = width<T>();
+  V acc[RB][KV] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    V pv[KV], nv[KV];
+    for (int j = 0; j < KV; ++j) {
+      nv[j] = load<V>(nuT + d * ldk + j * W);
+      if constexpr (kScaled) pv[j] = load<V>(pT + d * ldk + j * W);
+    }
+    for (int r = 0; r < RB; ++r) {
+      const V xb = V{} + x[r * ldx + d];
+      for (int j = 0; j < KV; ++j) {
+        const V t = kScaled ? xb * pv[j] - nv[j] : xb - nv[j];
+        acc[r][j] += t * t;
+      }
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    for (int j = 0; j < KV; ++j) {
+      T lanes[W];
+      std::memcpy(lanes, &acc[r][j], sizeof(V));
+      for (int64_t l = 0; l < W && j * W + l < kcount; ++l) out[(j * W + l) * ldo + r] = lanes[l];
+    }
+  }
+}
+
+template <typename T, int KV, bool kScaled>
+void maha_kvec_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk, T* out,
+                    int64_t ldo, int64_t kcount) {
+  int64_t n = 0;
+  for (; n + kRBK <= rows; n += kRBK)
+    maha_kvec_block<T, kRBK, KV, kScaled>(x + n * ldx, ldx, D, pT, nuT, ldk, out + n, ldo, kcount);
+  for (; n < rows; ++n) maha_kvec_block<T, 1, KV, kScaled>(x + n * ldx, ldx, D, pT, nuT, ldk, out + n, ldo, kcount);
+}
+
+template <typename T, bool kScaled>
+void maha_kvec(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk, int64_t K,
+               T* out, int64_t ldo) {
+  constexpr int64_t W = width<T>();
+  for (int64_t k0 = 0; k0 < K; k0 += 2 * W) {
+    const int64_t kc = min_of<int64_t>(K - k0, 2 * W);
+    const T* pb = kScaled ? pT + k0 : nullptr;
+    if (kc > W) {
+      maha_kvec_rows<T, 2, kScaled>(x, ldx, rows, D, pb, nuT + k0, ldk, out + k0 * ldo, ldo, kc);
+    } else {
+      maha_kvec_rows<T, 1, kScaled>(x, ldx, rows, D, pb, nuT + k0, ldk, out + k0 * ldo, ldo, kc);
+    }
+  }
+}
+
+template <typename T>
+void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
+          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo) {
+  if (nuT && D <= kSmallD) {
+    if (pT) {
+      maha_kvec<T, true>(x, ldx, rows, D, pT, nuT, ldk, K, out, ldo);
+    } else {
+      maha_kvec<T, false>(x, ldx, rows, D, nullptr, nuT, ldk, K, out, ldo);
+    }
+    return;
+  }
+  if (p) {
+    maha_blocks<T, true>(x, ldx, rows, D, p, nu, ldt, K, out, ldo);
+  } else {
+    maha_blocks<T, false>(x, ldx, rows, D, nullptr, nu, ldt, K, out, ldo);
+  }
+}
+
+}  // namespace
+}  // namespace LGM_SIMD_NS
+}  // namespace gmm_cpu
+}  // namespace lgm

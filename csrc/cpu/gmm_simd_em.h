@@ -1,0 +1,222 @@
+// Steps 2-3 of the width-generic SIMD kernels (responsibilities, moments) and the table of one
+// instruction set; included after gmm_simd.h, under the same target (see there).
+namespace lgm {
+namespace gmm_cpu {
+namespace LGM_SIMD_NS {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// 2. Responsibilities of float32 x.
+
+// exp(v) for v <= 0 in float32 (Cephes expf: Cody-Waite reduction by ln 2, degree-6 polynomial,
+// within 2 ulp); exactly 0 below -87 (where e^v < 2^-125: such a responsibility is dropped).
+LGM_INLINE VF exp_nonpositive(VF v) {
+  const VF x = v < -87.0f ? VF{} - 87.0f : v;
+  const VF shifter = VF{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const VF t = x * 1.44269504088896341f + shifter;
+  const VF n = t - shifter;
+  VF r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  VF q = VF{} + 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  const VF e = q * (r * r) + r + 1.0f;
+  // 2^n from the integer in t's low mantissa bits, placed in the exponent field.
+  const VI two_n = (((VI)t - (VI)shifter) + 127) << 23;
+  const VF out = e * (VF)two_n;
+  return (VF)((VI)out & ~(VI)(v < -87.0f));
+}
+
+// Component-major tiles [K, ld] (columns: the tile's rows), so every loop runs along rows.
+double softmax_f32(const float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const float* sw,
+                   float* work, double* rowbuf, double* resp, double* nk) {
+  constexpr int64_t W = width<float>();
+  double* top = rowbuf;           // [rows] max_k joint_nk (common/gmm.h joint_log_prob, float64)
+  double* scale = rowbuf + ld;    // [rows] w_n / sum_k e_nk
+  double* special = rowbuf + 2 * ld;  // [rows] 0 normally; 1: weight 0 -> resp 0; 2: no finite joint -> NaN
+  for (int64_t n = 0; n < rows; ++n) top[n] = -INFINITY;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* m = maha + k * ld;
+    for (int64_t n = 0; n < rows; ++n) {
+      const double j = log_const[k] - 0.5 * static_cast<double>(m[n]);
+      top[n] = j > top[n] ? j : top[n];
+    }
+  }
+  // a. work = joint - top in float32, then one vectorised exp over the whole tile.
+  for (int64_t k = 0; k < K; ++k) {
+    const float* m = maha + k * ld;
+    float* wk = work + k * ld;
+    for (int64_t n = 0; n < rows; ++n) {
+      wk[n] = static_cast<float>((log_const[k] - 0.5 * static_cast<double>(m[n])) - top[n]);
+    }
+    for (int64_t n = rows; n < (rows + W - 1) / W * W; ++n) wk[n] = -100.0f;
+    for (int64_t n = 0; n < rows; n += W) {
+      const VF e = exp_nonpositive(load<VF>(wk + n));
+      std::memcpy(wk + n, &e, sizeof(VF));
+    }
+  }
+  // b. per row: sum, log-sum-exp, the scale w / sum; rows of weight 0 give 0 (common/gmm.h row_softmax).
+  for (int64_t n = 0; n < rows; ++n) scale[n] = 0.0;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = work + k * ld;
+    for (int64_t n = 0; n < rows; ++n) scale[n] += static_cast<double>(wk[n]);
+  }
+  double loglik = 0.0;
+  for (int64_t n = 0; n < rows; ++n) {
+    const double w = sw ? static_cast<double>(sw[n]) : 1.0, sum = scale[n];
+    special[n] = w == 0.0 ? 1.0 : (top[n] > -INFINITY ? 0.0 : 2.0);
+    scale[n] = w / sum;
+    if (w != 0.0) loglik += w * (top[n] > -INFINITY ? top[n] + std::log(sum) : -INFINITY);
+  }
+  // c. resp = e * scale (float64), nk += its sums.
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = work + k * ld;
+    double* rk = resp + k * ld;
+    double total = 0.0;
+    for (int64_t n = 0; n < rows; ++n) {
+      const double r = special[n] == 0.0 ? static_cast<double>(wk[n]) * scale[n] : (special[n] == 1.0 ? 0.0 : NAN);
+      rk[n] = r;
+      total += r;
+    }
+    nk[k] += total;
+  }
+  return loglik;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Moments in float64: sx[k, d] += sum_n r_nk x_nd, (kSquares) sxx[k, d] += sum_n r_nk x_nd^2.
+
+// Dense: all rows, MB components (r component-major [MB, ldr]); one VD of d at a time, 2 MB accumulators.
+template <typename T, int MB, bool kSquares>
+void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* r, int64_t ldr, double* sx,
+                         double* sxx) {
+  for (int64_t d = 0; d < D; d += kWD) {
+    VD a1[MB] = {}, a2[MB] = {};
+    for (int64_t n = 0; n < rows; ++n) {
+      const VD xv = load_double(x + n * ldx + d);
+      const VD x2 = xv * xv;
+      for (int k = 0; k < MB; ++k) {
+        const double rk = r[k * ldr + n];
+        a1[k] += rk * xv;
+        if constexpr (kSquares) a2[k] += rk * x2;
+      }
+    }
+    for (int k = 0; k < MB; ++k) {
+      flush(sx + k * D + d, a1[k], D - d);
+      if constexpr (kSquares) flush(sxx + k * D + d, a2[k], D - d);
+    }
+  }
+}
+
+template <typename T, bool kSquares>
+void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* r, int64_t ldr, int64_t K,
+                      double* sx, double* sxx) {
+  const int64_t blocks = (K + kMB - 1) / kMB;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k0 = b * K / blocks, kb = (b + 1) * K / blocks - k0;
+    double* sxb = sx + k0 * D;
+    double* sxxb = kSquares ? sxx + k0 * D : nullptr;
+    switch (kb) {
+#define LGM_MOMENT_CASE(MB) \
+  case MB: if constexpr (kMB >= MB) moments_dense_block<T, MB, kSquares>(x, ldx, rows, D, r + k0 * ldr, ldr, sxb, sxxb); break;
+      LGM_MOMENT_CASE(1) LGM_MOMENT_CASE(2) LGM_MOMENT_CASE(3) LGM_MOMENT_CASE(4) LGM_MOMENT_CASE(5)
+      LGM_MOMENT_CASE(6) LGM_MOMENT_CASE(7) LGM_MOMENT_CASE(8) LGM_MOMENT_CASE(9) LGM_MOMENT_CASE(10)
+      LGM_MOMENT_CASE(11) LGM_MOMENT_CASE(12)
+#undef LGM_MOMENT_CASE
+      default: break;
+    }
+  }
+}
+
+template <typename T>
+void moments_dense(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* r, int64_t ldr, int64_t K,
+                   double* sx, double* sxx) {
+  if (sxx) {
+    moments_dense_sq<T, true>(x, ldx, rows, D, r, ldr, K, sx, sxx);
+  } else {
+    moments_dense_sq<T, false>(x, ldx, rows, D, r, ldr, K, sx, nullptr);
+  }
+}
+
+// Sparse: one component over the m rows idx with responsibilities val; NV VDs of d per pass.
+template <typename T, int NV, bool kSquares>
+LGM_INLINE void moments_sparse_block(const T* x, int64_t ldx, int64_t d, int64_t D, const int64_t* idx,
+                                     const double* val, int64_t m, double* sx, double* sxx) {
+  VD a1[NV] = {}, a2[NV] = {};
+  for (int64_t i = 0; i < m; ++i) {
+    const T* row = x + idx[i] * ldx + d;
+    const double v = val[i];
+    for (int j = 0; j < NV; ++j) {
+      const VD xv = load_double(row + j * kWD);
+      const VD rx = v * xv;
+      a1[j] += rx;
+      if constexpr (kSquares) a2[j] += rx * xv;
+    }
+  }
+  for (int j = 0; j < NV; ++j) {
+    flush(sx + d + j * kWD, a1[j], D - d - j * kWD);
+    if constexpr (kSquares) flush(sxx + d + j * kWD, a2[j], D - d - j * kWD);
+  }
+}
+
+template <typename T, bool kSquares>
+void moments_sparse_sq(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const double* val, int64_t m,
+                       double* sx, double* sxx) {
+  constexpr int NV = kBytes == 64 ? 6 : 4;
+  int64_t d = 0;
+  for (; d + NV * kWD <= D; d += NV * kWD) moments_sparse_block<T, NV, kSquares>(x, ldx, d, D, idx, val, m, sx, sxx);
+  for (; d < D; d += kWD) moments_sparse_block<T, 1, kSquares>(x, ldx, d, D, idx, val, m, sx, sxx);
+}
+
+template <typename T>
+void moments_sparse(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const double* val, int64_t m, double* sx,
+                    double* sxx) {
+  if (sxx) {
+    moments_sparse_sq<T, true>(x, ldx, D, idx, val, m, sx, sxx);
+  } else {
+    moments_sparse_sq<T, false>(x, ldx, D, idx, val, m, sx, nullptr);
+  }
+}
+
+// out[n] = ||x_n||^2 in float64 (spherical second moments).
+template <typename T>
+void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
+  for (int64_t n = 0; n < rows; ++n) {
+    const T* row = x + n * ldx;
+    VD a0 = {}, a1 = {};
+    int64_t d = 0;
+    for (; d + 2 * kWD <= D; d += 2 * kWD) {
+      const VD v0 = load_double(row + d), v1 = load_double(row + d + kWD);
+      a0 += v0 * v0;
+      a1 += v1 * v1;
+    }
+    double total = hsum<double>(a0 + a1);
+    for (; d < D; ++d) total += static_cast<double>(row[d]) * static_cast<double>(row[d]);
+    out[n] = total;
+  }
+}
+
+}  // namespace
+
+template <>
+const SimdKernels<float>& kernels<float>() {
+  static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &moments_dense<float>, &moments_sparse<float>,
+                                    &sq_norms<float>};
+  return k;
+}
+
+template <>
+const SimdKernels<double>& kernels<double>() {
+  static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, &moments_dense<double>, &moments_sparse<double>,
+                                     &sq_norms<double>};
+  return k;
+}
+
+}  // namespace LGM_SIMD_NS
+}  // namespace gmm_cpu
+}  // namespace lgm
+
+#undef LGM_INLINE
