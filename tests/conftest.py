@@ -23,6 +23,23 @@ def mnist_dir() -> Path:
 
 
 
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_process_group():
+    """An in-process DDP Trainer leaves MASTER_PORT in os.environ (and its process group's store
+    listening on it); a later multi-process test would inherit that port and fail with
+    EADDRINUSE. Clear both after every test."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in _DIST_ENV:
+        os.environ.pop(key, None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # An op that falls back to its reference warns "lightning_genmodels: ..." (RuntimeWarning):
     # in tests that is a failure, so a kernel that did not build never passes as success.

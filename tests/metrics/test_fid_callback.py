@@ -63,3 +63,20 @@ def test_bad_arguments_are_rejected() -> None:
         FIDCallback(num_samples=0)
     with pytest.raises(TypeError, match="no sample_images"):
         FIDCallback().setup(None, object(), "fit")
+
+
+@pytest.mark.filterwarnings("ignore::lightning_genmodels.ConvergenceWarning")  # 2 iterations on purpose
+def test_gmm_logs_fid_during_its_fit(mnist_dir: Path, tmp_path: Path, fid_cache: Path) -> None:
+    """The GMM's samples, reshaped to images, are scored at a validation epoch mid-fit."""
+    from lightning_genmodels import GaussianMixture, MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(mnist_dir), batch_size=2000, val_split=500)
+    fid = FIDCallback(data_dir=str(mnist_dir), num_samples=200, batch_size=100, num_real=500,
+                      cache_dir=str(fid_cache), kid_subset_size=100)
+    model = GaussianMixture(n_components=3, covariance_type="diag", max_iter=2, init_params="random", random_state=0)
+    trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[fid], logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    assert 0.0 < fid.last["fid"] < float("inf")
+    assert "val/fid" in trainer.callback_metrics
