@@ -10,7 +10,6 @@ warm-up batches, setup excluded); runs alternate between the two to share machin
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import sys
 import time
@@ -21,27 +20,13 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Record, base_parser, machine_info, print_table, write_json  # noqa: E402
+from harness import Record, base_parser, cpu_model, machine_info, print_table, vector_isa, write_json  # noqa: E402
 
 from lightning_genmodels import GAN  # noqa: E402
 from lightning_genmodels.data import MNISTDataModule  # noqa: E402
 from lightning_genmodels.gan import losses  # noqa: E402
 
 WARMUP = 5
-
-
-def cpu_model_and_isa() -> tuple[str, str]:
-    """The CPU's model name and widest x86 vector ISA, from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown", "unknown"
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags_line = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    flags = set(flags_line.group(1).split()) if flags_line else set()
-    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "SSE")
-    return (model.group(1).strip() if model else "unknown"), isa
-
 
 def make_model(options: dict) -> GAN:
     torch.manual_seed(0)
@@ -140,7 +125,7 @@ def main() -> None:
         times["torch"].append(run_plain(options, dm, batches))
         times["lightning"].append(run_lightning(options, dm, batches))
 
-    cpu, isa = cpu_model_and_isa()
+    cpu, isa = cpu_model(), vector_isa()
     base = statistics.median(times["torch"])
     params = {"batch_size": args.batch_size, "features": args.features, "timed_batches": batches - WARMUP,
               "loss": options["loss"]}

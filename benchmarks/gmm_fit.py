@@ -7,7 +7,6 @@ dequantised MNIST pixels (float32, N=60000, D=784), to convergence with the same
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 import warnings
@@ -17,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gmm_em import load_pixels  # noqa: E402
-from harness import Record, base_parser, machine_info, print_table, write_json  # noqa: E402
+from harness import Record, base_parser, cpu_model, machine_info, print_table, vector_isa, write_json  # noqa: E402
 
 from lightning_genmodels import ConvergenceWarning, GaussianMixture  # noqa: E402
 from lightning_genmodels.ops.gmm import gmm_em_stats  # noqa: E402
@@ -25,19 +24,6 @@ from lightning_genmodels.ops.gmm import gmm_em_stats  # noqa: E402
 OPTIONS = {"covariance_type": "diag", "init_params": "k-means++", "n_init": 1, "tol": 1e-3,
            "reg_covar": 1e-3, "max_iter": 100, "random_state": 0}
 BATCH = 8192
-
-
-def cpu_model_and_isa() -> dict[str, str]:
-    """The CPU's model name and widest vector ISA (avx512f, avx2 or other), from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"cpu_model": "unknown", "isa": "unknown"}
-    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    flags = set((re.search(r"^flags\s*:(.*)$", text, re.M) or [None, ""])[1].split())
-    isa = next((f for f in ("avx512f", "avx2") if f in flags), "other")
-    return {"cpu_model": model.group(1).strip() if model else "unknown", "isa": isa}
-
 
 def fit_ours(x: torch.Tensor, k: int, device: str) -> tuple[float, dict]:
     model = GaussianMixture(k, **OPTIONS)
@@ -100,7 +86,7 @@ def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist")
     args = parser.parse_args()
-    info = {**machine_info(args.device), **cpu_model_and_isa()}
+    info = {**machine_info(args.device), "cpu_model": cpu_model(), "isa": vector_isa()}
     print(info)
     x = load_pixels(args.data_dir, 60_000).float()
     records, rows = [], []

@@ -14,7 +14,6 @@ optimisation loop, callbacks and hooks.
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import sys
 import time
@@ -25,27 +24,12 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Record, base_parser, machine_info, print_table, write_json  # noqa: E402
+from harness import Record, base_parser, cpu_model, machine_info, print_table, vector_isa, write_json  # noqa: E402
 
 from lightning_genmodels import VAE  # noqa: E402
 from lightning_genmodels.data import MNISTDataModule  # noqa: E402
 
 WARMUP = 5
-
-
-def cpu_model_and_isa() -> tuple[str, str]:
-    """The CPU's model name and widest x86 vector ISA, read from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown", "unknown"
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    flag_set = set(flags.group(1).split()) if flags else set()
-    widest = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
-    isa = next((name for flag, name in widest if flag in flag_set), "SSE")
-    return (model.group(1).strip() if model else "unknown"), isa
-
 
 def make_model(options: dict) -> VAE:
     torch.manual_seed(0)
@@ -126,7 +110,7 @@ def main() -> None:
             times[impl] += ts
             print(f"repeat {r} {impl}: median {statistics.median(ts) * 1e3:.1f} ms/batch", flush=True)
 
-    cpu, isa = cpu_model_and_isa()
+    cpu, isa = cpu_model(), vector_isa()
     base = statistics.median(times["torch"])
     params = {"batch_size": args.batch_size, "latent_dim": 32, "likelihood": "bernoulli",
               "timed_batches_per_run": batches - WARMUP, "repeats": repeats}
