@@ -28,6 +28,7 @@ from lightning_genmodels.gan import losses  # noqa: E402
 
 WARMUP = 5
 
+
 def make_model(options: dict) -> GAN:
     torch.manual_seed(0)
     return GAN(**options)

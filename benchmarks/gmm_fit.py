@@ -25,6 +25,7 @@ OPTIONS = {"covariance_type": "diag", "init_params": "k-means++", "n_init": 1, "
            "reg_covar": 1e-3, "max_iter": 100, "random_state": 0}
 BATCH = 8192
 
+
 def fit_ours(x: torch.Tensor, k: int, device: str) -> tuple[float, dict]:
     model = GaussianMixture(k, **OPTIONS)
     start = time.perf_counter()

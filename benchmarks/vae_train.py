@@ -31,6 +31,7 @@ from lightning_genmodels.data import MNISTDataModule  # noqa: E402
 
 WARMUP = 5
 
+
 def make_model(options: dict) -> VAE:
     torch.manual_seed(0)
     return VAE(**options)
