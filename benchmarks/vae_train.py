@@ -105,11 +105,15 @@ def main() -> None:
     dm = MNISTDataModule(data_dir=args.data_dir, input_format=VAE.input_format, batch_size=args.batch_size)
     dm.setup("fit")
     times: dict[str, list[float]] = {"lightning": [], "torch": []}
+    paired = []  # per repeat: Lightning's median over the plain loop's, run back to back
     for r in range(repeats):  # alternate, so both see the same machine load
+        medians = {}
         for impl, run in (("torch", run_plain), ("lightning", run_lightning)):
             ts = run(options, dm, batches)
             times[impl] += ts
-            print(f"repeat {r} {impl}: median {statistics.median(ts) * 1e3:.1f} ms/batch", flush=True)
+            medians[impl] = statistics.median(ts)
+            print(f"repeat {r} {impl}: median {medians[impl] * 1e3:.1f} ms/batch", flush=True)
+        paired.append(medians["lightning"] / medians["torch"] - 1)
 
     cpu, isa = cpu_model(), vector_isa()
     base = statistics.median(times["torch"])
@@ -119,12 +123,15 @@ def main() -> None:
     for impl, ts in times.items():
         med = statistics.median(ts)
         extra = {"images_per_s": args.batch_size / med, "overhead_vs_torch": med / base - 1,
+                 "paired_overheads": paired, "median_paired_overhead": statistics.median(paired),
                  "mean_s": statistics.fmean(ts), "cpu_model": cpu, "isa": isa}
         records.append(Record("vae_train", impl, "cpu", params, med, min(ts), max(ts), extra))
         rows.append({"impl": impl, "median_ms": med * 1e3, "min_ms": min(ts) * 1e3,
                      "images_per_s": extra["images_per_s"], "overhead": f"{100 * extra['overhead_vs_torch']:+.1f}%"})
     print({**machine_info("cpu"), "cpu_model": cpu, "isa": isa})
     print_table(rows, list(rows[0].keys()))
+    print(f"overhead per repeat (back-to-back pairs): {', '.join(f'{100 * p:+.1f}%' for p in paired)}; "
+          f"median {100 * statistics.median(paired):+.1f}%")
     write_json(args.json, records, "cpu")
 
 

@@ -19,6 +19,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..train_log import log_this_step
 from . import losses
 from .losses import LOSSES, Loss
 from .nets import IMAGE_SIZE, Discriminator, Generator, check_images
@@ -74,6 +75,7 @@ class GAN(LightningModule):
             discriminator if discriminator is not None else Discriminator(channels, features, spectral_norm)
         )
         self._check_networks()
+        self._g_loss: Tensor | None = None  # the latest generator loss, logged with d_loss
         # The EMA copy is a submodule, so it is saved in checkpoints and moved with the module;
         # its parameters never get gradients (DDP must not wait for them).
         self.generator_ema: AveragedModel | None = None
@@ -142,21 +144,25 @@ class GAN(LightningModule):
         self._backward(d_loss, self.discriminator)
         opt_d.step()
         self.untoggle_optimizer(opt_d)
-        self.log("train/d_loss", d_loss.detach(), prog_bar=True)
 
         # 2. generator step every n_critic batches, then the EMA update
-        if (batch_idx + 1) % self.hparams.n_critic != 0:
-            return
-        self.toggle_optimizer(opt_g)
-        g_loss = self.generator_loss(self.generator(self.noise(real.shape[0])))
-        self._stop_if_not_finite("generator", g_loss)
-        opt_g.zero_grad(set_to_none=True)
-        self._backward(g_loss, self.generator)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
-        if self.generator_ema is not None:
-            self.generator_ema.update_parameters(self.generator)
-        self.log("train/g_loss", g_loss.detach(), prog_bar=True)
+        if (batch_idx + 1) % self.hparams.n_critic == 0:
+            self.toggle_optimizer(opt_g)
+            g_loss = self.generator_loss(self.generator(self.noise(real.shape[0])))
+            self._stop_if_not_finite("generator", g_loss)
+            opt_g.zero_grad(set_to_none=True)
+            self._backward(g_loss, self.generator)
+            opt_g.step()
+            self.untoggle_optimizer(opt_g)
+            if self.generator_ema is not None:
+                self.generator_ema.update_parameters(self.generator)
+            self._g_loss = g_loss.detach()
+
+        # 3. the losses, on the batches whose metrics Lightning writes (g_loss: the latest step's)
+        if log_this_step(self, batch_idx):
+            self.log("train/d_loss", d_loss.detach(), prog_bar=True)
+            if self._g_loss is not None:
+                self.log("train/g_loss", self._g_loss, prog_bar=True)
 
     def _backward(self, loss: Tensor, player: nn.Module) -> None:
         """``manual_backward(loss)``; under DDP, then average ``player``'s gradients over ranks.

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from ..train_log import log_this_step
 from .likelihoods import (
     INPUT_FORMATS,
     Likelihood,
@@ -53,7 +54,9 @@ class VAE(LightningModule):
     ``train/loss`` (the minimised -β-ELBO), ``{stage}/elbo``, ``{stage}/rec`` (E_q log p(x|z)),
     ``{stage}/kl``; for validation and test also ``{stage}/nll_iwae`` (= -L_k) and
     ``{stage}/bpd`` (from ``nll_iwae``; for the Gaussian on dequantised data it includes
-    D log 256, so it bounds the bits per dimension of the 8-bit images).
+    D log 256, so it bounds the bits per dimension of the 8-bit images). Training metrics are
+    logged on the batches Lightning writes (``log_every_n_steps``) and each epoch's last; see
+    :mod:`~lightning_genmodels.train_log`.
 
     Args:
         latent_dim: size L of z; the prior is N(0, I).
@@ -300,7 +303,7 @@ class VAE(LightningModule):
         """
         return (beta * kl.sum(1) - rec).mean()
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor] | Tensor, stage: str) -> Tensor:
+    def _shared_step(self, batch: tuple[Tensor, Tensor] | Tensor, stage: str, batch_idx: int = 0) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if not torch.isfinite(x).all():
             raise ValueError(f"{stage} batch contains NaN or inf")
@@ -310,6 +313,8 @@ class VAE(LightningModule):
         if stage == "train":
             beta = self.current_beta
             loss = self.training_loss(rec, kl, beta)
+            if not log_this_step(self, batch_idx):
+                return loss
             self.log_dict({"train/loss": loss, "train/elbo": elbo.mean(), "train/rec": rec.mean(),
                            "train/kl": kl.sum(1).mean(), "train/beta": beta}, batch_size=n)
             if self.likelihood == "gaussian" and self.hparams.learn_scale:
@@ -322,7 +327,7 @@ class VAE(LightningModule):
         return -elbo.mean()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+        return self._shared_step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")

@@ -1,0 +1,75 @@
+"""Training metrics are logged only on the batches Lightning writes, and the same rows reach the logger."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_genmodels import GAN, VAE
+from lightning_genmodels.vae import ConvDecoder, ConvEncoder
+
+BATCHES, EVERY = 7, 3
+
+
+def tiny(family: str) -> LightningModule:
+    torch.manual_seed(0)
+    if family == "vae":
+        return VAE(latent_dim=4, encoder=ConvEncoder(4, channels=(4, 8)), decoder=ConvDecoder(4, channels=(8, 4)))
+    return GAN(latent_dim=8, features=4, n_critic=2)
+
+
+def loader(family: str) -> DataLoader:
+    x = torch.rand(BATCHES * 4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    x = x.round() if family == "vae" else x * 2 - 1
+    return DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=4)
+
+
+def fit_and_count(family: str, tmp_path: Path, monkeypatch, always: bool) -> tuple[list[dict], int, dict]:
+    """(CSV rows, self.log calls during training, callback_metrics) of a 7-batch epoch."""
+    if always:
+        monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
+    calls = []
+    log = LightningModule.log
+    monkeypatch.setattr(LightningModule, "log", lambda self, name, *a, **k: (calls.append(name), log(self, name, *a, **k)))
+    model = tiny(family)
+    trainer = lightning.Trainer(
+        accelerator="cpu", max_epochs=1, log_every_n_steps=EVERY, limit_val_batches=0,
+        logger=CSVLogger(tmp_path, name=str(always)), enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, train_dataloaders=loader(family))
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
+    return rows, sum(name.startswith("train/") for name in calls), trainer.callback_metrics
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_logger_gets_the_same_steps_with_fewer_log_calls(family, tmp_path, monkeypatch) -> None:
+    rows, calls, metrics = fit_and_count(family, tmp_path, monkeypatch, always=False)
+    every_rows, every_calls, _ = fit_and_count(family, tmp_path, monkeypatch, always=True)
+    steps = [row["step"] for row in rows if any(k.startswith("train/") for k in row)]
+    assert steps == [row["step"] for row in every_rows if any(k.startswith("train/") for k in row)]
+    assert len(steps) == BATCHES // EVERY
+    names = {k for row in rows for k in row if k.startswith("train/")}
+    assert names == {k for row in every_rows for k in row if k.startswith("train/")}
+    if family == "gan":
+        assert names == {"train/d_loss", "train/g_loss"}
+    # logged on batches 3, 6 and the epoch's last (7) instead of all 7: the VAE's 5 metrics per
+    # batch; the GAN's d_loss, and g_loss once a generator step (every 2nd batch) has run
+    assert (calls, every_calls) == ((15, 35) if family == "vae" else (6, 13))
+    assert all(torch.isfinite(v) for k, v in metrics.items() if k.startswith("train/"))
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_a_run_cut_by_max_steps_still_logs_its_last_batch(family) -> None:
+    trainer = lightning.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(tiny(family), train_dataloaders=loader(family))
+    assert trainer.fit_loop.epoch_loop.batch_idx + 1 < BATCHES  # stopped inside the epoch
+    assert "train/loss" in trainer.callback_metrics or "train/d_loss" in trainer.callback_metrics
