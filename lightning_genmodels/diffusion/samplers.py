@@ -218,7 +218,8 @@ def sample_loop(
     x = philox_normal(seed, first * per_sample, list(shape), device=device, impl=impl)  # slot 0
     seed_offset = seed_offset_tensor(seed, NOISE_STRIDE + first * per_sample, device)
     stride = torch.tensor([0, NOISE_STRIDE], dtype=torch.int64, device=device)
-    t_all = timesteps.to(device).view(-1, 1).expand(-1, shape[0]).contiguous()  # [steps, N]
+    # [steps, N], each row expanded from one timestep (stride 0), which the UNet embeds once
+    t_all = timesteps.to(device).view(-1, 1).expand(-1, shape[0])
 
     def step(x: Tensor, t: Tensor) -> Tensor:
         out = diffusion_step(x, model(x, t), t, table, seed_offset, clip_range, impl=impl)
@@ -250,7 +251,7 @@ def _graph_loop(step: Callable[[Tensor, Tensor], Tensor], x: Tensor, t_all: Tens
     index = torch.full((1,), warm, dtype=torch.int64, device=x.device)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        t = t_all.index_select(0, index).view(-1)
+        t = t_all[:, 0].index_select(0, index).expand(t_all.shape[1])
         static_x.copy_(step(static_x, t))
         index.add_(1)
     for _ in range(warm, n_steps):

@@ -1,0 +1,47 @@
+"""The UNet's sampling path (in place, shared timestep folded into biases, low-resolution
+upsampling convolutions) equals its training path."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_genmodels.diffusion.unet import UNet, UpsampleConv
+
+
+def randomised(module: nn.Module) -> nn.Module:
+    """Random weights everywhere (the zero-initialised convolutions would hide differences)."""
+    torch.manual_seed(0)
+    for p in module.parameters():
+        nn.init.normal_(p, std=0.2)
+    return module
+
+
+@pytest.mark.parametrize("side", [5, 7, 14])
+def test_upsample_conv_at_low_resolution_equals_upsample_then_conv(side: int) -> None:
+    conv = randomised(UpsampleConv(6))
+    x = torch.randn(3, 6, side, side)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(conv(x), expected)  # autograd on: the plain path
+    with torch.no_grad():
+        low = conv(x)
+    assert low.shape == (3, 6, 2 * side, 2 * side)
+    torch.testing.assert_close(low, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t_form", ["per_sample", "expanded", "one", "scalar"])
+def test_sampling_path_equals_training_path(t_form: str) -> None:
+    unet = randomised(UNet(base_channels=8, channel_mults=(1, 2, 2), groups=4)).eval()
+    x = torch.randn(4, 1, 28, 28)
+    t_rows = torch.tensor([3, 500, 999, 40]) if t_form == "per_sample" else torch.full((4,), 500)
+    t = {"per_sample": t_rows, "expanded": torch.tensor(500).expand(4), "one": torch.tensor([500]),
+         "scalar": torch.tensor(500)}[t_form]
+    expected = unet(x, t_rows)
+    expected.sum().backward()  # the training path has a gradient, and no in-place error
+    assert all(p.grad is not None for p in unet.parameters())
+    with torch.inference_mode():
+        got = unet(x, t)
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x.clone(), t), got, rtol=0, atol=0)
