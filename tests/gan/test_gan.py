@@ -16,7 +16,6 @@ from lightning_genmodels import GAN
 from lightning_genmodels.gan import Discriminator, Generator
 from lightning_genmodels.gan.losses import gradient_penalty
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 TINY = {"latent_dim": 8, "features": 4}
 QUIET = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False,
          "enable_progress_bar": False, "enable_model_summary": False}

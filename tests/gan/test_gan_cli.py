@@ -15,7 +15,6 @@ from lightning_genmodels.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "gan_mnist.yaml"
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def fit_args(mnist_dir: Path, tmp_path: Path, *extra: str, steps: int = 6) -> list[str]:
