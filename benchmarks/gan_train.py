@@ -2,8 +2,10 @@
 PyTorch loop over the same networks, MNIST batches, batch size and update schedule (one
 discriminator step, one generator step, the EMA update and the finite-loss check per batch).
 
-Both sides start from the same weights and time the same steady-state batches (after a few
-warm-up batches, setup excluded); runs alternate between the two to share machine noise.
+Both sides start from the same weights and time every steady-state batch on its own (start of
+one batch to start of the next, after a few warm-up batches, setup excluded); runs alternate
+between the two to share machine noise, and the median over all timed batches is the statistic,
+beside the median of the per-repeat ratios of back-to-back runs.
 
     python benchmarks/gan_train.py --data-dir /path/to/mnist [--quick] [--json PATH]
 """
@@ -41,21 +43,25 @@ def datamodule(data_dir: str, batch_size: int) -> MNISTDataModule:
 
 
 class _Clock(Callback):
-    """Wall time from the start of batch WARMUP to the end of the last batch."""
+    """Time stamps at the start of every training batch, and one after the last."""
 
     def __init__(self) -> None:
-        self.start = self.end = 0.0
+        self.stamps: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if batch_idx == WARMUP:
-            self.start = time.perf_counter()
+        self.stamps.append(time.perf_counter())
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.end = time.perf_counter()
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.stamps.append(time.perf_counter())
 
 
-def run_lightning(options: dict, dm: MNISTDataModule, batches: int) -> float:
-    """Seconds per batch of Trainer.fit, steady state."""
+def per_batch(stamps: list[float]) -> list[float]:
+    """Seconds of each batch after the warm-up, from consecutive batch-start stamps."""
+    return [b - a for a, b in zip(stamps[WARMUP:-1], stamps[WARMUP + 1:])]
+
+
+def run_lightning(options: dict, dm: MNISTDataModule, batches: int) -> list[float]:
+    """Seconds of each steady-state batch of Trainer.fit."""
     model, clock = make_model(options), _Clock()
     trainer = Trainer(
         accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
@@ -64,21 +70,20 @@ def run_lightning(options: dict, dm: MNISTDataModule, batches: int) -> float:
     )
     torch.manual_seed(1)
     trainer.fit(model, train_dataloaders=dm.train_dataloader())
-    return (clock.end - clock.start) / (batches - WARMUP)
+    return per_batch(clock.stamps)
 
 
-def run_plain(options: dict, dm: MNISTDataModule, batches: int) -> float:
-    """Seconds per batch of the same schedule written as a plain PyTorch loop."""
+def run_plain(options: dict, dm: MNISTDataModule, batches: int) -> list[float]:
+    """Seconds of each steady-state batch of the same schedule written as a plain PyTorch loop."""
     model = make_model(options)
     gen, disc, ema, loss = model.generator, model.discriminator, model.generator_ema, options["loss"]
     opt_g = torch.optim.Adam(gen.parameters(), lr=model.hparams.lr_g, betas=model.hparams.betas_g)
     opt_d = torch.optim.Adam(disc.parameters(), lr=model.hparams.lr_d, betas=model.hparams.betas_d)
     model.train()
     torch.manual_seed(1)
-    start = 0.0
+    stamps = []
     for i, (real, _) in enumerate(dm.train_dataloader()):
-        if i == WARMUP:
-            start = time.perf_counter()
+        stamps.append(time.perf_counter())
         if i == batches:
             break
         n = real.shape[0]
@@ -103,7 +108,7 @@ def run_plain(options: dict, dm: MNISTDataModule, batches: int) -> float:
         g_loss.backward()
         opt_g.step()
         ema.update_parameters(gen)
-    return (time.perf_counter() - start) / (batches - WARMUP)
+    return per_batch(stamps)
 
 
 def main() -> None:
@@ -122,19 +127,23 @@ def main() -> None:
     options = {"latent_dim": 64, "features": args.features, "loss": "non_saturating", "ema_decay": 0.995}
     dm = datamodule(args.data_dir, args.batch_size)
     times: dict[str, list[float]] = {"lightning": [], "torch": []}
+    paired = []  # per repeat: Lightning's median batch over the plain loop's, run back to back
     for _ in range(repeats):  # alternate, so both see the same machine load
-        times["torch"].append(run_plain(options, dm, batches))
-        times["lightning"].append(run_lightning(options, dm, batches))
+        plain, light = run_plain(options, dm, batches), run_lightning(options, dm, batches)
+        times["torch"] += plain
+        times["lightning"] += light
+        paired.append(statistics.median(light) / statistics.median(plain) - 1)
 
     cpu, isa = cpu_model(), vector_isa()
     base = statistics.median(times["torch"])
     params = {"batch_size": args.batch_size, "features": args.features, "timed_batches": batches - WARMUP,
-              "loss": options["loss"]}
+              "loss": options["loss"], "repeats": repeats}
     records, rows = [], []
-    for impl, ts in times.items():
+    for impl, ts in times.items():  # median over every timed batch of every run
         med = statistics.median(ts)
         extra = {"images_per_s": args.batch_size / med, "overhead_vs_torch": med / base - 1,
-                 "cpu_model": cpu, "isa": isa, "all_s_per_batch": ts}
+                 "paired_overheads": paired, "median_paired_overhead": statistics.median(paired),
+                 "mean_s": statistics.fmean(ts), "cpu_model": cpu, "isa": isa}
         records.append(Record("gan_train", impl, "cpu", params, med, min(ts), max(ts), extra))
         rows.append({"impl": impl, "ms_per_batch": 1e3 * med, "min_ms": 1e3 * min(ts), "max_ms": 1e3 * max(ts),
                      "images_per_s": args.batch_size / med, "overhead_%": 100 * (med / base - 1)})
@@ -142,6 +151,8 @@ def main() -> None:
     print(f"CPU: {cpu} ({isa}), {info['threads']} threads, torch {info['torch']}")
     print(f"GAN features={args.features}, batch {args.batch_size}, {batches - WARMUP} timed batches x {repeats} runs")
     print_table(rows, ["impl", "ms_per_batch", "min_ms", "max_ms", "images_per_s", "overhead_%"])
+    print(f"overhead per repeat (back-to-back pairs): {', '.join(f'{100 * p:+.1f}%' for p in paired)}; "
+          f"median {100 * statistics.median(paired):+.1f}%")
     write_json(args.json, records, "cpu")
 
 
