@@ -13,11 +13,14 @@
    ``ours_eager`` = the same loop on the reference step, ``diffusers`` = diffusers' scheduler
    (``DDIMScheduler`` / ``DDPMScheduler`` with the same config) driving the same UNet in the loop
    of its pipelines (``torch.no_grad``). DDIM-50 starts all from the same noise, so the records
-   also give the largest difference between our images and diffusers'.
+   also give the largest difference between our images and diffusers'. The three run in
+   interleaved rounds (one call of each per round), so a change of machine load hits all alike;
+   ``paired`` is the median over rounds of diffusers' time over ours in the same round.
 """
 from __future__ import annotations
 
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Record, base_parser, print_table, time_fn, write_json  # noqa: E402
+from harness import Record, base_parser, print_table, time_fn, time_interleaved, write_json  # noqa: E402
 
 from lightning_genmodels import Diffusion  # noqa: E402
 from lightning_genmodels.diffusion import samplers as S  # noqa: E402
@@ -139,12 +142,15 @@ def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int,
         if sampler == "ddim":
             diff = (fns["ours"]() - fns["diffusers"]()).abs().max().item()
             extra["max_abs_diff_vs_diffusers"] = diff
-        long_run = steps > 100  # DDPM-1000: one warm call is warm enough
-        for impl, fn in fns.items():
-            med, lo, hi = time_fn(fn, device, repeats=min(repeats, 2) if long_run else repeats, warmup=0 if long_run else 1)
+        long_run = steps > 100  # DDPM-1000: one warm round is warm enough, and at most 2 rounds
+        times = time_interleaved(fns, device, repeats=min(repeats, 2) if long_run else repeats,
+                                 warmup=0 if long_run else 1)
+        extra["paired_ours_vs_diffusers"] = [d / o for o, d in zip(times["ours"], times["diffusers"])]
+        for impl, ts in times.items():
             params = {"sampler": sampler, "steps": steps, "n": n}
-            records.append(Record("diffusion_sampling", impl, device, params, med, lo, hi,
-                                  {"images_per_s": n / med, **extra}))
+            med = statistics.median(ts)
+            records.append(Record("diffusion_sampling", impl, device, params, med, min(ts), max(ts),
+                                  {"images_per_s": n / med, "all_s": ts, **extra}))
         model.hparams.impl = "auto"
     return records
 
@@ -164,7 +170,8 @@ def ratio_rows(records: list[Record]) -> list[dict[str, Any]]:
             dif, eag = by[(r.bench, "diffusers", key)], by[(r.bench, "ours_eager", key)]
             rows.append({"bench": "sampling", **r.params, "ours_img_s": r.extra["images_per_s"],
                          "diffusers_img_s": dif.extra["images_per_s"], "eager_img_s": eag.extra["images_per_s"],
-                         "ours_vs_diffusers": dif.median_s / r.median_s, "ours_vs_eager": eag.median_s / r.median_s})
+                         "ours_vs_diffusers": dif.median_s / r.median_s, "ours_vs_eager": eag.median_s / r.median_s,
+                         "paired": statistics.median(r.extra.get("paired_ours_vs_diffusers", [float("nan")]))})
     return rows
 
 
@@ -190,7 +197,7 @@ def main() -> None:
                 ["sampler", "batch", "ext_ms", "ref_ms", "compiled_ms", "ext_vs_ref", "ext_vs_compiled"])
     print()
     print_table([r for r in rows if r["bench"] == "sampling"],
-                ["sampler", "steps", "n", "ours_img_s", "diffusers_img_s", "eager_img_s", "ours_vs_diffusers",
+                ["sampler", "steps", "n", "ours_img_s", "diffusers_img_s", "eager_img_s", "ours_vs_diffusers", "paired",
                  "ours_vs_eager"])
     write_json(args.json, records, args.device)
 

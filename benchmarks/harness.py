@@ -58,6 +58,22 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str, repeats: int = 5,
     return statistics.median(times), min(times), max(times)
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | str, repeats: int = 5,
+                     warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times in seconds of each ``fns[name]()``, ``repeats`` rounds that call every function
+    once in turn (so a change of machine load hits all of them alike), after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
