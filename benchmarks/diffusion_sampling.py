@@ -2,11 +2,16 @@
 
     python benchmarks/diffusion_sampling.py --quick
     python benchmarks/diffusion_sampling.py --json benchmarks/results/diffusion_sampling_cpu.json
+    # the AVX2 path on an AVX-512 machine: our kernels for x86-64-v3, torch's kernels capped at AVX2
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/diffusion_sampling.py --march x86-64-v3
 
 1. ``step``: one sampler step on [B, 1, 28, 28], B = 64, 256, 1024, for DDPM (noise drawn: σ > 0)
    and DDIM η = 0 (no noise): ``ext`` (the fused op), ``ref`` (the eager reference, Philox noise
-   included), ``ref_compiled`` (the reference's tensor math under ``torch.compile``, DDIM only:
-   with the Philox reference inside, inductor had not finished compiling after 400 s here).
+   included), ``ref_compiled`` (the reference's tensor math under ``torch.compile``; for DDPM
+   with the same Philox noise passed in, drawn outside and untimed, so a lower bound: with the
+   Philox reference inside, inductor had not finished compiling after 400 s here). Compiled per
+   batch size (``dynamic=False``): with ``ATEN_CPU_CAPABILITY=avx2`` the dynamic-shape kernel
+   inductor generated returned wrong values (up to 9e25 off) at batch 64, which the check here caught.
 2. ``sampling``: images per second of whole sampling with the UNet of configs/diffusion_mnist.yaml
    (its weights from --ckpt, else a seeded random init; the speed does not depend on them):
    ``ours`` = ``Diffusion.sample`` as it runs by default (fused op, inference mode),
@@ -73,6 +78,13 @@ def cpu_info() -> dict[str, str]:
     return {"cpu_model": model.group(1).strip() if model else "unknown", "isa": isa}
 
 
+def _step_given_noise(x: torch.Tensor, out: torch.Tensor, t: torch.Tensor, table: torch.Tensor,
+                      noise: torch.Tensor) -> torch.Tensor:
+    """The reference's step math with the noise passed in (clip range 1)."""
+    mean = _step_math(x, out, t, table, 0, 0, 1.0, False)
+    return mean + table[t, -1].view(-1, *([1] * (x.dim() - 1))) * noise
+
+
 def bench_step(batches: list[int], device: str, repeats: int) -> list[Record]:
     records = []
     for sampler in ("ddpm", "ddim"):
@@ -80,7 +92,8 @@ def bench_step(batches: list[int], device: str, repeats: int) -> list[Record]:
         timesteps, table = model.coefficient_table(50 if sampler == "ddim" else 1000, sampler, 0.0)
         table = table.to(device)
         t_value = int(timesteps[len(timesteps) // 2])
-        compiled = torch.compile(_step_math, dynamic=True)
+        compiled = torch.compile(_step_math, dynamic=False)
+        compiled_given = torch.compile(_step_given_noise, dynamic=False)
         for b in batches:
             gen = torch.Generator().manual_seed(b)
             x = torch.randn(b, 1, 28, 28, generator=gen).to(device)
@@ -93,6 +106,9 @@ def bench_step(batches: list[int], device: str, repeats: int) -> list[Record]:
             }
             if sampler == "ddim":  # σ = 0: the compiled reference without the noise term
                 fns["ref_compiled"] = lambda: compiled(x, out, t, table, 7, 1 << 40, 1.0, False)
+            else:  # the compiled reference given the same noise, drawn outside (untimed): a lower bound
+                noise = philox_normal(7, 1 << 40, [b, 1, 28, 28], device=device)
+                fns["ref_compiled"] = lambda: compiled_given(x, out, t, table, noise)
             expected = fns["ref"]()
             for impl, fn in fns.items():
                 torch.testing.assert_close(fn(), expected, rtol=1e-5, atol=1e-4)
