@@ -136,6 +136,10 @@ LGM_INLINE void flush(double* dst, VD v, int64_t n) {
     for (int64_t j = 0; j < n; ++j) dst[j] += v[j];
   }
 }
+template <typename V>
+LGM_INLINE void flush(double* dst, V v, int64_t n) {  // any other vector (half vectors)
+  for (int64_t j = 0; j < n && j < static_cast<int64_t>(sizeof(V) / sizeof(v[0])); ++j) dst[j] += static_cast<double>(v[j]);
+}
 LGM_INLINE void flush(double* dst, VF v, int64_t n) {
   if (n >= 2 * kWD) {
     flush(dst, lo_double(v), kWD);

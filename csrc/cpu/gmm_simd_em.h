@@ -144,18 +144,17 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
     }
     nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));
   }
-  // d. sum_n w_n (top_n + log sum_n); unweighted, one log per 16 rows (each sum lies in [1, K]).
-  double ll = 0.0, prod = 1.0;
-  for (int64_t n = 0; n < rows; ++n) {
-    if (sw) {
-      ll += static_cast<double>(sw[n]) * (top[n] + std::log(sum[n]));
-      continue;
-    }
-    ll += top[n];
-    prod *= sum[n];
-    if (n % 16 == 15 || n == rows - 1) {
-      ll += std::log(prod);
-      prod = 1.0;
+  // d. sum_n w_n (top_n + log sum_n); unweighted, one log per 16 rows (each sum lies in [1, K + 1e-4]),
+  // four independent products.
+  double ll = 0.0;
+  if (sw) {
+    for (int64_t n = 0; n < rows; ++n) ll += static_cast<double>(sw[n]) * (top[n] + std::log(sum[n]));
+  } else {
+    for (int64_t n = 0; n < rows; ++n) ll += top[n];
+    for (int64_t n0 = 0; n0 < rows; n0 += 16) {
+      double p[4] = {1.0, 1.0, 1.0, 1.0};
+      for (int64_t n = n0; n < min_of(rows, n0 + 16); ++n) p[n % 4] *= sum[n];
+      ll += std::log((p[0] * p[1]) * (p[2] * p[3]));
     }
   }
   *loglik = ll;
@@ -174,26 +173,37 @@ double softmax_f32(float* maha, int64_t rows, int64_t K, int64_t ld, const doubl
 // 3. Moments: sx[k, d] += sum_n r_nk x_nd, (kSquares) sxx[k, d] += sum_n r_nk x_nd^2, products
 // and partial sums over one tile (at most kTile rows) in x's dtype, added to the float64 totals.
 
-// Dense: all rows, MB components (r component-major [MB, ldr]); one vector of d at a time, 2 MB accumulators.
+// Dense: all rows, MB components (r component-major [MB, ldr]); one vector V of d from d0, 2 MB accumulators.
+template <typename T, typename V, int MB, bool kSquares>
+LGM_INLINE void moments_dense_cols(const T* x, int64_t ldx, int64_t rows, int64_t d0, int64_t D, const T* r,
+                                   int64_t ldr, double* sx, double* sxx) {
+  V a1[MB] = {}, a2[MB] = {};
+  for (int64_t n = 0; n < rows; ++n) {
+    const V xv = load<V>(x + n * ldx + d0);
+    const V x2 = xv * xv;
+    for (int k = 0; k < MB; ++k) {
+      const V rk = splat<V>(r[k * ldr + n]);
+      a1[k] += rk * xv;
+      if constexpr (kSquares) a2[k] += rk * x2;
+    }
+  }
+  for (int k = 0; k < MB; ++k) {
+    flush(sx + k * D + d0, a1[k], D - d0);
+    if constexpr (kSquares) flush(sxx + k * D + d0, a2[k], D - d0);
+  }
+}
+
+// Whole vectors along d; with 32- or 64-byte vectors a last one at most half used is a half vector
+// (D = 50, AVX-512: 3 x 16 + 8 lanes instead of 4 x 16).
 template <typename T, int MB, bool kSquares>
 void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, double* sx,
                          double* sxx) {
-  using V = Vec<T>;
-  for (int64_t d = 0; d < D; d += width<T>()) {
-    V a1[MB] = {}, a2[MB] = {};
-    for (int64_t n = 0; n < rows; ++n) {
-      const V xv = load<V>(x + n * ldx + d);
-      const V x2 = xv * xv;
-      for (int k = 0; k < MB; ++k) {
-        const V rk = splat<V>(r[k * ldr + n]);
-        a1[k] += rk * xv;
-        if constexpr (kSquares) a2[k] += rk * x2;
-      }
-    }
-    for (int k = 0; k < MB; ++k) {
-      flush(sx + k * D + d, a1[k], D - d);
-      if constexpr (kSquares) flush(sxx + k * D + d, a2[k], D - d);
-    }
+  constexpr int64_t W = width<T>(), half = kBytes >= 32 ? W / 2 : 0;
+  int64_t d = 0;
+  for (; d < D && D - d > half; d += W) moments_dense_cols<T, Vec<T>, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
+  if constexpr (half > 0) {
+    using VHalf = typename VecOf<T, kBytes / 2>::type;
+    if (d < D) moments_dense_cols<T, VHalf, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
   }
 }
 
@@ -287,21 +297,32 @@ void resp_dot(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v,
   }
 }
 
-// out[n] = ||x_n||^2 in float64 (spherical second moments).
+// out[n] = ||x_n||^2 in float64; rows read in whole vectors of x's dtype, lanes past D masked.
 template <typename T>
 void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
+  using V = Vec<T>;
+  using VM = typename VecOf<int64_t, kBytes>::type;
+  constexpr int64_t W = width<T>();
+  V tail_mask;
+  T ones;
+  std::memset(&ones, 0xFF, sizeof(T));
+  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
   for (int64_t n = 0; n < rows; ++n) {
     const T* row = x + n * ldx;
     VD a0 = {}, a1 = {};
+    auto add = [&](V v) __attribute__((always_inline)) {
+      if constexpr (sizeof(T) == 8) {
+        a0 += v * v;
+      } else {
+        const VD lo = lo_double(v), hi = hi_double(v);
+        a0 += lo * lo;
+        a1 += hi * hi;
+      }
+    };
     int64_t d = 0;
-    for (; d + 2 * kWD <= D; d += 2 * kWD) {
-      const VD v0 = load_double(row + d), v1 = load_double(row + d + kWD);
-      a0 += v0 * v0;
-      a1 += v1 * v1;
-    }
-    double total = hsum<double>(a0 + a1);
-    for (; d < D; ++d) total += static_cast<double>(row[d]) * static_cast<double>(row[d]);
-    out[n] = total;
+    for (; d + W <= D; d += W) add(load<V>(row + d));
+    if (d < D) add((V)((VM)load<V>(row + d) & (VM)tail_mask));
+    out[n] = hsum<double>(a0 + a1);
   }
 }
 
