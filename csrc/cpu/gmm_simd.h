@@ -91,7 +91,8 @@ LGM_INLINE VF concat(VH a, VH b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, I...);
 }
 LGM_INLINE VF to_float(VD lo, VD hi) {
-  return concat(__builtin_convertvector(lo, VH), __builtin_convertvector(hi, VH), std::make_index_sequence<kBytes / 4>());
+  return concat(__builtin_convertvector(lo, VH), __builtin_convertvector(hi, VH),
+                std::make_index_sequence<kBytes / 4>());
 }
 
 // Keeps v in a register: stops the compiler from re-reading a table entry from memory for every
@@ -138,7 +139,8 @@ LGM_INLINE void flush(double* dst, VD v, int64_t n) {
 }
 template <typename V>
 LGM_INLINE void flush(double* dst, V v, int64_t n) {  // any other vector (half vectors)
-  for (int64_t j = 0; j < n && j < static_cast<int64_t>(sizeof(V) / sizeof(v[0])); ++j) dst[j] += static_cast<double>(v[j]);
+  constexpr int64_t lanes = sizeof(V) / sizeof(v[0]);
+  for (int64_t j = 0; j < n && j < lanes; ++j) dst[j] += static_cast<double>(v[j]);
 }
 LGM_INLINE void flush(double* dst, VF v, int64_t n) {
   if (n >= 2 * kWD) {

@@ -200,7 +200,8 @@ void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, const
                          double* sxx) {
   constexpr int64_t W = width<T>(), half = kBytes >= 32 ? W / 2 : 0;
   int64_t d = 0;
-  for (; d < D && D - d > half; d += W) moments_dense_cols<T, Vec<T>, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
+  for (; d < D && D - d > half; d += W)
+    moments_dense_cols<T, Vec<T>, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
   if constexpr (half > 0) {
     using VHalf = typename VecOf<T, kBytes / 2>::type;
     if (d < D) moments_dense_cols<T, VHalf, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
