@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ from lightning_genmodels.ops.gmm import CPU_ISA_ENV, _gmm_log_prob_ref, gmm_cpu_
 COV_TYPES = ("diag", "spherical", "tied", "full")
 LARGE = "gauss1m"  # --large: N=1,000,000 standard normal rows, D=128, K=1024 (a GPU target)
 REG_COVAR = 1e-3
+QUIET_S = 0.5  # idle seconds before timing each implementation
 Params = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # log_weights, means, prec_chol
 
 
@@ -141,6 +143,9 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> 
     if data == LARGE:
         impls = ["ext", "ref"]  # scikit-learn would take minutes per iteration
     for impl in impls:
+        # OpenBLAS threads keep spinning for ~0.1 s after a scikit-learn step and take both cores:
+        # the next case's ext ran 2.5x slower right after one (6.7 vs 2.7 ms, gauss50 K=10 diag).
+        time.sleep(QUIET_S)
         if impl == "sklearn":
             xs = x.double().cpu().numpy()
             state: dict[str, Any] = {"model": sklearn_model(params, cov_type)}

@@ -8,11 +8,13 @@
 //      centred form: no cancellation, 2 FMAs per term), summed in x's dtype over D, with vectors
 //      along D (D > 64) or along components (D <= 64); tied/full: y = x P by GEMM, then the same
 //      kernel on sum_d (y_d - (mu P)_d)^2.
-//   2. row-wise log-sum-exp and responsibilities, float64 [K, rows]: float32 x takes a vectorised
-//      float32 exp of (joint - row max) (exactly 0 below e^-87), float64 x libm's exp (common/gmm.h).
+//   2. row-wise log-sum-exp and responsibilities [K, rows] in x's dtype: float32 x takes joint
+//      log-probabilities and sums in float64 but a vectorised float32 exp of (joint - row max)
+//      (exactly 0 below e^-87), float64 x libm's exp (common/gmm.h).
 //   3. moments sum_n r_nk x_n (and x_n^2) by a register-blocked kernel, dense, or sparse over the
-//      rows whose responsibility is not 0: products and sums in float64 (spherical: r times the
-//      float64 ||x_n||^2). tied/full second moments by a GEMM in x's dtype over the tile, added
+//      rows whose responsibility is not 0: products and sums over the tile in x's dtype, added to
+//      float64 totals (float32: within 1e-7 of float64 sums at N = 1e6, tested; spherical: r
+//      times the float64 ||x_n||^2). tied/full second moments by a GEMM in x's dtype over the tile, added
 //      in float64.
 // Tiles are grouped into chunks whose boundaries depend only on (N, D, K, covariance type, vector
 // width); each chunk owns a float64 accumulator and chunks are summed in order at the end, so the
@@ -46,18 +48,21 @@ struct SimdKernels {
   void (*maha)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
                const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo);
   // 2. (float32 only, else null) resp [K, ld] = w_n softmax_k(log_const_k - maha_kn / 2), nk += sum_n resp;
-  // returns sum_n w_n lse_n. work: float [K, ld]; rowbuf: double [3, ld].
-  double (*softmax)(const T* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const T* sw,
-                    float* work, double* rowbuf, double* resp, double* nk);
-  // 3. sx[k, d] += sum_n r_kn x_nd and, when sxx is not null, sxx[k, d] += sum_n r_kn x_nd^2 (float64);
-  // r [K, ldr].
-  void (*moments_dense)(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* r, int64_t ldr, int64_t K,
+  // returns sum_n w_n lse_n. Sets maha to 0 from rows up to a multiple of the width. work: float
+  // [K, ld]; rowbuf: double [3 ld + 8 K].
+  double (*softmax)(T* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const T* sw,
+                    float* work, double* rowbuf, T* resp, double* nk);
+  // 3. sx[k, d] += sum_n r_kn x_nd and, when sxx is not null, sxx[k, d] += sum_n r_kn x_nd^2: float64
+  // totals of sums over one tile in x's dtype; r [K, ldr].
+  void (*moments_dense)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, int64_t K,
                         double* sx, double* sxx);
   // 3. the same for one component over the m rows idx with responsibilities val.
-  void (*moments_sparse)(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const double* val, int64_t m,
+  void (*moments_sparse)(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const T* val, int64_t m,
                          double* sx, double* sxx);
   // out[n] = ||x_n||^2 in float64, for spherical second moments.
   void (*sq_norms)(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out);
+  // out[k] += sum_n r_kn v_n in float64; r [K, ldr], v [rows].
+  void (*resp_dot)(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v, double* out);
 };
 
 namespace generic {
@@ -135,10 +140,11 @@ struct Plan {
 template <typename T>
 struct Scratch {
   at::Tensor maha, xpad, ypad, y, xr, xg, s;  // [K, tile], [tile, ldt] x2, [tile, D] x3, [D, D]
-  std::vector<double> resp, joint, rd, rowbuf;  // [K, tile], [K] x2, [3, tile]
-  std::vector<float> work;                      // [K, tile]
+  std::vector<T> resp;                   // [K, tile] responsibilities, in x's dtype
+  std::vector<double> joint, rd, rowbuf;  // [K] x2, [3 tile + 8 K]
+  std::vector<float> work;                // [K, tile]
   std::vector<int64_t> idx;
-  std::vector<double> val;
+  std::vector<T> val;
 
   Scratch(const Plan<T>& plan, const at::TensorOptions& opts) {
     const int64_t t = plan.tile();
@@ -154,7 +160,7 @@ struct Scratch {
     resp.resize(t * plan.K);
     joint.resize(plan.K);
     rd.resize(plan.K);
-    rowbuf.resize(3 * t);
+    rowbuf.resize(3 * t + 8 * plan.K);
     work.resize(t * plan.K);
     idx.resize(t);
     val.resize(t);

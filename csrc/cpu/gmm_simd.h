@@ -8,6 +8,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define LGM_INLINE inline __attribute__((always_inline))
 
@@ -57,6 +61,40 @@ LGM_INLINE VD load_double(const T* p) {
   }
 }
 
+// Every lane s, as one broadcast: s - 0 folds away (`V{} + s` keeps a scalar add, as s + 0 is not
+// s for s = -0, and a loop over lanes compiles to one insert per lane).
+template <typename V, typename T>
+LGM_INLINE V splat(T s) {
+  return s - V{};
+}
+
+// Float64 of a half float vector: cvtps2pd (GCC 12 lowers __builtin_convertvector to pieces here).
+LGM_INLINE VD to_double(VH h) {
+#if defined(__x86_64__) && LGM_SIMD_BYTES == 64
+  return (VD)_mm512_cvtps_pd((__m256)h);
+#elif defined(__x86_64__) && LGM_SIMD_BYTES == 32
+  return (VD)__builtin_ia32_cvtps2pd256((__v4sf)h);  // the builtin: ATen included the intrinsics under -march=native
+#else
+  return __builtin_convertvector(h, VD);
+#endif
+}
+
+// The low and high halves of a float vector as float64, and back (shuffles, not memory).
+template <std::size_t... I>
+LGM_INLINE VH half_of(VF v, std::size_t first, std::index_sequence<I...>) {
+  return first == 0 ? __builtin_shufflevector(v, v, I...) : __builtin_shufflevector(v, v, (I + sizeof...(I))...);
+}
+LGM_INLINE VD lo_double(VF v) { return to_double(half_of(v, 0, std::make_index_sequence<kBytes / 8>())); }
+LGM_INLINE VD hi_double(VF v) { return to_double(half_of(v, 1, std::make_index_sequence<kBytes / 8>())); }
+template <std::size_t... I>
+LGM_INLINE VF concat(VH a, VH b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, I...);
+}
+LGM_INLINE VF to_float(VD lo, VD hi) {
+  return concat(__builtin_convertvector(lo, VH), __builtin_convertvector(hi, VH),
+                std::make_index_sequence<kBytes / 4>());
+}
+
 // Keeps v in a register: stops the compiler from re-reading a table entry from memory for every
 // use (with AVX-512 it otherwise spends a load per FMA and becomes load-bound).
 template <typename V>
@@ -90,13 +128,26 @@ LGM_INLINE T min_of(T a, T b) {
   return a < b ? a : b;
 }
 
-// dst[j] += v[j] for j < min(n, WD).
+// dst[j] += v[j] for j < min(n, width): float64 sums, and float32 partial sums folded into float64.
 LGM_INLINE void flush(double* dst, VD v, int64_t n) {
   if (n >= kWD) {
     VD d = load<VD>(dst) + v;
     std::memcpy(dst, &d, sizeof(VD));
   } else {
     for (int64_t j = 0; j < n; ++j) dst[j] += v[j];
+  }
+}
+template <typename V>
+LGM_INLINE void flush(double* dst, V v, int64_t n) {  // any other vector (half vectors)
+  constexpr int64_t lanes = sizeof(V) / sizeof(v[0]);
+  for (int64_t j = 0; j < n && j < lanes; ++j) dst[j] += static_cast<double>(v[j]);
+}
+LGM_INLINE void flush(double* dst, VF v, int64_t n) {
+  if (n >= 2 * kWD) {
+    flush(dst, lo_double(v), kWD);
+    flush(dst + kWD, hi_double(v), kWD);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] += static_cast<double>(v[j]);
   }
 }
 
@@ -203,7 +254,7 @@ LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT,
       if constexpr (kScaled) pv[j] = load<V>(pT + d * ldk + j * W);
     }
     for (int r = 0; r < RB; ++r) {
-      const V xb = V{} + x[r * ldx + d];
+      const V xb = splat<V>(x[r * ldx + d]);
       for (int j = 0; j < KV; ++j) {
         const V t = kScaled ? xb * pv[j] - nv[j] : xb - nv[j];
         acc[r][j] += t * t;

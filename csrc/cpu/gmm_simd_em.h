@@ -6,7 +6,7 @@ namespace LGM_SIMD_NS {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// 2. Responsibilities of float32 x.
+// 2. Responsibilities of float32 x, in float32.
 
 // exp(v) for v <= 0 in float32 (Cephes expf: Cody-Waite reduction by ln 2, degree-6 polynomial,
 // within 2 ulp); exactly 0 below -87 (where e^v < 2^-125: such a responsibility is dropped).
@@ -31,11 +31,13 @@ LGM_INLINE VF exp_nonpositive(VF v) {
 }
 
 // Component-major tiles [K, ld] (columns: the tile's rows), so every loop runs along rows.
-double softmax_f32(const float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const float* sw,
-                   float* work, double* rowbuf, double* resp, double* nk) {
+// The row-at-a-time form, for a tile with a row of weight 0 or without a finite joint
+// log-probability (common/gmm.h row_softmax).
+double softmax_f32_rows(const float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const,
+                        const float* sw, float* work, double* rowbuf, float* resp, double* nk) {
   constexpr int64_t W = width<float>();
-  double* top = rowbuf;           // [rows] max_k joint_nk (common/gmm.h joint_log_prob, float64)
-  double* scale = rowbuf + ld;    // [rows] w_n / sum_k e_nk
+  double* top = rowbuf;               // [rows] max_k joint_nk (common/gmm.h joint_log_prob, float64)
+  double* scale = rowbuf + ld;        // [rows] w_n / sum_k e_nk
   double* special = rowbuf + 2 * ld;  // [rows] 0 normally; 1: weight 0 -> resp 0; 2: no finite joint -> NaN
   for (int64_t n = 0; n < rows; ++n) top[n] = -INFINITY;
   for (int64_t k = 0; k < K; ++k) {
@@ -45,8 +47,7 @@ double softmax_f32(const float* maha, int64_t rows, int64_t K, int64_t ld, const
       top[n] = j > top[n] ? j : top[n];
     }
   }
-  // a. work = joint - top in float32, then one vectorised exp over the whole tile.
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = 0; k < K; ++k) {  // e = exp(joint - top), float32
     const float* m = maha + k * ld;
     float* wk = work + k * ld;
     for (int64_t n = 0; n < rows; ++n) {
@@ -58,7 +59,6 @@ double softmax_f32(const float* maha, int64_t rows, int64_t K, int64_t ld, const
       std::memcpy(wk + n, &e, sizeof(VF));
     }
   }
-  // b. per row: sum, log-sum-exp, the scale w / sum; rows of weight 0 give 0 (common/gmm.h row_softmax).
   for (int64_t n = 0; n < rows; ++n) scale[n] = 0.0;
   for (int64_t k = 0; k < K; ++k) {
     const float* wk = work + k * ld;
@@ -71,14 +71,13 @@ double softmax_f32(const float* maha, int64_t rows, int64_t K, int64_t ld, const
     scale[n] = w / sum;
     if (w != 0.0) loglik += w * (top[n] > -INFINITY ? top[n] + std::log(sum) : -INFINITY);
   }
-  // c. resp = e * scale (float64), nk += its sums.
   for (int64_t k = 0; k < K; ++k) {
     const float* wk = work + k * ld;
-    double* rk = resp + k * ld;
+    float* rk = resp + k * ld;
     double total = 0.0;
     for (int64_t n = 0; n < rows; ++n) {
       const double r = special[n] == 0.0 ? static_cast<double>(wk[n]) * scale[n] : (special[n] == 1.0 ? 0.0 : NAN);
-      rk[n] = r;
+      rk[n] = static_cast<float>(r);
       total += r;
     }
     nk[k] += total;
@@ -86,33 +85,131 @@ double softmax_f32(const float* maha, int64_t rows, int64_t K, int64_t ld, const
   return loglik;
 }
 
-// ---------------------------------------------------------------------------------------------
-// 3. Moments in float64: sx[k, d] += sum_n r_nk x_nd, (kSquares) sxx[k, d] += sum_n r_nk x_nd^2.
-
-// Dense: all rows, MB components (r component-major [MB, ldr]); one VD of d at a time, 2 MB accumulators.
-template <typename T, int MB, bool kSquares>
-void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* r, int64_t ldr, double* sx,
-                         double* sxx) {
-  for (int64_t d = 0; d < D; d += kWD) {
-    VD a1[MB] = {}, a2[MB] = {};
+// The same by blocks of W rows; false (nothing written to nk) where a row needs the row-at-a-time
+// form. Lanes from rows up to a multiple of W get maha 0 and weight 0.
+//   a. top_n ~ max_k joint_nk in float32: any shift gives the same softmax and lse = top + log sum,
+//      and this one keeps joint - top below ~1e-5, where exp_nonpositive is still exact;
+//   b. joint - top in float64 (the two are close: float32 would lose digits), rounded once for the
+//      float32 exp; sum_n in float64;
+//   c. resp = e w / sum in float32, nk += float32 sums over the tile.
+bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const float* sw,
+                        float* work, double* rowbuf, float* resp, double* nk, double* loglik) {
+  constexpr int64_t W = width<float>();
+  const int64_t padded = (rows + W - 1) / W * W;
+  double* top = rowbuf;                                        // [padded]
+  double* sum = rowbuf + ld;                                   // [padded]
+  float* scale = reinterpret_cast<float*>(rowbuf + 2 * ld);  // [padded] w / sum
+  if (sw) {
     for (int64_t n = 0; n < rows; ++n) {
-      const VD xv = load_double(x + n * ldx + d);
-      const VD x2 = xv * xv;
-      for (int k = 0; k < MB; ++k) {
-        const double rk = r[k * ldr + n];
-        a1[k] += rk * xv;
-        if constexpr (kSquares) a2[k] += rk * x2;
-      }
+      if (sw[n] == 0.0f) return false;
     }
+  }
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = rows; n < padded; ++n) maha[k * ld + n] = 0.0f;
+  for (int64_t n0 = 0; n0 < padded; n0 += W) {
+    VF tf = VF{} - INFINITY;
+    for (int64_t k = 0; k < K; ++k) {
+      const VF j = static_cast<float>(log_const[k]) - 0.5f * load<VF>(maha + k * ld + n0);
+      tf = j > tf ? j : tf;
+    }
+    for (int64_t j = 0; j < W; ++j) {
+      if (!(tf[j] > -INFINITY)) return false;
+    }
+    const VD t0 = lo_double(tf), t1 = hi_double(tf);
+    VD s0 = {}, s1 = {};
+    for (int64_t k = 0; k < K; ++k) {
+      const VF m = load<VF>(maha + k * ld + n0);
+      const VD d0 = (log_const[k] - 0.5 * lo_double(m)) - t0, d1 = (log_const[k] - 0.5 * hi_double(m)) - t1;
+      const VF e = exp_nonpositive(to_float(d0, d1));
+      std::memcpy(work + k * ld + n0, &e, sizeof(VF));
+      s0 += lo_double(e);
+      s1 += hi_double(e);
+    }
+    float wbuf[W];
+    for (int64_t j = 0; j < W; ++j) wbuf[j] = n0 + j < rows ? (sw ? sw[n0 + j] : 1.0f) : 0.0f;
+    const VF w = load<VF>(wbuf);
+    const VF c = to_float(lo_double(w) / s0, hi_double(w) / s1);
+    std::memcpy(scale + n0, &c, sizeof(VF));
+    std::memcpy(top + n0, &t0, sizeof(VD));
+    std::memcpy(top + n0 + kWD, &t1, sizeof(VD));
+    std::memcpy(sum + n0, &s0, sizeof(VD));
+    std::memcpy(sum + n0 + kWD, &s1, sizeof(VD));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    VF acc = {};
+    for (int64_t n0 = 0; n0 < padded; n0 += W) {
+      const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
+      std::memcpy(resp + k * ld + n0, &r, sizeof(VF));
+      acc += r;
+    }
+    nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));
+  }
+  // d. sum_n w_n (top_n + log sum_n); unweighted, one log per 16 rows (each sum lies in [1, K + 1e-4]),
+  // four independent products.
+  double ll = 0.0;
+  if (sw) {
+    for (int64_t n = 0; n < rows; ++n) ll += static_cast<double>(sw[n]) * (top[n] + std::log(sum[n]));
+  } else {
+    for (int64_t n = 0; n < rows; ++n) ll += top[n];
+    for (int64_t n0 = 0; n0 < rows; n0 += 16) {
+      double p[4] = {1.0, 1.0, 1.0, 1.0};
+      for (int64_t n = n0; n < min_of(rows, n0 + 16); ++n) p[n % 4] *= sum[n];
+      ll += std::log((p[0] * p[1]) * (p[2] * p[3]));
+    }
+  }
+  *loglik = ll;
+  return true;
+}
+
+// resp [K, ld] = w_n softmax_k(log_const_k - maha_kn / 2) in float32 (computed in float64 but the exp).
+double softmax_f32(float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const float* sw,
+                   float* work, double* rowbuf, float* resp, double* nk) {
+  double loglik = 0.0;
+  if (softmax_f32_blocks(maha, rows, K, ld, log_const, sw, work, rowbuf, resp, nk, &loglik)) return loglik;
+  return softmax_f32_rows(maha, rows, K, ld, log_const, sw, work, rowbuf, resp, nk);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Moments: sx[k, d] += sum_n r_nk x_nd, (kSquares) sxx[k, d] += sum_n r_nk x_nd^2, products
+// and partial sums over one tile (at most kTile rows) in x's dtype, added to the float64 totals.
+
+// Dense: all rows, MB components (r component-major [MB, ldr]); one vector V of d from d0, 2 MB accumulators.
+template <typename T, typename V, int MB, bool kSquares>
+LGM_INLINE void moments_dense_cols(const T* x, int64_t ldx, int64_t rows, int64_t d0, int64_t D, const T* r,
+                                   int64_t ldr, double* sx, double* sxx) {
+  V a1[MB] = {}, a2[MB] = {};
+  for (int64_t n = 0; n < rows; ++n) {
+    const V xv = load<V>(x + n * ldx + d0);
+    const V x2 = xv * xv;
     for (int k = 0; k < MB; ++k) {
-      flush(sx + k * D + d, a1[k], D - d);
-      if constexpr (kSquares) flush(sxx + k * D + d, a2[k], D - d);
+      const V rk = splat<V>(r[k * ldr + n]);
+      a1[k] += rk * xv;
+      if constexpr (kSquares) a2[k] += rk * x2;
     }
+  }
+  for (int k = 0; k < MB; ++k) {
+    flush(sx + k * D + d0, a1[k], D - d0);
+    if constexpr (kSquares) flush(sxx + k * D + d0, a2[k], D - d0);
+  }
+}
+
+// Whole vectors along d; with 32- or 64-byte vectors a last one at most half used is a half vector
+// (D = 50, AVX-512: 3 x 16 + 8 lanes instead of 4 x 16).
+template <typename T, int MB, bool kSquares>
+void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, double* sx,
+                         double* sxx) {
+  constexpr int64_t W = width<T>(), half = kBytes >= 32 ? W / 2 : 0;
+  int64_t d = 0;
+  for (; d < D && D - d > half; d += W)
+    moments_dense_cols<T, Vec<T>, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
+  if constexpr (half > 0) {
+    using VHalf = typename VecOf<T, kBytes / 2>::type;
+    if (d < D) moments_dense_cols<T, VHalf, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
   }
 }
 
 template <typename T, bool kSquares>
-void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* r, int64_t ldr, int64_t K,
+void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, int64_t K,
                       double* sx, double* sxx) {
   const int64_t blocks = (K + kMB - 1) / kMB;
   for (int64_t b = 0; b < blocks; ++b) {
@@ -132,7 +229,7 @@ void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, const do
 }
 
 template <typename T>
-void moments_dense(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* r, int64_t ldr, int64_t K,
+void moments_dense(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, int64_t K,
                    double* sx, double* sxx) {
   if (sxx) {
     moments_dense_sq<T, true>(x, ldx, rows, D, r, ldr, K, sx, sxx);
@@ -141,38 +238,41 @@ void moments_dense(const T* x, int64_t ldx, int64_t rows, int64_t D, const doubl
   }
 }
 
-// Sparse: one component over the m rows idx with responsibilities val; NV VDs of d per pass.
+// Sparse: one component over the m rows idx with responsibilities val; NV vectors of d per pass.
 template <typename T, int NV, bool kSquares>
 LGM_INLINE void moments_sparse_block(const T* x, int64_t ldx, int64_t d, int64_t D, const int64_t* idx,
-                                     const double* val, int64_t m, double* sx, double* sxx) {
-  VD a1[NV] = {}, a2[NV] = {};
+                                     const T* val, int64_t m, double* sx, double* sxx) {
+  using V = Vec<T>;
+  constexpr int64_t W = width<T>();
+  V a1[NV] = {}, a2[NV] = {};
   for (int64_t i = 0; i < m; ++i) {
     const T* row = x + idx[i] * ldx + d;
-    const double v = val[i];
+    const V v = splat<V>(val[i]);
     for (int j = 0; j < NV; ++j) {
-      const VD xv = load_double(row + j * kWD);
-      const VD rx = v * xv;
+      const V xv = load<V>(row + j * W);
+      const V rx = v * xv;
       a1[j] += rx;
       if constexpr (kSquares) a2[j] += rx * xv;
     }
   }
   for (int j = 0; j < NV; ++j) {
-    flush(sx + d + j * kWD, a1[j], D - d - j * kWD);
-    if constexpr (kSquares) flush(sxx + d + j * kWD, a2[j], D - d - j * kWD);
+    flush(sx + d + j * W, a1[j], D - d - j * W);
+    if constexpr (kSquares) flush(sxx + d + j * W, a2[j], D - d - j * W);
   }
 }
 
 template <typename T, bool kSquares>
-void moments_sparse_sq(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const double* val, int64_t m,
-                       double* sx, double* sxx) {
+void moments_sparse_sq(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const T* val, int64_t m, double* sx,
+                       double* sxx) {
   constexpr int NV = kBytes == 64 ? 6 : 4;
+  constexpr int64_t W = width<T>();
   int64_t d = 0;
-  for (; d + NV * kWD <= D; d += NV * kWD) moments_sparse_block<T, NV, kSquares>(x, ldx, d, D, idx, val, m, sx, sxx);
-  for (; d < D; d += kWD) moments_sparse_block<T, 1, kSquares>(x, ldx, d, D, idx, val, m, sx, sxx);
+  for (; d + NV * W <= D; d += NV * W) moments_sparse_block<T, NV, kSquares>(x, ldx, d, D, idx, val, m, sx, sxx);
+  for (; d < D; d += W) moments_sparse_block<T, 1, kSquares>(x, ldx, d, D, idx, val, m, sx, sxx);
 }
 
 template <typename T>
-void moments_sparse(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const double* val, int64_t m, double* sx,
+void moments_sparse(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const T* val, int64_t m, double* sx,
                     double* sxx) {
   if (sxx) {
     moments_sparse_sq<T, true>(x, ldx, D, idx, val, m, sx, sxx);
@@ -181,21 +281,49 @@ void moments_sparse(const T* x, int64_t ldx, int64_t D, const int64_t* idx, cons
   }
 }
 
-// out[n] = ||x_n||^2 in float64 (spherical second moments).
+// out[k] += sum_n r_kn v_n in float64 (spherical: v = ||x_n||^2), r [K, ldr].
+template <typename T>
+void resp_dot(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v, double* out) {
+  for (int64_t k = 0; k < K; ++k) {
+    const T* rk = r + k * ldr;
+    VD a0 = {}, a1 = {};
+    int64_t n = 0;
+    for (; n + 2 * kWD <= rows; n += 2 * kWD) {
+      a0 += load_double(rk + n) * load<VD>(v + n);
+      a1 += load_double(rk + n + kWD) * load<VD>(v + n + kWD);
+    }
+    double total = hsum<double>(a0 + a1);
+    for (; n < rows; ++n) total += static_cast<double>(rk[n]) * v[n];
+    out[k] += total;
+  }
+}
+
+// out[n] = ||x_n||^2 in float64; rows read in whole vectors of x's dtype, lanes past D masked.
 template <typename T>
 void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
+  using V = Vec<T>;
+  using VM = typename VecOf<int64_t, kBytes>::type;
+  constexpr int64_t W = width<T>();
+  V tail_mask;
+  T ones;
+  std::memset(&ones, 0xFF, sizeof(T));
+  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
   for (int64_t n = 0; n < rows; ++n) {
     const T* row = x + n * ldx;
     VD a0 = {}, a1 = {};
+    auto add = [&](V v) __attribute__((always_inline)) {
+      if constexpr (sizeof(T) == 8) {
+        a0 += v * v;
+      } else {
+        const VD lo = lo_double(v), hi = hi_double(v);
+        a0 += lo * lo;
+        a1 += hi * hi;
+      }
+    };
     int64_t d = 0;
-    for (; d + 2 * kWD <= D; d += 2 * kWD) {
-      const VD v0 = load_double(row + d), v1 = load_double(row + d + kWD);
-      a0 += v0 * v0;
-      a1 += v1 * v1;
-    }
-    double total = hsum<double>(a0 + a1);
-    for (; d < D; ++d) total += static_cast<double>(row[d]) * static_cast<double>(row[d]);
-    out[n] = total;
+    for (; d + W <= D; d += W) add(load<V>(row + d));
+    if (d < D) add((V)((VM)load<V>(row + d) & (VM)tail_mask));
+    out[n] = hsum<double>(a0 + a1);
   }
 }
 
@@ -204,14 +332,14 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
 template <>
 const SimdKernels<float>& kernels<float>() {
   static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &moments_dense<float>, &moments_sparse<float>,
-                                    &sq_norms<float>};
+                                    &sq_norms<float>, &resp_dot<float>};
   return k;
 }
 
 template <>
 const SimdKernels<double>& kernels<double>() {
   static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, &moments_dense<double>, &moments_sparse<double>,
-                                     &sq_norms<double>};
+                                     &sq_norms<double>, &resp_dot<double>};
   return k;
 }
 

@@ -63,12 +63,12 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
 
 namespace {
 
-// 2. Joint log-probabilities -> log-sum-exp, responsibilities s.resp [K, tile] (float64, times the
+// 2. Joint log-probabilities -> log-sum-exp, responsibilities s.resp [K, tile] (x's dtype, times the
 // sample weight), nk += their sums. Returns the tile's weighted log-likelihood.
 template <typename T>
 double tile_responsibilities(const Plan<T>& plan, const T* sw, int64_t rows, Scratch<T>& s, double* nk) {
   const int64_t K = plan.K, ld = plan.tile();
-  const T* maha = s.maha.template data_ptr<T>();
+  T* maha = s.maha.template data_ptr<T>();
   if constexpr (std::is_same_v<T, float>) {
     return plan.simd.softmax(maha, rows, K, ld, plan.log_const.data(), sw, s.work.data(), s.rowbuf.data(),
                              s.resp.data(), nk);
@@ -91,19 +91,19 @@ template <typename T>
 void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s, double* sx,
                   double* sxx) {
   const int64_t K = plan.K, D = plan.D, ld = plan.tile();
-  const double* resp = s.resp.data();
+  const T* resp = s.resp.data();
   int64_t nnz = 0;
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t n = 0; n < rows; ++n) nnz += resp[k * ld + n] != 0.0;
+    for (int64_t n = 0; n < rows; ++n) nnz += resp[k * ld + n] != T(0);
   if (2 * nnz >= rows * K) {  // dense enough: register-blocked over components
     plan.simd.moments_dense(xs, lds, rows, D, resp, ld, K, sx, sxx);
     return;
   }
   for (int64_t k = 0; k < K; ++k) {  // sparse: per component, its rows with r != 0 (exact)
-    const double* rk = resp + k * ld;
+    const T* rk = resp + k * ld;
     int64_t m = 0;
     for (int64_t n = 0; n < rows; ++n) {
-      if (rk[n] != 0.0) {
+      if (rk[n] != T(0)) {
         s.idx[m] = n;
         s.val[m++] = rk[n];
       }
@@ -115,15 +115,9 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
 // spherical: sxx[k] += sum_n r_kn ||x_n||^2, squared norms in float64.
 template <typename T>
 void tile_norm_moments(const Plan<T>& plan, const T* xt, int64_t ldx, int64_t rows, Scratch<T>& s, double* sxx) {
-  const int64_t K = plan.K, D = plan.D, ld = plan.tile();
   double* norms = s.rowbuf.data();
-  plan.simd.sq_norms(xt, ldx, rows, D, norms);
-  for (int64_t k = 0; k < K; ++k) {
-    const double* rk = s.resp.data() + k * ld;
-    double acc = 0.0;
-    for (int64_t n = 0; n < rows; ++n) acc += rk[n] * norms[n];
-    sxx[k] += acc;
-  }
+  plan.simd.sq_norms(xt, ldx, rows, plan.D, norms);
+  plan.simd.resp_dot(s.resp.data(), plan.tile(), plan.K, rows, norms, sxx);
 }
 
 inline void add_to(double* dst, const at::Tensor& src) {
@@ -157,7 +151,7 @@ void tile_second_moments(const Plan<T>& plan, const at::Tensor& x_tile, const T*
     add_to(sxx, s.s);
     return;
   }
-  const double* resp = s.resp.data();
+  const T* resp = s.resp.data();
   const int64_t ld = plan.tile();
   T* xr = s.xr.template data_ptr<T>();
   T* xg = s.xg.template data_ptr<T>();
