@@ -10,9 +10,11 @@ implementations; iterations are chained, so the reported log-likelihood (the mea
 the last E-step) shows the implementations reach the same fit. The limit of a case is dense work
 at the matrix-multiply rate measured here (distances and moments for every row and component)
 plus one read pass over X. ``nnz`` is the fraction of responsibilities above e^-87 at the initial
-parameters; ``sparse`` says the kernel's moments skip the rest (nnz < 1/2), the only way it can
-beat the limit. ``gauss50`` (standard normal rows, overlapping components) keeps the
-responsibilities dense.
+parameters; ``sparse`` says the kernel's moments skip the rest (nnz < 1/2), one way it can beat the
+limit; ``pruned`` is the fraction of (row, component) distances the float32 CPU kernel cuts short
+(csrc/cpu/gmm_prune.cpp: a partial distance already shows the responsibility is 0), the other,
+and ``noprune`` times the same kernel with that turned off (LGM_GMM_PRUNE=0). ``gauss50``
+(standard normal rows, overlapping components) keeps the responsibilities dense.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from lightning_genmodels.ops.gmm import CPU_ISA_ENV, _gmm_log_prob_ref, gmm_cpu_
 COV_TYPES = ("diag", "spherical", "tied", "full")
 LARGE = "gauss1m"  # --large: N=1,000,000 standard normal rows, D=128, K=1024 (a GPU target)
 REG_COVAR = 1e-3
+PRUNE_ENV = "LGM_GMM_PRUNE"  # "0": the CPU kernel computes every distance in full
 QUIET_S = 0.5  # idle seconds before timing each implementation
 Params = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # log_weights, means, prec_chol
 
@@ -126,6 +129,14 @@ def resp_density(x: torch.Tensor, params: Params, cov_type: str) -> float:
     return (torch.softmax(joint, 1) > float(np.exp(-87.0))).double().mean().item()
 
 
+def pruned_fraction(x: torch.Tensor, params: Params, cov_type: str) -> float:
+    """Fraction of (row, component) pairs the CPU kernel drops at params (0 where it does not prune)."""
+    if x.device.type != "cpu":
+        return 0.0
+    joint = torch.ops.lightning_genmodels._gmm_pruned_log_prob(x, *params, cov_type)
+    return torch.isneginf(joint).double().mean().item()
+
+
 def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> list[Record]:
     n, d = x.shape
     params = initial_params(x.double().cpu(), k, cov_type)
@@ -142,6 +153,9 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> 
     impls = ["ext", "ref", "sklearn"] if not (slow and args.quick) else ["ext"]
     if data == LARGE:
         impls = ["ext", "ref"]  # scikit-learn would take minutes per iteration
+    pruned = pruned_fraction(xd, tuple(p.to(args.device, torch.float32) for p in params), cov_type)
+    if pruned > 0:
+        impls.insert(1, "noprune")
     for impl in impls:
         # OpenBLAS threads keep spinning for ~0.1 s after a scikit-learn step and take both cores:
         # the next case's ext ran 2.5x slower right after one (6.7 vs 2.7 ms, gauss50 K=10 diag).
@@ -153,7 +167,14 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> 
             device, dtype = "cpu", "float64"
         else:
             state = {"params": tuple(p.to(args.device, torch.float32) for p in params)}
-            timing = time_fn(lambda: torch_step(impl, xd, cov_type, state), args.device, repeats=repeats, warmup=warmup)
+            op_impl = "ext" if impl == "noprune" else impl
+            if impl == "noprune":
+                os.environ[PRUNE_ENV] = "0"
+            try:
+                timing = time_fn(lambda: torch_step(op_impl, xd, cov_type, state), args.device, repeats=repeats,
+                                 warmup=warmup)
+            finally:
+                os.environ.pop(PRUNE_ENV, None)
             device, dtype = args.device, "float32"
         extra = {
             "final_loglik": float(state["loglik"]),
@@ -165,12 +186,13 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> 
             "x_limit": timing[0] / limit_s,
             "resp_nnz": nnz,
             "sparse": nnz < 0.5,
+            "pruned": pruned,
         }
         params_json = {**common, "dtype": dtype}
         records.append(Record("gmm_em", impl, device, params_json, *timing, extra))
     by_impl = {r.impl: r for r in records}
     for r in records:
-        for other in ("ref", "sklearn"):
+        for other in ("ref", "sklearn", "noprune"):
             if other in by_impl:
                 r.extra[f"speedup_vs_{other}"] = by_impl[other].median_s / r.median_s
     return records
@@ -188,8 +210,9 @@ def case_rows(records: list[Record]) -> list[dict[str, Any]]:
             row.update(limit_ms=1e3 * r.extra["limit_s"], ext_x_limit=r.extra["x_limit"],
                        ref_x_ext=r.extra.get("speedup_vs_ref", float("nan")),
                        sk_x_ext=r.extra.get("speedup_vs_sklearn", float("nan")),
+                       noprune_x_ext=r.extra.get("speedup_vs_noprune", float("nan")),
                        nnz=r.extra["resp_nnz"], sparse="yes" if r.extra["sparse"] else "no",
-                       loglik=r.extra["final_loglik"])
+                       pruned=r.extra["pruned"], loglik=r.extra["final_loglik"])
     return list(rows.values())
 
 

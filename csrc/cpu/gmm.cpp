@@ -46,7 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
                                                                          const at::Tensor& means,
                                                                          const at::Tensor& prec_chol, CovType cov) {
   const at::Tensor x = rows_with_unit_stride(x_in);
-  const Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
+  Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
+  plan_pruning(plan);
   const int64_t N = x.size(0), K = plan.K, D = plan.D, tile = plan.tile();
   const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
   const T* swp = sw.defined() ? sw.template data_ptr<T>() : nullptr;
@@ -82,9 +83,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
 
 template <typename T>
 at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, const at::Tensor& means,
-                        const at::Tensor& prec_chol, CovType cov) {
+                        const at::Tensor& prec_chol, CovType cov, bool pruned) {
   const at::Tensor x = rows_with_unit_stride(x_in);
-  const Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
+  Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
+  if (pruned) plan_pruning(plan);
   const int64_t N = x.size(0), K = plan.K, tile = plan.tile(), ldx = x.stride(0);
   at::Tensor out = at::empty({N, K}, x.options());
   T* op = out.data_ptr<T>();
@@ -96,7 +98,11 @@ at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, c
       const int64_t n0 = t * tile, rows = std::min(tile, N - n0);
       int64_t lds = 0;
       const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
-      tile_maha(plan, x.narrow(0, n0, rows), xs, lds, rows, s);
+      if (plan.vec_order.empty()) {
+        tile_maha(plan, x.narrow(0, n0, rows), xs, lds, rows, s);
+      } else {
+        tile_maha_pruned(plan, xs, lds, rows, s);
+      }
       for (int64_t n = 0; n < rows; ++n) {
         for (int64_t k = 0; k < K; ++k) {
           op[(n0 + n) * K + k] = static_cast<T>(joint_log_prob(plan.log_const[k], maha[k * tile + n]));
@@ -121,14 +127,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_em_stats_cpu(
   });
 }
 
-at::Tensor gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,
-                            const at::Tensor& prec_chol, c10::string_view covariance_type) {
+static at::Tensor log_prob_op(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,
+                              const at::Tensor& prec_chol, c10::string_view covariance_type, bool pruned) {
   const CovType cov = gmm_check_inputs("gmm_log_prob", x, std::nullopt, log_weights, means, prec_chol,
                                        std::string_view(covariance_type.data(), covariance_type.size()));
   TORCH_CHECK_VALUE(x.device().is_cpu(), "gmm_log_prob: x must be on the CPU, got ", x.device());
   const at::Tensor lw = log_weights.contiguous(), mu = means.contiguous(), pc = prec_chol.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_log_prob_cpu",
-                                    [&] { return log_prob_cpu<scalar_t>(x, lw, mu, pc, cov); });
+                                    [&] { return log_prob_cpu<scalar_t>(x, lw, mu, pc, cov, pruned); });
+}
+
+at::Tensor gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,
+                            const at::Tensor& prec_chol, c10::string_view covariance_type) {
+  return log_prob_op(x, log_weights, means, prec_chol, covariance_type, false);
+}
+
+at::Tensor gmm_pruned_log_prob_cpu(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,
+                                   const at::Tensor& prec_chol, c10::string_view covariance_type) {
+  return log_prob_op(x, log_weights, means, prec_chol, covariance_type, true);
 }
 
 }  // namespace lgm
@@ -136,4 +152,5 @@ at::Tensor gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& log_weights, 
 TORCH_LIBRARY_IMPL(lightning_genmodels, CPU, m) {
   m.impl("gmm_em_stats", &lgm::gmm_em_stats_cpu);
   m.impl("gmm_log_prob", &lgm::gmm_log_prob_cpu);
+  m.impl("_gmm_pruned_log_prob", &lgm::gmm_pruned_log_prob_cpu);
 }

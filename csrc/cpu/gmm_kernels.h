@@ -63,6 +63,10 @@ struct SimdKernels {
   void (*sq_norms)(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out);
   // out[k] += sum_n r_kn v_n in float64; r [K, ldr], v [rows].
   void (*resp_dot)(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v, double* out);
+  // 1, pruned (gmm_prune.cpp): out[idx_i] += sum over the vectors of d at offsets vecs of
+  // (x_d p_d - nu_d)^2, for one component (p, nu: its table rows) and the m rows idx.
+  void (*maha_gather)(const T* x, int64_t ldx, const int32_t* idx, int64_t m, int64_t D, const T* p, const T* nu,
+                      const int32_t* vecs, int64_t nv, T* out);
 };
 
 namespace generic {
@@ -100,6 +104,10 @@ struct Plan {
   int64_t K, D, ldt, ldk;
   at::Tensor p_t, nu_t;           // [D, ldk]: p and nu transposed, zeros past K (p_t: diag/spherical)
   std::vector<double> log_const;  // [K]
+  // Pruned distances (gmm_prune.cpp; em_stats only): vector offsets along D, most discriminating
+  // first, and the number of them done after each stage. Empty: not pruned.
+  std::vector<int32_t> vec_order;
+  std::vector<int64_t> stage_ends;
 
   Plan(const SimdKernels<T>& simd_, CovType cov, const at::Tensor& log_weights, const at::Tensor& means,
        const at::Tensor& prec_chol)
@@ -145,6 +153,13 @@ struct Scratch {
   std::vector<float> work;                // [K, tile]
   std::vector<int64_t> idx;
   std::vector<T> val;
+  // Pruned distances (gmm_prune.cpp): dropped flags [K, tile]; per row, its partial components
+  // [tile, K] and their count, the best-looking component, its best full joint; per component, the
+  // rows of a pass [K, tile] and their count; float32 bounds and log_const.
+  std::vector<uint8_t> dropped;
+  std::vector<int32_t> alive, alive_n, arg, comp_rows, comp_n;
+  std::vector<double> best;
+  std::vector<float> topf, lcf;
 
   Scratch(const Plan<T>& plan, const at::TensorOptions& opts) {
     const int64_t t = plan.tile();
@@ -164,6 +179,17 @@ struct Scratch {
     work.resize(t * plan.K);
     idx.resize(t);
     val.resize(t);
+    if (!plan.vec_order.empty()) {
+      dropped.resize(plan.K * t);
+      alive.resize(t * plan.K);
+      alive_n.resize(t);
+      arg.resize(t);
+      comp_rows.resize(plan.K * t);
+      comp_n.resize(plan.K);
+      best.resize(t);
+      topf.resize(t);
+      lcf.resize(plan.K);
+    }
   }
 };
 
@@ -180,6 +206,17 @@ const T* tile_rows(const Plan<T>& plan, const T* x, int64_t ldx, int64_t N, int6
 // maha [rows, K] for the tile x_tile (xs: tile_rows' padded rows, row stride lds).
 template <typename T>
 void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s);
+
+// gmm_prune.cpp. Sets plan.vec_order and stage_ends where pruning applies (float32 x, diag or
+// spherical, D >= 384, K >= 32; LGM_GMM_PRUNE=0 turns it off), else leaves them empty.
+template <typename T>
+void plan_pruning(Plan<T>& plan);
+
+// maha [K, tile] as tile_maha, but +inf for every (row, component) whose joint log-probability is
+// shown, from a partial sum over D, to lie more than 88 below the row's best: its float32
+// responsibility would be exactly 0 (exp_nonpositive), so the E-step's statistics are unchanged.
+template <typename T>
+void tile_maha_pruned(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s);
 
 // One chunk of tiles [t0, t1) accumulated into acc (layout of Plan::stats_size).
 template <typename T>

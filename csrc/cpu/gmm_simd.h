@@ -294,6 +294,61 @@ void maha_kvec(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, co
   }
 }
 
+// Pruned distances (gmm_prune.cpp): out[idx_i] += sum over the listed vectors of d (offsets, any
+// order) of (x_d p_d - nu_d)^2, for one component and the rows idx of x. RB rows, NA accumulators
+// each (alternate vectors), so enough independent FMA chains; lanes past D masked.
+constexpr int kRBG = kBytes == 64 ? 8 : 4;
+
+template <typename T, int RB, int NA>
+LGM_INLINE void maha_gather_block(const T* x, int64_t ldx, const int32_t* idx, int64_t D, const T* p, const T* nu,
+                                  const int32_t* vecs, int64_t nv, Vec<T> tail_mask, T* out) {
+  using V = Vec<T>;
+  using VM = typename VecOf<int64_t, kBytes>::type;
+  constexpr int64_t W = width<T>();
+  const T* row[RB];
+  for (int r = 0; r < RB; ++r) row[r] = x + idx[r] * ldx;
+  V acc[NA][RB] = {};
+  auto step = [&](V (&a)[RB], int64_t d) __attribute__((always_inline)) {
+    V pv = load<V>(p + d), nv_ = load<V>(nu + d);
+    pin(pv);
+    pin(nv_);
+    if (d + W <= D) {
+      for (int r = 0; r < RB; ++r) {
+        const V t = load<V>(row[r] + d) * pv - nv_;
+        a[r] += t * t;
+      }
+    } else {
+      for (int r = 0; r < RB; ++r) {
+        const V t = (V)((VM)load<V>(row[r] + d) & (VM)tail_mask) * pv - nv_;
+        a[r] += t * t;
+      }
+    }
+  };
+  int64_t c = 0;
+  for (; c + NA <= nv; c += NA)
+    for (int a = 0; a < NA; ++a) step(acc[a], vecs[c + a]);
+  for (; c < nv; ++c) step(acc[0], vecs[c]);
+  for (int r = 0; r < RB; ++r) {
+    V total = acc[0][r];
+    for (int a = 1; a < NA; ++a) total += acc[a][r];
+    out[idx[r]] += hsum<T>(total);
+  }
+}
+
+template <typename T>
+void maha_gather(const T* x, int64_t ldx, const int32_t* idx, int64_t m, int64_t D, const T* p, const T* nu,
+                 const int32_t* vecs, int64_t nv, T* out) {
+  constexpr int64_t W = width<T>();
+  Vec<T> tail_mask;
+  T ones;
+  std::memset(&ones, 0xFF, sizeof(T));
+  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
+  int64_t i = 0;
+  for (; i + kRBG <= m; i += kRBG) maha_gather_block<T, kRBG, 2>(x, ldx, idx + i, D, p, nu, vecs, nv, tail_mask, out);
+  for (; i + 2 <= m; i += 2) maha_gather_block<T, 2, 4>(x, ldx, idx + i, D, p, nu, vecs, nv, tail_mask, out);
+  for (; i < m; ++i) maha_gather_block<T, 1, 4>(x, ldx, idx + i, D, p, nu, vecs, nv, tail_mask, out);
+}
+
 template <typename T>
 void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
           const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo) {

@@ -332,14 +332,16 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
 template <>
 const SimdKernels<float>& kernels<float>() {
   static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &moments_dense<float>, &moments_sparse<float>,
-                                    &sq_norms<float>, &resp_dot<float>};
+                                    &sq_norms<float>, &resp_dot<float>,
+                                    &maha_gather<float>};
   return k;
 }
 
 template <>
 const SimdKernels<double>& kernels<double>() {
   static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, &moments_dense<double>, &moments_sparse<double>,
-                                     &sq_norms<double>, &resp_dot<double>};
+                                     &sq_norms<double>, &resp_dot<double>,
+                                     &maha_gather<double>};
   return k;
 }
 

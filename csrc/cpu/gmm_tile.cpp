@@ -191,7 +191,11 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
     const T* swt = sw ? sw + n0 : nullptr;
     int64_t lds = 0;
     const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
-    tile_maha(plan, x_tile, xs, lds, rows, s);
+    if (plan.vec_order.empty()) {
+      tile_maha(plan, x_tile, xs, lds, rows, s);
+    } else {
+      tile_maha_pruned(plan, xs, lds, rows, s);
+    }
     *loglik += tile_responsibilities(plan, swt, rows, s, nk);
     tile_moments(plan, xs, lds, rows, s, sx, cov == CovType::kDiag ? sxx : nullptr);
     if (cov == CovType::kSpherical) tile_norm_moments(plan, xp + n0 * ldx, ldx, rows, s, sxx);
