@@ -67,6 +67,10 @@ struct SimdKernels {
   // (x_d p_d - nu_d)^2, for one component (p, nu: its table rows) and the m rows idx.
   void (*maha_gather)(const T* x, int64_t ldx, const int32_t* idx, int64_t m, int64_t D, const T* p, const T* nu,
                       const int32_t* vecs, int64_t nv, T* out);
+  // The same for every row and component, written (not added) to out [K, ldo]; tables [K, ldt].
+  // Null where the row-gather form is faster for the first stage (64-byte vectors).
+  void (*maha_vecs)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt,
+                    int64_t K, const int32_t* vecs, int64_t nv, T* out, int64_t ldo);
 };
 
 namespace generic {

@@ -102,12 +102,16 @@ void tile_maha_pruned(const Plan<T>& plan, const T* xs, int64_t lds, int64_t row
 
   // Stage 1, every pair: float32 passes over [K, rows] that vectorise.
   const int64_t end1 = plan.stage_ends.front();
-  for (int64_t k = 0; k < K; ++k) {
-    std::fill(maha + k * ld, maha + k * ld + rows, T(0));
-    std::iota(comp_rows + k * ld, comp_rows + k * ld + rows, 0);
-    comp_n[k] = static_cast<int32_t>(rows);
+  if (plan.simd.maha_vecs) {
+    plan.simd.maha_vecs(xs, lds, rows, D, p, nu, ldt, K, order, end1, maha, ld);
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      std::fill(maha + k * ld, maha + k * ld + rows, T(0));
+      std::iota(comp_rows + k * ld, comp_rows + k * ld + rows, 0);
+      comp_n[k] = static_cast<int32_t>(rows);
+    }
+    pass(0, end1);
   }
-  pass(0, end1);
   if (end1 == nvec) return;
   float* topf = s.topf.data();
   float* lcf = s.lcf.data();

@@ -349,6 +349,71 @@ void maha_gather(const T* x, int64_t ldx, const int32_t* idx, int64_t m, int64_t
   for (; i < m; ++i) maha_gather_block<T, 1, 4>(x, ldx, idx + i, D, p, nu, vecs, nv, tail_mask, out);
 }
 
+// The first stage of the pruned distances with 32-byte vectors: out[k, r] = the same sums for
+// every row and component, register-blocked as maha_block (RB rows x KB components). (With 64-byte
+// vectors the row-gather form above is faster: 78 against 95 ms per pass at K = 100, D = 784.)
+template <typename T, int RB, int KB>
+LGM_INLINE void maha_vecs_block(const T* x, int64_t ldx, int64_t D, const T* p, const T* nu, int64_t ldt,
+                                const int32_t* vecs, int64_t nv, Vec<T> tail_mask, T* out, int64_t ldo) {
+  using V = Vec<T>;
+  using VM = typename VecOf<int64_t, kBytes>::type;
+  constexpr int64_t W = width<T>();
+  V acc[RB][KB] = {};
+  for (int64_t c = 0; c < nv; ++c) {
+    const int64_t d = vecs[c];
+    V xv[RB];
+    for (int r = 0; r < RB; ++r) xv[r] = load<V>(x + r * ldx + d);
+    if (d + W > D) {
+      for (int r = 0; r < RB; ++r) xv[r] = (V)((VM)xv[r] & (VM)tail_mask);
+    }
+    for (int k = 0; k < KB; ++k) {
+      V pv = load<V>(p + k * ldt + d), nv_ = load<V>(nu + k * ldt + d);
+      pin(pv);
+      pin(nv_);
+      for (int r = 0; r < RB; ++r) {
+        const V t = xv[r] * pv - nv_;
+        acc[r][k] += t * t;
+      }
+    }
+  }
+  for (int k = 0; k < KB; ++k)
+    for (int r = 0; r < RB; ++r) out[k * ldo + r] = hsum<T>(acc[r][k]);
+}
+
+template <typename T, int KB>
+void maha_vecs_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt,
+                    const int32_t* vecs, int64_t nv, Vec<T> tail_mask, T* out, int64_t ldo) {
+  int64_t n = 0;
+  for (; n + kRB <= rows; n += kRB)
+    maha_vecs_block<T, kRB, KB>(x + n * ldx, ldx, D, p, nu, ldt, vecs, nv, tail_mask, out + n, ldo);
+  for (; n < rows; ++n) maha_vecs_block<T, 1, KB>(x + n * ldx, ldx, D, p, nu, ldt, vecs, nv, tail_mask, out + n, ldo);
+}
+
+template <typename T>
+void maha_vecs(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, int64_t K,
+               const int32_t* vecs, int64_t nv, T* out, int64_t ldo) {
+  constexpr int64_t W = width<T>();
+  Vec<T> tail_mask;
+  T ones;
+  std::memset(&ones, 0xFF, sizeof(T));
+  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
+  const int64_t blocks = (K + kKB - 1) / kKB;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k0 = b * K / blocks, kb = (b + 1) * K / blocks - k0;
+    const T* pb = p + k0 * ldt;
+    const T* nb = nu + k0 * ldt;
+    T* ob = out + k0 * ldo;
+    switch (kb) {
+      case 1: maha_vecs_rows<T, 1>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
+      case 2: maha_vecs_rows<T, 2>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
+      case 3: if constexpr (kKB >= 3) maha_vecs_rows<T, 3>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
+      case 4: if constexpr (kKB >= 4) maha_vecs_rows<T, 4>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
+      case 5: if constexpr (kKB >= 5) maha_vecs_rows<T, 5>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
+      default: break;
+    }
+  }
+}
+
 template <typename T>
 void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
           const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo) {

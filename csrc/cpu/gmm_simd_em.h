@@ -333,7 +333,8 @@ template <>
 const SimdKernels<float>& kernels<float>() {
   static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &moments_dense<float>, &moments_sparse<float>,
                                     &sq_norms<float>, &resp_dot<float>,
-                                    &maha_gather<float>};
+                                    &maha_gather<float>,
+                                    kBytes == 32 ? &maha_vecs<float> : nullptr};
   return k;
 }
 
@@ -341,7 +342,8 @@ template <>
 const SimdKernels<double>& kernels<double>() {
   static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, &moments_dense<double>, &moments_sparse<double>,
                                      &sq_norms<double>, &resp_dot<double>,
-                                     &maha_gather<double>};
+                                     &maha_gather<double>,
+                                     kBytes == 32 ? &maha_vecs<double> : nullptr};
   return k;
 }
 

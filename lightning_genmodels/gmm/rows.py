@@ -40,7 +40,7 @@ class RowBatches:
 class TensorDataModule(LightningDataModule):
     """The rows of ``fit(X)`` as :class:`RowBatches`, sharded by rank once the trainer is known."""
 
-    def __init__(self, x: Tensor, batch_size: int = 8192) -> None:
+    def __init__(self, x: Tensor, batch_size: int = 65536) -> None:
         super().__init__()
         self.x = x
         self.batch_size = batch_size
