@@ -125,8 +125,9 @@ def main() -> None:
             rows[-2]["speedup"] = theirs / ours
     print_table(rows, ["K", "seed", "impl", "s", "n_iter", "converged", "lower_bound", "speedup"])
     for k in sorted({k for k, _ in totals}):
-        print(f"K={k}: over {args.seeds} seed(s), ours {totals[k, 'ours']:.1f} s, scikit-learn {totals[k, 'sklearn']:.1f} s, "
-              f"speed-up {totals[k, 'sklearn'] / totals[k, 'ours']:.2f}")
+        ours, theirs = totals[k, "ours"], totals[k, "sklearn"]
+        print(f"K={k}: over {args.seeds} seed(s), ours {ours:.1f} s, scikit-learn {theirs:.1f} s, "
+              f"speed-up {theirs / ours:.2f}")
     write_json(args.json, records, args.device)
 
 

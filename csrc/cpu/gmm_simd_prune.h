@@ -116,11 +116,21 @@ void maha_vecs(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, con
     const T* nb = nu + k0 * ldt;
     T* ob = out + k0 * ldo;
     switch (kb) {
-      case 1: maha_vecs_rows<T, 1>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
-      case 2: maha_vecs_rows<T, 2>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
-      case 3: if constexpr (kKB >= 3) maha_vecs_rows<T, 3>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
-      case 4: if constexpr (kKB >= 4) maha_vecs_rows<T, 4>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
-      case 5: if constexpr (kKB >= 5) maha_vecs_rows<T, 5>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo); break;
+      case 1:
+        maha_vecs_rows<T, 1>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo);
+        break;
+      case 2:
+        maha_vecs_rows<T, 2>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo);
+        break;
+      case 3:
+        if constexpr (kKB >= 3) maha_vecs_rows<T, 3>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo);
+        break;
+      case 4:
+        if constexpr (kKB >= 4) maha_vecs_rows<T, 4>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo);
+        break;
+      case 5:
+        if constexpr (kKB >= 5) maha_vecs_rows<T, 5>(x, ldx, rows, D, pb, nb, ldt, vecs, nv, tail_mask, ob, ldo);
+        break;
       default: break;
     }
   }

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from lightning_genmodels.ops import load_library
-from lightning_genmodels.ops.gmm import CPU_ISAS, _gmm_em_stats_ref, _gmm_log_prob_ref, available_cpu_isas, force_cpu_isa, gmm_em_stats
+from lightning_genmodels.ops.gmm import (
+    CPU_ISAS,
+    _gmm_em_stats_ref,
+    _gmm_log_prob_ref,
+    available_cpu_isas,
+    force_cpu_isa,
+    gmm_em_stats,
+)
 
 PRUNE_ENV = "LGM_GMM_PRUNE"
 
