@@ -19,16 +19,15 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Record, base_parser, cpu_model, machine_info, print_table, vector_isa, write_json  # noqa: E402
+from train_timing import WARMUP, lightning_batch_times, per_batch  # noqa: E402
 
 from lightning_genmodels import GAN  # noqa: E402
 from lightning_genmodels.data import MNISTDataModule  # noqa: E402
 from lightning_genmodels.gan import losses  # noqa: E402
 
-WARMUP = 5
 
 
 def make_model(options: dict) -> GAN:
@@ -42,35 +41,9 @@ def datamodule(data_dir: str, batch_size: int) -> MNISTDataModule:
     return dm
 
 
-class _Clock(Callback):
-    """Time stamps at the start of every training batch, and one after the last."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.stamps.append(time.perf_counter())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.stamps.append(time.perf_counter())
-
-
-def per_batch(stamps: list[float]) -> list[float]:
-    """Seconds of each batch after the warm-up, from consecutive batch-start stamps."""
-    return [b - a for a, b in zip(stamps[WARMUP:-1], stamps[WARMUP + 1:])]
-
-
 def run_lightning(options: dict, dm: MNISTDataModule, batches: int) -> list[float]:
     """Seconds of each steady-state batch of Trainer.fit."""
-    model, clock = make_model(options), _Clock()
-    trainer = Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[clock], num_sanity_val_steps=0,
-    )
-    torch.manual_seed(1)
-    trainer.fit(model, train_dataloaders=dm.train_dataloader())
-    return per_batch(clock.stamps)
+    return lightning_batch_times(make_model(options), dm.train_dataloader(), batches)
 
 
 def run_plain(options: dict, dm: MNISTDataModule, batches: int) -> list[float]:

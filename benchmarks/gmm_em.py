@@ -168,13 +168,17 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> 
         else:
             state = {"params": tuple(p.to(args.device, torch.float32) for p in params)}
             op_impl = "ext" if impl == "noprune" else impl
+            saved = os.environ.get(PRUNE_ENV)
             if impl == "noprune":
                 os.environ[PRUNE_ENV] = "0"
             try:
                 timing = time_fn(lambda: torch_step(op_impl, xd, cov_type, state), args.device, repeats=repeats,
                                  warmup=warmup)
             finally:
-                os.environ.pop(PRUNE_ENV, None)
+                if saved is None:
+                    os.environ.pop(PRUNE_ENV, None)
+                else:
+                    os.environ[PRUNE_ENV] = saved
             device, dtype = args.device, "float32"
         extra = {
             "final_loglik": float(state["loglik"]),

@@ -128,6 +128,17 @@ LGM_INLINE T min_of(T a, T b) {
   return a < b ? a : b;
 }
 
+// All-ones bits in the lanes below D % W (the last, partial vector of a row), zeros above.
+template <typename T>
+LGM_INLINE Vec<T> tail_mask_of(int64_t D) {
+  constexpr int64_t W = width<T>();
+  Vec<T> mask;
+  T ones;
+  std::memset(&ones, 0xFF, sizeof(T));
+  for (int64_t j = 0; j < W; ++j) mask[j] = j < D % W ? ones : T(0);
+  return mask;
+}
+
 // dst[j] += v[j] for j < min(n, width): float64 sums, and float32 partial sums folded into float64.
 LGM_INLINE void flush(double* dst, VD v, int64_t n) {
   if (n >= kWD) {
@@ -201,17 +212,11 @@ LGM_INLINE void maha_block(const T* x, int64_t ldx, int64_t D, const T* p, const
 template <typename T, int KB, bool kScaled>
 void maha_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, T* out,
                int64_t ldo) {
-  using VM = typename VecOf<int64_t, kBytes>::type;
-  constexpr int64_t W = width<T>();
-  Vec<T> tail_mask;  // all-ones bits in the lanes below D % W
-  T ones;
-  std::memset(&ones, 0xFF, sizeof(T));
-  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
+  const Vec<T> tail_mask = tail_mask_of<T>(D);
   int64_t n = 0;
   for (; n + kRB <= rows; n += kRB)
     maha_block<T, kRB, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask);
   for (; n < rows; ++n) maha_block<T, 1, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask);
-  (void)sizeof(VM);
 }
 
 template <typename T, bool kScaled>

@@ -304,10 +304,7 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
   using V = Vec<T>;
   using VM = typename VecOf<int64_t, kBytes>::type;
   constexpr int64_t W = width<T>();
-  V tail_mask;
-  T ones;
-  std::memset(&ones, 0xFF, sizeof(T));
-  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
+  const V tail_mask = tail_mask_of<T>(D);
   for (int64_t n = 0; n < rows; ++n) {
     const T* row = x + n * ldx;
     VD a0 = {}, a1 = {};

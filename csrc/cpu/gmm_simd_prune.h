@@ -50,11 +50,7 @@ LGM_INLINE void maha_gather_block(const T* x, int64_t ldx, const int32_t* idx, i
 template <typename T>
 void maha_gather(const T* x, int64_t ldx, const int32_t* idx, int64_t m, int64_t D, const T* p, const T* nu,
                  const int32_t* vecs, int64_t nv, T* out) {
-  constexpr int64_t W = width<T>();
-  Vec<T> tail_mask;
-  T ones;
-  std::memset(&ones, 0xFF, sizeof(T));
-  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
+  const Vec<T> tail_mask = tail_mask_of<T>(D);
   int64_t i = 0;
   for (; i + kRBG <= m; i += kRBG) maha_gather_block<T, kRBG, 2>(x, ldx, idx + i, D, p, nu, vecs, nv, tail_mask, out);
   for (; i + 2 <= m; i += 2) maha_gather_block<T, 2, 4>(x, ldx, idx + i, D, p, nu, vecs, nv, tail_mask, out);
@@ -104,11 +100,7 @@ void maha_vecs_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p
 template <typename T>
 void maha_vecs(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, int64_t K,
                const int32_t* vecs, int64_t nv, T* out, int64_t ldo) {
-  constexpr int64_t W = width<T>();
-  Vec<T> tail_mask;
-  T ones;
-  std::memset(&ones, 0xFF, sizeof(T));
-  for (int64_t j = 0; j < W; ++j) tail_mask[j] = j < D % W ? ones : T(0);
+  const Vec<T> tail_mask = tail_mask_of<T>(D);
   const int64_t blocks = (K + kKB - 1) / kKB;
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t k0 = b * K / blocks, kb = (b + 1) * K / blocks - k0;
