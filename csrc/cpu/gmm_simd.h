@@ -170,7 +170,7 @@ LGM_INLINE void flush(double* dst, VF v, int64_t n) {
 
 template <typename T, int RB, int KB, bool kScaled>
 LGM_INLINE void maha_block(const T* x, int64_t ldx, int64_t D, const T* p, const T* nu, int64_t ldt, T* out,
-                           int64_t ldo, Vec<T> tail_mask) {
+                           int64_t ldo, Vec<T> tail_mask, const T* scale) {
   using V = Vec<T>;
   using VM = typename VecOf<int64_t, kBytes>::type;  // lane masks as bits (any lane size)
   constexpr int64_t W = width<T>();
@@ -205,23 +205,25 @@ LGM_INLINE void maha_block(const T* x, int64_t ldx, int64_t D, const T* p, const
     for (int r = 0; r < RB; ++r) xv[r] = (V)((VM)load<V>(x + r * ldx + d) & (VM)tail_mask);
     step(xv, d);
   }
-  for (int k = 0; k < KB; ++k)
-    for (int r = 0; r < RB; ++r) out[k * ldo + r] = hsum<T>(acc[r][k]);
+  for (int k = 0; k < KB; ++k) {
+    const T c = scale ? scale[k] : T(1);
+    for (int r = 0; r < RB; ++r) out[k * ldo + r] = scale ? c * (c * hsum<T>(acc[r][k])) : hsum<T>(acc[r][k]);
+  }
 }
 
 template <typename T, int KB, bool kScaled>
 void maha_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, T* out,
-               int64_t ldo) {
+               int64_t ldo, const T* scale) {
   const Vec<T> tail_mask = tail_mask_of<T>(D);
   int64_t n = 0;
   for (; n + kRB <= rows; n += kRB)
-    maha_block<T, kRB, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask);
-  for (; n < rows; ++n) maha_block<T, 1, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask);
+    maha_block<T, kRB, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask, scale);
+  for (; n < rows; ++n) maha_block<T, 1, KB, kScaled>(x + n * ldx, ldx, D, p, nu, ldt, out + n, ldo, tail_mask, scale);
 }
 
 template <typename T, bool kScaled>
 void maha_blocks(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, int64_t K,
-                 T* out, int64_t ldo) {
+                 T* out, int64_t ldo, const T* scale) {
   // Blocks of at most kKB components, sizes as equal as possible.
   const int64_t blocks = (K + kKB - 1) / kKB;
   for (int64_t b = 0; b < blocks; ++b) {
@@ -229,12 +231,13 @@ void maha_blocks(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, c
     const T* pb = kScaled ? p + k0 * ldt : nullptr;
     const T* nb = nu + k0 * ldt;
     T* ob = out + k0 * ldo;
+    const T* sb = scale ? scale + k0 : nullptr;
     switch (kb) {
-      case 1: maha_rows<T, 1, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
-      case 2: maha_rows<T, 2, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
-      case 3: if constexpr (kKB >= 3) maha_rows<T, 3, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
-      case 4: if constexpr (kKB >= 4) maha_rows<T, 4, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
-      case 5: if constexpr (kKB >= 5) maha_rows<T, 5, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo); break;
+      case 1: maha_rows<T, 1, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo, sb); break;
+      case 2: maha_rows<T, 2, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo, sb); break;
+      case 3: if constexpr (kKB >= 3) maha_rows<T, 3, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo, sb); break;
+      case 4: if constexpr (kKB >= 4) maha_rows<T, 4, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo, sb); break;
+      case 5: if constexpr (kKB >= 5) maha_rows<T, 5, kScaled>(x, ldx, rows, D, pb, nb, ldt, ob, ldo, sb); break;
       default: break;
     }
   }
@@ -248,7 +251,7 @@ constexpr int kRBK = kBytes == 64 ? 8 : 4;
 
 template <typename T, int RB, int KV, bool kScaled>
 LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT, const T* nuT, int64_t ldk, T* out,
-                                int64_t ldo, int64_t kcount) {
+                                int64_t ldo, int64_t kcount, const T* scale) {
   using V = Vec<T>;
   constexpr int64_t W = width<T>();
   V acc[RB][KV] = {};
@@ -261,9 +264,16 @@ LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT,
     for (int r = 0; r < RB; ++r) {
       const V xb = splat<V>(x[r * ldx + d]);
       for (int j = 0; j < KV; ++j) {
-        const V t = kScaled ? xb * pv[j] - nv[j] : xb - nv[j];
+        // mu - x, not x - mu: the broadcast of x is then the memory operand of the subtraction.
+        const V t = kScaled ? xb * pv[j] - nv[j] : nv[j] - xb;
         acc[r][j] += t * t;
       }
+    }
+  }
+  if (scale) {
+    for (int j = 0; j < KV; ++j) {
+      const V c = load<V>(scale + j * W);
+      for (int r = 0; r < RB; ++r) acc[r][j] = c * (c * acc[r][j]);
     }
   }
   for (int r = 0; r < RB; ++r) {
@@ -277,43 +287,45 @@ LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT,
 
 template <typename T, int KV, bool kScaled>
 void maha_kvec_rows(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk, T* out,
-                    int64_t ldo, int64_t kcount) {
+                    int64_t ldo, int64_t kcount, const T* scale) {
   int64_t n = 0;
   for (; n + kRBK <= rows; n += kRBK)
-    maha_kvec_block<T, kRBK, KV, kScaled>(x + n * ldx, ldx, D, pT, nuT, ldk, out + n, ldo, kcount);
-  for (; n < rows; ++n) maha_kvec_block<T, 1, KV, kScaled>(x + n * ldx, ldx, D, pT, nuT, ldk, out + n, ldo, kcount);
+    maha_kvec_block<T, kRBK, KV, kScaled>(x + n * ldx, ldx, D, pT, nuT, ldk, out + n, ldo, kcount, scale);
+  for (; n < rows; ++n)
+    maha_kvec_block<T, 1, KV, kScaled>(x + n * ldx, ldx, D, pT, nuT, ldk, out + n, ldo, kcount, scale);
 }
 
 template <typename T, bool kScaled>
 void maha_kvec(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk, int64_t K,
-               T* out, int64_t ldo) {
+               T* out, int64_t ldo, const T* scale) {
   constexpr int64_t W = width<T>();
   for (int64_t k0 = 0; k0 < K; k0 += 2 * W) {
     const int64_t kc = min_of<int64_t>(K - k0, 2 * W);
     const T* pb = kScaled ? pT + k0 : nullptr;
+    const T* sb = scale ? scale + k0 : nullptr;
     if (kc > W) {
-      maha_kvec_rows<T, 2, kScaled>(x, ldx, rows, D, pb, nuT + k0, ldk, out + k0 * ldo, ldo, kc);
+      maha_kvec_rows<T, 2, kScaled>(x, ldx, rows, D, pb, nuT + k0, ldk, out + k0 * ldo, ldo, kc, sb);
     } else {
-      maha_kvec_rows<T, 1, kScaled>(x, ldx, rows, D, pb, nuT + k0, ldk, out + k0 * ldo, ldo, kc);
+      maha_kvec_rows<T, 1, kScaled>(x, ldx, rows, D, pb, nuT + k0, ldk, out + k0 * ldo, ldo, kc, sb);
     }
   }
 }
 
 template <typename T>
 void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
-          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo) {
+          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale) {
   if (nuT && D <= kSmallD) {
     if (pT) {
-      maha_kvec<T, true>(x, ldx, rows, D, pT, nuT, ldk, K, out, ldo);
+      maha_kvec<T, true>(x, ldx, rows, D, pT, nuT, ldk, K, out, ldo, scale);
     } else {
-      maha_kvec<T, false>(x, ldx, rows, D, nullptr, nuT, ldk, K, out, ldo);
+      maha_kvec<T, false>(x, ldx, rows, D, nullptr, nuT, ldk, K, out, ldo, scale);
     }
     return;
   }
   if (p) {
-    maha_blocks<T, true>(x, ldx, rows, D, p, nu, ldt, K, out, ldo);
+    maha_blocks<T, true>(x, ldx, rows, D, p, nu, ldt, K, out, ldo, scale);
   } else {
-    maha_blocks<T, false>(x, ldx, rows, D, nullptr, nu, ldt, K, out, ldo);
+    maha_blocks<T, false>(x, ldx, rows, D, nullptr, nu, ldt, K, out, ldo, scale);
   }
 }
 

@@ -39,14 +39,18 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
   };
   switch (plan.cov()) {
     case CovType::kDiag:
+      plan.simd.maha(xs, lds, rows, D, plan.tab.p.template data_ptr<T>(), nu, ldt, p_t, nu_t, ldk, K, maha, ldm,
+                     nullptr);
+      break;
     case CovType::kSpherical:
-      plan.simd.maha(xs, lds, rows, D, plan.tab.p.template data_ptr<T>(), nu, ldt, p_t, nu_t, ldk, K, maha, ldm);
+      plan.simd.maha(xs, lds, rows, D, nullptr, plan.mu.template data_ptr<T>(), ldt, nullptr,
+                     plan.mu_t.template data_ptr<T>(), ldk, K, maha, ldm, plan.scale.template data_ptr<T>());
       break;
     case CovType::kTied: {
       at::Tensor y = s.y.narrow(0, 0, rows);
       at::mm_out(y, x_tile, plan.tab.prec);
       pad_y(y);
-      plan.simd.maha(yp, ldt, rows, D, nullptr, nu, ldt, nullptr, nu_t, ldk, K, maha, ldm);
+      plan.simd.maha(yp, ldt, rows, D, nullptr, nu, ldt, nullptr, nu_t, ldk, K, maha, ldm, nullptr);
       break;
     }
     case CovType::kFull: {
@@ -54,7 +58,8 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
       for (int64_t k = 0; k < K; ++k) {
         at::mm_out(y, x_tile, plan.tab.prec[k]);
         pad_y(y);
-        plan.simd.maha(yp, ldt, rows, D, nullptr, nu + k * ldt, ldt, nullptr, nullptr, 0, 1, maha + k * ldm, ldm);
+        plan.simd.maha(yp, ldt, rows, D, nullptr, nu + k * ldt, ldt, nullptr, nullptr, 0, 1, maha + k * ldm, ldm,
+                       nullptr);
       }
       break;
     }
