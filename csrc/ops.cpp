@@ -19,11 +19,12 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   // The instruction set of the CPU GMM kernels for a request ("auto", "avx512", "avx2", "generic";
   // "" = the LGM_GMM_CPU_ISA environment variable): raises when this CPU cannot run it.
   m.def("gmm_cpu_isa(str isa) -> str");
-  // CPU only, for tests: gmm_log_prob through the E-step's pruned distances (cpu/gmm_prune.cpp),
-  // -inf where a pair was dropped; the same as gmm_log_prob where pruning does not apply.
+  // CPU only, for tests and benchmarks: gmm_log_prob through the E-step's pruned distances
+  // (cpu/gmm_prune.cpp), -inf where a pair was dropped; the same as gmm_log_prob where pruning does
+  // not apply. as_em_step: prune only where gmm_em_stats does (else wherever pruning is valid).
   m.def(
       "_gmm_pruned_log_prob(Tensor x, Tensor log_weights, Tensor means, Tensor prec_chol, "
-      "str covariance_type) -> Tensor");
+      "str covariance_type, bool as_em_step=False) -> Tensor");
   // One fused DDPM/DDIM sampler step (diffusion/samplers.py): x [N, ...] and model_output float32,
   // timestep int64 [N] rows of the coefficient table coef [T, 6], noise from the Philox stream at
   // seed_offset = (seed, offset); clip_range 0 = no clipping. Returns x_{t'} [N, ...].

@@ -65,13 +65,15 @@ struct SimdKernels {
   // out[k] += sum_n r_kn v_n in float64; r [K, ldr], v [rows].
   void (*resp_dot)(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v, double* out);
   // 1, pruned (gmm_prune.cpp): out[idx_i] += sum over the vectors of d at offsets vecs of
-  // (x_d p_d - nu_d)^2, for one component (p, nu: its table rows) and the m rows idx.
+  // (x_d p_d - nu_d)^2, for one component (p, nu: its table rows) and the m rows idx; when p is
+  // null, c^2 sum (x_d - nu_d)^2 (spherical: nu the means, c = p_k).
   void (*maha_gather)(const T* x, int64_t ldx, const int32_t* idx, int64_t m, int64_t D, const T* p, const T* nu,
-                      const int32_t* vecs, int64_t nv, T* out);
-  // The same for every row and component, written (not added) to out [K, ldo]; tables [K, ldt].
-  // Null where the row-gather form is faster for the first stage (64-byte vectors).
+                      const int32_t* vecs, int64_t nv, T* out, T c);
+  // The same for every row and component, written (not added) to out [K, ldo]; tables [K, ldt],
+  // scale [K] the c of each component when p is null. Null where the row-gather form is faster
+  // for the first stage (64-byte vectors).
   void (*maha_vecs)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt,
-                    int64_t K, const int32_t* vecs, int64_t nv, T* out, int64_t ldo);
+                    int64_t K, const int32_t* vecs, int64_t nv, T* out, int64_t ldo, const T* scale);
 };
 
 namespace generic {
@@ -227,8 +229,9 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
 
 // gmm_prune.cpp. Sets plan.vec_order and stage_ends where pruning applies (float32 x, diag or
 // spherical, D >= 384, K >= 32; LGM_GMM_PRUNE=0 turns it off), else leaves them empty.
+// only_if_faster (the E-step; not the inspection op) also leaves out spherical on 64-byte vectors.
 template <typename T>
-void plan_pruning(Plan<T>& plan);
+void plan_pruning(Plan<T>& plan, bool only_if_faster);
 
 // maha [K, tile] as tile_maha, but +inf for every (row, component) whose joint log-probability is
 // shown, from a partial sum over D, to lie more than 88 below the row's best: its float32

@@ -51,6 +51,18 @@ def _check_inputs(x: Tensor, model_output: Tensor, timestep: Tensor, coef: Tenso
         raise ValueError(f"seed_offset must be [2] = (seed, offset), got shape {tuple(seed_offset.shape)}")
 
 
+def _capturing(x: Tensor) -> bool:
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _check_timestep_range(timestep: Tensor, n_train: int) -> None:
+    """ValueError naming the first timestep outside [0, n_train) (reads timestep on the host)."""
+    bad = (timestep < 0) | (timestep >= n_train)
+    if timestep.numel() and bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"timestep[{i}] = {int(timestep[i])} is outside [0, {n_train})")
+
+
 def _step_math(
     x: Tensor, model_output: Tensor, timestep: Tensor, coef: Tensor, seed: int, offset: int, clip_range: float,
     draw_noise: bool = True,
@@ -75,9 +87,7 @@ def _diffusion_step_ref(
 ) -> Tensor:
     """Pure-PyTorch reference: the specification the kernels are held to (reads seed_offset and
     checks the timesteps on the host)."""
-    n_train = coef.shape[0]
-    if timestep.numel() and (int(timestep.min()) < 0 or int(timestep.max()) >= n_train):
-        raise ValueError(f"timestep values must lie in [0, {n_train}), got {timestep.tolist()}")
+    _check_timestep_range(timestep, coef.shape[0])
     seed, offset = (int(v) for v in seed_offset.tolist())
     draw_noise = bool(coef[timestep, NUM_COEFFICIENTS - 1].ne(0).any())  # as the kernels: only where σ != 0
     return _step_math(x, model_output, timestep, coef, seed, offset, clip_range, draw_noise)
@@ -92,6 +102,7 @@ def diffusion_step(
     clip_range: float = 0.0,
     *,
     impl: Impl = "auto",
+    check_timesteps: bool | None = None,
 ) -> Tensor:
     """One DDPM or DDIM step, fused: ``x_{t'}`` from ``x_t`` and the model output.
 
@@ -104,6 +115,11 @@ def diffusion_step(
         clip_range: clip x̂_0 to [-clip_range, clip_range]; 0 turns clipping off.
         impl: ``"ext"`` the compiled kernel, ``"ref"`` the reference, ``"auto"`` the kernel when
             it builds.
+        check_timesteps: read ``timestep`` on the host and raise ValueError for a value outside
+            [0, T) (on CUDA one synchronisation). ``None`` (default): check, except while a CUDA
+            graph is captured or torch.compile traces. ``False``: only the kernel checks (CPU: a
+            RuntimeError; CUDA: a device-side assertion); the sampling loop passes it, as its
+            timesteps come from the schedule.
 
     Returns:
         x_{t'} [N, ...] float32, a new tensor.
@@ -112,6 +128,10 @@ def diffusion_step(
     clip_range = float(clip_range)
     if not clip_range >= 0:
         raise ValueError(f"clip_range must be >= 0 (0: no clipping), got {clip_range}")
+    if check_timesteps is None:
+        check_timesteps = not (torch.compiler.is_compiling() or _capturing(x))
+    if check_timesteps:
+        _check_timestep_range(timestep, coef.shape[0])
     if use_ext(impl):
         return torch.ops.lightning_genmodels.diffusion_step(x, model_output, timestep, coef, seed_offset, clip_range)
     return _diffusion_step_ref(x, model_output, timestep, coef, seed_offset, clip_range)

@@ -155,12 +155,31 @@ def test_bad_inputs_raise_clear_errors(change, error, match, impl):
 
 @pytest.mark.parametrize("bad_t", [-1, T])
 def test_out_of_range_timesteps_raise(bad_t):
+    """The wrapper checks on the host by default (on CUDA the kernel could only assert on the
+    device); with check_timesteps=False the CPU kernel still raises."""
     args = _good()
     args["timestep"] = torch.tensor([5, bad_t])
+    for impl in ("ext", "ref"):
+        with pytest.raises(ValueError, match=rf"timestep\[1\] = {bad_t} is outside \[0, {T}\)"):
+            diffusion_step(**args, impl=impl)
     with pytest.raises(RuntimeError, match=rf"timestep\[1\] = {bad_t} is outside \[0, {T}\)"):
-        diffusion_step(**args, impl="ext")
-    with pytest.raises(ValueError, match=f"timestep values must lie in"):
-        diffusion_step(**args, impl="ref")
+        diffusion_step(**args, impl="ext", check_timesteps=False)
+
+
+def test_sampling_loop_never_reads_timesteps_on_the_host(monkeypatch):
+    """The loop's steps skip the host check (a CUDA sync per step); its timesteps come from the schedule."""
+    import lightning_genmodels.ops.diffusion as D
+
+    def no_host_read(*args):
+        raise AssertionError("the sampling loop read its timesteps on the host")
+
+    monkeypatch.setattr(D, "_check_timestep_range", no_host_read)
+    timesteps, table = make_table("ddim")
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    out = S.sample_loop(model, [2, 1, 4, 4], 0, timesteps[:3], table, 0, 1.0, "ext")
+    assert out.shape == (2, 1, 4, 4) and torch.isfinite(out).all()
+    with pytest.raises(AssertionError, match="read its timesteps"):
+        diffusion_step(**_good(), impl="ext")
 
 
 def test_kernel_checks_its_inputs():

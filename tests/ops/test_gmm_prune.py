@@ -35,9 +35,9 @@ def clustered(n: int, k: int, d: int, cov: str, seed: int, spread: float = 1.0):
     return [t.float() for t in (x, weight, log_weights, means, prec_chol)]
 
 
-def pruned_log_prob(x, log_weights, means, prec_chol, cov):
+def pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step=False):
     load_library()
-    return torch.ops.lightning_genmodels._gmm_pruned_log_prob(x, log_weights, means, prec_chol, cov)
+    return torch.ops.lightning_genmodels._gmm_pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step)
 
 
 def _isas():
@@ -79,6 +79,19 @@ def test_pruned_statistics_equal_unpruned_and_reference(isa, cov, monkeypatch):
         scale = max(1.0, r.abs().max().item())
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name} vs unpruned: {m}")
         torch.testing.assert_close(a, r, rtol=2e-4, atol=2e-3 * scale, msg=lambda m: f"{name} vs reference: {m}")
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_em_step_prunes_spherical_only_below_64_byte_vectors(isa):
+    """The E-step leaves spherical unpruned on AVX-512, where the full distances are faster; diag
+    is pruned on every path. (The inspection op's default still prunes wherever it is valid.)"""
+    for cov in ("diag", "spherical"):
+        x, _, log_weights, means, prec_chol = clustered(300, 40, 784, cov, seed=5, spread=0.35)
+        with force_cpu_isa(isa):
+            as_em = torch.isneginf(pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step=True)).any()
+            valid = torch.isneginf(pruned_log_prob(x, log_weights, means, prec_chol, cov)).any()
+        assert valid
+        assert bool(as_em) == (cov == "diag" or isa != "avx512"), (isa, cov)
 
 
 def test_no_pruning_where_it_does_not_apply(monkeypatch):
