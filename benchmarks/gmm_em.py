@@ -9,7 +9,10 @@ An iteration is the fused E-step pass plus the M-step, from the same initial par
 implementations; iterations are chained, so the reported log-likelihood (the mean lower bound of
 the last E-step) shows the implementations reach the same fit. The limit of a case is dense work
 at the matrix-multiply rate measured here (distances and moments for every row and component)
-plus one read pass over X. ``nnz`` is the fraction of responsibilities above e^-87 at the initial
+plus one read pass over X, both timed in rounds interleaved with ``ext`` (each call after an
+untimed one of its own, so caches are warm as in a fit): ``ext_x_limit`` is the median over rounds
+of ext's time over that round's limit (the machines are shared: a burst of load then hits both
+sides of the ratio). ``nnz`` is the fraction of responsibilities above e^-87 at the initial
 parameters; ``sparse`` says the kernel's moments skip the rest (nnz < 1/2), one way it can beat the
 limit; ``pruned`` is the fraction of (row, component) distances the float32 CPU kernel cuts short
 (csrc/cpu/gmm_prune.cpp: a partial distance already shows the responsibility is 0), the other,
@@ -19,6 +22,7 @@ and ``noprune`` times the same kernel with that turned off (LGM_GMM_PRUNE=0). ``
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Record, base_parser, machine_info, print_table, time_fn, write_json  # noqa: E402
+from harness import Record, base_parser, machine_info, print_table, time_fn, time_interleaved, write_json  # noqa: E402
 
 from lightning_genmodels.gmm.em import m_step, precision_cholesky  # noqa: E402
 from lightning_genmodels.data.idx import read_idx  # noqa: E402
@@ -107,13 +111,29 @@ def case_flops(n: int, d: int, k: int, cov_type: str) -> float:
     }[cov_type]
 
 
-def machine_rates(x: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """(seconds of one read pass over x, matrix-multiply rate in flop/s for x's dtype)."""
-    read_s = time_fn(lambda: x.sum(), x.device, repeats=repeats)[0]
+def limit_probes(x: torch.Tensor) -> tuple[dict[str, Callable[[], Any]], float]:
+    """The two measurements behind a limit: a read pass over x and a square matrix multiply in
+    x's dtype (its flops returned beside them)."""
     size = 4096 if x.is_cuda else 2048
     a = torch.randn(size, size, dtype=x.dtype, device=x.device)
-    gemm_s = time_fn(lambda: a @ a, x.device, repeats=repeats)[0]
-    return read_s, 2.0 * size**3 / gemm_s
+    return {"read": lambda: x.sum(), "gemm": lambda: a @ a}, 2.0 * size**3
+
+
+def timed_with_limit(fn: Callable[[], Any], x: torch.Tensor, flops: float, repeats: int, warmup: int):
+    """fn's (median, min, max) seconds and its ratio to the limit, paired: fn, the read pass and
+    the matrix multiply run in interleaved rounds, each round's time is divided by that round's
+    limit (read + flops at that round's matrix rate), and the median ratio is reported, so that a
+    change of machine load (these machines are shared) hits both sides of the ratio alike.
+    Returns (timing, median ratio, median limit seconds, median read seconds, median flop rate)."""
+    probes, gemm_flops = limit_probes(x)
+    # rewarm: each timed call finds the caches as its own last call left them (a fit's iterations
+    # follow one another; X of 12 MB stays in cache between them), not evicted by the multiply.
+    t = time_interleaved({"fn": fn, **probes}, x.device, repeats=repeats, warmup=warmup, rewarm=True)
+    rates = [gemm_flops / g for g in t["gemm"]]
+    limits = [r + flops / rate for r, rate in zip(t["read"], rates)]
+    ratio = statistics.median(f / lim for f, lim in zip(t["fn"], limits))
+    timing = (statistics.median(t["fn"]), min(t["fn"]), max(t["fn"]))
+    return timing, ratio, statistics.median(limits), statistics.median(t["read"]), statistics.median(rates)
 
 
 def cases(quick: bool) -> list[tuple[str, int, str]]:
@@ -137,13 +157,12 @@ def pruned_fraction(x: torch.Tensor, params: Params, cov_type: str) -> float:
     return torch.isneginf(joint).double().mean().item()
 
 
-def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> list[Record]:
+def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args) -> list[Record]:
     n, d = x.shape
     params = initial_params(x.double().cpu(), k, cov_type)
     xd = x.to(args.device, torch.float32)
-    read_s, flop_rate = rates
     flops = case_flops(n, d, k, cov_type)
-    limit_s = read_s + flops / flop_rate
+    limit = {}
     nnz = resp_density(x.double().cpu(), params, cov_type)
     common = {"data": data, "N": n, "D": d, "K": k, "covariance_type": cov_type}
     # Slow cases (full and tied covariances on 784 pixels): one timed run, no warm-up.
@@ -172,8 +191,12 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> 
             if impl == "noprune":
                 os.environ[PRUNE_ENV] = "0"
             try:
-                timing = time_fn(lambda: torch_step(op_impl, xd, cov_type, state), args.device, repeats=repeats,
-                                 warmup=warmup)
+                step = lambda: torch_step(op_impl, xd, cov_type, state)  # noqa: E731
+                if impl == "ext":
+                    timing, ratio, *limit_parts = timed_with_limit(step, xd, flops, repeats, warmup)
+                    limit = dict(zip(("limit_s", "read_s", "flop_rate"), limit_parts), x_limit=ratio)
+                else:
+                    timing = time_fn(step, args.device, repeats=repeats, warmup=warmup)
             finally:
                 if saved is None:
                     os.environ.pop(PRUNE_ENV, None)
@@ -183,11 +206,9 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args, rates) -> 
         extra = {
             "final_loglik": float(state["loglik"]),
             "iterations": repeats + warmup,
-            "limit_s": limit_s,
-            "read_s": read_s,
+            **limit,
             "flops": flops,
-            "flop_rate": flop_rate,
-            "x_limit": timing[0] / limit_s,
+            "x_limit": limit["x_limit"] if impl == "ext" else timing[0] / limit["limit_s"],
             "resp_nnz": nnz,
             "sparse": nnz < 0.5,
             "pruned": pruned,
@@ -245,10 +266,8 @@ def main() -> None:
         datasets[LARGE] = torch.randn(1_000_000, 128, generator=gen, dtype=torch.float64)
         todo.append((LARGE, 1024, "diag"))
     records: list[Record] = []
-    # Measured first: after scikit-learn, its BLAS threads spin for a while and slow a read pass.
-    rates = {name: machine_rates(x.to(args.device, torch.float32), args.repeats) for name, x in datasets.items()}
     for data, k, cov_type in todo:
-        for r in run_case(data, datasets[data], k, cov_type, args, rates[data]):
+        for r in run_case(data, datasets[data], k, cov_type, args):
             records.append(r)
             print(f"{data} K={k} {cov_type} {r.impl}: {1e3 * r.median_s:.1f} ms", flush=True)
     print()

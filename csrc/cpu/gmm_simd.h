@@ -103,6 +103,15 @@ LGM_INLINE void pin(V& v) {
   if constexpr (kBytes == 64) __asm__("" : "+v"(v));
 }
 
+// The same on 16 registers (32- and 16-byte vectors), for the small-D kernel's few table vectors:
+// unpinned, AVX2 reloads them for every row (diag K = 10, D = 50: 14% slower).
+template <typename V>
+LGM_INLINE void pin_narrow(V& v) {
+#if defined(__x86_64__)
+  if constexpr (kBytes <= 32) __asm__("" : "+x"(v));
+#endif
+}
+
 // Sum of a vector's lanes by halving (log2 of the width shuffles and adds).
 template <typename T, int B>
 LGM_INLINE T hsum_bytes(typename VecOf<T, B>::type v) {
@@ -261,6 +270,8 @@ LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT,
     for (int j = 0; j < KV; ++j) {
       nv[j] = load<V>(nuT + d * ldk + j * W);
       if constexpr (kScaled) pv[j] = load<V>(pT + d * ldk + j * W);
+      pin_narrow(nv[j]);
+      if constexpr (kScaled) pin_narrow(pv[j]);
     }
     for (int r = 0; r < RB; ++r) {
       const V xb = splat<V>(x[r * ldx + d]);
