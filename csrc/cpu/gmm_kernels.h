@@ -5,7 +5,8 @@
 // Each tile (cache-resident) goes through three steps:
 //   1. maha [K, rows] (component-major, like every tile below): squared Mahalanobis distances.
 //      diag/spherical: a register-blocked kernel computing sum_d (x_d p_kd - mu_kd p_kd)^2 (the
-//      centred form: no cancellation, 2 FMAs per term), summed in x's dtype over D, with vectors
+//      centred form: no cancellation, 2 FMAs per term; spherical p_k (p_k sum_d (mu_kd - x_d)^2), a
+//      subtraction and an FMA), summed in x's dtype over D, with vectors
 //      along D (D > 64) or along components (D <= 64); tied/full: y = x P by GEMM, then the same
 //      kernel on sum_d (y_d - (mu P)_d)^2.
 //   2. row-wise log-sum-exp and responsibilities [K, rows] in x's dtype: float32 x takes joint
