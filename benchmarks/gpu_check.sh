@@ -52,7 +52,8 @@ case "$mode" in
     step 30 gpu nvidia-smi
     step 30 versions python3 -c "import torch, lightning, torchmetrics; print(torch.__version__, torch.version.cuda, \
 torch.cuda.get_device_name(0), lightning.__version__, torchmetrics.__version__)"
-    step 240 build python3 -c "from lightning_genmodels.ops import load_library; print(load_library())"
+    step 240 build python3 -c "from lightning_genmodels.ops import load_library; info = load_library(); \
+print(info); assert info.with_cuda, 'the extension was built without CUDA'"
     step 150 pytest_cuda python3 -m pytest -q -p no:cacheprovider -k "cuda or Cuda" tests/ops \
       tests/diffusion/test_sampling_cuda.py tests/gmm/test_module.py
     step 150 memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/gpu_sanitize.py
