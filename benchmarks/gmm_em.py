@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Record, base_parser, machine_info, print_table, time_fn, time_interleaved, write_json  # noqa: E402
+from harness import (  # noqa: E402
+    Record, base_parser, machine_info, print_table, time_fn, time_interleaved, with_env, write_json,
+)
 
 from lightning_genmodels.gmm.em import m_step, precision_cholesky  # noqa: E402
 from lightning_genmodels.data.idx import read_idx  # noqa: E402
@@ -187,21 +189,13 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args) -> list[Re
         else:
             state = {"params": tuple(p.to(args.device, torch.float32) for p in params)}
             op_impl = "ext" if impl == "noprune" else impl
-            saved = os.environ.get(PRUNE_ENV)
-            if impl == "noprune":
-                os.environ[PRUNE_ENV] = "0"
-            try:
-                step = lambda: torch_step(op_impl, xd, cov_type, state)  # noqa: E731
-                if impl == "ext":
-                    timing, ratio, *limit_parts = timed_with_limit(step, xd, flops, repeats, warmup)
-                    limit = dict(zip(("limit_s", "read_s", "flop_rate"), limit_parts), x_limit=ratio)
-                else:
-                    timing = time_fn(step, args.device, repeats=repeats, warmup=warmup)
-            finally:
-                if saved is None:
-                    os.environ.pop(PRUNE_ENV, None)
-                else:
-                    os.environ[PRUNE_ENV] = saved
+            env = {PRUNE_ENV: "0"} if impl == "noprune" else {}
+            step = with_env(env, lambda: torch_step(op_impl, xd, cov_type, state))
+            if impl == "ext":
+                timing, ratio, *limit_parts = timed_with_limit(step, xd, flops, repeats, warmup)
+                limit = dict(zip(("limit_s", "read_s", "flop_rate"), limit_parts), x_limit=ratio)
+            else:
+                timing = time_fn(step, args.device, repeats=repeats, warmup=warmup)
             device, dtype = args.device, "float32"
         extra = {
             "final_loglik": float(state["loglik"]),

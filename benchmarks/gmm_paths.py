@@ -21,25 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gmm_em import PRUNE_ENV, initial_params, load_pixels, pca, torch_step  # noqa: E402
-from harness import Record, base_parser, machine_info, print_table, time_interleaved, write_json  # noqa: E402
+from harness import Record, base_parser, machine_info, print_table, time_interleaved, with_env, write_json  # noqa: E402
 
 from lightning_genmodels.ops.gmm import CPU_ISA_ENV, available_cpu_isas, gmm_em_stats  # noqa: E402
-
-
-def with_env(env: dict[str, str], fn):
-    """fn() with the variables of env set, then restored."""
-    def call():
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            fn()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    return call
 
 
 def main() -> None:

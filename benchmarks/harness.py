@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
@@ -56,6 +57,25 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str, repeats: int = 5,
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times), max(times)
+
+
+def with_env(env: dict[str, str], fn: Callable[[], Any]) -> Callable[[], Any]:
+    """fn with the environment variables of env set during each call, then restored (how the
+    benchmarks pick the GMM kernels' instruction set and pruning per call)."""
+
+    def call() -> Any:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return call
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | str, repeats: int = 5,

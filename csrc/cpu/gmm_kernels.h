@@ -110,12 +110,12 @@ struct Plan {
   const SimdKernels<T>& simd;
   GmmTables tab;
   int64_t K, D, ldt, ldk;
-  at::Tensor p_t, nu_t;           // [D, ldk]: p and nu transposed, zeros past K (p_t: diag/spherical)
   // spherical: p_k (p_k sum_d (x_d - mu_kd)^2), a subtraction and one FMA per term instead of two
   // FMAs (an FMA overwrites one input, so the scaled form also copies a register per term). Two
   // products by the exact p_k, not one by a rounded p_k^2: that rounding would bias every distance
   // to component k alike (nk off by 1.7e-7 at N = 1e6).
-  at::Tensor mu, mu_t, scale;     // [K, ldt], [D, ldk] means; [ldk] p_k; zeros past D and K
+  at::Tensor mu, scale;           // spherical: [K, ldt] the means; [ldk] p_k; zeros past D and K
+  at::Tensor p_t, nu_t;           // [D, ldk]: diag p and nu (spherical: mu) transposed, zeros past K
   std::vector<double> log_const;  // [K]
   // Pruned distances (gmm_prune.cpp; em_stats only): vector offsets along D, most discriminating
   // first, and the number of them done after each stage. Empty: not pruned.
@@ -130,19 +130,17 @@ struct Plan {
     const double* lc = tab.log_const.template data_ptr<double>();
     log_const.assign(lc, lc + K);
     ldk = padded(K, simd_.bytes);
-    nu_t = at::zeros({D, ldk}, means.options());
-    nu_t.narrow(1, 0, K).copy_(tab.nu.narrow(1, 0, D).t());
-    if (tab.p.defined()) {
-      p_t = at::zeros({D, ldk}, means.options());
-      p_t.narrow(1, 0, K).copy_(tab.p.narrow(1, 0, D).t());
-    }
     if (cov == CovType::kSpherical) {
       mu = at::zeros({K, ldt}, means.options());
       mu.narrow(1, 0, D).copy_(means);
-      mu_t = at::zeros({D, ldk}, means.options());
-      mu_t.narrow(1, 0, K).copy_(means.t());
       scale = at::zeros({ldk}, means.options());
       scale.narrow(0, 0, K).copy_(prec_chol);
+    }
+    nu_t = at::zeros({D, ldk}, means.options());
+    nu_t.narrow(1, 0, K).copy_((cov == CovType::kSpherical ? mu : tab.nu).narrow(1, 0, D).t());
+    if (cov == CovType::kDiag) {
+      p_t = at::zeros({D, ldk}, means.options());
+      p_t.narrow(1, 0, K).copy_(tab.p.narrow(1, 0, D).t());
     }
   }
 

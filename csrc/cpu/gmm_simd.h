@@ -138,6 +138,13 @@ LGM_INLINE T min_of(T a, T b) {
   return a < b ? a : b;
 }
 
+// p^2 s for spherical distances, as two products by the exact p (Plan::scale: a rounded p^2 would
+// move every distance to a component alike); s a scalar or a vector.
+template <typename S, typename V>
+LGM_INLINE V times_p_squared(S p, V s) {
+  return p * (p * s);
+}
+
 // All-ones bits in the lanes below D % W (the last, partial vector of a row), zeros above.
 template <typename T>
 LGM_INLINE Vec<T> tail_mask_of(int64_t D) {
@@ -217,7 +224,7 @@ LGM_INLINE void maha_block(const T* x, int64_t ldx, int64_t D, const T* p, const
   }
   for (int k = 0; k < KB; ++k) {
     const T c = scale ? scale[k] : T(1);
-    for (int r = 0; r < RB; ++r) out[k * ldo + r] = scale ? c * (c * hsum<T>(acc[r][k])) : hsum<T>(acc[r][k]);
+    for (int r = 0; r < RB; ++r) out[k * ldo + r] = scale ? times_p_squared(c, hsum<T>(acc[r][k])) : hsum<T>(acc[r][k]);
   }
 }
 
@@ -285,7 +292,7 @@ LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT,
   if (scale) {
     for (int j = 0; j < KV; ++j) {
       const V c = load<V>(scale + j * W);
-      for (int r = 0; r < RB; ++r) acc[r][j] = c * (c * acc[r][j]);
+      for (int r = 0; r < RB; ++r) acc[r][j] = times_p_squared(c, acc[r][j]);
     }
   }
   for (int r = 0; r < RB; ++r) {

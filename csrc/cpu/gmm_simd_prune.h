@@ -45,7 +45,7 @@ LGM_INLINE void maha_gather_block(const T* x, int64_t ldx, const int32_t* idx, i
   for (int r = 0; r < RB; ++r) {
     V total = acc[0][r];
     for (int a = 1; a < NA; ++a) total += acc[a][r];
-    out[idx[r]] += kScaled ? hsum<T>(total) : scale * (scale * hsum<T>(total));
+    out[idx[r]] += kScaled ? hsum<T>(total) : times_p_squared(scale, hsum<T>(total));
   }
 }
 
@@ -101,7 +101,9 @@ LGM_INLINE void maha_vecs_block(const T* x, int64_t ldx, int64_t D, const T* p, 
   }
   for (int k = 0; k < KB; ++k) {
     const T c = kScaled ? T(1) : scale[k];
-    for (int r = 0; r < RB; ++r) out[k * ldo + r] = kScaled ? hsum<T>(acc[r][k]) : c * (c * hsum<T>(acc[r][k]));
+    for (int r = 0; r < RB; ++r) {
+      out[k * ldo + r] = kScaled ? hsum<T>(acc[r][k]) : times_p_squared(c, hsum<T>(acc[r][k]));
+    }
   }
 }
 

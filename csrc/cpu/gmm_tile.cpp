@@ -43,8 +43,8 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
                      nullptr);
       break;
     case CovType::kSpherical:
-      plan.simd.maha(xs, lds, rows, D, nullptr, plan.mu.template data_ptr<T>(), ldt, nullptr,
-                     plan.mu_t.template data_ptr<T>(), ldk, K, maha, ldm, plan.scale.template data_ptr<T>());
+      plan.simd.maha(xs, lds, rows, D, nullptr, plan.mu.template data_ptr<T>(), ldt, nullptr, nu_t, ldk, K, maha,
+                     ldm, plan.scale.template data_ptr<T>());
       break;
     case CovType::kTied: {
       at::Tensor y = s.y.narrow(0, 0, rows);
