@@ -112,7 +112,8 @@ def bench_step(batches: list[int], device: str, repeats: int) -> list[Record]:
             expected = fns["ref"]()
             for impl, fn in fns.items():
                 torch.testing.assert_close(fn(), expected, rtol=1e-5, atol=1e-4)
-                med, lo, hi = time_fn(fn, device, repeats=max(repeats, 20), warmup=3)
+                inner = 50 if device == "cuda" else 1  # GPU: back-to-back calls, as in a sampling loop
+                med, lo, hi = time_fn(fn, device, repeats=max(repeats, 20), warmup=3, inner=inner)
                 params = {"sampler": sampler, "batch": b}
                 records.append(Record("diffusion_step", impl, device, params, med, lo, hi))
     return records
@@ -205,6 +206,8 @@ def main() -> None:
     records = bench_step(batches, args.device, args.repeats)
     if not args.skip_sampling:
         cases = [("ddim", 50, 16), ("ddpm", 1000, 4)] if args.quick else [("ddim", 50, 64), ("ddpm", 1000, 8)]
+        if args.device == "cuda":  # a GPU: a launch-bound batch and a compute-bound one
+            cases = [("ddim", 50, 64), ("ddim", 50, 1024), ("ddpm", 1000, 64)]
         records += bench_sampling(cases, args.device, 1 if args.quick else args.repeats, args.ckpt)
     for r in records:
         r.extra.update(info)

@@ -45,17 +45,20 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], Any], device: torch.device | str, repeats: int = 5, warmup: int = 1):
-    """Median, min and max wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
+def time_fn(fn: Callable[[], Any], device: torch.device | str, repeats: int = 5, warmup: int = 1, inner: int = 1):
+    """Median, min and max wall time of ``fn()`` in seconds, after ``warmup`` untimed calls.
+    ``inner`` > 1 times runs of that many calls between two synchronisations, per call: on a GPU
+    the rate of back-to-back launches, without one host round trip per microsecond-scale call."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        for _ in range(inner):
+            fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start) / inner)
     return statistics.median(times), min(times), max(times)
 
 

@@ -5,6 +5,8 @@
 // is compiled for that instruction set. Everything is in an
 // anonymous namespace (one copy per translation unit, never merged across targets by the linker)
 // except kernels<T>(), and nothing here calls a function compiled for another target.
+// Copies are __builtin_memcpy, never memcpy: with _FORTIFY_SOURCE (Ubuntu's default) memcpy is an
+// always_inline glibc wrapper for the build's -march, which GCC refuses to inline into this target.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -48,7 +50,7 @@ constexpr int kMB = kBytes == 64 ? 12 : 6;   // components per dense-moment bloc
 template <typename V, typename T>
 LGM_INLINE V load(const T* p) {
   V v;
-  std::memcpy(&v, p, sizeof(V));
+  __builtin_memcpy(&v, p, sizeof(V));
   return v;
 }
 
@@ -123,8 +125,8 @@ LGM_INLINE T hsum_bytes(typename VecOf<T, B>::type v) {
     }
   } else {
     typename VecOf<T, B / 2>::type lo, hi;
-    std::memcpy(&lo, &v, B / 2);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
+    __builtin_memcpy(&lo, &v, B / 2);
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
     return hsum_bytes<T, B / 2>(lo + hi);
   }
 }
@@ -151,7 +153,7 @@ LGM_INLINE Vec<T> tail_mask_of(int64_t D) {
   constexpr int64_t W = width<T>();
   Vec<T> mask;
   T ones;
-  std::memset(&ones, 0xFF, sizeof(T));
+  __builtin_memset(&ones, 0xFF, sizeof(T));
   for (int64_t j = 0; j < W; ++j) mask[j] = j < D % W ? ones : T(0);
   return mask;
 }
@@ -160,7 +162,7 @@ LGM_INLINE Vec<T> tail_mask_of(int64_t D) {
 LGM_INLINE void flush(double* dst, VD v, int64_t n) {
   if (n >= kWD) {
     VD d = load<VD>(dst) + v;
-    std::memcpy(dst, &d, sizeof(VD));
+    __builtin_memcpy(dst, &d, sizeof(VD));
   } else {
     for (int64_t j = 0; j < n; ++j) dst[j] += v[j];
   }
@@ -298,7 +300,7 @@ LGM_INLINE void maha_kvec_block(const T* x, int64_t ldx, int64_t D, const T* pT,
   for (int r = 0; r < RB; ++r) {
     for (int j = 0; j < KV; ++j) {
       T lanes[W];
-      std::memcpy(lanes, &acc[r][j], sizeof(V));
+      __builtin_memcpy(lanes, &acc[r][j], sizeof(V));
       for (int64_t l = 0; l < W && j * W + l < kcount; ++l) out[(j * W + l) * ldo + r] = lanes[l];
     }
   }

@@ -56,7 +56,7 @@ double softmax_f32_rows(const float* maha, int64_t rows, int64_t K, int64_t ld, 
     for (int64_t n = rows; n < (rows + W - 1) / W * W; ++n) wk[n] = -100.0f;
     for (int64_t n = 0; n < rows; n += W) {
       const VF e = exp_nonpositive(load<VF>(wk + n));
-      std::memcpy(wk + n, &e, sizeof(VF));
+      __builtin_memcpy(wk + n, &e, sizeof(VF));
     }
   }
   for (int64_t n = 0; n < rows; ++n) scale[n] = 0.0;
@@ -121,7 +121,7 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
       const VF m = load<VF>(maha + k * ld + n0);
       const VD d0 = (log_const[k] - 0.5 * lo_double(m)) - t0, d1 = (log_const[k] - 0.5 * hi_double(m)) - t1;
       const VF e = exp_nonpositive(to_float(d0, d1));
-      std::memcpy(work + k * ld + n0, &e, sizeof(VF));
+      __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
       s0 += lo_double(e);
       s1 += hi_double(e);
     }
@@ -129,17 +129,17 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
     for (int64_t j = 0; j < W; ++j) wbuf[j] = n0 + j < rows ? (sw ? sw[n0 + j] : 1.0f) : 0.0f;
     const VF w = load<VF>(wbuf);
     const VF c = to_float(lo_double(w) / s0, hi_double(w) / s1);
-    std::memcpy(scale + n0, &c, sizeof(VF));
-    std::memcpy(top + n0, &t0, sizeof(VD));
-    std::memcpy(top + n0 + kWD, &t1, sizeof(VD));
-    std::memcpy(sum + n0, &s0, sizeof(VD));
-    std::memcpy(sum + n0 + kWD, &s1, sizeof(VD));
+    __builtin_memcpy(scale + n0, &c, sizeof(VF));
+    __builtin_memcpy(top + n0, &t0, sizeof(VD));
+    __builtin_memcpy(top + n0 + kWD, &t1, sizeof(VD));
+    __builtin_memcpy(sum + n0, &s0, sizeof(VD));
+    __builtin_memcpy(sum + n0 + kWD, &s1, sizeof(VD));
   }
   for (int64_t k = 0; k < K; ++k) {
     VF acc = {};
     for (int64_t n0 = 0; n0 < padded; n0 += W) {
       const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
-      std::memcpy(resp + k * ld + n0, &r, sizeof(VF));
+      __builtin_memcpy(resp + k * ld + n0, &r, sizeof(VF));
       acc += r;
     }
     nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));

@@ -194,3 +194,21 @@ def test_cuda_tensors_fall_back_per_device_when_built_without_cuda(monkeypatch):
     assert len(caught) == 1  # one warning, not one per call
     with pytest.raises(ExtensionBuildError, match="without CUDA"):
         build.use_ext("ext", "cuda")
+
+
+@pytest.mark.skipif(shutil.which("c++") is None or os.uname().machine != "x86_64", reason="needs an x86-64 c++")
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_simd_kernels_compile_under_fortify_source(isa, tmp_path):
+    """Ubuntu's GCC defines _FORTIFY_SOURCE, which makes memcpy an always_inline wrapper built for
+    -march=native; inside a `#pragma GCC target` region for another ISA (avx2 on an AVX-512 host),
+    a call to it failed the whole build (seen on the GPU machine). Compiled as the build does."""
+    from torch.utils.cpp_extension import include_paths
+
+    from lightning_genmodels.ops.build import CPU_FLAGS, source_dir
+
+    root = source_dir()
+    cmd = ["c++", "-std=c++20", "-fPIC", "-D_FORTIFY_SOURCE=2", *CPU_FLAGS, "-I", str(root)]
+    cmd += [flag for folder in include_paths() for flag in ("-isystem", folder)]
+    cmd += ["-c", str(root / "cpu" / f"gmm_simd_{isa}.cpp"), "-o", str(tmp_path / f"{isa}.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
