@@ -4,7 +4,8 @@
 #
 #   here, once (fills .gpu/, ignored by git: MNIST and the diffusers wheels, 17 MB):
 #       bash benchmarks/gpu_check.sh prepare
-#   one device call (carry [".gpu"], timeout_s 560): build, CUDA tests, benchmarks, compute-sanitizer
+#   one device call (carry [".gpu"], timeout_s 560): build, CUDA tests, benchmarks, compute-sanitizer,
+#   then the op and model tests with the GPU visible
 #       bash benchmarks/gpu_check.sh all
 #   or the two halves, the second at once on the warm machine (a machine idles back in 30 s):
 #       bash benchmarks/gpu_check.sh checks      (build, CUDA tests, compute-sanitizer)
@@ -61,6 +62,10 @@ print(info); assert info.with_cuda, 'the extension was built without CUDA'"
 memcheck() {
   step 120 memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/gpu_sanitize.py
 }
+suite() {  # the model and op tests with a GPU visible (pytest-xdist is in the device image)
+  step 150 pytest_gpu_visible python3 -m pytest -q -p no:cacheprovider -n 8 --timeout 120 -rfE tests/ops \
+    tests/diffusion tests/gmm
+}
 bench() {
   step 180 diffusion_cuda python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 \
     --json "$OUT/diffusion_cuda.json"
@@ -71,7 +76,7 @@ bench() {
 case "$mode" in
   checks) checks; memcheck ;;
   bench) bench ;;
-  all) checks; bench; memcheck ;;  # by priority: a call cut at its limit loses the sanitizer first
+  all) checks; bench; memcheck; suite ;;  # by priority: a call cut at its limit loses the last first
   *)
     echo "usage: $0 prepare|checks|bench|all" >&2
     exit 2

@@ -164,11 +164,11 @@ at::Tensor rows_with_unit_stride(const at::Tensor& x) {
 
 // ---------------------------------------------------------------------------------------------
 // Many components (diag/spherical, kGemmMinK <= K <= kGemmMaxK): the design for --large (N = 1e6,
-// D = 128, K = 1024). Compiled, never yet run on a GPU (tests/ops: test_cuda_many_components_*).
+// D = 128, K = 1024). Run on an H200 (benchmarks/results/*_h200_*; tests/ops: test_cuda_many_components_*).
 //   1. joint [rows, K] = log_const - maha / 2 as ONE float64 GEMM of [x, x^2] with
 //      [p nu ; -p^2 / 2] (the expanded form, safe in float64), plus a constant per component;
 //   2. a warp per row reads its joint row once into registers and writes w * softmax once;
-//   3. [nk | sx | sxx] = R^T [1, x, x^2] as ONE float64 GEMM.
+//   3. [sx | sxx | nk] = R^T [x, x^2, 1] as ONE float64 GEMM.
 
 constexpr int64_t kGemmMinK = 64;
 constexpr int kPerLane = 32;                       // K <= 32 * 32 values in registers
@@ -220,22 +220,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda_gemm(co
                                                                                const Params& prm) {
   const int64_t N = x.size(0), K = prm.K, D = prm.D;
   const int64_t C = std::min<int64_t>(chunk_rows(N, 2 * D + 1, K), int64_t{65535} * kWarps);
+  // lhs [rows, L] = [x, x^2, 1, 0 ...]: L a multiple of 8, so every GEMM operand starts and
+  // strides on 64 bytes (an odd stride, as [1, x, x^2] had, keeps cuBLAS off its fastest kernels).
+  const int64_t L = (2 * D + 1 + 7) / 8 * 8;
   const auto f64 = x.options().dtype(at::kDouble);
   const auto stream = at::cuda::getCurrentCUDAStream();
   // maha = sum_d (x p - nu)^2 = sum_d x^2 p^2 - 2 x p nu + nu^2 (nu = mu p).
   const at::Tensor p = prm.p.narrow(1, 0, D).to(at::kDouble), nu = prm.nu.narrow(1, 0, D).to(at::kDouble);
   const at::Tensor weights = at::cat({p * nu, -0.5 * p.square()}, 1).t().contiguous();  // [2D, K]
   const at::Tensor constant = (prm.log_const - 0.5 * nu.square().sum(1)).unsqueeze(0);  // [1, K]
-  at::Tensor moments = at::zeros({K, 1 + 2 * D}, f64);                                   // [nk | sx | sxx]
+  at::Tensor moments = at::zeros({K, L}, f64);                                           // [sx | sxx | nk | 0]
+  at::Tensor lhs_all = at::zeros({std::min(C, N), L}, f64);  // reused by every chunk (one stream)
+  lhs_all.select(1, 2 * D).fill_(1.0);
   int64_t n_partials = 0;
   for (int64_t n0 = 0; n0 < N; n0 += C) n_partials += blocks_for(std::min(C, N - n0), kWarps);
   at::Tensor partial = at::zeros({std::max<int64_t>(1, n_partials)}, f64);
   int64_t offset = 0;
   for (int64_t n0 = 0; n0 < N; n0 += C) {
     const int64_t rows = std::min(C, N - n0);
-    const at::Tensor xd = x.narrow(0, n0, rows).to(at::kDouble);
-    const at::Tensor lhs = at::cat({at::ones({rows, 1}, f64), xd, xd.square()}, 1);  // [rows, 1 + 2D]
-    at::Tensor joint = at::addmm(constant, lhs.narrow(1, 1, 2 * D), weights);      // 1.
+    const at::Tensor lhs = lhs_all.narrow(0, 0, rows);
+    at::Tensor xd = lhs.narrow(1, 0, D), xsq = lhs.narrow(1, D, D);
+    xd.copy_(x.narrow(0, n0, rows));
+    at::mul_out(xsq, xd, xd);
+    at::Tensor joint = at::addmm(constant, lhs.narrow(1, 0, 2 * D), weights);  // 1.
     const int blocks = blocks_for(rows, kWarps);
     TORCH_INTERNAL_ASSERT(static_cast<int64_t>(blocks) * kWarps >= rows, "gmm_em_stats: chunk too large");
     softmax_warp_kernel<T><<<blocks, kThreads, 0, stream>>>(joint.data_ptr<double>(), rows, K,  // 2.
@@ -248,9 +255,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cuda_gemm(co
   at::Tensor loglik = at::empty({}, f64);
   sum_kernel<<<1, kThreads, 0, stream>>>(partial.data_ptr<double>(), n_partials, loglik.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  at::Tensor sxx = moments.narrow(1, 1 + D, D);
+  at::Tensor sxx = moments.narrow(1, D, D);
   sxx = prm.cov == CovType::kSpherical ? sxx.sum(1) : sxx.contiguous();
-  return {moments.select(1, 0).contiguous(), moments.narrow(1, 1, D).contiguous(), sxx, loglik};
+  return {moments.select(1, 2 * D).contiguous(), moments.narrow(1, 0, D).contiguous(), sxx, loglik};
 }
 
 template <typename T>

@@ -73,6 +73,7 @@ class ScikitLearnMixin:
         The module's dtype follows X: float32 or float64 as given; other tensors become
         torch's default dtype, other NumPy arrays float64. Batches are views of X (no copy)
         and X is checked for NaN/inf once. Under DDP each rank takes a contiguous shard of X.
+        The fitted model is left on the Trainer's root device (a GPU fit stays on the GPU).
 
         Args:
             X: [N, D] Tensor or NumPy array, finite, N >= n_components.
@@ -124,6 +125,9 @@ class ScikitLearnMixin:
                 trainer.fit(self, datamodule=TensorDataModule(x, batch_size))
             finally:
                 self._data_finite, self._log_bound = False, True
+        # Lightning's teardown moved the module to the CPU: a model fitted on a GPU stays there,
+        # so predict and score run where it was fitted (``.cpu()`` moves it).
+        self.to(trainer.strategy.root_device)
         return self
 
     def fit_predict(self, X: ArrayLike, y: Any = None, **fit_kwargs: Any) -> Tensor:
