@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks that CI cannot run, prepared for a session that is lent a GPU machine (device
-# tool: about 15 minutes of device time in all, at most 10 per call). Two calls on one machine:
+# tool: about 15 minutes of device time in all, at most 10 per call). On an H200 (2026-11-26) a
+# machine started in about 35 s and `all` ran in about 3 minutes before its last step (the
+# GPU-visible suite, which ran out its 150 s: see README "Known issues"):
 #
 #   here, once (fills .gpu/, ignored by git: MNIST and the diffusers wheels, 17 MB):
 #       bash benchmarks/gpu_check.sh prepare
