@@ -10,8 +10,9 @@
    included), ``ref_compiled`` (the reference's tensor math under ``torch.compile``; for DDPM
    with the same Philox noise passed in, drawn outside and untimed, so a lower bound: with the
    Philox reference inside, inductor had not finished compiling after 400 s here). Compiled per
-   batch size (``dynamic=False``): with ``ATEN_CPU_CAPABILITY=avx2`` the dynamic-shape kernel
-   inductor generated returned wrong values (up to 9e25 off) at batch 64, which the check here caught.
+   batch size (``dynamic=False``): with ``ATEN_CPU_CAPABILITY=avx2`` a dynamic-shape kernel had
+   returned wrong values (up to 9e25 off) at batch 64, which the check here caught; the likelier
+   cause, found later, is inductor's cache shared across capabilities (``separate_inductor_cache``).
    All three skip the host check of the timesteps (``check_timesteps=False``, as the sampling loop
    calls the op). On a GPU each timed sample is 50 back-to-back calls (launch rate, no round trip).
 2. ``sampling``: images per second of whole sampling with the UNet of configs/diffusion_mnist.yaml
@@ -26,13 +27,28 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+
+def separate_inductor_cache() -> None:
+    """One torch.compile cache per ATEN_CPU_CAPABILITY. Inductor's cache key leaves that variable
+    out (torch 2.14): kernels compiled under ATEN_CPU_CAPABILITY=avx2 were loaded by a later
+    AVX-512 run, which then returned wrong values and corrupted the heap (seen here, 2026-11-26;
+    a fresh cache folder fixed it)."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY", "native")
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_lgm_{cap}")
+
+
+separate_inductor_cache()  # before torch reads its inductor settings
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Record, base_parser, print_table, time_fn, time_interleaved, write_json  # noqa: E402
