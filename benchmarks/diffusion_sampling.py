@@ -105,6 +105,7 @@ def _step_given_noise(x: torch.Tensor, out: torch.Tensor, t: torch.Tensor, table
 
 def bench_step(batches: list[int], device: str, repeats: int) -> list[Record]:
     records = []
+    inner = 50 if device == "cuda" else 1  # GPU: back-to-back calls, as in a sampling loop
     for sampler in ("ddpm", "ddim"):
         model = Diffusion(**CONFIG_UNET)
         timesteps, table = model.coefficient_table(50 if sampler == "ddim" else 1000, sampler, 0.0)
@@ -132,7 +133,6 @@ def bench_step(batches: list[int], device: str, repeats: int) -> list[Record]:
             expected = fns["ref"]()
             for impl, fn in fns.items():
                 torch.testing.assert_close(fn(), expected, rtol=1e-5, atol=1e-4)
-                inner = 50 if device == "cuda" else 1  # GPU: back-to-back calls, as in a sampling loop
                 med, lo, hi = time_fn(fn, device, repeats=max(repeats, 20), warmup=3, inner=inner)
                 params = {"sampler": sampler, "batch": b}
                 records.append(Record("diffusion_step", impl, device, params, med, lo, hi))
