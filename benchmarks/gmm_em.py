@@ -244,6 +244,8 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="add N=1e6, D=128, K=1024 diag (GPU target)")
     parser.add_argument("--isa", default=None, choices=["auto", "avx512", "avx2", "generic"],
                         help="CPU kernels' instruction set (sets LGM_GMM_CPU_ISA; default: the host's widest)")
+    parser.add_argument("--data", nargs="+", choices=["pixels", "pca50", "gauss50"], default=None,
+                        help="only these data sets (default: all)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,7 +256,7 @@ def main() -> None:
     pixels = load_pixels(args.data_dir, args.n)
     gauss = torch.randn(args.n, 50, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     datasets = {"pixels": pixels, "pca50": pca(pixels, 50), "gauss50": gauss}
-    todo = cases(args.quick)
+    todo = [c for c in cases(args.quick) if args.data is None or c[0] in args.data]
     if args.large:
         gen = torch.Generator().manual_seed(2)
         datasets[LARGE] = torch.randn(1_000_000, 128, generator=gen, dtype=torch.float64)

@@ -84,6 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
     for (int64_t c = 0; c < n_chunks; ++c)
       for (int64_t i = i0; i < i1; ++i) tp[i] += accp[c * size + i];
   });
+  gmm_cpu::finish_centred_sxx(plan, tp);
   at::Tensor nk = total.narrow(0, 0, K).clone();
   at::Tensor sx = total.narrow(0, K, K * D).view({K, D}).clone();
   at::Tensor sxx = total.narrow(0, K + K * D, plan.sxx_size());

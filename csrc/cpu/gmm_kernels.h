@@ -6,7 +6,8 @@
 //   1. maha [K, rows] (component-major, like every tile below): squared Mahalanobis distances.
 //      diag/spherical: a register-blocked kernel computing sum_d (x_d p_kd - mu_kd p_kd)^2 (the
 //      centred form: no cancellation, 2 FMAs per term; spherical p_k (p_k sum_d (mu_kd - x_d)^2), a
-//      subtraction and an FMA), summed in x's dtype over D, with vectors
+//      subtraction and an FMA; float32 spherical with D <= 64 and K past one vector: a dot product
+//      on rows centred by the mean of the means, Plan::centre), summed in x's dtype over D, with vectors
 //      along D (D > 64) or along components (D <= 64); tied/full: y = x P by GEMM, then the same
 //      kernel on sum_d (y_d - (mu P)_d)^2.
 //   2. row-wise log-sum-exp and responsibilities [K, rows] in x's dtype: float32 x takes joint
@@ -28,6 +29,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/gmm_host.h"
@@ -47,8 +49,11 @@ struct SimdKernels {
   // when scale is not null; tables [K, ldt], transposed pT, nuT [D, ldk] (null: not used) that
   // small D reads instead, scale [ldk]. Tiles of maha and resp are component-major: [K, ld] with
   // ld = the tile's row count.
+  // float32 spherical with D <= kSmallD given norms [rows] = ||x_n||^2 and sph (Plan::sph): as a
+  // dot product with nuT = mu^T (gmm_simd.h maha_dot).
   void (*maha)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
-               const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale);
+               const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale, const double* norms,
+               const double* sph);
   // 2. (float32 only, else null) resp [K, ld] = w_n softmax_k(log_const_k - maha_kn / 2), nk += sum_n resp;
   // returns sum_n w_n lse_n. Sets maha to 0 from rows up to a multiple of the width. work: float
   // [K, ld]; rowbuf: double [3 ld + 8 K].
@@ -61,8 +66,9 @@ struct SimdKernels {
   // 3. the same for one component over the m rows idx with responsibilities val.
   void (*moments_sparse)(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const T* val, int64_t m,
                          double* sx, double* sxx);
-  // out[n] = ||x_n||^2 in float64, for spherical second moments.
-  void (*sq_norms)(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out);
+  // out[n] = ||x_n - c||^2 in float64, for spherical second moments; c null: ||x_n||^2, else also
+  // y [rows, ldy] = x - c (zeros past D; c [D rounded up to the width], zeros past D).
+  void (*sq_norms)(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out, const T* c, T* y, int64_t ldy);
   // out[k] += sum_n r_kn v_n in float64; r [K, ldr], v [rows].
   void (*resp_dot)(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v, double* out);
   // 1, pruned (gmm_prune.cpp): out[idx_i] += sum over the vectors of d at offsets vecs of
@@ -102,6 +108,7 @@ const SimdKernels<T>& simd_kernels(Isa isa);
 // ---------------------------------------------------------------------------------------------
 // Per-call plan: the shared tables (common/gmm_host.h) padded to the vector width.
 
+constexpr int64_t kSmallD = 64;     // up to this many features, distances vectorise along components
 constexpr int64_t kTile = 128;      // rows per tile: x tile + tables stay in L2
 constexpr int64_t kFullTile = 512;  // full: larger tiles amortise the float64 D x D adds
 
@@ -116,6 +123,12 @@ struct Plan {
   // to component k alike (nk off by 1.7e-7 at N = 1e6).
   at::Tensor mu, scale;           // spherical: [K, ldt] the means; [ldk] p_k; zeros past D and K
   at::Tensor p_t, nu_t;           // [D, ldk]: diag p and nu (spherical: mu) transposed, zeros past K
+  // float32 spherical, D <= kSmallD (dot_form): distances as p_k^2 (||y||^2 + ||m_k||^2 - 2 y.m_k)
+  // with y = x - c, m_k = mu_k - c, c the mean of the means (so rows far from the origin lose no
+  // digits to cancellation): one FMA per term, from nu_t = m^T, float64 sph [3, ldk] = p^2,
+  // p^2 ||m||^2, -2 p^2 (p^2 of a float is exact in float64) and the tile's float64 ||y_n||^2
+  // (Scratch::norms). The second moments then sum r ||y||^2: finish_centred_sxx adds the rest.
+  at::Tensor centre, sph;  // [ldt] c in x's dtype, zeros past D; [3, ldk]
   std::vector<double> log_const;  // [K]
   // Pruned distances (gmm_prune.cpp; em_stats only): vector offsets along D, most discriminating
   // first, and the number of them done after each stage. Empty: not pruned.
@@ -138,6 +151,17 @@ struct Plan {
     }
     nu_t = at::zeros({D, ldk}, means.options());
     nu_t.narrow(1, 0, K).copy_((cov == CovType::kSpherical ? mu : tab.nu).narrow(1, 0, D).t());
+    if (dot_form()) {
+      centre = at::zeros({ldt}, means.options());
+      centre.narrow(0, 0, D).copy_(means.to(at::kDouble).mean(0));
+      const at::Tensor m = means - centre.narrow(0, 0, D);  // in x's dtype, as the kernel reads it
+      nu_t.narrow(1, 0, K).copy_(m.t());
+      const at::Tensor p64 = prec_chol.to(at::kDouble), p2 = p64 * p64;
+      sph = at::zeros({3, ldk}, means.options().dtype(at::kDouble));
+      sph[0].narrow(0, 0, K).copy_(p2);
+      sph[1].narrow(0, 0, K).copy_(p2 * m.to(at::kDouble).pow(2).sum(1));
+      sph[2].narrow(0, 0, K).copy_(-2.0 * p2);
+    }
     if (cov == CovType::kDiag) {
       p_t = at::zeros({D, ldk}, means.options());
       p_t.narrow(1, 0, K).copy_(tab.p.narrow(1, 0, D).t());
@@ -149,6 +173,11 @@ struct Plan {
     return (d + w - 1) / w * w;
   }
   CovType cov() const { return tab.cov; }
+  // Only past one vector of components: the centred form's subtraction runs beside the FMA (another
+  // port), so the dot form gains only where each broadcast x meets several vectors of components.
+  bool dot_form() const {
+    return std::is_same_v<T, float> && tab.cov == CovType::kSpherical && D <= kSmallD && K * 4 > simd.bytes;
+  }
   int64_t tile() const { return tab.cov == CovType::kFull ? kFullTile : kTile; }
   // Accumulator layout: nk [K] | sx [K, D] | sxx (gmm_param_shape) | loglik.
   int64_t sxx_size() const {
@@ -169,6 +198,8 @@ struct Scratch {
   at::Tensor maha, xpad, ypad, y, xr, xg, s;  // [K, tile], [tile, ldt] x2, [tile, D] x3, [D, D]
   std::vector<T> resp;                   // [K, tile] responsibilities, in x's dtype
   std::vector<double> joint, rd, rowbuf;  // [K] x2, [3 tile + 8 K]
+  std::vector<double> norms;              // [tile] ||x_n||^2 of the tile (spherical; dot_form: ||y_n||^2)
+  std::vector<T> centred;                 // [tile, ldt] dot_form: y = x - c, zeros past D
   std::vector<float> work;                // [K, tile]
   std::vector<int64_t> idx;
   std::vector<T> val;
@@ -195,6 +226,8 @@ struct Scratch {
     joint.resize(plan.K);
     rd.resize(plan.K);
     rowbuf.resize(3 * t + 8 * plan.K);
+    if (plan.cov() == CovType::kSpherical) norms.resize(t);
+    if (plan.dot_form()) centred.assign(t * plan.ldt, T(0));
     work.resize(t * plan.K);
     idx.resize(t);
     val.resize(t);
@@ -237,6 +270,11 @@ void plan_pruning(Plan<T>& plan, bool only_if_faster);
 // responsibility would be exactly 0 (exp_nonpositive), so the E-step's statistics are unchanged.
 template <typename T>
 void tile_maha_pruned(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s);
+
+// dot_form: the spherical sxx summed r ||x - c||^2; adds 2 c.sx_k - nk_k ||c||^2 to make it
+// sum r ||x||^2 (stats: float64 totals in Plan::stats_size's layout).
+template <typename T>
+void finish_centred_sxx(const Plan<T>& plan, double* stats);
 
 // One chunk of tiles [t0, t1) accumulated into acc (layout of Plan::stats_size).
 template <typename T>

@@ -265,7 +265,6 @@ void maha_blocks(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, c
 // Few features (D <= kSmallD): vectors run along components instead, so no horizontal sums.
 // Tables transposed, pT, nuT [D, ldk] (ldk = K rounded up to the width, zeros past K); RB rows and
 // KV vectors of components per block; x_rd broadcast.
-constexpr int64_t kSmallD = 64;
 constexpr int kRBK = kBytes == 64 ? 8 : 4;
 
 template <typename T, int RB, int KV, bool kScaled>
@@ -332,9 +331,79 @@ void maha_kvec(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, co
   }
 }
 
+// Spherical float32, few features, as a dot product: p_k^2 (||x||^2 + ||mu_k||^2 - 2 x.mu_k), one FMA
+// per term where the centred form takes a subtraction and an FMA. x.mu_k is summed in float32 along
+// D (the centred form's order), the rest in float64 from norms [rows] = ||x_n||^2 and sph [3, ldk] =
+// p^2, p^2 ||mu||^2, -2 p^2; below 0 (cancellation) is 0.
+template <int RB, int KV>
+LGM_INLINE void maha_dot_block(const float* x, int64_t ldx, int64_t D, const float* muT, int64_t ldk, float* out,
+                               int64_t ldo, int64_t kcount, const double* norms, const double* sph) {
+  constexpr int64_t W = width<float>();
+  VF acc[RB][KV] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    VF mv[KV];
+    for (int j = 0; j < KV; ++j) {
+      mv[j] = load<VF>(muT + d * ldk + j * W);
+      pin_narrow(mv[j]);
+    }
+    for (int r = 0; r < RB; ++r) {
+      const VF xb = splat<VF>(x[r * ldx + d]);
+      for (int j = 0; j < KV; ++j) acc[r][j] += xb * mv[j];
+    }
+  }
+  for (int j = 0; j < KV; ++j) {
+    const double* t = sph + j * W;
+    const VD p2lo = load<VD>(t), p2hi = load<VD>(t + kWD);
+    const VD cmlo = load<VD>(t + ldk), cmhi = load<VD>(t + ldk + kWD);
+    const VD m2lo = load<VD>(t + 2 * ldk), m2hi = load<VD>(t + 2 * ldk + kWD);
+    for (int r = 0; r < RB; ++r) {
+      const VD nb = splat<VD>(norms[r]);
+      VD lo = m2lo * lo_double(acc[r][j]) + (p2lo * nb + cmlo);
+      VD hi = m2hi * hi_double(acc[r][j]) + (p2hi * nb + cmhi);
+      lo = lo < 0.0 ? VD{} : lo;
+      hi = hi < 0.0 ? VD{} : hi;
+      float lanes[W];
+      const VF v = to_float(lo, hi);
+      __builtin_memcpy(lanes, &v, sizeof(VF));
+      for (int64_t l = 0; l < W && j * W + l < kcount; ++l) out[(j * W + l) * ldo + r] = lanes[l];
+    }
+  }
+}
+
+constexpr int kRBD = kBytes == 64 ? 8 : 6;  // rows per dot-form block: 2 x 6 accumulators on 16 registers
+
+template <int KV>
+void maha_dot_rows(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* muT, int64_t ldk, float* out,
+                   int64_t ldo, int64_t kcount, const double* norms, const double* sph) {
+  int64_t n = 0;
+  for (; n + kRBD <= rows; n += kRBD)
+    maha_dot_block<kRBD, KV>(x + n * ldx, ldx, D, muT, ldk, out + n, ldo, kcount, norms + n, sph);
+  for (; n < rows; ++n) maha_dot_block<1, KV>(x + n * ldx, ldx, D, muT, ldk, out + n, ldo, kcount, norms + n, sph);
+}
+
+inline void maha_dot(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* muT, int64_t ldk, int64_t K,
+                     float* out, int64_t ldo, const double* norms, const double* sph) {
+  constexpr int64_t W = width<float>();
+  for (int64_t k0 = 0; k0 < K; k0 += 2 * W) {
+    const int64_t kc = min_of<int64_t>(K - k0, 2 * W);
+    if (kc > W) {
+      maha_dot_rows<2>(x, ldx, rows, D, muT + k0, ldk, out + k0 * ldo, ldo, kc, norms, sph + k0);
+    } else {
+      maha_dot_rows<1>(x, ldx, rows, D, muT + k0, ldk, out + k0 * ldo, ldo, kc, norms, sph + k0);
+    }
+  }
+}
+
 template <typename T>
 void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
-          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale) {
+          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale, const double* norms,
+          const double* sph) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (norms && nuT && D <= kSmallD) {
+      maha_dot(x, ldx, rows, D, nuT, ldk, K, out, ldo, norms, sph);
+      return;
+    }
+  }
   if (nuT && D <= kSmallD) {
     if (pT) {
       maha_kvec<T, true>(x, ldx, rows, D, pT, nuT, ldk, K, out, ldo, scale);

@@ -90,7 +90,7 @@ double softmax_f32_rows(const float* maha, int64_t rows, int64_t K, int64_t ld, 
 //   a. top_n ~ max_k joint_nk in float32: any shift gives the same softmax and lse = top + log sum,
 //      and this one keeps joint - top below ~1e-5, where exp_nonpositive is still exact;
 //   b. joint - top in float64 (the two are close: float32 would lose digits), rounded once for the
-//      float32 exp; sum_n in float64;
+//      float32 exp; sum_n of the float32 e in float32;
 //   c. resp = e w / sum in float32, nk += float32 sums over the tile.
 bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const float* sw,
                         float* work, double* rowbuf, float* resp, double* nk, double* loglik) {
@@ -116,15 +116,22 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
       if (!(tf[j] > -INFINITY)) return false;
     }
     const VD t0 = lo_double(tf), t1 = hi_double(tf);
-    VD s0 = {}, s1 = {};
-    for (int64_t k = 0; k < K; ++k) {
+    auto one = [&](int64_t k) __attribute__((always_inline)) {
       const VF m = load<VF>(maha + k * ld + n0);
       const VD d0 = (log_const[k] - 0.5 * lo_double(m)) - t0, d1 = (log_const[k] - 0.5 * hi_double(m)) - t1;
       const VF e = exp_nonpositive(to_float(d0, d1));
       __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
-      s0 += lo_double(e);
-      s1 += hi_double(e);
+      return e;
+    };
+    VF e0 = {}, e1 = {};  // float32 sums of e in two chains (each e in [0, 1], one near 1)
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) {
+      e0 += one(k);
+      e1 += one(k + 1);
     }
+    if (k < K) e0 += one(k);
+    const VF ef = e0 + e1;
+    const VD s0 = lo_double(ef), s1 = hi_double(ef);
     float wbuf[W];
     for (int64_t j = 0; j < W; ++j) wbuf[j] = n0 + j < rows ? (sw ? sw[n0 + j] : 1.0f) : 0.0f;
     const VF w = load<VF>(wbuf);
@@ -298,9 +305,10 @@ void resp_dot(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v,
   }
 }
 
-// out[n] = ||x_n||^2 in float64; rows read in whole vectors of x's dtype, lanes past D masked.
+// out[n] = ||x_n - c||^2 in float64 (c null: 0); rows read in whole vectors of x's dtype, lanes past
+// D masked. With c, y [rows, ldy] = x - c in x's dtype (zeros past D), the squares taken of it.
 template <typename T>
-void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
+void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out, const T* c, T* y, int64_t ldy) {
   using V = Vec<T>;
   using VM = typename VecOf<int64_t, kBytes>::type;
   constexpr int64_t W = width<T>();
@@ -317,9 +325,16 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
         a1 += hi * hi;
       }
     };
+    auto centred = [&](V v, int64_t d) __attribute__((always_inline)) {
+      if (c) {
+        v = v - load<V>(c + d);  // c is zero past D, as v
+        __builtin_memcpy(y + n * ldy + d, &v, sizeof(V));
+      }
+      return v;
+    };
     int64_t d = 0;
-    for (; d + W <= D; d += W) add(load<V>(row + d));
-    if (d < D) add((V)((VM)load<V>(row + d) & (VM)tail_mask));
+    for (; d + W <= D; d += W) add(centred(load<V>(row + d), d));
+    if (d < D) add(centred((V)((VM)load<V>(row + d) & (VM)tail_mask), d));
     out[n] = hsum<double>(a0 + a1);
   }
 }

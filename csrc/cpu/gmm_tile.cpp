@@ -40,17 +40,25 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
   switch (plan.cov()) {
     case CovType::kDiag:
       plan.simd.maha(xs, lds, rows, D, plan.tab.p.template data_ptr<T>(), nu, ldt, p_t, nu_t, ldk, K, maha, ldm,
-                     nullptr);
+                     nullptr, nullptr, nullptr);
       break;
-    case CovType::kSpherical:
+    case CovType::kSpherical: {
+      const double* norms = nullptr;
+      if (plan.dot_form()) {  // y = x - c and its norms (kept for tile_norm_moments)
+        plan.simd.sq_norms(xs, lds, rows, D, s.norms.data(), plan.centre.template data_ptr<T>(), s.centred.data(), ldt);
+        xs = s.centred.data();
+        lds = ldt;
+        norms = s.norms.data();
+      }
       plan.simd.maha(xs, lds, rows, D, nullptr, plan.mu.template data_ptr<T>(), ldt, nullptr, nu_t, ldk, K, maha,
-                     ldm, plan.scale.template data_ptr<T>());
+                     ldm, plan.scale.template data_ptr<T>(), norms, norms ? plan.sph.template data_ptr<double>() : nullptr);
       break;
+    }
     case CovType::kTied: {
       at::Tensor y = s.y.narrow(0, 0, rows);
       at::mm_out(y, x_tile, plan.tab.prec);
       pad_y(y);
-      plan.simd.maha(yp, ldt, rows, D, nullptr, nu, ldt, nullptr, nu_t, ldk, K, maha, ldm, nullptr);
+      plan.simd.maha(yp, ldt, rows, D, nullptr, nu, ldt, nullptr, nu_t, ldk, K, maha, ldm, nullptr, nullptr, nullptr);
       break;
     }
     case CovType::kFull: {
@@ -59,7 +67,7 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
         at::mm_out(y, x_tile, plan.tab.prec[k]);
         pad_y(y);
         plan.simd.maha(yp, ldt, rows, D, nullptr, nu + k * ldt, ldt, nullptr, nullptr, 0, 1, maha + k * ldm, ldm,
-                       nullptr);
+                       nullptr, nullptr, nullptr);
       }
       break;
     }
@@ -117,11 +125,11 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
   }
 }
 
-// spherical: sxx[k] += sum_n r_kn ||x_n||^2, squared norms in float64.
+// spherical: sxx[k] += sum_n r_kn ||x_n||^2, squared norms in float64 (the dot form's, from step 1).
 template <typename T>
 void tile_norm_moments(const Plan<T>& plan, const T* xt, int64_t ldx, int64_t rows, Scratch<T>& s, double* sxx) {
-  double* norms = s.rowbuf.data();
-  plan.simd.sq_norms(xt, ldx, rows, plan.D, norms);
+  double* norms = s.norms.data();
+  if (!plan.dot_form()) plan.simd.sq_norms(xt, ldx, rows, plan.D, norms, nullptr, nullptr, 0);
   plan.simd.resp_dot(s.resp.data(), plan.tile(), plan.K, rows, norms, sxx);
 }
 
@@ -208,10 +216,28 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
   }
 }
 
+template <typename T>
+void finish_centred_sxx(const Plan<T>& plan, double* stats) {
+  if (!plan.dot_form()) return;
+  const int64_t K = plan.K, D = plan.D;
+  const T* c = plan.centre.template data_ptr<T>();
+  const double* nk = stats;
+  const double* sx = nk + K;
+  double* sxx = stats + K + K * D;
+  double cc = 0.0;
+  for (int64_t d = 0; d < D; ++d) cc += static_cast<double>(c[d]) * c[d];
+  for (int64_t k = 0; k < K; ++k) {
+    double dot = 0.0;
+    for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(c[d]) * sx[k * D + d];
+    sxx[k] += 2.0 * dot - nk[k] * cc;
+  }
+}
+
 #define LGM_TILE_INSTANTIATE(T)                                                                                      \
   template const T* tile_rows<T>(const Plan<T>&, const T*, int64_t, int64_t, int64_t, int64_t, Scratch<T>&, int64_t*); \
   template void tile_maha<T>(const Plan<T>&, const at::Tensor&, const T*, int64_t, int64_t, Scratch<T>&);            \
-  template void chunk_stats<T>(const Plan<T>&, const at::Tensor&, const T*, int64_t, int64_t, Scratch<T>&, double*);
+  template void chunk_stats<T>(const Plan<T>&, const at::Tensor&, const T*, int64_t, int64_t, Scratch<T>&, double*); \
+  template void finish_centred_sxx<T>(const Plan<T>&, double*);
 LGM_TILE_INSTANTIATE(float)
 LGM_TILE_INSTANTIATE(double)
 #undef LGM_TILE_INSTANTIATE

@@ -71,8 +71,9 @@ def make_x(n: int, means: torch.Tensor, seed: int, layout: str = "contiguous") -
 def sample_inputs(device: str, dtype: torch.dtype):
     """Argument tuples (x, sample_weight, log_weights, means, prec_chol, covariance_type)."""
     # D <= 64 takes the component-vectorised distances, D = 70 the feature-vectorised ones (a
-    # masked last vector, and the last tile copied); K = 13 spans blocks of the AVX-512 kernels.
-    shapes = [(1, 1, 1), (7, 3, 2), (130, 5, 3), (300, 17, 10), (517, 33, 6), (259, 70, 13)]
+    # masked last vector, and the last tile copied); K = 13 spans blocks of the AVX-512 kernels,
+    # K = 37 three vectors of components even there (float32 spherical: the dot form).
+    shapes = [(1, 1, 1), (7, 3, 2), (130, 5, 3), (300, 17, 10), (517, 33, 6), (259, 70, 13), (211, 24, 37)]
     for covariance_type in COVARIANCE_TYPES:
         for i, (n, d, k) in enumerate(shapes):
             log_weights, means, prec_chol = make_params(k, d, covariance_type, dtype, device, seed=i)
@@ -226,6 +227,26 @@ def test_float32_kernel_within_1e7_of_float64_reference_at_a_million_rows(cov):
         assert (ext.nk > 100).all(), "every component must take a share of the rows"
         for name, a, b in zip(GMMStats._fields, ext, ref):
             assert _rel(a, b) < 1e-7, (isa, name, _rel(a, b))
+
+
+def test_spherical_far_from_the_origin_keeps_its_digits():
+    """float32 spherical distances with several vectors of components take the dot form
+    p^2 (||y||^2 + ||m||^2 - 2 y.m) on y = x - c (gmm_kernels.h Plan::centre): rows 1e4 from the
+    origin lose nothing to cancellation (uncentred, the error would be ~1e-7 ||x||^2 p^2 ~ 100)."""
+    lw, mu, pc = make_params(37, 20, "spherical", torch.float64, "cpu", seed=3)
+    mu = mu + 1e4
+    x = make_x(3000, mu, seed=3).float()
+    lw, mu, pc = lw.float(), mu.float(), pc.float()
+    args64 = (lw.double(), mu.double(), pc.double(), "spherical")
+    ref_lp = _gmm_log_prob_ref(x.double(), *args64)
+    ref = _gmm_em_stats_ref(x.double(), None, *args64)
+    for isa in available_cpu_isas():
+        with force_cpu_isa(isa):
+            lp = gmm_log_prob(x, lw, mu, pc, "spherical", impl="ext")
+            stats = gmm_em_stats(x, lw, mu, pc, "spherical", impl="ext")
+        assert (lp.double() - ref_lp).abs().max().item() < 1e-3, isa
+        for name, a, b in zip(GMMStats._fields, stats, ref):
+            assert _rel(a, b) < 1e-6, (isa, name, _rel(a, b))
 
 
 @pytest.mark.parametrize("device", DEVICES)
