@@ -216,6 +216,7 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="a Diffusion checkpoint for the sampling UNet")
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--skip-step", action="store_true", help="only the whole-sampling cases")
     parser.add_argument("--march", help="build the CPU kernels with -march=MARCH (x86-64-v3: AVX2) instead of native")
     args = parser.parse_args()
     info = cpu_info()
@@ -223,7 +224,7 @@ def main() -> None:
         info["isa"] = load_march_build(args.march)
     print(f"device {args.device}; CPU {info['cpu_model']}, ISA {info['isa']}, threads {torch.get_num_threads()}")
     batches = [256] if args.quick else [64, 256, 1024]
-    records = bench_step(batches, args.device, args.repeats)
+    records = [] if args.skip_step else bench_step(batches, args.device, args.repeats)
     if not args.skip_sampling:
         cases = [("ddim", 50, 16), ("ddpm", 1000, 4)] if args.quick else [("ddim", 50, 64), ("ddpm", 1000, 8)]
         if args.device == "cuda":  # a GPU: a launch-bound batch and a compute-bound one

@@ -194,6 +194,7 @@ class Diffusion(LightningModule):
         timestep_spacing: S.TimestepSpacing | None = None,
         variance_type: S.VarianceType | None = None,
         cuda_graph: bool = True,
+        threads: int | None = None,
     ) -> Tensor:
         """Draw ``n`` images [n, C, S, S] in [0, 1] by DDPM or DDIM from pure noise.
 
@@ -209,6 +210,9 @@ class Diffusion(LightningModule):
             seed: noise seed in [0, 2**64).
             timestep_spacing, variance_type: override the module's defaults.
             cuda_graph: on CUDA, replay each step as a captured CUDA graph after a warm-up.
+            threads: on the CPU, split the images over this many threads of one intra-op thread
+                each (default: torch's thread count, each thread taking at least 8 images; the
+                same images to float rounding; see :func:`.samplers.run_in_threads`).
         """
         hp = self.hparams
         if isinstance(n, bool) or int(n) != n or n < 1:
@@ -221,8 +225,9 @@ class Diffusion(LightningModule):
         first, count = S.shard(int(n), rank, world)
         shape = (count, hp.in_channels, hp.image_size, hp.image_size)
         clip = float(hp.clip_sample_range) if hp.clip_sample else 0.0
+        threads = S.cpu_threads(count, threads)
         x = S.sample_loop(self.unet, shape, first, timesteps, table, seed, clip, hp.impl,
-                        cuda_graph and self.device.type == "cuda")
+                          cuda_graph and self.device.type == "cuda", threads if self.device.type == "cpu" else 1)
         images = ((x + 1) / 2).clamp(0, 1)
         return _gather_shares(images, n, world) if world > 1 else images
 

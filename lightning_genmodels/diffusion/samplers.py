@@ -19,6 +19,7 @@ with six scalars per timestep. :func:`step_coefficients` computes them in float6
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
@@ -195,6 +196,7 @@ def sample_loop(
     clip_range: float = 0.0,
     impl: Impl = "auto",
     cuda_graph: bool = False,
+    threads: int = 1,
 ) -> Tensor:
     """Denoise samples ``first .. first + shape[0] - 1`` of a seed's batch from pure noise.
 
@@ -209,10 +211,87 @@ def sample_loop(
         impl: implementation of the fused step.
         cuda_graph: capture model + step as one CUDA graph after two eager warm-up steps and
             replay it (needs the compiled op: the reference reads tensors on the host).
+        threads: on the CPU, split the share over this many threads (:func:`run_in_threads`).
 
     Returns:
         x_0 [N, ...] float32.
     """
+    if threads > 1 and table.device.type == "cpu":
+        def part(offset: int, count: int, stop: threading.Event) -> Tensor:
+            return _share_loop(model, (count, *shape[1:]), first + offset, timesteps, table, seed, clip_range,
+                               impl, False, stop)
+        return run_in_threads(part, shape[0], threads)
+    return _share_loop(model, shape, first, timesteps, table, seed, clip_range, impl, cuda_graph)
+
+
+def cpu_threads(n: int, threads: int | None) -> int:
+    """Threads for sampling n images on the CPU: ``threads`` if given, else torch's intra-op
+    thread count, fewer where a thread would get under MIN_IMAGES_PER_THREAD images."""
+    if threads is not None:
+        if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        return int(threads)
+    return max(1, min(torch.get_num_threads(), n // MIN_IMAGES_PER_THREAD))
+
+
+# Below this many images per thread, splitting a batch costs more in smaller convolutions than
+# one intra-op team loses to its barriers.
+MIN_IMAGES_PER_THREAD = 8
+
+
+def run_in_threads(part: Callable[[int, int, threading.Event], Tensor], count: int, threads: int) -> Tensor:
+    """``part(offset, count, stop)`` for ``threads`` contiguous parts of ``count`` samples (as
+    :func:`shard` splits ranks), each in its own thread with one intra-op thread, concatenated in
+    order. On 2 cores the UNet runs ~8% faster so than as one batch over two intra-op threads,
+    which meet at a barrier after every op. Each part is addressed by its first sample, so the
+    images are those of one thread to float rounding. torch's thread count is restored after; an
+    error in one part stops the others at their next step and is raised."""
+    saved = torch.get_num_threads()
+    outs: list[Tensor | None] = [None] * threads
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work(r: int) -> None:
+        try:
+            torch.set_num_threads(1)  # this thread's OpenMP team (and the default for new ones)
+            with torch.inference_mode():
+                offset, c = shard(count, r, threads)
+                outs[r] = part(offset, c, stop) if c > 0 else None
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors.append(exc)
+            stop.set()
+
+    workers = [threading.Thread(target=work, args=(r,), daemon=True) for r in range(1, threads)]
+    try:
+        for w in workers:
+            w.start()
+        work(0)
+        for w in workers:
+            w.join()
+    finally:
+        stop.set()
+        torch.set_num_threads(saved)
+    if errors:
+        raise errors[0]
+    return torch.cat([o for o in outs if o is not None])
+
+
+class _Stopped(Exception):
+    """Another part of a threaded sampling loop failed."""
+
+
+def _share_loop(
+    model: Callable[[Tensor, Tensor], Tensor],
+    shape: Sequence[int],
+    first: int,
+    timesteps: Tensor,
+    table: Tensor,
+    seed: int,
+    clip_range: float,
+    impl: Impl,
+    cuda_graph: bool,
+    stop: threading.Event | None = None,
+) -> Tensor:
     device = table.device
     per_sample = math.prod(shape[1:])
     x = philox_normal(seed, first * per_sample, list(shape), device=device, impl=impl)  # slot 0
@@ -229,6 +308,8 @@ def sample_loop(
     if cuda_graph and device.type == "cuda" and use_ext(impl):
         return _graph_loop(step, x, t_all)
     for i in range(t_all.shape[0]):
+        if stop is not None and stop.is_set():
+            raise _Stopped
         x = step(x, t_all[i])
     return x
 

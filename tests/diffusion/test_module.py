@@ -69,6 +69,8 @@ def test_bad_options_name_the_value(kwargs, match):
         ({"sampler": "euler"}, "got 'euler'"),
         ({"n": 0}, "n must be a positive integer, got 0"),
         ({"seed": -1}, "seed must be in"),
+        ({"threads": 0}, "threads must be a positive integer or None, got 0"),
+        ({"threads": 1.5}, "threads must be a positive integer or None, got 1.5"),
     ],
 )
 def test_bad_sample_arguments_name_the_value(kwargs, match):
@@ -169,3 +171,35 @@ def test_cli_fit_with_the_config(mnist_dir, tmp_path, capsys):
     ])
     assert png.exists()
     assert "train/loss" in capsys.readouterr().out
+
+
+def test_cpu_threads_draw_the_same_images_and_restore_the_thread_count():
+    """Sampling split over threads (each part addressed by its first sample, as DDP ranks are)
+    gives the images of one thread, and leaves torch's intra-op thread count as it was."""
+    model = tiny()
+    before = torch.get_num_threads()
+    one = model.sample(7, steps=4, sampler="ddpm", seed=5, threads=1)
+    for threads in (2, 3, 9):  # 9 > 7 images: some parts are empty
+        torch.testing.assert_close(model.sample(7, steps=4, sampler="ddpm", seed=5, threads=threads), one,
+                                   rtol=1e-4, atol=1e-4)
+        assert torch.get_num_threads() == before
+    assert S.cpu_threads(7, None) == 1  # fewer than 8 images per thread: one thread
+    assert S.cpu_threads(64, None) == min(before, 8)
+
+
+def test_an_error_in_one_thread_is_raised_and_stops_the_others():
+    model = tiny()
+    timesteps, table = model.coefficient_table(50, "ddim", 0.0)
+    before = torch.get_num_threads()
+    calls = []
+
+    def failing(x, t):
+        calls.append(x.shape[0])
+        if x.shape[0] == 2:
+            raise RuntimeError("part of 2 images failed")
+        return model.unet(x, t)
+
+    with pytest.raises(RuntimeError, match="part of 2 images failed"):
+        S.sample_loop(failing, (5, 1, 28, 28), 0, timesteps, table, 1, 0.0, "ext", threads=2)
+    assert torch.get_num_threads() == before
+    assert calls.count(3) < 50  # the part of 3 stopped early
