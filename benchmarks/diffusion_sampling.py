@@ -17,8 +17,10 @@
    calls the op). On a GPU each timed sample is 50 back-to-back calls (launch rate, no round trip).
 2. ``sampling``: images per second of whole sampling with the UNet of configs/diffusion_mnist.yaml
    (its weights from --ckpt, else a seeded random init; the speed does not depend on them):
-   ``ours`` = ``Diffusion.sample`` as it runs by default (fused op, inference mode),
-   ``ours_eager`` = the same loop on the reference step, ``diffusers`` = diffusers' scheduler
+   ``ours`` = ``Diffusion.sample`` as it runs by default (fused op, inference mode; on the CPU
+   the images split over threads of one intra-op thread each), ``ours_one_team`` (CPU) = the same
+   with ``threads=1`` (one batch, torch's intra-op threads), ``ours_eager`` = the default loop on
+   the reference step, ``diffusers`` = diffusers' scheduler
    (``DDIMScheduler`` / ``DDPMScheduler`` with the same config) driving the same UNet in the loop
    of its pipelines (``torch.no_grad``). DDIM-50 starts all from the same noise, so the records
    also give the largest difference between our images and diffusers'. The three run in
@@ -169,12 +171,14 @@ def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int,
     for sampler, steps, n in cases:
         x_start = philox_normal(0, 0, [n, 1, 28, 28], device=device)  # our slot-0 noise for seed 0
 
-        def ours(impl: str) -> torch.Tensor:
+        def ours(impl: str, threads: int | None = None) -> torch.Tensor:
             model.hparams.impl = impl
-            return model.sample(n, steps=steps, sampler=sampler, eta=0.0, seed=0)
+            return model.sample(n, steps=steps, sampler=sampler, eta=0.0, seed=0, threads=threads)
 
         fns = {"ours": lambda: ours("ext"), "ours_eager": lambda: ours("ref"),
                "diffusers": lambda: diffusers_loop(model, n, steps, sampler, x_start.clone())}
+        if device == "cpu" and S.cpu_threads(n, None) > 1:
+            fns["ours_one_team"] = lambda: ours("ext", threads=1)
         extra: dict[str, Any] = {}
         if sampler == "ddim":
             diff = (fns["ours"]() - fns["diffusers"]()).abs().max().item()
@@ -205,7 +209,9 @@ def ratio_rows(records: list[Record]) -> list[dict[str, Any]]:
                          "ext_vs_compiled": comp.median_s / r.median_s if comp else "n/a"})
         if r.bench == "diffusion_sampling" and r.impl == "ours":
             dif, eag = by[(r.bench, "diffusers", key)], by[(r.bench, "ours_eager", key)]
+            team = by.get((r.bench, "ours_one_team", key))
             rows.append({"bench": "sampling", **r.params, "ours_img_s": r.extra["images_per_s"],
+                         "split_gain": team.median_s / r.median_s if team else "n/a",
                          "diffusers_img_s": dif.extra["images_per_s"], "eager_img_s": eag.extra["images_per_s"],
                          "ours_vs_diffusers": dif.median_s / r.median_s, "ours_vs_eager": eag.median_s / r.median_s,
                          "paired": statistics.median(r.extra.get("paired_ours_vs_diffusers", [float("nan")]))})
@@ -238,7 +244,7 @@ def main() -> None:
     print()
     print_table([r for r in rows if r["bench"] == "sampling"],
                 ["sampler", "steps", "n", "ours_img_s", "diffusers_img_s", "eager_img_s", "ours_vs_diffusers", "paired",
-                 "ours_vs_eager"])
+                 "ours_vs_eager", "split_gain"])
     write_json(args.json, records, args.device)
 
 
