@@ -118,9 +118,11 @@ at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, c
       } else {
         tile_maha_pruned(plan, xs, lds, rows, s);
       }
+      const bool joint = plan.dot_form();  // the tile holds joint log-probabilities already
       for (int64_t n = 0; n < rows; ++n) {
         for (int64_t k = 0; k < K; ++k) {
-          op[(n0 + n) * K + k] = static_cast<T>(joint_log_prob(plan.log_const[k], maha[k * tile + n]));
+          const T m = maha[k * tile + n];
+          op[(n0 + n) * K + k] = joint ? m : static_cast<T>(joint_log_prob(plan.log_const[k], m));
         }
       }
     }

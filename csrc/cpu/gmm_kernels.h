@@ -50,7 +50,7 @@ struct SimdKernels {
   // small D reads instead, scale [ldk]. Tiles of maha and resp are component-major: [K, ld] with
   // ld = the tile's row count.
   // float32 spherical with D <= kSmallD given norms [rows] = ||x_n||^2 and sph (Plan::sph): as a
-  // dot product with nuT = mu^T (gmm_simd.h maha_dot).
+  // dot product with nuT = mu^T, writing joint log-probabilities instead (gmm_simd.h maha_dot).
   void (*maha)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
                const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale, const double* norms,
                const double* sph);
@@ -59,6 +59,10 @@ struct SimdKernels {
   // [K, ld]; rowbuf: double [3 ld + 8 K].
   double (*softmax)(T* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const T* sw,
                     float* work, double* rowbuf, T* resp, double* nk);
+  // 2. the same from joint log-probabilities [K, ld] (the dot form's tile; float32 only), which it
+  // may overwrite.
+  double (*softmax_joint)(T* joint, int64_t rows, int64_t K, int64_t ld, const T* sw, float* work, double* rowbuf,
+                          T* resp, double* nk);
   // 3. sx[k, d] += sum_n r_kn x_nd and, when sxx is not null, sxx[k, d] += sum_n r_kn x_nd^2: float64
   // totals of sums over one tile in x's dtype; r [K, ldr].
   void (*moments_dense)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, int64_t K,
@@ -123,12 +127,15 @@ struct Plan {
   // to component k alike (nk off by 1.7e-7 at N = 1e6).
   at::Tensor mu, scale;           // spherical: [K, ldt] the means; [ldk] p_k; zeros past D and K
   at::Tensor p_t, nu_t;           // [D, ldk]: diag p and nu (spherical: mu) transposed, zeros past K
-  // float32 spherical, D <= kSmallD (dot_form): distances as p_k^2 (||y||^2 + ||m_k||^2 - 2 y.m_k)
-  // with y = x - c, m_k = mu_k - c, c the mean of the means (so rows far from the origin lose no
-  // digits to cancellation): one FMA per term, from nu_t = m^T, float64 sph [3, ldk] = p^2,
-  // p^2 ||m||^2, -2 p^2 (p^2 of a float is exact in float64) and the tile's float64 ||y_n||^2
-  // (Scratch::norms). The second moments then sum r ||y||^2: finish_centred_sxx adds the rest.
-  at::Tensor centre, sph;  // [ldt] c in x's dtype, zeros past D; [3, ldk]
+  // float32 spherical, D <= kSmallD, K past one vector (dot_form): distances as
+  // p_k^2 (||y||^2 + ||m_k||^2 - 2 y.m_k) with y = x - c, m_k = mu_k - c, c the mean of the means
+  // (so rows far from the origin lose no digits to cancellation): one FMA per term, from
+  // nu_t = m^T and the tile's float64 ||y_n||^2 (Scratch::norms). The tile then holds the joint
+  // log-probabilities log_const_k - maha / 2, made in float64 and rounded once (so the rounding
+  // is not the same for every row of a component), from float64 sph [4, ldk]:
+  // log_const - p^2 ||m||^2 / 2, -p^2 / 2, p^2 (exact for a float p), log_const (the cap: maha >= 0).
+  // The second moments sum r ||y||^2: finish_centred_sxx adds the rest.
+  at::Tensor centre, sph;  // [ldt] c in x's dtype, zeros past D; [4, ldk]
   std::vector<double> log_const;  // [K]
   // Pruned distances (gmm_prune.cpp; em_stats only): vector offsets along D, most discriminating
   // first, and the number of them done after each stage. Empty: not pruned.
@@ -156,11 +163,12 @@ struct Plan {
       centre.narrow(0, 0, D).copy_(means.to(at::kDouble).mean(0));
       const at::Tensor m = means - centre.narrow(0, 0, D);  // in x's dtype, as the kernel reads it
       nu_t.narrow(1, 0, K).copy_(m.t());
-      const at::Tensor p64 = prec_chol.to(at::kDouble), p2 = p64 * p64;
-      sph = at::zeros({3, ldk}, means.options().dtype(at::kDouble));
-      sph[0].narrow(0, 0, K).copy_(p2);
-      sph[1].narrow(0, 0, K).copy_(p2 * m.to(at::kDouble).pow(2).sum(1));
-      sph[2].narrow(0, 0, K).copy_(-2.0 * p2);
+      const at::Tensor p64 = prec_chol.to(at::kDouble), p2 = p64 * p64, lc = tab.log_const.narrow(0, 0, K);
+      sph = at::zeros({4, ldk}, means.options().dtype(at::kDouble));
+      sph[0].narrow(0, 0, K).copy_(lc - 0.5 * p2 * m.to(at::kDouble).pow(2).sum(1));
+      sph[1].narrow(0, 0, K).copy_(-0.5 * p2);
+      sph[2].narrow(0, 0, K).copy_(p2);
+      sph[3].narrow(0, 0, K).copy_(lc);
     }
     if (cov == CovType::kDiag) {
       p_t = at::zeros({D, ldk}, means.options());

@@ -331,10 +331,11 @@ void maha_kvec(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, co
   }
 }
 
-// Spherical float32, few features, as a dot product: p_k^2 (||x||^2 + ||mu_k||^2 - 2 x.mu_k), one FMA
-// per term where the centred form takes a subtraction and an FMA. x.mu_k is summed in float32 along
-// D (the centred form's order), the rest in float64 from norms [rows] = ||x_n||^2 and sph [3, ldk] =
-// p^2, p^2 ||mu||^2, -2 p^2; below 0 (cancellation) is 0.
+// Spherical float32, few features, as a dot product: joint log-probabilities
+// log_const_k - p_k^2 (||x||^2 + ||mu_k||^2 - 2 x.mu_k) / 2, one FMA per term where the centred form
+// takes a subtraction and an FMA. x.mu_k is summed in float32 along D (the centred form's order),
+// the rest in float64 from norms [rows] = ||x_n||^2 and sph [4, ldk] (Plan::sph), rounded once;
+// capped at log_const_k (a distance below 0 is cancellation).
 template <int RB, int KV>
 LGM_INLINE void maha_dot_block(const float* x, int64_t ldx, int64_t D, const float* muT, int64_t ldk, float* out,
                                int64_t ldo, int64_t kcount, const double* norms, const double* sph) {
@@ -353,15 +354,16 @@ LGM_INLINE void maha_dot_block(const float* x, int64_t ldx, int64_t D, const flo
   }
   for (int j = 0; j < KV; ++j) {
     const double* t = sph + j * W;
-    const VD p2lo = load<VD>(t), p2hi = load<VD>(t + kWD);
-    const VD cmlo = load<VD>(t + ldk), cmhi = load<VD>(t + ldk + kWD);
-    const VD m2lo = load<VD>(t + 2 * ldk), m2hi = load<VD>(t + 2 * ldk + kWD);
+    const VD alo = load<VD>(t), ahi = load<VD>(t + kWD);
+    const VD blo = load<VD>(t + ldk), bhi = load<VD>(t + ldk + kWD);
+    const VD clo = load<VD>(t + 2 * ldk), chi = load<VD>(t + 2 * ldk + kWD);
+    const VD caplo = load<VD>(t + 3 * ldk), caphi = load<VD>(t + 3 * ldk + kWD);
     for (int r = 0; r < RB; ++r) {
       const VD nb = splat<VD>(norms[r]);
-      VD lo = m2lo * lo_double(acc[r][j]) + (p2lo * nb + cmlo);
-      VD hi = m2hi * hi_double(acc[r][j]) + (p2hi * nb + cmhi);
-      lo = lo < 0.0 ? VD{} : lo;
-      hi = hi < 0.0 ? VD{} : hi;
+      VD lo = clo * lo_double(acc[r][j]) + (blo * nb + alo);
+      VD hi = chi * hi_double(acc[r][j]) + (bhi * nb + ahi);
+      lo = lo > caplo ? caplo : lo;  // NaN stays NaN
+      hi = hi > caphi ? caphi : hi;
       float lanes[W];
       const VF v = to_float(lo, hi);
       __builtin_memcpy(lanes, &v, sizeof(VF));

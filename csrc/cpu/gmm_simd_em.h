@@ -176,6 +176,83 @@ double softmax_f32(float* maha, int64_t rows, int64_t K, int64_t ld, const doubl
   return softmax_f32_rows(maha, rows, K, ld, log_const, sw, work, rowbuf, resp, nk);
 }
 
+// The same from float32 joint log-probabilities j [K, ld] (the dot form's tile: rounded once from
+// float64, so the rounding differs row to row), all in float32 by blocks of W rows: top = max_k j,
+// e = exp(j - top), sum in two chains; resp = e w / sum, nk += float32 sums over the tile; loglik
+// in float64. Rows of weight 0 or without a finite j take the row-at-a-time form, on maha' = -2 j
+// and log_const 0 (exact), which overwrites j.
+double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, const float* sw, float* work,
+                         double* rowbuf, float* resp, double* nk) {
+  constexpr int64_t W = width<float>();
+  const int64_t padded = (rows + W - 1) / W * W;
+  float* top = reinterpret_cast<float*>(rowbuf);  // [padded] each; rowbuf holds 6 ld + 16 K floats
+  float* sum = top + ld;
+  float* scale = top + 2 * ld;
+  bool blocks = true;
+  if (sw) {
+    for (int64_t n = 0; n < rows && blocks; ++n) blocks = sw[n] != 0.0f;
+  }
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = rows; n < padded; ++n) joint[k * ld + n] = 0.0f;
+  for (int64_t n0 = 0; n0 < padded && blocks; n0 += W) {
+    VF tf = VF{} - INFINITY;
+    for (int64_t k = 0; k < K; ++k) {
+      const VF j = load<VF>(joint + k * ld + n0);
+      tf = j > tf ? j : tf;
+    }
+    for (int64_t l = 0; l < W; ++l) blocks = blocks && tf[l] > -INFINITY;
+    auto one = [&](int64_t k) __attribute__((always_inline)) {
+      const VF e = exp_nonpositive(load<VF>(joint + k * ld + n0) - tf);
+      __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
+      return e;
+    };
+    VF e0 = {}, e1 = {};
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) {
+      e0 += one(k);
+      e1 += one(k + 1);
+    }
+    if (k < K) e0 += one(k);
+    const VF sv = e0 + e1;
+    float wbuf[W];
+    for (int64_t l = 0; l < W; ++l) wbuf[l] = n0 + l < rows ? (sw ? sw[n0 + l] : 1.0f) : 0.0f;
+    const VF c = load<VF>(wbuf) / sv;
+    __builtin_memcpy(scale + n0, &c, sizeof(VF));
+    __builtin_memcpy(top + n0, &tf, sizeof(VF));
+    __builtin_memcpy(sum + n0, &sv, sizeof(VF));
+  }
+  if (!blocks) {
+    double* zeros = rowbuf + 3 * ld;  // [K]
+    for (int64_t k = 0; k < K; ++k) {
+      zeros[k] = 0.0;
+      for (int64_t n = 0; n < rows; ++n) joint[k * ld + n] *= -2.0f;
+    }
+    return softmax_f32_rows(joint, rows, K, ld, zeros, sw, work, rowbuf, resp, nk);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    VF acc = {};
+    for (int64_t n0 = 0; n0 < padded; n0 += W) {
+      const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
+      __builtin_memcpy(resp + k * ld + n0, &r, sizeof(VF));
+      acc += r;
+    }
+    nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));
+  }
+  double ll = 0.0;
+  if (sw) {
+    for (int64_t n = 0; n < rows; ++n)
+      ll += static_cast<double>(sw[n]) * (static_cast<double>(top[n]) + std::log(static_cast<double>(sum[n])));
+    return ll;
+  }
+  for (int64_t n = 0; n < rows; ++n) ll += static_cast<double>(top[n]);
+  for (int64_t n0 = 0; n0 < rows; n0 += 16) {  // one log per 16 rows (each sum in [1, K + 1e-4])
+    double p[4] = {1.0, 1.0, 1.0, 1.0};
+    for (int64_t n = n0; n < min_of(rows, n0 + 16); ++n) p[n % 4] *= static_cast<double>(sum[n]);
+    ll += std::log((p[0] * p[1]) * (p[2] * p[3]));
+  }
+  return ll;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Moments: sx[k, d] += sum_n r_nk x_nd, (kSquares) sxx[k, d] += sum_n r_nk x_nd^2, products
 // and partial sums over one tile (at most kTile rows) in x's dtype, added to the float64 totals.
@@ -343,7 +420,8 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out, con
 
 template <>
 const SimdKernels<float>& kernels<float>() {
-  static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &moments_dense<float>, &moments_sparse<float>,
+  static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &softmax_f32_joint, &moments_dense<float>,
+                                    &moments_sparse<float>,
                                     &sq_norms<float>, &resp_dot<float>,
                                     &maha_gather<float>,
                                     kBytes == 32 ? &maha_vecs<float> : nullptr};
@@ -352,7 +430,8 @@ const SimdKernels<float>& kernels<float>() {
 
 template <>
 const SimdKernels<double>& kernels<double>() {
-  static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, &moments_dense<double>, &moments_sparse<double>,
+  static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, nullptr, &moments_dense<double>,
+                                     &moments_sparse<double>,
                                      &sq_norms<double>, &resp_dot<double>,
                                      &maha_gather<double>,
                                      kBytes == 32 ? &maha_vecs<double> : nullptr};

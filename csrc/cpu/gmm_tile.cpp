@@ -83,6 +83,9 @@ double tile_responsibilities(const Plan<T>& plan, const T* sw, int64_t rows, Scr
   const int64_t K = plan.K, ld = plan.tile();
   T* maha = s.maha.template data_ptr<T>();
   if constexpr (std::is_same_v<T, float>) {
+    if (plan.dot_form()) {  // the tile holds joint log-probabilities
+      return plan.simd.softmax_joint(maha, rows, K, ld, sw, s.work.data(), s.rowbuf.data(), s.resp.data(), nk);
+    }
     return plan.simd.softmax(maha, rows, K, ld, plan.log_const.data(), sw, s.work.data(), s.rowbuf.data(),
                              s.resp.data(), nk);
   }

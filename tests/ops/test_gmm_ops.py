@@ -214,17 +214,18 @@ def test_float32_statistics_within_1e7_of_float64_at_a_million_rows(cov):
     assert _rel(torch.from_numpy(running).double()[None], exact_sx) > 1e-5
 
 
-@pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_float32_kernel_within_1e7_of_float64_reference_at_a_million_rows(cov):
-    """Dense responsibilities (K = 10, D = 50, overlapping components), every path this CPU runs:
-    float32 distances, exp and tile sums, against the reference on the same values in float64."""
-    log_weights, means, prec_chol = make_params(10, 50, cov, torch.float32, "cpu", seed=7, spread=0.3)
+@pytest.mark.parametrize("cov, k", [("diag", 10), ("spherical", 10), ("spherical", 37)])
+def test_float32_kernel_within_1e7_of_float64_reference_at_a_million_rows(cov, k):
+    """Dense responsibilities (D = 50, overlapping components), every path this CPU runs: float32
+    distances, exp and tile sums, against the reference on the same values in float64. Spherical
+    K = 37 takes the dot form and its float32 joint-probability softmax on every instruction set."""
+    log_weights, means, prec_chol = make_params(k, 50, cov, torch.float32, "cpu", seed=7, spread=0.3)
     x = make_x(1_000_000, means, seed=7)
     ref = _gmm_em_stats_ref(x.double(), None, log_weights.double(), means.double(), prec_chol.double(), cov)
     for isa in available_cpu_isas():
         with force_cpu_isa(isa):
             ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, impl="ext")
-        assert (ext.nk > 100).all(), "every component must take a share of the rows"
+        assert (ext.nk > 1).all(), "every component must take some rows"
         for name, a, b in zip(GMMStats._fields, ext, ref):
             assert _rel(a, b) < 1e-7, (isa, name, _rel(a, b))
 
