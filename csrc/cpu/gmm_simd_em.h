@@ -85,6 +85,21 @@ double softmax_f32_rows(const float* maha, int64_t rows, int64_t K, int64_t ld, 
   return loglik;
 }
 
+// resp [K, ld] = e * scale_n over the padded rows, nk += their float32 sums over the tile.
+LGM_INLINE void scale_responsibilities(const float* work, const float* scale, int64_t K, int64_t ld, int64_t padded,
+                                       float* resp, double* nk) {
+  constexpr int64_t W = width<float>();
+  for (int64_t k = 0; k < K; ++k) {
+    VF acc = {};
+    for (int64_t n0 = 0; n0 < padded; n0 += W) {
+      const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
+      __builtin_memcpy(resp + k * ld + n0, &r, sizeof(VF));
+      acc += r;
+    }
+    nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));
+  }
+}
+
 // The same by blocks of W rows; false (nothing written to nk) where a row needs the row-at-a-time
 // form. Lanes from rows up to a multiple of W get maha 0 and weight 0.
 //   a. top_n ~ max_k joint_nk in float32: any shift gives the same softmax and lse = top + log sum,
@@ -142,15 +157,7 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
     __builtin_memcpy(sum + n0, &s0, sizeof(VD));
     __builtin_memcpy(sum + n0 + kWD, &s1, sizeof(VD));
   }
-  for (int64_t k = 0; k < K; ++k) {
-    VF acc = {};
-    for (int64_t n0 = 0; n0 < padded; n0 += W) {
-      const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
-      __builtin_memcpy(resp + k * ld + n0, &r, sizeof(VF));
-      acc += r;
-    }
-    nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));
-  }
+  scale_responsibilities(work, scale, K, ld, padded, resp, nk);
   // d. sum_n w_n (top_n + log sum_n); unweighted, one log per 16 rows (each sum lies in [1, K + 1e-4]),
   // four independent products.
   double ll = 0.0;
@@ -229,15 +236,7 @@ double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, cons
     }
     return softmax_f32_rows(joint, rows, K, ld, zeros, sw, work, rowbuf, resp, nk);
   }
-  for (int64_t k = 0; k < K; ++k) {
-    VF acc = {};
-    for (int64_t n0 = 0; n0 < padded; n0 += W) {
-      const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
-      __builtin_memcpy(resp + k * ld + n0, &r, sizeof(VF));
-      acc += r;
-    }
-    nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));
-  }
+  scale_responsibilities(work, scale, K, ld, padded, resp, nk);
   double ll = 0.0;
   if (sw) {
     for (int64_t n = 0; n < rows; ++n)
