@@ -6,10 +6,10 @@
 //   1. maha [K, rows] (component-major, like every tile below): squared Mahalanobis distances.
 //      diag/spherical: a register-blocked kernel computing sum_d (x_d p_kd - mu_kd p_kd)^2 (the
 //      centred form: no cancellation, 2 FMAs per term; spherical p_k (p_k sum_d (mu_kd - x_d)^2), a
-//      subtraction and an FMA; float32 spherical with D <= 64 and K past one vector: a dot product
-//      on rows centred by the mean of the means, Plan::centre), summed in x's dtype over D, with vectors
-//      along D (D > 64) or along components (D <= 64); tied/full: y = x P by GEMM, then the same
-//      kernel on sum_d (y_d - (mu P)_d)^2.
+//      subtraction and an FMA; float32 spherical with D <= 64: a dot product on rows centred by
+//      the mean of the means, Plan::centre), summed in x's dtype over D, with vectors along D
+//      (D > 64), along rows (float32 diag/spherical, D <= 64, Plan::rows_form) or along components
+//      (other D <= 64); tied/full: y = x P by GEMM, then the same kernel on sum_d (y_d - (mu P)_d)^2.
 //   2. row-wise log-sum-exp and responsibilities [K, rows] in x's dtype: float32 x takes joint
 //      log-probabilities in float64 but a vectorised float32 exp of (joint - row max) (exactly 0
 //      below e^-87) summed in float32 (the dot form: joints already in the tile, all float32),
@@ -86,6 +86,14 @@ struct SimdKernels {
   // for the first stage (64-byte vectors).
   void (*maha_vecs)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt,
                     int64_t K, const int32_t* vecs, int64_t nv, T* out, int64_t ldo, const T* scale);
+  // 1. float32 only (else null), D <= kSmallD, K <= rows_max_k (diag, spherical): vectors along rows
+  // (gmm_simd_rows.h);
+  // out [K, ldo] with ldo a multiple of the width. diag: maha from pT, nuT; c not null: the dot
+  // form's joints from rows centred by c, with nuT = (mu - c)^T and norms [rows rounded up to the
+  // width] = ||x_n - c||^2 written.
+  void (*maha_rows)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk,
+                    int64_t K, T* out, int64_t ldo, const T* c, double* norms, const double* sph);
+  int64_t rows_max_k[2];
 };
 
 namespace generic {
@@ -128,10 +136,11 @@ struct Plan {
   // to component k alike (nk off by 1.7e-7 at N = 1e6).
   at::Tensor mu, scale;           // spherical: [K, ldt] the means; [ldk] p_k; zeros past D and K
   at::Tensor p_t, nu_t;           // [D, ldk]: diag p and nu (spherical: mu) transposed, zeros past K
-  // float32 spherical, D <= kSmallD, K past one vector (dot_form): distances as
+  // float32 spherical, D <= kSmallD (dot_form): distances as
   // p_k^2 (||y||^2 + ||m_k||^2 - 2 y.m_k) with y = x - c, m_k = mu_k - c, c the mean of the means
   // (so rows far from the origin lose no digits to cancellation): one FMA per term, from
-  // nu_t = m^T and the tile's float64 ||y_n||^2 (Scratch::norms). The tile then holds the joint
+  // nu_t = m^T and the tile's float64 ||y_n||^2 (Scratch::norms; rows_form: from the kernel, else
+  // sq_norms writes them and y to Scratch::centred). The tile then holds the joint
   // log-probabilities log_const_k - maha / 2, made in float64 and rounded once (so the rounding
   // is not the same for every row of a component), from float64 sph [4, ldk]:
   // log_const - p^2 ||m||^2 / 2, -p^2 / 2, p^2 (exact for a float p), log_const (the cap: maha >= 0).
@@ -182,10 +191,12 @@ struct Plan {
     return (d + w - 1) / w * w;
   }
   CovType cov() const { return tab.cov; }
-  // Only past one vector of components: the centred form's subtraction runs beside the FMA (another
-  // port), so the dot form gains only where each broadcast x meets several vectors of components.
-  bool dot_form() const {
-    return std::is_same_v<T, float> && tab.cov == CovType::kSpherical && D <= kSmallD && K * 4 > simd.bytes;
+  bool dot_form() const { return std::is_same_v<T, float> && tab.cov == CovType::kSpherical && D <= kSmallD; }
+  // float32 diag and dot form with few components: SimdKernels::maha_rows.
+  bool rows_form() const {
+    if (!simd.maha_rows || D > kSmallD) return false;
+    return (tab.cov == CovType::kDiag && K <= simd.rows_max_k[0]) ||
+           (tab.cov == CovType::kSpherical && K <= simd.rows_max_k[1]);
   }
   int64_t tile() const { return tab.cov == CovType::kFull ? kFullTile : kTile; }
   // Accumulator layout: nk [K] | sx [K, D] | sxx (gmm_param_shape) | loglik.
@@ -208,7 +219,7 @@ struct Scratch {
   std::vector<T> resp;                   // [K, tile] responsibilities, in x's dtype
   std::vector<double> joint, rd, rowbuf;  // [K] x2, [3 tile + 8 K]
   std::vector<double> norms;              // [tile] ||x_n||^2 of the tile (spherical; dot_form: ||y_n||^2)
-  std::vector<T> centred;                 // [tile, ldt] dot_form: y = x - c, zeros past D
+  std::vector<T> centred;                 // [tile, ldt] dot_form but not rows_form: y = x - c, zeros past D
   std::vector<float> work;                // [K, tile]
   std::vector<int64_t> idx;
   std::vector<T> val;
@@ -236,7 +247,7 @@ struct Scratch {
     rd.resize(plan.K);
     rowbuf.resize(3 * t + 8 * plan.K);
     if (plan.cov() == CovType::kSpherical) norms.resize(t);
-    if (plan.dot_form()) centred.assign(t * plan.ldt, T(0));
+    if (plan.dot_form() && !plan.rows_form()) centred.assign(t * plan.ldt, T(0));
     work.resize(t * plan.K);
     idx.resize(t);
     val.resize(t);

@@ -396,31 +396,6 @@ inline void maha_dot(const float* x, int64_t ldx, int64_t rows, int64_t D, const
   }
 }
 
-template <typename T>
-void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
-          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale, const double* norms,
-          const double* sph) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (norms && nuT && D <= kSmallD) {
-      maha_dot(x, ldx, rows, D, nuT, ldk, K, out, ldo, norms, sph);
-      return;
-    }
-  }
-  if (nuT && D <= kSmallD) {
-    if (pT) {
-      maha_kvec<T, true>(x, ldx, rows, D, pT, nuT, ldk, K, out, ldo, scale);
-    } else {
-      maha_kvec<T, false>(x, ldx, rows, D, nullptr, nuT, ldk, K, out, ldo, scale);
-    }
-    return;
-  }
-  if (p) {
-    maha_blocks<T, true>(x, ldx, rows, D, p, nu, ldt, K, out, ldo, scale);
-  } else {
-    maha_blocks<T, false>(x, ldx, rows, D, nullptr, nu, ldt, K, out, ldo, scale);
-  }
-}
-
 }  // namespace
 }  // namespace LGM_SIMD_NS
 }  // namespace gmm_cpu

@@ -423,7 +423,8 @@ const SimdKernels<float>& kernels<float>() {
                                     &moments_sparse<float>,
                                     &sq_norms<float>, &resp_dot<float>,
                                     &maha_gather<float>,
-                                    kBytes == 32 ? &maha_vecs<float> : nullptr};
+                                    kBytes == 32 ? &maha_vecs<float> : nullptr,
+                                    &maha_rows_lanes, {kRowsMaxK[0], kRowsMaxK[1]}};
   return k;
 }
 
@@ -433,7 +434,8 @@ const SimdKernels<double>& kernels<double>() {
                                      &moments_sparse<double>,
                                      &sq_norms<double>, &resp_dot<double>,
                                      &maha_gather<double>,
-                                     kBytes == 32 ? &maha_vecs<double> : nullptr};
+                                     kBytes == 32 ? &maha_vecs<double> : nullptr,
+                                     nullptr, {0, 0}};
   return k;
 }
 

@@ -32,6 +32,12 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
   const int64_t K = plan.K, D = plan.D, ldt = plan.ldt, ldm = plan.tile(), ldk = plan.ldk;
   const T* nu_t = plan.nu_t.template data_ptr<T>();
   const T* p_t = plan.p_t.defined() ? plan.p_t.template data_ptr<T>() : nullptr;
+  if (plan.rows_form()) {
+    const bool dot = plan.dot_form();
+    plan.simd.maha_rows(xs, lds, rows, D, p_t, nu_t, ldk, K, maha, ldm, dot ? plan.centre.template data_ptr<T>() : nullptr,
+                        dot ? s.norms.data() : nullptr, dot ? plan.sph.template data_ptr<double>() : nullptr);
+    return;
+  }
   T* yp = plan.cov() == CovType::kTied || plan.cov() == CovType::kFull ? s.ypad.template data_ptr<T>() : nullptr;
   auto pad_y = [&](const at::Tensor& y) {  // y [rows, D] -> ypad [rows, ldt], zeros past D
     const T* src = y.template data_ptr<T>();

@@ -70,10 +70,13 @@ def make_x(n: int, means: torch.Tensor, seed: int, layout: str = "contiguous") -
 
 def sample_inputs(device: str, dtype: torch.dtype):
     """Argument tuples (x, sample_weight, log_weights, means, prec_chol, covariance_type)."""
-    # D <= 64 takes the component-vectorised distances, D = 70 the feature-vectorised ones (a
-    # masked last vector, and the last tile copied); K = 13 spans blocks of the AVX-512 kernels,
-    # K = 37 three vectors of components even there (float32 spherical: the dot form).
-    shapes = [(1, 1, 1), (7, 3, 2), (130, 5, 3), (300, 17, 10), (517, 33, 6), (259, 70, 13), (211, 24, 37)]
+    # D <= 64 takes the row- or component-vectorised distances, D = 70 the feature-vectorised ones
+    # (a masked last vector, and the last tile copied); K = 13 spans blocks of the AVX-512 kernels,
+    # K = 37 three vectors of components even there (float32 spherical: the dot form); float32
+    # diag/spherical with D <= 64 run along rows (blocks of rows, a partial last one), except past
+    # 16 (diag) or 48 (spherical) components on 32- and 16-byte vectors: K = 50 there.
+    shapes = [(1, 1, 1), (7, 3, 2), (130, 5, 3), (300, 17, 10), (517, 33, 6), (259, 70, 13), (211, 24, 37),
+              (150, 20, 50)]
     for covariance_type in COVARIANCE_TYPES:
         for i, (n, d, k) in enumerate(shapes):
             log_weights, means, prec_chol = make_params(k, d, covariance_type, dtype, device, seed=i)

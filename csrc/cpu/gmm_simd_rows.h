@@ -1,0 +1,199 @@
+// Step 1 of the CPU GMM E-step (gmm_kernels.h) with vectors along rows (SimdKernels::maha_rows), and
+// the other distance kernels' dispatch (SimdKernels::maha). Not a normal header: gmm_simd_<isa>.cpp
+// includes it once, after gmm_simd.h (same rules).
+//
+// float32 diag and spherical with few features (D <= kSmallD): vectors along components use K of
+// their lanes (K = 10: 10 of 16) and scatter their sums into the component-major tile one float at a
+// time. Here a block of W rows is transposed in registers, yT [D, W], and each term is one vector
+// over W rows against a broadcast table entry: every lane used, whole-vector stores, and the same
+// sums in the same order as the kvec kernels. The spherical dot form centres the rows and takes
+// their float64 norms on the way (no separate pass, no centred copy of the tile).
+namespace lgm {
+namespace gmm_cpu {
+namespace LGM_SIMD_NS {
+namespace {
+
+constexpr int64_t kWF = width<float>();
+// Components per block: accumulators of 32 or 16 registers, beside the row vector, the broadcast
+// table entries and diag's residual.
+template <bool kDiag>
+constexpr int kRowsKB = kBytes == 64 ? 16 : (kDiag ? 10 : 12);
+// Up to this many components (diag, spherical), vectors along rows; past it, along components
+// (maha_kvec, maha_dot). Measured on Zen 4 (pca50, N = 60000; ext time, rows over components): AVX-512
+// 0.81-0.95 at K = 10, 37, 100; AVX2 spherical 0.90, 0.95, 0.99, diag 0.97, 0.99, 1.02.
+constexpr int64_t kRowsMaxK[2] = {kBytes == 64 ? INT64_MAX : 16, kBytes == 64 ? INT64_MAX : 48};
+
+// One butterfly stage of a W x W transpose: swaps the off-diagonal H x H blocks of each 2H x 2H block.
+template <int H, std::size_t... I>
+LGM_INLINE VF swap_lo(VF a, VF b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, static_cast<int>((I & H) == 0 ? I : kWF + I - H)...);
+}
+template <int H, std::size_t... I>
+LGM_INLINE VF swap_hi(VF a, VF b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, static_cast<int>((I & H) == 0 ? I + H : kWF + I)...);
+}
+template <int H>
+LGM_INLINE void transpose(VF (&a)[kWF]) {
+  for (int i = 0; i < kWF; ++i) {
+    if (i & H) continue;
+    const VF lo = swap_lo<H>(a[i], a[i + H], std::make_index_sequence<kWF>());
+    const VF hi = swap_hi<H>(a[i], a[i + H], std::make_index_sequence<kWF>());
+    a[i] = lo;
+    a[i + H] = hi;
+  }
+  if constexpr (H > 1) transpose<H / 2>(a);
+}
+
+// yT [D rounded up to W, W]: the W rows at x (stride ldx, readable to D rounded up) transposed,
+// minus c when c is not null (c [D rounded up], zeros past D), and then norms [W] = sum_d yT_d^2 in
+// float64 (not null only with c).
+LGM_INLINE void rows_transposed(const float* x, int64_t ldx, int64_t D, const float* c, float* yT, double* norms) {
+  for (int64_t c0 = 0; c0 < D; c0 += kWF) {
+    VF a[kWF];
+    for (int i = 0; i < kWF; ++i) a[i] = load<VF>(x + i * ldx + c0);
+    if (c) {
+      const VF cv = load<VF>(c + c0);
+      for (int i = 0; i < kWF; ++i) a[i] -= cv;
+    }
+    transpose<kWF / 2>(a);
+    for (int j = 0; j < kWF; ++j) __builtin_memcpy(yT + (c0 + j) * kWF, &a[j], sizeof(VF));
+  }
+  if (!norms) return;
+  VD s[4] = {};  // two chains of (low, high) lanes
+  int64_t d = 0;
+  for (; d + 1 < D; d += 2) {
+    for (int h = 0; h < 2; ++h) {
+      const float* y = yT + (d + h) * kWF;  // the halves as loads, not a load and a shuffle
+      const VD lo = to_double(load<VH>(y)), hi = to_double(load<VH>(y + kWF / 2));
+      s[2 * h] += lo * lo;
+      s[2 * h + 1] += hi * hi;
+    }
+  }
+  if (d < D) {
+    const VD lo = to_double(load<VH>(yT + d * kWF)), hi = to_double(load<VH>(yT + d * kWF + kWF / 2));
+    s[0] += lo * lo;
+    s[1] += hi * hi;
+  }
+  const VD lo = s[0] + s[2], hi = s[1] + s[3];
+  __builtin_memcpy(norms, &lo, sizeof(VD));
+  __builtin_memcpy(norms + kWD, &hi, sizeof(VD));
+}
+
+LGM_INLINE void store_lanes(float* dst, VF v, int64_t count) {
+  if (count == kWF) {
+    __builtin_memcpy(dst, &v, sizeof(VF));  // a variable-length copy compiles to rep movs
+  } else {
+    for (int64_t l = 0; l < count; ++l) dst[l] = v[l];
+  }
+}
+
+// KB components (table columns 0 .. KB) for the W rows of yT, count of them written. diag: maha = sum_d (y_d p_kd - nu_kd)^2; spherical dot form:
+// joint log-probabilities from y.m_k (maha_dot_block's arithmetic, rows' norms [W]).
+template <int KB, bool kDiag>
+LGM_INLINE void rows_group(const float* yT, int64_t D, const float* pT, const float* nuT, int64_t ldk, float* out,
+                           int64_t ldo, int64_t count, const double* norms, const double* sph) {
+  VF acc[KB] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    const VF y = load<VF>(yT + d * kWF);
+    const float* nu = nuT + d * ldk;
+    if constexpr (kDiag) {
+      const float* p = pT + d * ldk;
+      for (int k = 0; k < KB; ++k) {
+        const VF t = y * splat<VF>(p[k]) - splat<VF>(nu[k]);
+        acc[k] += t * t;
+      }
+    } else {
+      for (int k = 0; k < KB; ++k) acc[k] += y * splat<VF>(nu[k]);
+    }
+  }
+  if constexpr (kDiag) {
+    for (int k = 0; k < KB; ++k) store_lanes(out + k * ldo, acc[k], count);
+  } else {
+    const VD nlo = load<VD>(norms), nhi = load<VD>(norms + kWD);
+    for (int k = 0; k < KB; ++k) {
+      const VD a = splat<VD>(sph[k]), b = splat<VD>(sph[ldk + k]), c = splat<VD>(sph[2 * ldk + k]);
+      const VD cap = splat<VD>(sph[3 * ldk + k]);
+      VD lo = c * lo_double(acc[k]) + (b * nlo + a);
+      VD hi = c * hi_double(acc[k]) + (b * nhi + a);
+      lo = lo > cap ? cap : lo;  // NaN stays NaN
+      hi = hi > cap ? cap : hi;
+      store_lanes(out + k * ldo, to_float(lo, hi), count);
+    }
+  }
+}
+
+// rows_group for KB = kc (1 <= kc <= KB): no lanes spent on components past K.
+template <int KB, bool kDiag>
+LGM_INLINE void rows_group_of(int64_t kc, const float* yT, int64_t D, const float* pT, const float* nuT, int64_t ldk,
+                              float* out, int64_t ldo, int64_t count, const double* norms, const double* sph) {
+  if constexpr (KB > 1) {
+    if (kc < KB) return rows_group_of<KB - 1, kDiag>(kc, yT, D, pT, nuT, ldk, out, ldo, count, norms, sph);
+  }
+  rows_group<KB, kDiag>(yT, D, pT, nuT, ldk, out, ldo, count, norms, sph);
+}
+
+// SimdKernels::maha_rows: every component for rows of x (stride ldx, readable to D rounded up) into
+// out [K, ldo], ldo at least rows rounded up to W (lanes past rows are written, as in norms).
+// diag: maha from pT, nuT; c not null: the spherical dot form's joints, nuT = (mu - c)^T.
+void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* pT, const float* nuT,
+                     int64_t ldk, int64_t K, float* out, int64_t ldo, const float* c, double* norms,
+                     const double* sph) {
+  alignas(64) float yT[kSmallD * kWF];
+  alignas(64) float tail[kWF * kSmallD];
+  for (int64_t n = 0; n < rows; n += kWF) {
+    const int64_t count = min_of<int64_t>(kWF, rows - n);
+    const float* xb = x + n * ldx;
+    int64_t ldb = ldx;
+    if (count < kWF) {  // the last rows, zero-padded to a whole block
+      __builtin_memset(tail, 0, sizeof(tail));
+      for (int64_t r = 0; r < count; ++r) __builtin_memcpy(tail + r * kSmallD, xb + r * ldx, D * sizeof(float));
+      xb = tail;
+      ldb = kSmallD;
+    }
+    if (n + 3 * kWF <= rows) {  // the rows two blocks on: the tile is the E-step's first read of x
+      for (int64_t r = 2 * kWF; r < 3 * kWF; ++r)
+        for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(x + (n + r) * ldx + d);
+    }
+    rows_transposed(xb, ldb, D, c, yT, c ? norms + n : nullptr);
+    for (int64_t k0 = 0; k0 < K; k0 += c ? kRowsKB<false> : kRowsKB<true>) {
+      const int64_t kc = min_of<int64_t>(K - k0, c ? kRowsKB<false> : kRowsKB<true>);
+      float* ob = out + k0 * ldo + n;
+      if (c) {
+        rows_group_of<kRowsKB<false>, false>(kc, yT, D, nullptr, nuT + k0, ldk, ob, ldo, count, norms + n, sph + k0);
+      } else {
+        rows_group_of<kRowsKB<true>, true>(kc, yT, D, pT + k0, nuT + k0, ldk, ob, ldo, count, nullptr, nullptr);
+      }
+    }
+  }
+}
+
+// SimdKernels::maha: the kernel for the covariance type, D and K.
+template <typename T>
+void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
+          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale, const double* norms,
+          const double* sph) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (norms && nuT && D <= kSmallD) {
+      maha_dot(x, ldx, rows, D, nuT, ldk, K, out, ldo, norms, sph);
+      return;
+    }
+  }
+  if (nuT && D <= kSmallD) {
+    if (pT) {
+      maha_kvec<T, true>(x, ldx, rows, D, pT, nuT, ldk, K, out, ldo, scale);
+    } else {
+      maha_kvec<T, false>(x, ldx, rows, D, nullptr, nuT, ldk, K, out, ldo, scale);
+    }
+    return;
+  }
+  if (p) {
+    maha_blocks<T, true>(x, ldx, rows, D, p, nu, ldt, K, out, ldo, scale);
+  } else {
+    maha_blocks<T, false>(x, ldx, rows, D, nullptr, nu, ldt, K, out, ldo, scale);
+  }
+}
+
+}  // namespace
+}  // namespace LGM_SIMD_NS
+}  // namespace gmm_cpu
+}  // namespace lgm
