@@ -25,10 +25,12 @@
    of its pipelines (``torch.no_grad``). DDIM-50 starts all from the same noise, so the records
    also give the largest difference between our images and diffusers'. The three run in
    interleaved rounds (one call of each per round), so a change of machine load hits all alike;
-   ``paired`` is the median over rounds of diffusers' time over ours in the same round.
+   ``paired`` is the median over rounds of diffusers' time over ours in the same round. Default
+   cases: DDIM-50 with 64 images and DDPM-1000 with 8 (CPU); ``--cases ddpm:1000:64 ...`` others.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import statistics
@@ -218,12 +220,25 @@ def ratio_rows(records: list[Record]) -> list[dict[str, Any]]:
     return rows
 
 
+def sampling_case(text: str) -> tuple[str, int, int]:
+    """``ddpm:1000:64`` -> ("ddpm", 1000, 64)."""
+    try:
+        sampler, steps, n = text.split(":")
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(sampler)
+        return sampler, int(steps), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SAMPLER:STEPS:N with SAMPLER ddpm or ddim, got {text!r}") from None
+
+
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="a Diffusion checkpoint for the sampling UNet")
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument("--skip-step", action="store_true", help="only the whole-sampling cases")
     parser.add_argument("--march", help="build the CPU kernels with -march=MARCH (x86-64-v3: AVX2) instead of native")
+    parser.add_argument("--cases", nargs="+", metavar="SAMPLER:STEPS:N", type=sampling_case,
+                        help="whole-sampling cases instead of the default ones, e.g. ddpm:1000:64")
     args = parser.parse_args()
     info = cpu_info()
     if args.march:
@@ -235,6 +250,7 @@ def main() -> None:
         cases = [("ddim", 50, 16), ("ddpm", 1000, 4)] if args.quick else [("ddim", 50, 64), ("ddpm", 1000, 8)]
         if args.device == "cuda":  # a GPU: a launch-bound batch and a compute-bound one
             cases = [("ddim", 50, 64), ("ddim", 50, 1024), ("ddpm", 1000, 64)]
+        cases = args.cases or cases
         records += bench_sampling(cases, args.device, 1 if args.quick else args.repeats, args.ckpt)
     for r in records:
         r.extra.update(info)

@@ -87,10 +87,9 @@ struct SimdKernels {
   void (*maha_vecs)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt,
                     int64_t K, const int32_t* vecs, int64_t nv, T* out, int64_t ldo, const T* scale);
   // 1. float32 only (else null), D <= kSmallD, K <= rows_max_k (diag, spherical): vectors along rows
-  // (gmm_simd_rows.h);
-  // out [K, ldo] with ldo a multiple of the width. diag: maha from pT, nuT; c not null: the dot
-  // form's joints from rows centred by c, with nuT = (mu - c)^T and norms [rows rounded up to the
-  // width] = ||x_n - c||^2 written.
+  // (gmm_simd_rows.h), out [K, ldo]. diag: maha from pT, nuT; c not null: the dot form's joints from
+  // rows centred by c, with nuT = (mu - c)^T, and norms [rows rounded up to the width] =
+  // ||x_n - c||^2 written.
   void (*maha_rows)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk,
                     int64_t K, T* out, int64_t ldo, const T* c, double* norms, const double* sph);
   int64_t rows_max_k[2];

@@ -133,7 +133,7 @@ LGM_INLINE void rows_group_of(int64_t kc, const float* yT, int64_t D, const floa
 }
 
 // SimdKernels::maha_rows: every component for rows of x (stride ldx, readable to D rounded up) into
-// out [K, ldo], ldo at least rows rounded up to W (lanes past rows are written, as in norms).
+// out [K, ldo]; norms [rows rounded up to W] (its lanes past rows are written too).
 // diag: maha from pT, nuT; c not null: the spherical dot form's joints, nuT = (mu - c)^T.
 void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* pT, const float* nuT,
                      int64_t ldk, int64_t K, float* out, int64_t ldo, const float* c, double* norms,
