@@ -87,8 +87,9 @@ LGM_INLINE void store_lanes(float* dst, VF v, int64_t count) {
   }
 }
 
-// KB components (table columns 0 .. KB) for the W rows of yT, count of them written. diag: maha = sum_d (y_d p_kd - nu_kd)^2; spherical dot form:
-// joint log-probabilities from y.m_k (maha_dot_block's arithmetic, rows' norms [W]).
+// KB components (table columns 0 .. KB) for the W rows of yT, count of them written. diag:
+// maha = sum_d (y_d p_kd - nu_kd)^2; spherical dot form: joint log-probabilities from y.m_k
+// (maha_dot_block's arithmetic, rows' norms [W]).
 template <int KB, bool kDiag>
 LGM_INLINE void rows_group(const float* yT, int64_t D, const float* pT, const float* nuT, int64_t ldk, float* out,
                            int64_t ldo, int64_t count, const double* norms, const double* sph) {

@@ -32,10 +32,11 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
   const int64_t K = plan.K, D = plan.D, ldt = plan.ldt, ldm = plan.tile(), ldk = plan.ldk;
   const T* nu_t = plan.nu_t.template data_ptr<T>();
   const T* p_t = plan.p_t.defined() ? plan.p_t.template data_ptr<T>() : nullptr;
-  if (plan.rows_form()) {
+  if (plan.rows_form()) {  // diag, or the dot form's joints and the tile's norms
     const bool dot = plan.dot_form();
-    plan.simd.maha_rows(xs, lds, rows, D, p_t, nu_t, ldk, K, maha, ldm, dot ? plan.centre.template data_ptr<T>() : nullptr,
-                        dot ? s.norms.data() : nullptr, dot ? plan.sph.template data_ptr<double>() : nullptr);
+    const T* c = dot ? plan.centre.template data_ptr<T>() : nullptr;
+    const double* sph = dot ? plan.sph.template data_ptr<double>() : nullptr;
+    plan.simd.maha_rows(xs, lds, rows, D, p_t, nu_t, ldk, K, maha, ldm, c, dot ? s.norms.data() : nullptr, sph);
     return;
   }
   T* yp = plan.cov() == CovType::kTied || plan.cov() == CovType::kFull ? s.ypad.template data_ptr<T>() : nullptr;
