@@ -39,14 +39,20 @@ LGM_HOST_DEVICE double exp_nonpositive(double d) { return d < -746.0 ? 0.0 : exp
 // Softmax of one row of joint log-probabilities, times the row's weight: out[k] = weight *
 // exp(row[k] - lse), one exp per component; returns lse = log sum_k exp(row[k]). A row of
 // weight 0 gets out = 0 (a padding row contributes nothing, even where its likelihood is not
-// finite); a row whose components are all -inf gets lse = -inf and NaN responsibilities.
+// finite); a row whose components are all -inf gets lse = -inf and NaN responsibilities, one
+// with a NaN (NaN in x) lse = NaN, as torch.logsumexp.
 template <typename T, typename R>
 LGM_HOST_DEVICE double row_softmax(const T* row, int64_t n_components, double weight, R* out) {
   double top = -INFINITY;
-  for (int64_t k = 0; k < n_components; ++k) top = fmax(top, static_cast<double>(row[k]));
-  if (top == -INFINITY) {
+  bool nan = false;
+  for (int64_t k = 0; k < n_components; ++k) {
+    const double v = static_cast<double>(row[k]);
+    nan = nan || v != v;
+    top = fmax(top, v);  // fmax skips NaN
+  }
+  if (nan || top == -INFINITY) {
     for (int64_t k = 0; k < n_components; ++k) out[k] = weight == 0.0 ? R(0) : R(NAN);
-    return top;
+    return nan ? NAN : top;
   }
   double sum = 0.0;
   for (int64_t k = 0; k < n_components; ++k) {

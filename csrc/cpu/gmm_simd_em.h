@@ -44,7 +44,7 @@ double softmax_f32_rows(const float* maha, int64_t rows, int64_t K, int64_t ld, 
     const float* m = maha + k * ld;
     for (int64_t n = 0; n < rows; ++n) {
       const double j = log_const[k] - 0.5 * static_cast<double>(m[n]);
-      top[n] = j > top[n] ? j : top[n];
+      top[n] = j > top[n] || j != j ? j : top[n];  // a NaN joint (NaN in x) stays: top NaN
     }
   }
   for (int64_t k = 0; k < K; ++k) {  // e = exp(joint - top), float32
@@ -69,7 +69,7 @@ double softmax_f32_rows(const float* maha, int64_t rows, int64_t K, int64_t ld, 
     const double w = sw ? static_cast<double>(sw[n]) : 1.0, sum = scale[n];
     special[n] = w == 0.0 ? 1.0 : (top[n] > -INFINITY ? 0.0 : 2.0);
     scale[n] = w / sum;
-    if (w != 0.0) loglik += w * (top[n] > -INFINITY ? top[n] + std::log(sum) : -INFINITY);
+    if (w != 0.0) loglik += w * (top[n] > -INFINITY ? top[n] + std::log(sum) : top[n]);  // -inf or NaN
   }
   for (int64_t k = 0; k < K; ++k) {
     const float* wk = work + k * ld;

@@ -187,29 +187,33 @@ __global__ void softmax_warp_kernel(double* __restrict__ joint, int64_t rows, in
     double* row = joint + n * K;
     double v[kPerLane];
     double top = -INFINITY;
+    bool nan = false;  // a NaN joint (NaN in x): lse NaN, as row_softmax
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t k = lane + 32 * i;
       v[i] = k < K ? row[k] : -INFINITY;
+      nan = nan || v[i] != v[i];
       top = fmax(top, v[i]);
     }
     for (int o = 16; o > 0; o /= 2) top = fmax(top, __shfl_xor_sync(0xffffffffu, top, o));
+    nan = __any_sync(0xffffffffu, nan);
+    const bool none = nan || top == -INFINITY;  // no softmax: NaN responsibilities
     double sum = 0.0;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
-      v[i] = top == -INFINITY ? 0.0 : exp_nonpositive(v[i] - top);
+      v[i] = none ? 0.0 : exp_nonpositive(v[i] - top);
       sum += v[i];
     }
     for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     const double w = sample_weight ? static_cast<double>(sample_weight[n]) : 1.0;
     const double scale = w == 0.0 ? 0.0 : w / sum;
-    const bool no_finite = top == -INFINITY && w != 0.0;
+    const bool no_finite = none && w != 0.0;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t k = lane + 32 * i;
       if (k < K) row[k] = no_finite ? NAN : v[i] * scale;
     }
-    if (lane == 0) loglik = weighted_loglik(top == -INFINITY ? top : top + log(sum), w);
+    if (lane == 0) loglik = weighted_loglik(nan ? NAN : (top == -INFINITY ? top : top + log(sum)), w);
   }
   const double total = block_sum(loglik, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = total;

@@ -136,6 +136,36 @@ def _require_isa(isa: str) -> None:
         pytest.skip(f"this CPU cannot run the {isa} kernels")
 
 
+def _assert_a_nan_row_gives_nan(device: str, dtype: torch.dtype) -> None:
+    for cov in COVARIANCE_TYPES:
+        for k, d in [(10, 20), (60, 20), (5, 70)]:  # rows, components and features vectorised
+            log_weights, means, prec_chol = make_params(k, d, cov, dtype, device, seed=k)
+            x = make_x(300, means, seed=k)
+            x[5, 3] = float("nan")
+            ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, impl="ext")
+            ref = gmm_em_stats(x, log_weights, means, prec_chol, cov, impl="ref")
+            label = f"{cov} K={k} D={d}"
+            assert torch.isnan(ref.loglik), label
+            assert torch.isnan(ext.loglik), f"{label}: loglik {ext.loglik.item()}"
+            assert torch.isnan(ext.nk).all(), label
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_a_nan_row_makes_the_log_likelihood_nan_on_every_path(isa, dtype):
+    """A NaN feature makes its row's statistics and the log-likelihood NaN, as the reference's
+    logsumexp does (the kernels once summed it as -inf), for every covariance type and shape path."""
+    _require_isa(isa)
+    with force_cpu_isa(isa):
+        _assert_a_nan_row_gives_nan("cpu", dtype)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_nan_row_makes_the_log_likelihood_nan_on_cuda(dtype):
+    _assert_a_nan_row_gives_nan("cuda", dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("isa", CPU_ISAS)
 def test_every_cpu_isa_matches_reference(isa, dtype):
