@@ -186,7 +186,8 @@ def gmm_em_stats(
 
     Returns:
         GMMStats(nk [K], sx [K, D], sxx, loglik []) in float64; sxx is [K, D, D] (full),
-        [D, D] (tied, Σ s_n x_n x_nᵀ), [K, D] (diag) or [K] (spherical).
+        [D, D] (tied, Σ s_n x_n x_nᵀ), [K, D] (diag) or [K] (spherical). A row with a NaN
+        feature makes them NaN, loglik included (the modules reject NaN input before this op).
     """
     _check_inputs(x, log_weights, means, prec_chol, covariance_type, sample_weight)
     if use_ext(impl, x.device):
