@@ -191,7 +191,8 @@ struct Plan {
   }
   CovType cov() const { return tab.cov; }
   bool dot_form() const { return std::is_same_v<T, float> && tab.cov == CovType::kSpherical && D <= kSmallD; }
-  // float32 diag and dot form with few components: SimdKernels::maha_rows.
+  // float32 diag and spherical (the dot form), D <= kSmallD, K up to the ISA's rows_max_k:
+  // SimdKernels::maha_rows.
   bool rows_form() const {
     if (!simd.maha_rows || D > kSmallD) return false;
     return (tab.cov == CovType::kDiag && K <= simd.rows_max_k[0]) ||

@@ -331,6 +331,13 @@ void maha_kvec(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, co
   }
 }
 
+// The dot form's joint log-probability in float64 from the float32 dot y.m_k, the row's norm
+// ||y||^2 and Plan::sph's a, b, c, cap: c dot + (b norm + a), capped at cap (NaN stays NaN).
+LGM_INLINE VD dot_joint(VD dot, VD a, VD b, VD c, VD cap, VD norm) {
+  const VD j = c * dot + (b * norm + a);
+  return j > cap ? cap : j;
+}
+
 // Spherical float32, few features, as a dot product: joint log-probabilities
 // log_const_k - p_k^2 (||x||^2 + ||mu_k||^2 - 2 x.mu_k) / 2, one FMA per term where the centred form
 // takes a subtraction and an FMA. x.mu_k is summed in float32 along D (the centred form's order),
@@ -360,10 +367,8 @@ LGM_INLINE void maha_dot_block(const float* x, int64_t ldx, int64_t D, const flo
     const VD caplo = load<VD>(t + 3 * ldk), caphi = load<VD>(t + 3 * ldk + kWD);
     for (int r = 0; r < RB; ++r) {
       const VD nb = splat<VD>(norms[r]);
-      VD lo = clo * lo_double(acc[r][j]) + (blo * nb + alo);
-      VD hi = chi * hi_double(acc[r][j]) + (bhi * nb + ahi);
-      lo = lo > caplo ? caplo : lo;  // NaN stays NaN
-      hi = hi > caphi ? caphi : hi;
+      const VD lo = dot_joint(lo_double(acc[r][j]), alo, blo, clo, caplo, nb);
+      const VD hi = dot_joint(hi_double(acc[r][j]), ahi, bhi, chi, caphi, nb);
       float lanes[W];
       const VF v = to_float(lo, hi);
       __builtin_memcpy(lanes, &v, sizeof(VF));

@@ -59,20 +59,12 @@ LGM_INLINE void rows_transposed(const float* x, int64_t ldx, int64_t D, const fl
     for (int j = 0; j < kWF; ++j) __builtin_memcpy(yT + (c0 + j) * kWF, &a[j], sizeof(VF));
   }
   if (!norms) return;
-  VD s[4] = {};  // two chains of (low, high) lanes
-  int64_t d = 0;
-  for (; d + 1 < D; d += 2) {
-    for (int h = 0; h < 2; ++h) {
-      const float* y = yT + (d + h) * kWF;  // the halves as loads, not a load and a shuffle
-      const VD lo = to_double(load<VH>(y)), hi = to_double(load<VH>(y + kWF / 2));
-      s[2 * h] += lo * lo;
-      s[2 * h + 1] += hi * hi;
-    }
-  }
-  if (d < D) {
-    const VD lo = to_double(load<VH>(yT + d * kWF)), hi = to_double(load<VH>(yT + d * kWF + kWF / 2));
-    s[0] += lo * lo;
-    s[1] += hi * hi;
+  VD s[4] = {};  // two chains (even and odd d) of (low, high) lanes
+  for (int64_t d = 0; d < D; ++d) {
+    const float* y = yT + d * kWF;  // the halves as loads, not a load and a shuffle
+    const VD lo = to_double(load<VH>(y)), hi = to_double(load<VH>(y + kWF / 2));
+    s[2 * (d & 1)] += lo * lo;
+    s[2 * (d & 1) + 1] += hi * hi;
   }
   const VD lo = s[0] + s[2], hi = s[1] + s[3];
   __builtin_memcpy(norms, &lo, sizeof(VD));
@@ -114,10 +106,8 @@ LGM_INLINE void rows_group(const float* yT, int64_t D, const float* pT, const fl
     for (int k = 0; k < KB; ++k) {
       const VD a = splat<VD>(sph[k]), b = splat<VD>(sph[ldk + k]), c = splat<VD>(sph[2 * ldk + k]);
       const VD cap = splat<VD>(sph[3 * ldk + k]);
-      VD lo = c * lo_double(acc[k]) + (b * nlo + a);
-      VD hi = c * hi_double(acc[k]) + (b * nhi + a);
-      lo = lo > cap ? cap : lo;  // NaN stays NaN
-      hi = hi > cap ? cap : hi;
+      const VD lo = dot_joint(lo_double(acc[k]), a, b, c, cap, nlo);
+      const VD hi = dot_joint(hi_double(acc[k]), a, b, c, cap, nhi);
       store_lanes(out + k * ldo, to_float(lo, hi), count);
     }
   }
@@ -152,12 +142,14 @@ void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const
       ldb = kSmallD;
     }
     if (n + 3 * kWF <= rows) {  // the rows two blocks on: the tile is the E-step's first read of x
+      constexpr int64_t kLine = 64 / sizeof(float);
       for (int64_t r = 2 * kWF; r < 3 * kWF; ++r)
-        for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(x + (n + r) * ldx + d);
+        for (int64_t d = 0; d < D; d += kLine) __builtin_prefetch(x + (n + r) * ldx + d);
     }
     rows_transposed(xb, ldb, D, c, yT, c ? norms + n : nullptr);
-    for (int64_t k0 = 0; k0 < K; k0 += c ? kRowsKB<false> : kRowsKB<true>) {
-      const int64_t kc = min_of<int64_t>(K - k0, c ? kRowsKB<false> : kRowsKB<true>);
+    const int64_t group = c ? kRowsKB<false> : kRowsKB<true>;
+    for (int64_t k0 = 0; k0 < K; k0 += group) {
+      const int64_t kc = min_of<int64_t>(K - k0, group);
       float* ob = out + k0 * ldo + n;
       if (c) {
         rows_group_of<kRowsKB<false>, false>(kc, yT, D, nullptr, nuT + k0, ldk, ob, ldo, count, norms + n, sph + k0);
