@@ -114,7 +114,7 @@ at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, c
       int64_t lds = 0;
       const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
       if (plan.vec_order.empty()) {
-        tile_maha(plan, x.narrow(0, n0, rows), xs, lds, rows, s);
+        tile_maha(plan, plan.gemm_form() ? x.narrow(0, n0, rows) : at::Tensor(), xs, lds, rows, s);
       } else {
         tile_maha_pruned(plan, xs, lds, rows, s);
       }

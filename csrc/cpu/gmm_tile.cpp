@@ -39,7 +39,7 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
     plan.simd.maha_rows(xs, lds, rows, D, p_t, nu_t, ldk, K, maha, ldm, c, dot ? s.norms.data() : nullptr, sph);
     return;
   }
-  T* yp = plan.cov() == CovType::kTied || plan.cov() == CovType::kFull ? s.ypad.template data_ptr<T>() : nullptr;
+  T* yp = plan.gemm_form() ? s.ypad.template data_ptr<T>() : nullptr;
   auto pad_y = [&](const at::Tensor& y) {  // y [rows, D] -> ypad [rows, ldt], zeros past D
     const T* src = y.template data_ptr<T>();
     for (int64_t n = 0; n < rows; ++n) std::memcpy(yp + n * ldt, src + n * D, D * sizeof(T));
@@ -210,7 +210,7 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
   const CovType cov = plan.cov();
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n0 = t * tile, rows = std::min(tile, N - n0);
-    const at::Tensor x_tile = x.narrow(0, n0, rows);
+    const at::Tensor x_tile = plan.gemm_form() ? x.narrow(0, n0, rows) : at::Tensor();  // a view costs ~1 us
     const T* swt = sw ? sw + n0 : nullptr;
     int64_t lds = 0;
     const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
@@ -222,7 +222,7 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
     *loglik += tile_responsibilities(plan, swt, rows, s, nk);
     tile_moments(plan, xs, lds, rows, s, sx, cov == CovType::kDiag ? sxx : nullptr);
     if (cov == CovType::kSpherical) tile_norm_moments(plan, xp + n0 * ldx, ldx, rows, s, sxx);
-    if (cov == CovType::kTied || cov == CovType::kFull) tile_second_moments(plan, x_tile, swt, rows, s, sxx);
+    if (plan.gemm_form()) tile_second_moments(plan, x_tile, swt, rows, s, sxx);
   }
 }
 
