@@ -85,11 +85,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
       for (int64_t i = i0; i < i1; ++i) tp[i] += accp[c * size + i];
   });
   gmm_cpu::finish_centred_sxx(plan, tp);
-  at::Tensor nk = total.narrow(0, 0, K).clone();
-  at::Tensor sx = total.narrow(0, K, K * D).view({K, D}).clone();
-  at::Tensor sxx = total.narrow(0, K + K * D, plan.sxx_size());
-  sxx = sxx.view(gmm_param_shape(cov, K, D)).clone();
-  at::Tensor loglik = total.narrow(0, size - 1, 1).squeeze(0).clone();
+  // Four tensors of their own (not views of total), filled by copies rather than ATen calls.
+  const at::TensorOptions f64 = x.options().dtype(at::kDouble);
+  at::Tensor nk = at::empty({K}, f64), sx = at::empty({K, D}, f64);
+  at::Tensor sxx = at::empty(gmm_param_shape(cov, K, D), f64), loglik = at::empty({}, f64);
+  std::copy(tp, tp + K, nk.data_ptr<double>());
+  std::copy(tp + K, tp + K + K * D, sx.data_ptr<double>());
+  std::copy(tp + K + K * D, tp + size - 1, sxx.data_ptr<double>());
+  *loglik.data_ptr<double>() = tp[size - 1];
   return {nk, sx, sxx, loglik};
 }
 

@@ -28,6 +28,7 @@
 // generic (16-byte vectors), or the one named by LGM_GMM_CPU_ISA.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -160,30 +161,57 @@ struct Plan {
     const double* lc = tab.log_const.template data_ptr<double>();
     log_const.assign(lc, lc + K);
     ldk = padded(K, simd_.bytes);
+    // By loops on the host: ~40 ATen calls of about 1 us each were most of the op's fixed cost,
+    // paid once per EM iteration while the other cores wait.
+    TORCH_INTERNAL_ASSERT(means.is_contiguous() && prec_chol.is_contiguous(), "Plan: contiguous parameters");
+    const at::TensorOptions opts = means.options();
+    const T* mp = means.template data_ptr<T>();
+    const T* pc = prec_chol.template data_ptr<T>();
+    auto transposed = [&](const T* src, int64_t lds) {  // src [K, lds] -> [D, ldk], zeros past K
+      at::Tensor out = at::zeros({D, ldk}, opts);
+      T* o = out.template data_ptr<T>();
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t d = 0; d < D; ++d) o[d * ldk + k] = src[k * lds + d];
+      return out;
+    };
     if (cov == CovType::kSpherical) {
-      mu = at::zeros({K, ldt}, means.options());
-      mu.narrow(1, 0, D).copy_(means);
-      scale = at::zeros({ldk}, means.options());
-      scale.narrow(0, 0, K).copy_(prec_chol);
+      mu = at::zeros({K, ldt}, opts);
+      scale = at::zeros({ldk}, opts);
+      T* m = mu.template data_ptr<T>();
+      T* sc = scale.template data_ptr<T>();
+      for (int64_t k = 0; k < K; ++k) {
+        std::copy(mp + k * D, mp + (k + 1) * D, m + k * ldt);
+        sc[k] = pc[k];
+      }
     }
-    nu_t = at::zeros({D, ldk}, means.options());
-    nu_t.narrow(1, 0, K).copy_((cov == CovType::kSpherical ? mu : tab.nu).narrow(1, 0, D).t());
+    nu_t = transposed(cov == CovType::kSpherical ? mp : tab.nu.template data_ptr<T>(),
+                      cov == CovType::kSpherical ? D : ldt);
     if (dot_form()) {
-      centre = at::zeros({ldt}, means.options());
-      centre.narrow(0, 0, D).copy_(means.to(at::kDouble).mean(0));
-      const at::Tensor m = means - centre.narrow(0, 0, D);  // in x's dtype, as the kernel reads it
-      nu_t.narrow(1, 0, K).copy_(m.t());
-      const at::Tensor p64 = prec_chol.to(at::kDouble), p2 = p64 * p64, lc = tab.log_const.narrow(0, 0, K);
-      sph = at::zeros({4, ldk}, means.options().dtype(at::kDouble));
-      sph[0].narrow(0, 0, K).copy_(lc - 0.5 * p2 * m.to(at::kDouble).pow(2).sum(1));
-      sph[1].narrow(0, 0, K).copy_(-0.5 * p2);
-      sph[2].narrow(0, 0, K).copy_(p2);
-      sph[3].narrow(0, 0, K).copy_(lc);
+      centre = at::zeros({ldt}, opts);
+      sph = at::zeros({4, ldk}, opts.dtype(at::kDouble));
+      T* c = centre.template data_ptr<T>();
+      T* nt = nu_t.template data_ptr<T>();
+      double* sp = sph.template data_ptr<double>();
+      for (int64_t d = 0; d < D; ++d) {
+        double sum = 0.0;
+        for (int64_t k = 0; k < K; ++k) sum += static_cast<double>(mp[k * D + d]);
+        c[d] = static_cast<T>(sum / static_cast<double>(K));
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        double sq = 0.0;  // ||m_k||^2 of m_k = mu_k - c as the kernel reads it (x's dtype)
+        for (int64_t d = 0; d < D; ++d) {
+          const T m = mp[k * D + d] - c[d];
+          nt[d * ldk + k] = m;
+          sq += static_cast<double>(m) * static_cast<double>(m);
+        }
+        const double p = static_cast<double>(pc[k]), p2 = p * p;
+        sp[k] = lc[k] - 0.5 * p2 * sq;
+        sp[ldk + k] = -0.5 * p2;
+        sp[2 * ldk + k] = p2;
+        sp[3 * ldk + k] = lc[k];
+      }
     }
-    if (cov == CovType::kDiag) {
-      p_t = at::zeros({D, ldk}, means.options());
-      p_t.narrow(1, 0, K).copy_(tab.p.narrow(1, 0, D).t());
-    }
+    if (cov == CovType::kDiag) p_t = transposed(tab.p.template data_ptr<T>(), ldt);
   }
 
   static int64_t padded(int64_t d, int bytes) {
