@@ -9,8 +9,8 @@ An iteration is the fused E-step pass plus the M-step, from the same initial par
 implementations; iterations are chained, so the reported log-likelihood (the mean lower bound of
 the last E-step) shows the implementations reach the same fit. The limit of a case is dense work
 at the matrix-multiply rate measured here (distances and moments for every row and component)
-plus one read pass over X, both timed in rounds interleaved with ``ext`` (each call after an
-untimed one of its own, so caches are warm as in a fit): ``ext_x_limit`` is the median over rounds
+plus one read pass over X, both timed in rounds interleaved with ``ext`` (each call after
+``REWARM`` untimed ones of its own, so the machine is warm as in a fit): ``ext_x_limit`` is the median over rounds
 of ext's time over that round's limit (the machines are shared: a burst of load then hits both
 sides of the ratio). ``nnz`` is the fraction of responsibilities above e^-87 at the initial
 parameters; ``sparse`` says the kernel's moments skip the rest (nnz < 1/2), one way it can beat the
@@ -45,6 +45,7 @@ LARGE = "gauss1m"  # --large: N=1,000,000 standard normal rows, D=128, K=1024 (a
 REG_COVAR = 1e-3
 PRUNE_ENV = "LGM_GMM_PRUNE"  # "0": the CPU kernel computes every distance in full
 QUIET_S = 0.5  # idle seconds before timing each implementation
+REWARM = 3  # untimed calls before each timed one of ext and the limit probes (timed_with_limit)
 Params = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # log_weights, means, prec_chol
 
 
@@ -128,9 +129,12 @@ def timed_with_limit(fn: Callable[[], Any], x: torch.Tensor, flops: float, repea
     change of machine load (these machines are shared) hits both sides of the ratio alike.
     Returns (timing, median ratio, median limit seconds, median read seconds, median flop rate)."""
     probes, gemm_flops = limit_probes(x)
-    # rewarm: each timed call finds the caches as its own last call left them (a fit's iterations
-    # follow one another; X of 12 MB stays in cache between them), not evicted by the multiply.
-    t = time_interleaved({"fn": fn, **probes}, x.device, repeats=repeats, warmup=warmup, rewarm=True)
+    # rewarm: each timed call finds the machine as its own calls left it (a fit's iterations follow
+    # one another; X of 12 MB stays in cache between them), not as the multiply did. One untimed
+    # call is not enough: right after a 2048^2 multiply (even on one thread) and one EM step, the
+    # next step took 1.62 ms where a run of steps takes 1.46; after three, 1.47 (spherical K=10,
+    # pca50, AVX-512).
+    t = time_interleaved({"fn": fn, **probes}, x.device, repeats=repeats, warmup=warmup, rewarm=REWARM)
     rates = [gemm_flops / g for g in t["gemm"]]
     limits = [r + flops / rate for r, rate in zip(t["read"], rates)]
     ratio = statistics.median(f / lim for f, lim in zip(t["fn"], limits))

@@ -82,15 +82,15 @@ def with_env(env: dict[str, str], fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | str, repeats: int = 5,
-                     warmup: int = 1, rewarm: bool = False) -> dict[str, list[float]]:
+                     warmup: int = 1, rewarm: int = 0) -> dict[str, list[float]]:
     """Wall times in seconds of each ``fns[name]()``, ``repeats`` rounds that call every function
     once in turn (so a change of machine load hits all of them alike), after ``warmup`` rounds.
-    ``rewarm``: each timed call follows an untimed one of the same function, so that each finds
-    the caches as its own last call left them, not as the previous function did."""
+    ``rewarm``: each timed call follows that many untimed ones of the same function, so that each
+    finds the machine as its own calls left it, not as the previous function did."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(warmup + repeats):
         for name, fn in fns.items():
-            if rewarm and r >= warmup:
+            for _ in range(rewarm if r >= warmup else 0):
                 fn()
             synchronize(device)
             start = time.perf_counter()

@@ -254,7 +254,7 @@ double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, cons
 
 // ---------------------------------------------------------------------------------------------
 // 3. Moments: sx[k, d] += sum_n r_nk x_nd, (kSquares) sxx[k, d] += sum_n r_nk x_nd^2, products
-// and partial sums over one tile (Plan::tile(): at most 256 rows) in x's dtype, added to the float64
+// and partial sums over one tile (Plan::tile(): 128 to 512 rows) in x's dtype, added to the float64
 // totals.
 
 // Dense: all rows, MB components (r component-major [MB, ldr]); one vector V of d from d0, 2 MB accumulators.
