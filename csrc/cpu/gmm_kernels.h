@@ -9,7 +9,8 @@
 //      subtraction and an FMA; float32 spherical with D <= 64: a dot product on rows centred by
 //      the mean of the means, Plan::centre), summed in x's dtype over D, with vectors along D
 //      (D > 64), along rows (float32 diag/spherical, D <= 64, Plan::rows_form) or along components
-//      (other D <= 64); tied/full: y = x P by GEMM, then the same kernel on sum_d (y_d - (mu P)_d)^2.
+//      (float64, D <= 64); tied/full: y = x P by GEMM, then the same kernel on
+//      sum_d (y_d - (mu P)_d)^2.
 //   2. row-wise log-sum-exp and responsibilities [K, rows] in x's dtype: float32 x takes joint
 //      log-probabilities in float64 but a vectorised float32 exp of (joint - row max) (exactly 0
 //      below e^-87) summed in float32 (the dot form: joints already in the tile, all float32),
@@ -51,11 +52,8 @@ struct SimdKernels {
   // when scale is not null; tables [K, ldt], transposed pT, nuT [D, ldk] (null: not used) that
   // small D reads instead, scale [ldk]. Tiles of maha and resp are component-major: [K, ld] with
   // ld = the tile's row count.
-  // float32 spherical with D <= kSmallD given norms [rows] = ||x_n||^2 and sph (Plan::sph): as a
-  // dot product with nuT = mu^T, writing joint log-probabilities instead (gmm_simd.h maha_dot).
   void (*maha)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
-               const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale, const double* norms,
-               const double* sph);
+               const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale);
   // 2. (float32 only, else null) resp [K, ld] = w_n softmax_k(log_const_k - maha_kn / 2), nk += sum_n resp;
   // returns sum_n w_n lse_n. Sets maha to 0 from rows up to a multiple of the width. work: float
   // [K, ld]; rowbuf: double [3 ld + 8 K].
@@ -72,9 +70,8 @@ struct SimdKernels {
   // 3. the same for one component over the m rows idx with responsibilities val.
   void (*moments_sparse)(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const T* val, int64_t m,
                          double* sx, double* sxx);
-  // out[n] = ||x_n - c||^2 in float64, for spherical second moments; c null: ||x_n||^2, else also
-  // y [rows, ldy] = x - c (zeros past D; c [D rounded up to the width], zeros past D).
-  void (*sq_norms)(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out, const T* c, T* y, int64_t ldy);
+  // out[n] = ||x_n||^2 in float64, for spherical second moments.
+  void (*sq_norms)(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out);
   // out[k] += sum_n r_kn v_n in float64; r [K, ldr], v [rows].
   void (*resp_dot)(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v, double* out);
   // 1, pruned (gmm_prune.cpp): out[idx_i] += sum over the vectors of d at offsets vecs of
@@ -87,13 +84,12 @@ struct SimdKernels {
   // for the first stage (64-byte vectors).
   void (*maha_vecs)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt,
                     int64_t K, const int32_t* vecs, int64_t nv, T* out, int64_t ldo, const T* scale);
-  // 1. float32 only (else null), D <= kSmallD, K <= rows_max_k (diag, spherical): vectors along rows
+  // 1. float32 only (else null), D <= kSmallD (diag, spherical): vectors along rows
   // (gmm_simd_rows.h), out [K, ldo]. diag: maha from pT, nuT; c not null: the dot form's joints from
   // rows centred by c, with nuT = (mu - c)^T, and norms [rows rounded up to the width] =
   // ||x_n - c||^2 written.
   void (*maha_rows)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk,
                     int64_t K, T* out, int64_t ldo, const T* c, double* norms, const double* sph);
-  int64_t rows_max_k[2];
 };
 
 namespace generic {
@@ -142,8 +138,8 @@ struct Plan {
   // float32 spherical, D <= kSmallD (dot_form): distances as
   // p_k^2 (||y||^2 + ||m_k||^2 - 2 y.m_k) with y = x - c, m_k = mu_k - c, c the mean of the means
   // (so rows far from the origin lose no digits to cancellation): one FMA per term, from
-  // nu_t = m^T and the tile's float64 ||y_n||^2 (Scratch::norms; rows_form: from the kernel, else
-  // sq_norms writes them and y to Scratch::centred). The tile then holds the joint
+  // nu_t = m^T and the tile's float64 ||y_n||^2 (Scratch::norms, from the rows kernel). The tile
+  // then holds the joint
   // log-probabilities log_const_k - maha / 2, made in float64 and rounded once (so the rounding
   // is not the same for every row of a component), from float64 sph [4, ldk]:
   // log_const - p^2 ||m||^2 / 2, -p^2 / 2, p^2 (exact for a float p), log_const (the cap: maha >= 0).
@@ -222,12 +218,12 @@ struct Plan {
   }
   CovType cov() const { return tab.cov; }
   bool dot_form() const { return std::is_same_v<T, float> && tab.cov == CovType::kSpherical && D <= kSmallD; }
-  // float32 diag and spherical (the dot form), D <= kSmallD, K up to the ISA's rows_max_k:
-  // SimdKernels::maha_rows.
+  // float32 diag and spherical (the dot form), D <= kSmallD: SimdKernels::maha_rows, on every ISA
+  // and K. Along components instead (maha_kvec, and a dot form of its own), AVX2 took 3-5% longer
+  // at K = 60 and 100 (spherical) and 16-byte vectors up to 13% (diag); rows won everywhere once
+  // their norms stayed in registers (2026-11-26).
   bool rows_form() const {
-    if (!simd.maha_rows || D > kSmallD) return false;
-    return (tab.cov == CovType::kDiag && K <= simd.rows_max_k[0]) ||
-           (tab.cov == CovType::kSpherical && K <= simd.rows_max_k[1]);
+    return simd.maha_rows && D <= kSmallD && (tab.cov == CovType::kDiag || tab.cov == CovType::kSpherical);
   }
   // tied and full: products by ATen GEMM over a view of the tile (tile_maha's x_tile).
   bool gemm_form() const { return tab.cov == CovType::kTied || tab.cov == CovType::kFull; }
@@ -255,7 +251,6 @@ struct Scratch {
   std::vector<T> resp;                   // [K, tile] responsibilities, in x's dtype
   std::vector<double> joint, rd, rowbuf;  // [K] x2, [3 tile + 8 K]
   std::vector<double> norms;              // [tile] ||x_n||^2 of the tile (spherical; dot_form: ||y_n||^2)
-  std::vector<T> centred;                 // [tile, ldt] dot_form but not rows_form: y = x - c, zeros past D
   std::vector<float> work;                // [K, tile]
   std::vector<int64_t> idx;
   std::vector<T> val;
@@ -283,7 +278,6 @@ struct Scratch {
     rd.resize(plan.K);
     rowbuf.resize(3 * t + 8 * plan.K);
     if (plan.cov() == CovType::kSpherical) norms.resize(t);
-    if (plan.dot_form() && !plan.rows_form()) centred.assign(t * plan.ldt, T(0));
     work.resize(t * plan.K);
     idx.resize(t);
     val.resize(t);

@@ -338,69 +338,6 @@ LGM_INLINE VD dot_joint(VD dot, VD a, VD b, VD c, VD cap, VD norm) {
   return j > cap ? cap : j;
 }
 
-// Spherical float32, few features, as a dot product: joint log-probabilities
-// log_const_k - p_k^2 (||x||^2 + ||mu_k||^2 - 2 x.mu_k) / 2, one FMA per term where the centred form
-// takes a subtraction and an FMA. x.mu_k is summed in float32 along D (the centred form's order),
-// the rest in float64 from norms [rows] = ||x_n||^2 and sph [4, ldk] (Plan::sph), rounded once;
-// capped at log_const_k (a distance below 0 is cancellation).
-template <int RB, int KV>
-LGM_INLINE void maha_dot_block(const float* x, int64_t ldx, int64_t D, const float* muT, int64_t ldk, float* out,
-                               int64_t ldo, int64_t kcount, const double* norms, const double* sph) {
-  constexpr int64_t W = width<float>();
-  VF acc[RB][KV] = {};
-  for (int64_t d = 0; d < D; ++d) {
-    VF mv[KV];
-    for (int j = 0; j < KV; ++j) {
-      mv[j] = load<VF>(muT + d * ldk + j * W);
-      pin_narrow(mv[j]);
-    }
-    for (int r = 0; r < RB; ++r) {
-      const VF xb = splat<VF>(x[r * ldx + d]);
-      for (int j = 0; j < KV; ++j) acc[r][j] += xb * mv[j];
-    }
-  }
-  for (int j = 0; j < KV; ++j) {
-    const double* t = sph + j * W;
-    const VD alo = load<VD>(t), ahi = load<VD>(t + kWD);
-    const VD blo = load<VD>(t + ldk), bhi = load<VD>(t + ldk + kWD);
-    const VD clo = load<VD>(t + 2 * ldk), chi = load<VD>(t + 2 * ldk + kWD);
-    const VD caplo = load<VD>(t + 3 * ldk), caphi = load<VD>(t + 3 * ldk + kWD);
-    for (int r = 0; r < RB; ++r) {
-      const VD nb = splat<VD>(norms[r]);
-      const VD lo = dot_joint(lo_double(acc[r][j]), alo, blo, clo, caplo, nb);
-      const VD hi = dot_joint(hi_double(acc[r][j]), ahi, bhi, chi, caphi, nb);
-      float lanes[W];
-      const VF v = to_float(lo, hi);
-      __builtin_memcpy(lanes, &v, sizeof(VF));
-      for (int64_t l = 0; l < W && j * W + l < kcount; ++l) out[(j * W + l) * ldo + r] = lanes[l];
-    }
-  }
-}
-
-constexpr int kRBD = kBytes == 64 ? 8 : 6;  // rows per dot-form block: 2 x 6 accumulators on 16 registers
-
-template <int KV>
-void maha_dot_rows(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* muT, int64_t ldk, float* out,
-                   int64_t ldo, int64_t kcount, const double* norms, const double* sph) {
-  int64_t n = 0;
-  for (; n + kRBD <= rows; n += kRBD)
-    maha_dot_block<kRBD, KV>(x + n * ldx, ldx, D, muT, ldk, out + n, ldo, kcount, norms + n, sph);
-  for (; n < rows; ++n) maha_dot_block<1, KV>(x + n * ldx, ldx, D, muT, ldk, out + n, ldo, kcount, norms + n, sph);
-}
-
-inline void maha_dot(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* muT, int64_t ldk, int64_t K,
-                     float* out, int64_t ldo, const double* norms, const double* sph) {
-  constexpr int64_t W = width<float>();
-  for (int64_t k0 = 0; k0 < K; k0 += 2 * W) {
-    const int64_t kc = min_of<int64_t>(K - k0, 2 * W);
-    if (kc > W) {
-      maha_dot_rows<2>(x, ldx, rows, D, muT + k0, ldk, out + k0 * ldo, ldo, kc, norms, sph + k0);
-    } else {
-      maha_dot_rows<1>(x, ldx, rows, D, muT + k0, ldk, out + k0 * ldo, ldo, kc, norms, sph + k0);
-    }
-  }
-}
-
 }  // namespace
 }  // namespace LGM_SIMD_NS
 }  // namespace gmm_cpu

@@ -382,10 +382,9 @@ void resp_dot(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v,
   }
 }
 
-// out[n] = ||x_n - c||^2 in float64 (c null: 0); rows read in whole vectors of x's dtype, lanes past
-// D masked. With c, y [rows, ldy] = x - c in x's dtype (zeros past D), the squares taken of it.
+// out[n] = ||x_n||^2 in float64; rows read in whole vectors of x's dtype, lanes past D masked.
 template <typename T>
-void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out, const T* c, T* y, int64_t ldy) {
+void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
   using V = Vec<T>;
   using VM = typename VecOf<int64_t, kBytes>::type;
   constexpr int64_t W = width<T>();
@@ -402,16 +401,9 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out, con
         a1 += hi * hi;
       }
     };
-    auto centred = [&](V v, int64_t d) __attribute__((always_inline)) {
-      if (c) {
-        v = v - load<V>(c + d);  // c is zero past D, as v
-        __builtin_memcpy(y + n * ldy + d, &v, sizeof(V));
-      }
-      return v;
-    };
     int64_t d = 0;
-    for (; d + W <= D; d += W) add(centred(load<V>(row + d), d));
-    if (d < D) add(centred((V)((VM)load<V>(row + d) & (VM)tail_mask), d));
+    for (; d + W <= D; d += W) add(load<V>(row + d));
+    if (d < D) add((V)((VM)load<V>(row + d) & (VM)tail_mask));
     out[n] = hsum<double>(a0 + a1);
   }
 }
@@ -425,7 +417,7 @@ const SimdKernels<float>& kernels<float>() {
                                     &sq_norms<float>, &resp_dot<float>,
                                     &maha_gather<float>,
                                     kBytes == 32 ? &maha_vecs<float> : nullptr,
-                                    &maha_rows_lanes, {kRowsMaxK[0], kRowsMaxK[1]}};
+                                    &maha_rows_lanes};
   return k;
 }
 
@@ -436,7 +428,7 @@ const SimdKernels<double>& kernels<double>() {
                                      &sq_norms<double>, &resp_dot<double>,
                                      &maha_gather<double>,
                                      kBytes == 32 ? &maha_vecs<double> : nullptr,
-                                     nullptr, {0, 0}};
+                                     nullptr};
   return k;
 }
 

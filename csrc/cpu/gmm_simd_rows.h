@@ -2,12 +2,13 @@
 // the other distance kernels' dispatch (SimdKernels::maha). Not a normal header: gmm_simd_<isa>.cpp
 // includes it once, after gmm_simd.h (same rules).
 //
-// float32 diag and spherical with few features (D <= kSmallD): vectors along components use K of
-// their lanes (K = 10: 10 of 16) and scatter their sums into the component-major tile one float at a
-// time. Here a block of W rows is transposed in registers, yT [D, W], and each term is one vector
-// over W rows against a broadcast table entry: every lane used, whole-vector stores, and the same
-// sums in the same order as the kvec kernels. The spherical dot form centres the rows and takes
-// their float64 norms on the way (no separate pass, no centred copy of the tile).
+// float32 diag and spherical with few features (D <= kSmallD), at every K: vectors along components
+// (maha_kvec, kept for float64) use K of their lanes (K = 10: 10 of 16) and scatter their sums into
+// the component-major tile one float at a time. Here a block of W rows is transposed in registers,
+// yT [D, W], and each term is one vector over W rows against a broadcast table entry: every lane
+// used, whole-vector stores, and diag's sums in the same order as the kvec kernels. The spherical
+// dot form centres the rows and takes their float64 norms on the way (no separate pass, no centred
+// copy of the tile).
 namespace lgm {
 namespace gmm_cpu {
 namespace LGM_SIMD_NS {
@@ -18,10 +19,6 @@ constexpr int64_t kWF = width<float>();
 // table entries and diag's residual.
 template <bool kDiag>
 constexpr int kRowsKB = kBytes == 64 ? 16 : (kDiag ? 10 : 12);
-// Up to this many components (diag, spherical), vectors along rows; past it, along components
-// (maha_kvec, maha_dot). Measured on Zen 4 (pca50, N = 60000; ext time, rows over components): AVX-512
-// 0.81-0.95 at K = 10, 37, 100; AVX2 spherical 0.90, 0.95, 0.99, diag 0.97, 0.99, 1.02.
-constexpr int64_t kRowsMaxK[2] = {kBytes == 64 ? INT64_MAX : 16, kBytes == 64 ? INT64_MAX : 48};
 
 // One butterfly stage of a W x W transpose: swaps the off-diagonal H x H blocks of each 2H x 2H block.
 template <int H, std::size_t... I>
@@ -89,7 +86,7 @@ LGM_INLINE void store_lanes(float* dst, VF v, int64_t count) {
 
 // KB components (table columns 0 .. KB) for the W rows of yT, count of them written. diag:
 // maha = sum_d (y_d p_kd - nu_kd)^2; spherical dot form: joint log-probabilities from y.m_k
-// (maha_dot_block's arithmetic, rows' norms [W]).
+// (dot_joint, rows' norms [W]).
 template <int KB, bool kDiag>
 LGM_INLINE void rows_group(const float* yT, int64_t D, const float* pT, const float* nuT, int64_t ldk, float* out,
                            int64_t ldo, int64_t count, const double* norms, const double* sph) {
@@ -171,14 +168,7 @@ void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const
 // SimdKernels::maha: the kernel for the covariance type, D and K.
 template <typename T>
 void maha(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* p, const T* nu, int64_t ldt, const T* pT,
-          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale, const double* norms,
-          const double* sph) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (norms && nuT && D <= kSmallD) {
-      maha_dot(x, ldx, rows, D, nuT, ldk, K, out, ldo, norms, sph);
-      return;
-    }
-  }
+          const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale) {
   if (nuT && D <= kSmallD) {
     if (pT) {
       maha_kvec<T, true>(x, ldx, rows, D, pT, nuT, ldk, K, out, ldo, scale);

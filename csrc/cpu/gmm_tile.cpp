@@ -32,7 +32,7 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
   const int64_t K = plan.K, D = plan.D, ldt = plan.ldt, ldm = plan.tile(), ldk = plan.ldk;
   const T* nu_t = plan.nu_t.template data_ptr<T>();
   const T* p_t = plan.p_t.defined() ? plan.p_t.template data_ptr<T>() : nullptr;
-  if (plan.rows_form()) {  // diag, or the dot form's joints and the tile's norms
+  if (plan.rows_form()) {  // float32 diag, or the dot form's joints and the tile's norms
     const bool dot = plan.dot_form();
     const T* c = dot ? plan.centre.template data_ptr<T>() : nullptr;
     const double* sph = dot ? plan.sph.template data_ptr<double>() : nullptr;
@@ -47,25 +47,17 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
   switch (plan.cov()) {
     case CovType::kDiag:
       plan.simd.maha(xs, lds, rows, D, plan.tab.p.template data_ptr<T>(), nu, ldt, p_t, nu_t, ldk, K, maha, ldm,
-                     nullptr, nullptr, nullptr);
+                     nullptr);
       break;
-    case CovType::kSpherical: {
-      const double* norms = nullptr;
-      if (plan.dot_form()) {  // y = x - c and its norms (kept for tile_norm_moments)
-        plan.simd.sq_norms(xs, lds, rows, D, s.norms.data(), plan.centre.template data_ptr<T>(), s.centred.data(), ldt);
-        xs = s.centred.data();
-        lds = ldt;
-        norms = s.norms.data();
-      }
+    case CovType::kSpherical:
       plan.simd.maha(xs, lds, rows, D, nullptr, plan.mu.template data_ptr<T>(), ldt, nullptr, nu_t, ldk, K, maha,
-                     ldm, plan.scale.template data_ptr<T>(), norms, norms ? plan.sph.template data_ptr<double>() : nullptr);
+                     ldm, plan.scale.template data_ptr<T>());
       break;
-    }
     case CovType::kTied: {
       at::Tensor y = s.y.narrow(0, 0, rows);
       at::mm_out(y, x_tile, plan.tab.prec);
       pad_y(y);
-      plan.simd.maha(yp, ldt, rows, D, nullptr, nu, ldt, nullptr, nu_t, ldk, K, maha, ldm, nullptr, nullptr, nullptr);
+      plan.simd.maha(yp, ldt, rows, D, nullptr, nu, ldt, nullptr, nu_t, ldk, K, maha, ldm, nullptr);
       break;
     }
     case CovType::kFull: {
@@ -74,7 +66,7 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
         at::mm_out(y, x_tile, plan.tab.prec[k]);
         pad_y(y);
         plan.simd.maha(yp, ldt, rows, D, nullptr, nu + k * ldt, ldt, nullptr, nullptr, 0, 1, maha + k * ldm, ldm,
-                       nullptr, nullptr, nullptr);
+                       nullptr);
       }
       break;
     }
@@ -139,7 +131,7 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
 template <typename T>
 void tile_norm_moments(const Plan<T>& plan, const T* xt, int64_t ldx, int64_t rows, Scratch<T>& s, double* sxx) {
   double* norms = s.norms.data();
-  if (!plan.dot_form()) plan.simd.sq_norms(xt, ldx, rows, plan.D, norms, nullptr, nullptr, 0);
+  if (!plan.dot_form()) plan.simd.sq_norms(xt, ldx, rows, plan.D, norms);
   plan.simd.resp_dot(s.resp.data(), plan.tile(), plan.K, rows, norms, sxx);
 }
 

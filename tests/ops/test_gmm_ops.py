@@ -70,11 +70,10 @@ def make_x(n: int, means: torch.Tensor, seed: int, layout: str = "contiguous") -
 
 def sample_inputs(device: str, dtype: torch.dtype):
     """Argument tuples (x, sample_weight, log_weights, means, prec_chol, covariance_type)."""
-    # D <= 64 takes the row- or component-vectorised distances, D = 70 the feature-vectorised ones
-    # (a masked last vector, and the last tile copied); K = 13 spans blocks of the AVX-512 kernels,
-    # K = 37 three vectors of components even there (float32 spherical: the dot form); float32
-    # diag/spherical with D <= 64 run along rows (blocks of rows, a partial last one), except past
-    # 16 (diag) or 48 (spherical) components on 32- and 16-byte vectors: K = 50 there.
+    # D <= 64: float32 diag/spherical run along rows at every K (blocks of rows, a partial last one;
+    # K = 13, 37, 50 span several groups of components: 16 per group on AVX-512, 10 or 12 below;
+    # spherical: the dot form), float64 and tied/full along components (K = 37, 50: several vectors
+    # of them); D = 70 the feature-vectorised ones (a masked last vector, and the last tile copied).
     shapes = [(1, 1, 1), (7, 3, 2), (130, 5, 3), (300, 17, 10), (517, 33, 6), (259, 70, 13), (211, 24, 37),
               (150, 20, 50)]
     for covariance_type in COVARIANCE_TYPES:
@@ -138,7 +137,7 @@ def _require_isa(isa: str) -> None:
 
 def _assert_a_nan_row_gives_nan(device: str, dtype: torch.dtype) -> None:
     for cov in COVARIANCE_TYPES:
-        for k, d in [(10, 20), (60, 20), (5, 70)]:  # rows, components and features vectorised
+        for k, d in [(10, 20), (60, 20), (5, 70)]:  # float32 rows (float64 components), features
             log_weights, means, prec_chol = make_params(k, d, cov, dtype, device, seed=k)
             x = make_x(300, means, seed=k)
             x[5, 3] = float("nan")
@@ -184,8 +183,8 @@ def test_every_cpu_isa_matches_reference(isa, dtype):
 def test_cpu_isa_paths_are_distinct_code():
     """Forcing a path changes the code that runs: vector widths sum in different orders, so the
     float32 distances of two paths differ in their last bits (and both match the reference above).
-    D > 64: the kernels that vectorise along D (for D <= 64 they run along components and sum in
-    the same order on every path)."""
+    D > 64: the kernels that vectorise along D (for D <= 64 they run along rows or components and
+    sum in the same order on every path)."""
     isas = available_cpu_isas()
     if len(isas) < 2:
         pytest.skip("this CPU runs only one instruction set")
@@ -264,7 +263,7 @@ def test_float32_kernel_within_1e7_of_float64_reference_at_a_million_rows(cov, k
 
 
 def test_spherical_far_from_the_origin_keeps_its_digits():
-    """float32 spherical distances with several vectors of components take the dot form
+    """float32 spherical distances with D <= 64 take the dot form
     p^2 (||y||^2 + ||m||^2 - 2 y.m) on y = x - c (gmm_kernels.h Plan::centre): rows 1e4 from the
     origin lose nothing to cancellation (uncentred, the error would be ~1e-7 ||x||^2 p^2 ~ 100)."""
     lw, mu, pc = make_params(37, 20, "spherical", torch.float64, "cpu", seed=3)
