@@ -18,8 +18,8 @@
 //   3. moments sum_n r_nk x_n (and x_n^2) by a register-blocked kernel, dense, or sparse over the
 //      rows whose responsibility is not 0: products and sums over the tile in x's dtype, added to
 //      float64 totals (float32: within 1e-7 of float64 sums at N = 1e6, tested; spherical: r
-//      times the float64 ||x_n||^2). tied/full second moments by a GEMM in x's dtype over the tile, added
-//      in float64.
+//      times ||x_n||^2, in float64 for D > 64, a float32 sum for D <= 64). tied/full second
+//      moments by a GEMM in x's dtype over the tile, added in float64.
 // Tiles are grouped into chunks whose boundaries depend only on (N, D, K, covariance type, vector
 // width); each chunk owns a float64 accumulator and chunks are summed in order at the end, so the
 // result does not depend on the number of threads.
@@ -87,7 +87,7 @@ struct SimdKernels {
   // 1. float32 only (else null), D <= kSmallD (diag, spherical): vectors along rows
   // (gmm_simd_rows.h), out [K, ldo]. diag: maha from pT, nuT; c not null: the dot form's joints from
   // rows centred by c, with nuT = (mu - c)^T, and norms [rows rounded up to the width] =
-  // ||x_n - c||^2 written.
+  // ||x_n - c||^2 written (summed in float32).
   void (*maha_rows)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk,
                     int64_t K, T* out, int64_t ldo, const T* c, double* norms, const double* sph);
 };
@@ -138,10 +138,9 @@ struct Plan {
   // float32 spherical, D <= kSmallD (dot_form): distances as
   // p_k^2 (||y||^2 + ||m_k||^2 - 2 y.m_k) with y = x - c, m_k = mu_k - c, c the mean of the means
   // (so rows far from the origin lose no digits to cancellation): one FMA per term, from
-  // nu_t = m^T and the tile's float64 ||y_n||^2 (Scratch::norms, from the rows kernel). The tile
-  // then holds the joint
-  // log-probabilities log_const_k - maha / 2, made in float64 and rounded once (so the rounding
-  // is not the same for every row of a component), from float64 sph [4, ldk]:
+  // nu_t = m^T and the tile's ||y_n||^2 (Scratch::norms, float32 sums from the rows kernel). The
+  // tile then holds the joint log-probabilities log_const_k - maha / 2, made in float64 and rounded
+  // once (so the rounding is not the same for every row of a component), from float64 sph [4, ldk]:
   // log_const - p^2 ||m||^2 / 2, -p^2 / 2, p^2 (exact for a float p), log_const (the cap: maha >= 0).
   // The second moments sum r ||y||^2: finish_centred_sxx adds the rest.
   at::Tensor centre, sph;  // [ldt] c in x's dtype, zeros past D; [4, ldk]
