@@ -295,14 +295,15 @@ void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, const
 template <typename T, bool kSquares>
 void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, int64_t K,
                       double* sx, double* sxx) {
-  const int64_t blocks = (K + kMB - 1) / kMB;
+  constexpr int64_t mb = kSquares ? kMB : kMBSx;
+  const int64_t blocks = (K + mb - 1) / mb;
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t k0 = b * K / blocks, kb = (b + 1) * K / blocks - k0;
     double* sxb = sx + k0 * D;
     double* sxxb = kSquares ? sxx + k0 * D : nullptr;
     switch (kb) {
 #define LGM_MOMENT_CASE(MB) \
-  case MB: if constexpr (kMB >= MB) moments_dense_block<T, MB, kSquares>(x, ldx, rows, D, r + k0 * ldr, ldr, sxb, sxxb); break;
+  case MB: if constexpr (mb >= MB) moments_dense_block<T, MB, kSquares>(x, ldx, rows, D, r + k0 * ldr, ldr, sxb, sxxb); break;
       LGM_MOMENT_CASE(1) LGM_MOMENT_CASE(2) LGM_MOMENT_CASE(3) LGM_MOMENT_CASE(4) LGM_MOMENT_CASE(5)
       LGM_MOMENT_CASE(6) LGM_MOMENT_CASE(7) LGM_MOMENT_CASE(8) LGM_MOMENT_CASE(9) LGM_MOMENT_CASE(10)
       LGM_MOMENT_CASE(11) LGM_MOMENT_CASE(12)
