@@ -133,8 +133,8 @@ struct Plan {
   // FMAs (an FMA overwrites one input, so the scaled form also copies a register per term). Two
   // products by the exact p_k, not one by a rounded p_k^2: that rounding would bias every distance
   // to component k alike (nk off by 1.7e-7 at N = 1e6).
-  at::Tensor mu, scale;           // spherical: [K, ldt] the means; [ldk] p_k; zeros past D and K
-  at::Tensor p_t, nu_t;           // [D, ldk]: diag p and nu (spherical: mu) transposed, zeros past K
+  at::Tensor mu, scale;           // spherical but not dot_form: [K, ldt] the means; [ldk] p_k; zeros past D, K
+  at::Tensor p_t, nu_t;           // [D, ldk]: diag p and nu (spherical: mu; dot_form: mu - c) transposed, zeros past K
   // float32 spherical, D <= kSmallD (dot_form): distances as
   // p_k^2 (||y||^2 + ||m_k||^2 - 2 y.m_k) with y = x - c, m_k = mu_k - c, c the mean of the means
   // (so rows far from the origin lose no digits to cancellation): one FMA per term, from
@@ -171,19 +171,8 @@ struct Plan {
         for (int64_t d = 0; d < D; ++d) o[d * ldk + k] = src[k * lds + d];
       return out;
     };
-    if (cov == CovType::kSpherical) {
-      mu = at::zeros({K, ldt}, opts);
-      scale = at::zeros({ldk}, opts);
-      T* m = mu.template data_ptr<T>();
-      T* sc = scale.template data_ptr<T>();
-      for (int64_t k = 0; k < K; ++k) {
-        std::copy(mp + k * D, mp + (k + 1) * D, m + k * ldt);
-        sc[k] = pc[k];
-      }
-    }
-    nu_t = transposed(cov == CovType::kSpherical ? mp : tab.nu.template data_ptr<T>(),
-                      cov == CovType::kSpherical ? D : ldt);
-    if (dot_form()) {
+    if (dot_form()) {  // nu_t = (mu - c)^T, the centre and the float64 coefficients
+      nu_t = at::zeros({D, ldk}, opts);
       centre = at::zeros({ldt}, opts);
       sph = at::zeros({4, ldk}, opts.dtype(at::kDouble));
       T* c = centre.template data_ptr<T>();
@@ -207,6 +196,19 @@ struct Plan {
         sp[2 * ldk + k] = p2;
         sp[3 * ldk + k] = lc[k];
       }
+    } else {
+      if (cov == CovType::kSpherical) {
+        mu = at::zeros({K, ldt}, opts);
+        scale = at::zeros({ldk}, opts);
+        T* m = mu.template data_ptr<T>();
+        T* sc = scale.template data_ptr<T>();
+        for (int64_t k = 0; k < K; ++k) {
+          std::copy(mp + k * D, mp + (k + 1) * D, m + k * ldt);
+          sc[k] = pc[k];
+        }
+      }
+      nu_t = transposed(cov == CovType::kSpherical ? mp : tab.nu.template data_ptr<T>(),
+                        cov == CovType::kSpherical ? D : ldt);
     }
     if (cov == CovType::kDiag) p_t = transposed(tab.p.template data_ptr<T>(), ldt);
   }
@@ -216,7 +218,7 @@ struct Plan {
     return (d + w - 1) / w * w;
   }
   CovType cov() const { return tab.cov; }
-  bool dot_form() const { return std::is_same_v<T, float> && tab.cov == CovType::kSpherical && D <= kSmallD; }
+  bool dot_form() const { return tab.cov == CovType::kSpherical && rows_form(); }  // float32, D <= kSmallD
   // float32 diag and spherical (the dot form), D <= kSmallD: SimdKernels::maha_rows, on every ISA
   // and K. Along components instead (maha_kvec, and a dot form of its own), AVX2 took 3-5% longer
   // at K = 60 and 100 (spherical) and 16-byte vectors up to 13% (diag); rows won everywhere once
