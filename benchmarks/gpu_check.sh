@@ -9,9 +9,10 @@
 #   one device call (carry [".gpu"], timeout_s 560): build, CUDA tests, benchmarks, compute-sanitizer,
 #   then the op and model tests with the GPU visible
 #       bash benchmarks/gpu_check.sh all
-#   or the two halves, the second at once on the warm machine (a machine idles back in 30 s):
-#       bash benchmarks/gpu_check.sh checks      (build, CUDA tests, compute-sanitizer)
-#       bash benchmarks/gpu_check.sh bench       (the GPU benchmarks)
+#   or some of its parts, in the order given (a machine idles back in 30 s):
+#       bash benchmarks/gpu_check.sh checks bench throw unet   (build, CUDA tests, compute-sanitizer;
+#           the GPU benchmarks; an error raised inside the ops; the UNet's rate per precision)
+#       bash benchmarks/gpu_check.sh suite       (the op and model tests with the GPU visible)
 #
 # Everything goes to $OUT (log.txt and the benchmarks' JSON); copy what came back to
 # benchmarks/results/ with the GPU's name and the date. Each step has its own time limit, so a hang
@@ -20,7 +21,8 @@
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 gpu=$root/.gpu
-mode=${1:-checks}
+[ $# -gt 0 ] || set -- checks
+mode=$1
 
 if [ "$mode" = prepare ]; then
   set -e
@@ -68,6 +70,26 @@ suite() {  # the model and op tests with a GPU visible (pytest-xdist is in the d
   step 150 pytest_gpu_visible python3 -m pytest -q -p no:cacheprovider -n 8 --timeout 120 -rfE tests/ops \
     tests/diffusion tests/gmm
 }
+throwcheck() {  # an error raised by the compiled ops themselves (crashed the GPU-visible suite on the H200)
+  step 30 toolchain bash -c 'echo "CXX=${CXX:-} CC=${CC:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; command -v c++ g++ gcc gdb;
+    c++ --version | head -1; so=$(find "$LGM_OPS_CACHE" -name "*.so" | head -1); echo "$so";
+    ldd "$so" | grep -E "stdc|gcc_s|gomp|c10|torch_python"; python3 -c "import torch; print(torch.__config__.show())" | head -8'
+  step 30 throw python3 -X faulthandler -c "$THROW_PY"
+  if command -v gdb >/dev/null; then
+    step 60 throw_gdb gdb -q -batch -ex run -ex bt --args python3 -c "$THROW_PY"
+  fi
+}
+THROW_PY='import torch
+from lightning_genmodels.ops import load_library
+load_library()
+for args in [(torch.zeros(2, dtype=torch.int32), [3]), (torch.zeros(3, dtype=torch.int64), [3])]:
+    try:
+        torch.ops.lightning_genmodels.philox_normal(*args)
+    except RuntimeError as exc:
+        print("caught:", str(exc).splitlines()[0])'
+unetrate() {
+  step 90 unet_rate_cuda python3 benchmarks/diffusion_unet_rate.py --device cuda --repeats 5 --json "$OUT/unet_rate_cuda.json"
+}
 bench() {
   step 180 diffusion_cuda python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 \
     --json "$OUT/diffusion_cuda.json"
@@ -75,13 +97,18 @@ bench() {
     --json "$OUT/gmm_em_cuda.json"
 }
 
-case "$mode" in
-  checks) checks; memcheck ;;
-  bench) bench ;;
-  all) checks; bench; memcheck; suite ;;  # by priority: a call cut at its limit loses the last first
-  *)
-    echo "usage: $0 prepare|checks|bench|all" >&2
-    exit 2
-    ;;
-esac
+for mode in "$@"; do  # several modes run in order: gpu_check.sh checks bench throw
+  case "$mode" in
+    checks) checks; memcheck ;;
+    bench) bench ;;
+    throw) throwcheck ;;
+    unet) unetrate ;;
+    suite) suite ;;
+    all) checks; bench; throwcheck; unetrate; memcheck; suite ;;  # by priority: a call cut at its limit loses the last first
+    *)
+      echo "usage: $0 prepare | MODE... (checks bench throw unet suite all)" >&2
+      exit 2
+      ;;
+  esac
+done
 grep -h "^== .*: rc" "$OUT/log.txt"

@@ -182,20 +182,20 @@ class ScikitLearnMixin:
         )
 
     def score_samples(self, X: ArrayLike) -> Tensor:
-        """log p(x_n) [N]."""
-        return torch.logsumexp(self._estimate_weighted_log_prob(X), dim=1)
+        """log p(x_n) [N], on X's device (the CPU for NumPy input)."""
+        return torch.logsumexp(self._estimate_weighted_log_prob(X), dim=1).to(_device_of(X))
 
     def score(self, X: ArrayLike, y: Any = None) -> float:
         """Mean log-likelihood of X (higher is better)."""
         return float(self.score_samples(X).double().mean())
 
     def predict(self, X: ArrayLike) -> Tensor:
-        """Most probable component of each row [N] (int64)."""
-        return self._estimate_weighted_log_prob(X).argmax(dim=1)
+        """Most probable component of each row [N] (int64), on X's device (the CPU for NumPy input)."""
+        return self._estimate_weighted_log_prob(X).argmax(dim=1).to(_device_of(X))
 
     def predict_proba(self, X: ArrayLike) -> Tensor:
-        """Responsibilities p(k | x_n) [N, K]."""
-        return torch.softmax(self._estimate_weighted_log_prob(X), dim=1)
+        """Responsibilities p(k | x_n) [N, K], on X's device (the CPU for NumPy input)."""
+        return torch.softmax(self._estimate_weighted_log_prob(X), dim=1).to(_device_of(X))
 
     def _n_parameters(self) -> int:
         return em.n_parameters(self.hparams.covariance_type, self.hparams.n_components, self.n_features_in_)
@@ -211,12 +211,13 @@ class ScikitLearnMixin:
 
     @torch.no_grad()
     def sample(self, n_samples: int = 1, generator: torch.Generator | int | None = None) -> tuple[Tensor, Tensor]:
-        """Draw from the mixture on the module's device.
+        """Draw from the mixture on the generator's device: a seed gives the same rows wherever
+        the model was fitted.
 
         Args:
             n_samples: rows to draw (>= 1).
-            generator: a torch.Generator on the module's device, or an int seed for one; None
-                uses torch's global generator.
+            generator: a torch.Generator (its device draws), an int seed for a CPU generator, or
+                None for torch's global CPU generator.
 
         Returns:
             (X [n_samples, D] in the model's dtype, labels [n_samples] int64), grouped by
@@ -226,15 +227,20 @@ class ScikitLearnMixin:
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         if isinstance(generator, int):
-            generator = torch.Generator(device=self.device).manual_seed(generator)
-        k, d = self.means_.shape
-        counts = torch.multinomial(self.weights_.double(), n_samples, replacement=True, generator=generator)
+            generator = torch.Generator().manual_seed(generator)
+        device = generator.device if generator is not None else torch.device("cpu")
+        d = self.means_.shape[1]
+        weights, means, covariances = (t.to(device, torch.float64) for t in (self.weights_, self.means_, self.covariances_))
+        counts = torch.multinomial(weights, n_samples, replacement=True, generator=generator)
         labels = torch.sort(counts).values
-        z = torch.randn(n_samples, d, generator=generator, device=self.device, dtype=torch.float64)
-        x = em.sample_from_normals(
-            z, labels, self.means_.double(), self.covariances_.double(), self.hparams.covariance_type
-        )
+        z = torch.randn(n_samples, d, generator=generator, device=device, dtype=torch.float64)
+        x = em.sample_from_normals(z, labels, means, covariances, self.hparams.covariance_type)
         return x.to(self.dtype), labels
+
+
+def _device_of(X: ArrayLike) -> torch.device:
+    """Where results for X go: a tensor's device, else the CPU."""
+    return X.device if isinstance(X, Tensor) else torch.device("cpu")
 
 
 # Lightning 2.6's own use of a torch pytree API that torch 2.14 deprecates: not ours to fix.

@@ -10,10 +10,12 @@ Environment:
     LGM_OPS_CACHE: the cache folder (default ``~/.cache/lightning_genmodels/ops``).
     LGM_OPS_CUDA: ``1`` compiles the CUDA sources even without a GPU, ``0`` never does.
     LGM_OPS_VERBOSE: ``1`` prints the compiler's commands.
-    TORCH_CUDA_ARCH_LIST, CXX, CUDA_HOME: as for ``torch.utils.cpp_extension``.
+    TORCH_CUDA_ARCH_LIST, CXX, CUDA_HOME: as for ``torch.utils.cpp_extension``; a CXX that links
+        the C++ runtime statically is replaced by ``c++`` from PATH (toolchain.py).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
@@ -30,6 +32,8 @@ from typing import Callable, Literal
 
 import torch
 
+from .toolchain import ExtensionBuildError, checked_cxx
+
 Impl = Literal["auto", "ref", "ext"]
 IMPLS = ("auto", "ref", "ext")
 NAMESPACE = "lightning_genmodels"
@@ -38,10 +42,6 @@ DEFAULT_ARCHS = "8.0;9.0"
 CPU_FLAGS = ["-O3", "-fopenmp", "-march=native"]
 CUDA_SEARCH_ROOT = Path("/usr/local")  # where toolkits live as cuda/ and cuda-<version>/
 CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
-
-
-class ExtensionBuildError(RuntimeError):
-    """The extension could not be compiled or loaded; the message holds the compiler output."""
 
 
 @dataclass
@@ -210,6 +210,21 @@ def _compile(name: str, build_dir: Path, sources: list[Path], with_cuda: bool, c
     )
 
 
+@contextlib.contextmanager
+def _cxx(cxx: str | None):
+    """CXX set to ``cxx`` (None: left as it is) for one build."""
+    saved = os.environ.get("CXX")
+    if cxx is not None:
+        os.environ["CXX"] = cxx
+    try:
+        yield
+    finally:
+        if cxx is not None and saved is None:
+            del os.environ["CXX"]
+        elif cxx is not None:
+            os.environ["CXX"] = saved
+
+
 def build(with_cuda: bool | None = None) -> BuildInfo:
     """Compile (or find in the cache) and load the extension library.
 
@@ -255,7 +270,8 @@ def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
             if cached:
                 torch.ops.load_library(str(library))
             else:
-                _compile(name, build_dir, sources, with_cuda, cuda_home)
+                with _cxx(checked_cxx()):
+                    _compile(name, build_dir, sources, with_cuda, cuda_home)
         except Exception as exc:  # the compiler's output is in the message
             raise ExtensionBuildError(f"building {NAMESPACE} ops failed: {exc}") from exc
         finally:

@@ -212,3 +212,45 @@ def test_simd_kernels_compile_under_fortify_source(isa, tmp_path):
     cmd += ["-c", str(root / "cpu" / f"gmm_simd_{isa}.cpp"), "-o", str(tmp_path / f"{isa}.o")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _static_cxx(tmp_path: Path) -> str:
+    """A c++ that links a private copy of the C++ runtime into each library, as the /opt/gcc of
+    one GPU image did (the extension it built there crashed on the first error an op raised)."""
+    wrapper = tmp_path / "static-c++"
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("c++")} "$@" -static-libstdc++ -Wl,-Bsymbolic\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    return str(wrapper)
+
+
+needs_cxx = pytest.mark.skipif(shutil.which("c++") is None or sys.platform != "linux", reason="needs c++ on Linux")
+
+
+@needs_cxx
+def test_probe_tells_a_static_cxx_runtime_from_a_shared_one(tmp_path):
+    from lightning_genmodels.ops.toolchain import links_shared_runtime, needed_libraries
+
+    assert links_shared_runtime("c++") is True
+    assert links_shared_runtime(_static_cxx(tmp_path)) is False
+    assert links_shared_runtime(str(tmp_path / "no-such-c++")) is None  # the build reports it
+    import torch
+
+    needed = needed_libraries(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")
+    assert any(n.startswith("libc10") for n in needed), needed
+    assert needed_libraries(Path(__file__)) == []  # not an ELF file
+
+
+@needs_cxx
+def test_a_cxx_with_a_static_runtime_is_replaced_with_a_warning(tmp_path, monkeypatch):
+    from lightning_genmodels.ops import toolchain
+
+    monkeypatch.setenv("CXX", _static_cxx(tmp_path))
+    with pytest.warns(RuntimeWarning, match="links the C\\+\\+ runtime statically"):
+        chosen = toolchain.checked_cxx()
+    assert chosen == shutil.which("c++") or chosen == shutil.which("g++")
+    monkeypatch.setenv("CXX", "c++")
+    assert toolchain.checked_cxx() is None  # a good compiler is kept
+    monkeypatch.setenv("CXX", _static_cxx(tmp_path))
+    monkeypatch.setattr(toolchain.shutil, "which", lambda name: None)  # no other compiler on PATH
+    with pytest.raises(toolchain.ExtensionBuildError, match="set CXX to a compiler that links it as a shared"):
+        toolchain.checked_cxx()
