@@ -66,9 +66,10 @@ print(info); assert info.with_cuda, 'the extension was built without CUDA'"
 memcheck() {
   step 120 memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/gpu_sanitize.py
 }
-suite() {  # the model and op tests with a GPU visible (pytest-xdist is in the device image)
-  step 150 pytest_gpu_visible python3 -m pytest -q -p no:cacheprovider -n 8 --timeout 120 -rfE tests/ops \
-    tests/diffusion tests/gmm
+suite() {  # the model and op tests with a GPU visible (pytest-xdist is in the device image); 8 workers
+  # of 2 threads: 16 workers of 16 threads each (H100 run) oversubscribed the 16 cores
+  OMP_NUM_THREADS=2 step 200 pytest_gpu_visible python3 -m pytest -q -p no:cacheprovider -n 8 --timeout 120 -rfE \
+    tests/ops tests/diffusion tests/gmm
 }
 throwcheck() {  # an error raised by the compiled ops themselves (crashed the GPU-visible suite on the H200)
   step 30 toolchain bash -c 'echo "CXX=${CXX:-} CC=${CC:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; command -v c++ g++ gcc gdb;

@@ -59,8 +59,10 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
     covariance, with weight ``10·eps / N`` (see :func:`~.em.m_step`), and a warning.
 
     Methods taking data (``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic``,
-    ``aic``, ``fit``, ``fit_predict``) accept a Tensor or NumPy array [N, D] and return Tensors
-    on the module's device (``score``, ``bic`` and ``aic`` Python floats, as scikit-learn's).
+    ``aic``, ``fit``, ``fit_predict``) accept a Tensor or NumPy array [N, D], run on the module's
+    device (a GPU fit stays on the GPU) and return Tensors on X's device, the CPU for NumPy input
+    (``score``, ``bic`` and ``aic`` Python floats, as scikit-learn's). ``sample`` draws on its
+    generator's device (an int seed: the CPU, the same rows wherever the model was fitted).
     ``get_params``/``set_params`` make it a scikit-learn estimator (``clone``, ``GridSearchCV``).
 
     Args:
