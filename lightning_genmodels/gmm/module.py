@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ..metrics.em import EMStatistics
@@ -34,8 +34,9 @@ from . import em
 from .batches import batch_tensor, broadcast_, loader_batches, padding_weights, shared_seed
 from .em import CovarianceType, GMMStats
 from .estimator import PARAMS as _PARAMS
-from .estimator import ArrayLike, ConvergenceWarning, ScikitLearnMixin, check_options
+from .estimator import ArrayLike, ScikitLearnMixin, check_options
 from .init import InitParams, initial_moments
+from .restarts import RestartsMixin, _say
 from .rows import RowBatches
 from .strategy import EMDDPStrategy, EMStep
 
@@ -47,7 +48,7 @@ DATALOADER_ITER_NOTES = (
 )
 
 
-class GaussianMixture(ScikitLearnMixin, LightningModule):
+class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
     """Gaussian mixture model trained by EM, one epoch per iteration; scikit-learn compatible.
 
     Parameters are buffers in the model's dtype (K components, D features):
@@ -293,13 +294,6 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
         if converged or self.n_iter_ >= self.hparams.max_iter:
             self._end_restart(converged)
 
-    def _report_iteration(self, change: float) -> None:
-        hp = self.hparams
-        if hp.verbose >= 2 and self.n_iter_ % hp.verbose_interval == 0:
-            now = time.perf_counter()
-            _say(f"  Iteration {self.n_iter_}\t time lapse {now - self._tick:.5f}s\t ll change {change:.5f}")
-            self._tick = now
-
     def on_train_end(self) -> None:
         if self._in_progress:  # the trainer stopped first (max_epochs): keep the best so far
             self._finish(self._candidate(converged=False) if self.n_iter_ > 0 or self._best is None else None)
@@ -355,44 +349,6 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
         self.n_iter_, self.lower_bound_, self.lower_bounds_, self.converged_ = 0, -math.inf, [], False
         self.fitted = True  # usable parameters from here on (mid-fit checkpoints included)
 
-    def _candidate(self, converged: bool) -> dict[str, Any]:
-        return {"params": self._params(), "n_iter_": self.n_iter_, "lower_bound_": self.lower_bound_,
-                "lower_bounds_": list(self.lower_bounds_), "converged_": converged}
-
-    def _end_restart(self, converged: bool) -> None:
-        """Keep this run if it is the best so far; start the next one or finish."""
-        cand = self._candidate(converged)
-        if self.hparams.verbose:
-            state = "converged" if converged else "did not converge"
-            timing = f". time lapse {time.perf_counter() - self._start:.5f}s\t lower bound {self.lower_bound_:.5f}"
-            _say(f"Initialization {state}" + (timing if self.hparams.verbose >= 2 else "."))
-        if self._best is None or cand["lower_bound_"] > self._best["lower_bound_"]:
-            self._best = cand
-        self._restart += 1
-        if self._restart < self._n_restarts:
-            self._initialize(self._train_batches())
-        else:
-            self._finish(None)
-            self.trainer.should_stop = True
-
-    def _finish(self, candidate: dict[str, Any] | None) -> None:
-        best = self._best
-        if candidate is not None and (best is None or candidate["lower_bound_"] > best["lower_bound_"]):
-            best = candidate
-        for name, value in best["params"].items():
-            self._buffers[name].copy_(value)
-        for key in ("n_iter_", "lower_bound_", "lower_bounds_", "converged_"):
-            setattr(self, key, best[key])
-        n_restarts = self._n_restarts
-        self._best, self._in_progress, self.fitted = None, False, True
-        if not self.converged_ and self.hparams.max_iter > 0:
-            rank_zero_warn(
-                f"GaussianMixture: the best of {n_restarts} initialisation(s) did not converge "
-                f"within max_iter={self.hparams.max_iter} iterations. Try different init parameters, "
-                "or increase max_iter, tol, or check for degenerate data.",
-                category=ConvergenceWarning,
-            )
-
     # ------------------------------------------------------------------ evaluation
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor | None:
@@ -416,9 +372,3 @@ class GaussianMixture(ScikitLearnMixin, LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "test")
-
-
-@rank_zero_only
-def _say(message: str) -> None:
-    """A ``verbose`` progress line, printed by rank 0 only."""
-    print(message, flush=True)
