@@ -181,13 +181,17 @@ class ScikitLearnMixin:
             self.hparams.covariance_type, impl=self.hparams.impl,
         )
 
+    def _log_likelihoods(self, X: ArrayLike) -> Tensor:
+        """log p(x_n) [N] on the module's device."""
+        return torch.logsumexp(self._estimate_weighted_log_prob(X), dim=1)
+
     def score_samples(self, X: ArrayLike) -> Tensor:
         """log p(x_n) [N], on X's device (the CPU for NumPy input)."""
-        return torch.logsumexp(self._estimate_weighted_log_prob(X), dim=1).to(_device_of(X))
+        return self._log_likelihoods(X).to(_device_of(X))
 
     def score(self, X: ArrayLike, y: Any = None) -> float:
-        """Mean log-likelihood of X (higher is better)."""
-        return float(self.score_samples(X).double().mean())
+        """Mean log-likelihood of X (higher is better), averaged where it was computed."""
+        return float(self._log_likelihoods(X).double().mean())
 
     def predict(self, X: ArrayLike) -> Tensor:
         """Most probable component of each row [N] (int64), on X's device (the CPU for NumPy input)."""

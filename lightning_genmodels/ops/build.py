@@ -213,15 +213,17 @@ def _compile(name: str, build_dir: Path, sources: list[Path], with_cuda: bool, c
 @contextlib.contextmanager
 def _cxx(cxx: str | None):
     """CXX set to ``cxx`` (None: left as it is) for one build."""
+    if cxx is None:
+        yield
+        return
     saved = os.environ.get("CXX")
-    if cxx is not None:
-        os.environ["CXX"] = cxx
+    os.environ["CXX"] = cxx
     try:
         yield
     finally:
-        if cxx is not None and saved is None:
-            del os.environ["CXX"]
-        elif cxx is not None:
+        if saved is None:
+            os.environ.pop("CXX")
+        else:
             os.environ["CXX"] = saved
 
 
