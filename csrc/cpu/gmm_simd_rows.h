@@ -29,19 +29,48 @@ template <int H, std::size_t... I>
 LGM_INLINE VF swap_hi(VF a, VF b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, static_cast<int>((I & H) == 0 ? I + H : kWF + I)...);
 }
-template <int H>
+// Stages H, H/2 .. 1 of the transpose, for its first M outputs only (M a power of two): stage H
+// leaves a[0 .. max(M, H)) final for the next stages, M * log2(W) shuffles instead of W log2(W) (a
+// row's last M <= W / 2 features: D = 50, AVX-512: 16 of 64).
+template <int H, int M = kWF>
 LGM_INLINE void transpose(VF (&a)[kWF]) {
+  constexpr int P = M > H ? M : H;
   for (int i = 0; i < kWF; ++i) {
-    if (i & H) continue;
+    if ((i & H) || i >= P) continue;
     const VF lo = swap_lo<H>(a[i], a[i + H], std::make_index_sequence<kWF>());
-    const VF hi = swap_hi<H>(a[i], a[i + H], std::make_index_sequence<kWF>());
+    if (i + H < P) a[i + H] = swap_hi<H>(a[i], a[i + H], std::make_index_sequence<kWF>());
     a[i] = lo;
-    a[i + H] = hi;
   }
-  if constexpr (H > 1) transpose<H / 2>(a);
+  if constexpr (H > 1) transpose<H / 2, M>(a);
 }
 
-// yT [D rounded up to W, W]: the W rows at x (stride ldx, readable to D rounded up) transposed,
+// One chunk of W features from c0 (m of them kept): the W x W transpose's first M >= m outputs.
+template <int M>
+LGM_INLINE void chunk_transposed(const float* x, int64_t ldx, int64_t c0, int64_t m, const float* c, float* yT,
+                                 VF& even, VF& odd, bool norms) {
+  VF a[kWF];
+  for (int i = 0; i < kWF; ++i) a[i] = load<VF>(x + i * ldx + c0);
+  if (c && M == kWF) {
+    const VF cv = load<VF>(c + c0);
+    for (int i = 0; i < kWF; ++i) a[i] -= cv;
+  }
+  transpose<kWF / 2, M>(a);
+  if (c && M < kWF) {  // a few features: centred after the transpose, one vector each
+    for (int j = 0; j < M; ++j) a[j] -= splat<VF>(c[c0 + j]);
+  }
+  for (int j = 0; j < M && j < m; ++j) __builtin_memcpy(yT + (c0 + j) * kWF, &a[j], sizeof(VF));
+  if (norms) {
+    for (int j = 0; j < M && j < m; ++j) {  // past m: the next row's values
+      if (j & 1) {
+        odd += a[j] * a[j];
+      } else {
+        even += a[j] * a[j];
+      }
+    }
+  }
+}
+
+// yT [D, W]: the W rows at x (stride ldx, readable to D rounded up) transposed,
 // minus c when c is not null (c [D rounded up], zeros past D), and then norms [W] = sum_d yT_d^2
 // (not null only with c): summed in float32 from the transposed registers, in two chains (even and
 // odd d), as the moments' products and tile sums are, and stored as float64. A float64 sum of the
@@ -50,23 +79,15 @@ LGM_INLINE void transpose(VF (&a)[kWF]) {
 LGM_INLINE void rows_transposed(const float* x, int64_t ldx, int64_t D, const float* c, float* yT, double* norms) {
   VF even = {}, odd = {};
   for (int64_t c0 = 0; c0 < D; c0 += kWF) {
-    VF a[kWF];
-    for (int i = 0; i < kWF; ++i) a[i] = load<VF>(x + i * ldx + c0);
-    if (c) {
-      const VF cv = load<VF>(c + c0);
-      for (int i = 0; i < kWF; ++i) a[i] -= cv;
-    }
-    transpose<kWF / 2>(a);
-    for (int j = 0; j < kWF; ++j) __builtin_memcpy(yT + (c0 + j) * kWF, &a[j], sizeof(VF));
-    if (norms) {
-      const int64_t m = min_of<int64_t>(kWF, D - c0);  // past D: the next row's values
-      for (int j = 0; j < m; ++j) {
-        if (j & 1) {
-          odd += a[j] * a[j];
-        } else {
-          even += a[j] * a[j];
-        }
-      }
+    const int64_t m = min_of<int64_t>(kWF, D - c0);
+    if (m <= 2) {
+      chunk_transposed<2>(x, ldx, c0, m, c, yT, even, odd, norms);
+    } else if (m <= 4) {
+      chunk_transposed<4>(x, ldx, c0, m, c, yT, even, odd, norms);
+    } else if (kWF > 8 && m <= 8) {
+      chunk_transposed<(kWF > 8 ? 8 : kWF)>(x, ldx, c0, m, c, yT, even, odd, norms);
+    } else {
+      chunk_transposed<kWF>(x, ldx, c0, m, c, yT, even, odd, norms);
     }
   }
   if (!norms) return;
