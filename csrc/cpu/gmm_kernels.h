@@ -24,7 +24,7 @@
 // width); each chunk owns a float64 accumulator and chunks are summed in order at the end, so the
 // result does not depend on the number of threads.
 //
-// The SIMD kernels of steps 1-3 exist once per instruction set (gmm_simd.h, gmm_simd_em.h compiled by
+// The SIMD kernels of steps 1-3 exist once per instruction set (the gmm_simd*.h headers, compiled by
 // gmm_simd_<isa>.cpp with that target) and are chosen at run time (gmm_isa.cpp): avx512, avx2 or
 // generic (16-byte vectors), or the one named by LGM_GMM_CPU_ISA.
 #include <ATen/ATen.h>

@@ -1,0 +1,258 @@
+// Step 2 of the width-generic SIMD kernels (responsibilities of float32 x); included after
+// gmm_simd.h and gmm_simd_rows.h, before gmm_simd_em.h, under the same target (see gmm_simd.h).
+namespace lgm {
+namespace gmm_cpu {
+namespace LGM_SIMD_NS {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// 2. Responsibilities of float32 x, in float32.
+
+// exp(v) for v <= 0 in float32 (Cephes expf: Cody-Waite reduction by ln 2, degree-6 polynomial,
+// within 2 ulp); exactly 0 below -87 (where e^v < 2^-125: such a responsibility is dropped).
+LGM_INLINE VF exp_nonpositive(VF v) {
+  const VF x = v < -87.0f ? VF{} - 87.0f : v;
+  const VF shifter = VF{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const VF t = x * 1.44269504088896341f + shifter;
+  const VF n = t - shifter;
+  VF r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  VF q = VF{} + 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  const VF e = q * (r * r) + r + 1.0f;
+  // 2^n from the integer in t's low mantissa bits, placed in the exponent field.
+  const VI two_n = (((VI)t - (VI)shifter) + 127) << 23;
+  const VF out = e * (VF)two_n;
+  return (VF)((VI)out & ~(VI)(v < -87.0f));
+}
+
+// Component-major tiles [K, ld] (columns: the tile's rows), so every loop runs along rows.
+// The row-at-a-time form, for a tile with a row of weight 0 or without a finite joint
+// log-probability (common/gmm.h row_softmax).
+double softmax_f32_rows(const float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const,
+                        const float* sw, float* work, double* rowbuf, float* resp, double* nk) {
+  constexpr int64_t W = width<float>();
+  double* top = rowbuf;               // [rows] max_k joint_nk (common/gmm.h joint_log_prob, float64)
+  double* scale = rowbuf + ld;        // [rows] w_n / sum_k e_nk
+  double* special = rowbuf + 2 * ld;  // [rows] 0 normally; 1: weight 0 -> resp 0; 2: no finite joint -> NaN
+  for (int64_t n = 0; n < rows; ++n) top[n] = -INFINITY;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* m = maha + k * ld;
+    for (int64_t n = 0; n < rows; ++n) {
+      const double j = log_const[k] - 0.5 * static_cast<double>(m[n]);
+      top[n] = j > top[n] || j != j ? j : top[n];  // a NaN joint (NaN in x) stays: top NaN
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {  // e = exp(joint - top), float32
+    const float* m = maha + k * ld;
+    float* wk = work + k * ld;
+    for (int64_t n = 0; n < rows; ++n) {
+      wk[n] = static_cast<float>((log_const[k] - 0.5 * static_cast<double>(m[n])) - top[n]);
+    }
+    for (int64_t n = rows; n < (rows + W - 1) / W * W; ++n) wk[n] = -100.0f;
+    for (int64_t n = 0; n < rows; n += W) {
+      const VF e = exp_nonpositive(load<VF>(wk + n));
+      __builtin_memcpy(wk + n, &e, sizeof(VF));
+    }
+  }
+  for (int64_t n = 0; n < rows; ++n) scale[n] = 0.0;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = work + k * ld;
+    for (int64_t n = 0; n < rows; ++n) scale[n] += static_cast<double>(wk[n]);
+  }
+  double loglik = 0.0;
+  for (int64_t n = 0; n < rows; ++n) {
+    const double w = sw ? static_cast<double>(sw[n]) : 1.0, sum = scale[n];
+    special[n] = w == 0.0 ? 1.0 : (top[n] > -INFINITY ? 0.0 : 2.0);
+    scale[n] = w / sum;
+    if (w != 0.0) loglik += w * (top[n] > -INFINITY ? top[n] + std::log(sum) : top[n]);  // -inf or NaN
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = work + k * ld;
+    float* rk = resp + k * ld;
+    double total = 0.0;
+    for (int64_t n = 0; n < rows; ++n) {
+      const double r = special[n] == 0.0 ? static_cast<double>(wk[n]) * scale[n] : (special[n] == 1.0 ? 0.0 : NAN);
+      rk[n] = static_cast<float>(r);
+      total += r;
+    }
+    nk[k] += total;
+  }
+  return loglik;
+}
+
+// resp [K, ld] = e * scale_n over the padded rows, nk += their float32 sums over the tile.
+LGM_INLINE void scale_responsibilities(const float* work, const float* scale, int64_t K, int64_t ld, int64_t padded,
+                                       float* resp, double* nk) {
+  constexpr int64_t W = width<float>();
+  for (int64_t k = 0; k < K; ++k) {
+    VF acc = {};
+    for (int64_t n0 = 0; n0 < padded; n0 += W) {
+      const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
+      __builtin_memcpy(resp + k * ld + n0, &r, sizeof(VF));
+      acc += r;
+    }
+    nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));
+  }
+}
+
+// The same by blocks of W rows; false (nothing written to nk) where a row needs the row-at-a-time
+// form. Lanes from rows up to a multiple of W get maha 0 and weight 0.
+//   a. top_n ~ max_k joint_nk in float32: any shift gives the same softmax and lse = top + log sum,
+//      and this one keeps joint - top below ~1e-5, where exp_nonpositive is still exact;
+//   b. joint - top in float64 (the two are close: float32 would lose digits), rounded once for the
+//      float32 exp; sum_n of the float32 e in float32;
+//   c. resp = e w / sum in float32, nk += float32 sums over the tile.
+bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const float* sw,
+                        float* work, double* rowbuf, float* resp, double* nk, double* loglik) {
+  constexpr int64_t W = width<float>();
+  const int64_t padded = (rows + W - 1) / W * W;
+  double* top = rowbuf;                                        // [padded]
+  double* sum = rowbuf + ld;                                   // [padded]
+  float* scale = reinterpret_cast<float*>(rowbuf + 2 * ld);  // [padded] w / sum
+  if (sw) {
+    for (int64_t n = 0; n < rows; ++n) {
+      if (sw[n] == 0.0f) return false;
+    }
+  }
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = rows; n < padded; ++n) maha[k * ld + n] = 0.0f;
+  for (int64_t n0 = 0; n0 < padded; n0 += W) {
+    VF tf = VF{} - INFINITY;
+    for (int64_t k = 0; k < K; ++k) {
+      const VF j = static_cast<float>(log_const[k]) - 0.5f * load<VF>(maha + k * ld + n0);
+      tf = j > tf ? j : tf;
+    }
+    for (int64_t j = 0; j < W; ++j) {
+      if (!(tf[j] > -INFINITY)) return false;
+    }
+    const VD t0 = lo_double(tf), t1 = hi_double(tf);
+    auto one = [&](int64_t k) __attribute__((always_inline)) {
+      const VF m = load<VF>(maha + k * ld + n0);
+      const VD d0 = (log_const[k] - 0.5 * lo_double(m)) - t0, d1 = (log_const[k] - 0.5 * hi_double(m)) - t1;
+      const VF e = exp_nonpositive(to_float(d0, d1));
+      __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
+      return e;
+    };
+    VF e0 = {}, e1 = {};  // float32 sums of e in two chains (each e in [0, 1], one near 1)
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) {
+      e0 += one(k);
+      e1 += one(k + 1);
+    }
+    if (k < K) e0 += one(k);
+    const VF ef = e0 + e1;
+    const VD s0 = lo_double(ef), s1 = hi_double(ef);
+    float wbuf[W];
+    for (int64_t j = 0; j < W; ++j) wbuf[j] = n0 + j < rows ? (sw ? sw[n0 + j] : 1.0f) : 0.0f;
+    const VF w = load<VF>(wbuf);
+    const VF c = to_float(lo_double(w) / s0, hi_double(w) / s1);
+    __builtin_memcpy(scale + n0, &c, sizeof(VF));
+    __builtin_memcpy(top + n0, &t0, sizeof(VD));
+    __builtin_memcpy(top + n0 + kWD, &t1, sizeof(VD));
+    __builtin_memcpy(sum + n0, &s0, sizeof(VD));
+    __builtin_memcpy(sum + n0 + kWD, &s1, sizeof(VD));
+  }
+  scale_responsibilities(work, scale, K, ld, padded, resp, nk);
+  // d. sum_n w_n (top_n + log sum_n); unweighted, one log per 16 rows (each sum lies in [1, K + 1e-4]),
+  // four independent products.
+  double ll = 0.0;
+  if (sw) {
+    for (int64_t n = 0; n < rows; ++n) ll += static_cast<double>(sw[n]) * (top[n] + std::log(sum[n]));
+  } else {
+    for (int64_t n = 0; n < rows; ++n) ll += top[n];
+    for (int64_t n0 = 0; n0 < rows; n0 += 16) {
+      double p[4] = {1.0, 1.0, 1.0, 1.0};
+      for (int64_t n = n0; n < min_of(rows, n0 + 16); ++n) p[n % 4] *= sum[n];
+      ll += std::log((p[0] * p[1]) * (p[2] * p[3]));
+    }
+  }
+  *loglik = ll;
+  return true;
+}
+
+// resp [K, ld] = w_n softmax_k(log_const_k - maha_kn / 2) in float32 (computed in float64 but the exp).
+double softmax_f32(float* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const float* sw,
+                   float* work, double* rowbuf, float* resp, double* nk) {
+  double loglik = 0.0;
+  if (softmax_f32_blocks(maha, rows, K, ld, log_const, sw, work, rowbuf, resp, nk, &loglik)) return loglik;
+  return softmax_f32_rows(maha, rows, K, ld, log_const, sw, work, rowbuf, resp, nk);
+}
+
+// The same from float32 joint log-probabilities j [K, ld] (the dot form's tile: rounded once from
+// float64, so the rounding differs row to row), all in float32 by blocks of W rows: top = max_k j,
+// e = exp(j - top), sum in two chains; resp = e w / sum, nk += float32 sums over the tile; loglik
+// in float64. Rows of weight 0 or without a finite j take the row-at-a-time form, on maha' = -2 j
+// and log_const 0 (exact), which overwrites j.
+double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, const float* sw, float* work,
+                         double* rowbuf, float* resp, double* nk) {
+  constexpr int64_t W = width<float>();
+  const int64_t padded = (rows + W - 1) / W * W;
+  float* top = reinterpret_cast<float*>(rowbuf);  // [padded] each; rowbuf holds 6 ld + 16 K floats
+  float* sum = top + ld;
+  float* scale = top + 2 * ld;
+  bool blocks = true;
+  if (sw) {
+    for (int64_t n = 0; n < rows && blocks; ++n) blocks = sw[n] != 0.0f;
+  }
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = rows; n < padded; ++n) joint[k * ld + n] = 0.0f;
+  for (int64_t n0 = 0; n0 < padded && blocks; n0 += W) {
+    VF tf = VF{} - INFINITY;
+    for (int64_t k = 0; k < K; ++k) {
+      const VF j = load<VF>(joint + k * ld + n0);
+      tf = j > tf ? j : tf;
+    }
+    for (int64_t l = 0; l < W; ++l) blocks = blocks && tf[l] > -INFINITY;
+    auto one = [&](int64_t k) __attribute__((always_inline)) {
+      const VF e = exp_nonpositive(load<VF>(joint + k * ld + n0) - tf);
+      __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
+      return e;
+    };
+    VF e0 = {}, e1 = {};
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) {
+      e0 += one(k);
+      e1 += one(k + 1);
+    }
+    if (k < K) e0 += one(k);
+    const VF sv = e0 + e1;
+    float wbuf[W];
+    for (int64_t l = 0; l < W; ++l) wbuf[l] = n0 + l < rows ? (sw ? sw[n0 + l] : 1.0f) : 0.0f;
+    const VF c = load<VF>(wbuf) / sv;
+    __builtin_memcpy(scale + n0, &c, sizeof(VF));
+    __builtin_memcpy(top + n0, &tf, sizeof(VF));
+    __builtin_memcpy(sum + n0, &sv, sizeof(VF));
+  }
+  if (!blocks) {
+    double* zeros = rowbuf + 3 * ld;  // [K]
+    for (int64_t k = 0; k < K; ++k) {
+      zeros[k] = 0.0;
+      for (int64_t n = 0; n < rows; ++n) joint[k * ld + n] *= -2.0f;
+    }
+    return softmax_f32_rows(joint, rows, K, ld, zeros, sw, work, rowbuf, resp, nk);
+  }
+  scale_responsibilities(work, scale, K, ld, padded, resp, nk);
+  double ll = 0.0;
+  if (sw) {
+    for (int64_t n = 0; n < rows; ++n)
+      ll += static_cast<double>(sw[n]) * (static_cast<double>(top[n]) + std::log(static_cast<double>(sum[n])));
+    return ll;
+  }
+  for (int64_t n = 0; n < rows; ++n) ll += static_cast<double>(top[n]);
+  for (int64_t n0 = 0; n0 < rows; n0 += 16) {  // one log per 16 rows (each sum in [1, K + 1e-4])
+    double p[4] = {1.0, 1.0, 1.0, 1.0};
+    for (int64_t n = n0; n < min_of(rows, n0 + 16); ++n) p[n % 4] *= static_cast<double>(sum[n]);
+    ll += std::log((p[0] * p[1]) * (p[2] * p[3]));
+  }
+  return ll;
+}
+
+}  // namespace
+}  // namespace LGM_SIMD_NS
+}  // namespace gmm_cpu
+}  // namespace lgm
