@@ -24,7 +24,7 @@
    (``DDIMScheduler`` / ``DDPMScheduler`` with the same config) driving the same UNet in the loop
    of its pipelines (``torch.no_grad``). DDIM-50 starts all from the same noise, so the records
    also give the largest difference between our images and diffusers'. The three run in
-   interleaved rounds (one call of each per round), so a change of machine load hits all alike;
+   interleaved rounds (one call of each per round, the order rotated), so a change of machine load hits all alike;
    ``paired`` is the median over rounds of diffusers' time over ours in the same round. Default
    cases: DDIM-50 with 64 images and DDPM-1000 with 8 (CPU); ``--cases ddpm:1000:64 ...`` others.
 """
@@ -186,8 +186,10 @@ def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int,
             diff = (fns["ours"]() - fns["diffusers"]()).abs().max().item()
             extra["max_abs_diff_vs_diffusers"] = diff
         long_run = steps > 100  # DDPM-1000: one warm round is warm enough, and at most 2 rounds
+        # Rotated rounds: right after ours_one_team (one intra-op team) the first split call ran
+        # 4-10% slower (2-core Xeon), which a fixed order charged to ours every round.
         times = time_interleaved(fns, device, repeats=min(repeats, 2) if long_run else repeats,
-                                 warmup=0 if long_run else 1)
+                                 warmup=0 if long_run else 1, rotate=True)
         extra["paired_ours_vs_diffusers"] = [d / o for o, d in zip(times["ours"], times["diffusers"])]
         for impl, ts in times.items():
             params = {"sampler": sampler, "steps": steps, "n": n}

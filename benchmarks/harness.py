@@ -82,14 +82,18 @@ def with_env(env: dict[str, str], fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | str, repeats: int = 5,
-                     warmup: int = 1, rewarm: int = 0) -> dict[str, list[float]]:
+                     warmup: int = 1, rewarm: int = 0, rotate: bool = False) -> dict[str, list[float]]:
     """Wall times in seconds of each ``fns[name]()``, ``repeats`` rounds that call every function
     once in turn (so a change of machine load hits all of them alike), after ``warmup`` rounds.
     ``rewarm``: each timed call follows that many untimed ones of the same function, so that each
-    finds the machine as its own calls left it, not as the previous function did."""
+    finds the machine as its own calls left it, not as the previous function did. ``rotate``: round
+    r starts at function r mod len(fns), so that none always follows the same one."""
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for r in range(warmup + repeats):
-        for name, fn in fns.items():
+        shift = r % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             for _ in range(rewarm if r >= warmup else 0):
                 fn()
             synchronize(device)

@@ -211,7 +211,7 @@ class Diffusion(LightningModule):
             timestep_spacing, variance_type: override the module's defaults.
             cuda_graph: on CUDA, replay each step as a captured CUDA graph after a warm-up.
             threads: on the CPU, split the images over this many threads of one intra-op thread
-                each (default: torch's thread count, each thread taking at least 8 images; the
+                each (default: torch's thread count, each thread taking at least 4 images; the
                 same images to float rounding; see :func:`.samplers.run_in_threads`).
         """
         hp = self.hparams

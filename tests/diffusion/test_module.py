@@ -183,8 +183,9 @@ def test_cpu_threads_draw_the_same_images_and_restore_the_thread_count():
         torch.testing.assert_close(model.sample(7, steps=4, sampler="ddpm", seed=5, threads=threads), one,
                                    rtol=1e-4, atol=1e-4)
         assert torch.get_num_threads() == before
-    assert S.cpu_threads(7, None) == 1  # fewer than 8 images per thread: one thread
-    assert S.cpu_threads(64, None) == min(before, 8)
+    assert S.cpu_threads(7, None) == 1  # fewer than 4 images per second thread: one thread
+    assert S.cpu_threads(8, None) == min(before, 2)
+    assert S.cpu_threads(64, None) == min(before, 64 // S.MIN_IMAGES_PER_THREAD)
 
 
 def test_an_error_in_one_thread_is_raised_and_stops_the_others():
