@@ -23,8 +23,8 @@
    the reference step, ``diffusers`` = diffusers' scheduler
    (``DDIMScheduler`` / ``DDPMScheduler`` with the same config) driving the same UNet in the loop
    of its pipelines (``torch.no_grad``). DDIM-50 starts all from the same noise, so the records
-   also give the largest difference between our images and diffusers'. The three run in
-   interleaved rounds (one call of each per round, the order rotated), so a change of machine load hits all alike;
+   also give the largest difference between our images and diffusers'. They run in interleaved
+   rounds (one call of each per round, the order rotated), so a change of machine load hits all alike;
    ``paired`` is the median over rounds of diffusers' time over ours in the same round. Default
    cases: DDIM-50 with 64 images and DDPM-1000 with 8 (CPU); ``--cases ddpm:1000:64 ...`` others.
 """
