@@ -63,10 +63,15 @@ struct SimdKernels {
   // may overwrite.
   double (*softmax_joint)(T* joint, int64_t rows, int64_t K, int64_t ld, const T* sw, float* work, double* rowbuf,
                           T* resp, double* nk);
-  // 3. sx[k, d] += sum_n r_kn x_nd and, when sxx is not null, sxx[k, d] += sum_n r_kn x_nd^2: float64
-  // totals of sums over one tile in x's dtype; r [K, ldr].
-  void (*moments_dense)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, int64_t K,
-                        double* sx, double* sxx);
+  // 3. sx[k, d] += sum_n r_kn x_nd and, when sxx is not null, sxx[k, d] += sum_n r_kn x_nd^2 for
+  // d < d_end (sx, sxx [K, D]): float64 totals of sums over one tile in x's dtype; r [K, ldr].
+  void (*moments_dense)(const T* x, int64_t ldx, int64_t rows, int64_t D, int64_t d_end, const T* r, int64_t ldr,
+                        int64_t K, double* sx, double* sxx);
+  // 3. the same for features d0 .. d0 + m from their transposed rows xt [m, ldt] (Plan::tail_d,
+  // written by maha_rows): vectors along rows, where the last half-used vector along d would cost
+  // moments_dense a whole pass.
+  void (*moments_tail)(const T* xt, int64_t ldt, int64_t m, int64_t rows, const T* r, int64_t ldr, int64_t K,
+                       int64_t D, int64_t d0, double* sx, double* sxx);
   // 3. the same for one component over the m rows idx with responsibilities val.
   void (*moments_sparse)(const T* x, int64_t ldx, int64_t D, const int64_t* idx, const T* val, int64_t m,
                          double* sx, double* sxx);
@@ -88,8 +93,9 @@ struct SimdKernels {
   // (gmm_simd_rows.h), out [K, ldo]. diag: maha from pT, nuT; c not null: the dot form's joints from
   // rows centred by c, with nuT = (mu - c)^T, and norms [rows rounded up to the width] =
   // ||x_n - c||^2 written (summed in float32).
+  // xtail not null: also the last Plan::tail_d features of the rows, transposed, to xtail [tail_d, ldo].
   void (*maha_rows)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk,
-                    int64_t K, T* out, int64_t ldo, const T* c, double* norms, const double* sph);
+                    int64_t K, T* out, int64_t ldo, const T* c, double* norms, const double* sph, T* xtail);
 };
 
 namespace generic {
@@ -226,6 +232,13 @@ struct Plan {
   bool rows_form() const {
     return simd.maha_rows && D <= kSmallD && (tab.cov == CovType::kDiag || tab.cov == CovType::kSpherical);
   }
+  // rows_form with 32- or 64-byte vectors: the features of a last vector along d that is at most half
+  // used (D = 50: 2 on AVX-512 and AVX2), whose moments take moments_tail (0: none). The dense
+  // moments' pass for them cost as much as a whole vector's: 7% of the op at K = 10, D = 50.
+  int64_t tail_d() const {
+    const int64_t w = simd.bytes / static_cast<int64_t>(sizeof(T));
+    return rows_form() && simd.bytes >= 32 && D % w != 0 && D % w <= w / 2 ? D % w : 0;
+  }
   // tied and full: products by ATen GEMM over a view of the tile (tile_maha's x_tile).
   bool gemm_form() const { return tab.cov == CovType::kTied || tab.cov == CovType::kFull; }
   int64_t tile() const {
@@ -253,6 +266,7 @@ struct Scratch {
   std::vector<double> joint, rd, rowbuf;  // [K] x2, [3 tile + 8 K]
   std::vector<double> norms;              // [tile] ||x_n||^2 of the tile (spherical; dot_form: ||y_n||^2)
   std::vector<float> work;                // [K, tile]
+  std::vector<T> xtail;                   // [Plan::tail_d, tile] the tile's last features, transposed
   std::vector<int64_t> idx;
   std::vector<T> val;
   // Pruned distances (gmm_prune.cpp): dropped flags [K, tile]; per row, its partial components
@@ -280,6 +294,7 @@ struct Scratch {
     rowbuf.resize(3 * t + 8 * plan.K);
     if (plan.cov() == CovType::kSpherical) norms.resize(t);
     work.resize(t * plan.K);
+    xtail.resize(plan.tail_d() * t);
     idx.resize(t);
     val.resize(t);
     if (!plan.vec_order.empty()) {

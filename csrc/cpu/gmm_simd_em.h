@@ -10,10 +10,11 @@ namespace {
 // and partial sums over one tile (Plan::tile(): 128 to 512 rows) in x's dtype, added to the float64
 // totals.
 
-// Dense: all rows, MB components (r component-major [MB, ldr]); one vector V of d from d0, 2 MB accumulators.
+// Dense: all rows, MB components (r component-major [MB, ldr]); one vector V of d from d0 (features
+// up to d_end kept; sx, sxx rows of D), 2 MB accumulators.
 template <typename T, typename V, int MB, bool kSquares>
-LGM_INLINE void moments_dense_cols(const T* x, int64_t ldx, int64_t rows, int64_t d0, int64_t D, const T* r,
-                                   int64_t ldr, double* sx, double* sxx) {
+LGM_INLINE void moments_dense_cols(const T* x, int64_t ldx, int64_t rows, int64_t d0, int64_t D, int64_t d_end,
+                                   const T* r, int64_t ldr, double* sx, double* sxx) {
   V a1[MB] = {}, a2[MB] = {};
   for (int64_t n = 0; n < rows; ++n) {
     const V xv = load<V>(x + n * ldx + d0);
@@ -25,29 +26,29 @@ LGM_INLINE void moments_dense_cols(const T* x, int64_t ldx, int64_t rows, int64_
     }
   }
   for (int k = 0; k < MB; ++k) {
-    flush(sx + k * D + d0, a1[k], D - d0);
-    if constexpr (kSquares) flush(sxx + k * D + d0, a2[k], D - d0);
+    flush(sx + k * D + d0, a1[k], d_end - d0);
+    if constexpr (kSquares) flush(sxx + k * D + d0, a2[k], d_end - d0);
   }
 }
 
 // Whole vectors along d; with 32- or 64-byte vectors a last one at most half used is a half vector
 // (D = 50, AVX-512: 3 x 16 + 8 lanes instead of 4 x 16).
 template <typename T, int MB, bool kSquares>
-void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, double* sx,
-                         double* sxx) {
+void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, int64_t d_end, const T* r, int64_t ldr,
+                         double* sx, double* sxx) {
   constexpr int64_t W = width<T>(), half = kBytes >= 32 ? W / 2 : 0;
   int64_t d = 0;
-  for (; d < D && D - d > half; d += W)
-    moments_dense_cols<T, Vec<T>, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
+  for (; d < d_end && d_end - d > half; d += W)
+    moments_dense_cols<T, Vec<T>, MB, kSquares>(x, ldx, rows, d, D, d_end, r, ldr, sx, sxx);
   if constexpr (half > 0) {
     using VHalf = typename VecOf<T, kBytes / 2>::type;
-    if (d < D) moments_dense_cols<T, VHalf, MB, kSquares>(x, ldx, rows, d, D, r, ldr, sx, sxx);
+    if (d < d_end) moments_dense_cols<T, VHalf, MB, kSquares>(x, ldx, rows, d, D, d_end, r, ldr, sx, sxx);
   }
 }
 
 template <typename T, bool kSquares>
-void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, int64_t K,
-                      double* sx, double* sxx) {
+void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, int64_t d_end, const T* r, int64_t ldr,
+                      int64_t K, double* sx, double* sxx) {
   constexpr int64_t mb = kSquares ? kMB : kMBSx;
   const int64_t blocks = (K + mb - 1) / mb;
   for (int64_t b = 0; b < blocks; ++b) {
@@ -56,7 +57,7 @@ void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, const T*
     double* sxxb = kSquares ? sxx + k0 * D : nullptr;
     switch (kb) {
 #define LGM_MOMENT_CASE(MB) \
-  case MB: if constexpr (mb >= MB) moments_dense_block<T, MB, kSquares>(x, ldx, rows, D, r + k0 * ldr, ldr, sxb, sxxb); break;
+  case MB: if constexpr (mb >= MB) moments_dense_block<T, MB, kSquares>(x, ldx, rows, D, d_end, r + k0 * ldr, ldr, sxb, sxxb); break;
       LGM_MOMENT_CASE(1) LGM_MOMENT_CASE(2) LGM_MOMENT_CASE(3) LGM_MOMENT_CASE(4) LGM_MOMENT_CASE(5)
       LGM_MOMENT_CASE(6) LGM_MOMENT_CASE(7) LGM_MOMENT_CASE(8) LGM_MOMENT_CASE(9) LGM_MOMENT_CASE(10)
       LGM_MOMENT_CASE(11) LGM_MOMENT_CASE(12)
@@ -67,12 +68,58 @@ void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, const T*
 }
 
 template <typename T>
-void moments_dense(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* r, int64_t ldr, int64_t K,
-                   double* sx, double* sxx) {
+void moments_dense(const T* x, int64_t ldx, int64_t rows, int64_t D, int64_t d_end, const T* r, int64_t ldr,
+                   int64_t K, double* sx, double* sxx) {
+  if (d_end <= 0) return;
   if (sxx) {
-    moments_dense_sq<T, true>(x, ldx, rows, D, r, ldr, K, sx, sxx);
+    moments_dense_sq<T, true>(x, ldx, rows, D, d_end, r, ldr, K, sx, sxx);
   } else {
-    moments_dense_sq<T, false>(x, ldx, rows, D, r, ldr, K, sx, nullptr);
+    moments_dense_sq<T, false>(x, ldx, rows, D, d_end, r, ldr, K, sx, nullptr);
+  }
+}
+
+// The tail features (Plan::tail_d, m <= W / 2) from their transposed rows xt [m, ldt]: vectors along
+// rows, float32 sums over the tile in W lanes, summed in float64. Whole blocks of W rows, then the
+// last rows one by one (r past rows is not always written).
+template <bool kSquares>
+void moments_tail_sq(const float* xt, int64_t ldt, int64_t m, int64_t rows, const float* r, int64_t ldr,
+                     int64_t K, int64_t D, int64_t d0, double* sx, double* sxx) {
+  constexpr int64_t W = width<float>();
+  constexpr int kM = W / 2;
+  const int64_t whole = rows / W * W;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* rk = r + k * ldr;
+    VF a1[kM] = {}, a2[kM] = {};
+    for (int64_t n0 = 0; n0 < whole; n0 += W) {
+      const VF rv = load<VF>(rk + n0);
+      for (int j = 0; j < kM; ++j) {
+        if (j >= m) break;
+        const VF xv = load<VF>(xt + j * ldt + n0);
+        const VF rx = rv * xv;
+        a1[j] += rx;
+        if constexpr (kSquares) a2[j] += rx * xv;
+      }
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      double t1 = hsum<double>(lo_double(a1[j]) + hi_double(a1[j])), t2 = 0.0;
+      if constexpr (kSquares) t2 = hsum<double>(lo_double(a2[j]) + hi_double(a2[j]));
+      for (int64_t n = whole; n < rows; ++n) {
+        const float rx = rk[n] * xt[j * ldt + n];
+        t1 += static_cast<double>(rx);
+        if constexpr (kSquares) t2 += static_cast<double>(rx * xt[j * ldt + n]);
+      }
+      sx[k * D + d0 + j] += t1;
+      if constexpr (kSquares) sxx[k * D + d0 + j] += t2;
+    }
+  }
+}
+
+void moments_tail(const float* xt, int64_t ldt, int64_t m, int64_t rows, const float* r, int64_t ldr, int64_t K,
+                  int64_t D, int64_t d0, double* sx, double* sxx) {
+  if (sxx) {
+    moments_tail_sq<true>(xt, ldt, m, rows, r, ldr, K, D, d0, sx, sxx);
+  } else {
+    moments_tail_sq<false>(xt, ldt, m, rows, r, ldr, K, D, d0, sx, nullptr);
   }
 }
 
@@ -169,6 +216,7 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
 template <>
 const SimdKernels<float>& kernels<float>() {
   static const SimdKernels<float> k{kBytes, &maha<float>, &softmax_f32, &softmax_f32_joint, &moments_dense<float>,
+                                    kBytes >= 32 ? &moments_tail : nullptr,
                                     &moments_sparse<float>,
                                     &sq_norms<float>, &resp_dot<float>,
                                     &maha_gather<float>,
@@ -179,7 +227,7 @@ const SimdKernels<float>& kernels<float>() {
 
 template <>
 const SimdKernels<double>& kernels<double>() {
-  static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, nullptr, &moments_dense<double>,
+  static const SimdKernels<double> k{kBytes, &maha<double>, nullptr, nullptr, &moments_dense<double>, nullptr,
                                      &moments_sparse<double>,
                                      &sq_norms<double>, &resp_dot<double>,
                                      &maha_gather<double>,

@@ -47,7 +47,7 @@ LGM_INLINE void transpose(VF (&a)[kWF]) {
 // One chunk of W features from c0 (m of them kept): the W x W transpose's first M >= m outputs.
 template <int M>
 LGM_INLINE void chunk_transposed(const float* x, int64_t ldx, int64_t c0, int64_t m, const float* c, float* yT,
-                                 VF& even, VF& odd, bool norms) {
+                                 VF& even, VF& odd, bool norms, float* xtail, int64_t ldtail) {
   VF a[kWF];
   for (int i = 0; i < kWF; ++i) a[i] = load<VF>(x + i * ldx + c0);
   if (c && M == kWF) {
@@ -55,6 +55,9 @@ LGM_INLINE void chunk_transposed(const float* x, int64_t ldx, int64_t c0, int64_
     for (int i = 0; i < kWF; ++i) a[i] -= cv;
   }
   transpose<kWF / 2, M>(a);
+  if (M < kWF && xtail) {  // the tail features for moments_tail, before centring
+    for (int j = 0; j < M && j < m; ++j) __builtin_memcpy(xtail + j * ldtail, &a[j], sizeof(VF));
+  }
   if (c && M < kWF) {  // a few features: centred after the transpose, one vector each
     for (int j = 0; j < M; ++j) a[j] -= splat<VF>(c[c0 + j]);
   }
@@ -76,18 +79,19 @@ LGM_INLINE void chunk_transposed(const float* x, int64_t ldx, int64_t c0, int64_
 // odd d), as the moments' products and tile sums are, and stored as float64. A float64 sum of the
 // squares cost a conversion and a float64 FMA per half vector, 6% of the op at K = 10 (AVX-512); 1e6
 // rows at D = 50 keep every statistic within 8e-8 of the float64 reference either way.
-LGM_INLINE void rows_transposed(const float* x, int64_t ldx, int64_t D, const float* c, float* yT, double* norms) {
+LGM_INLINE void rows_transposed(const float* x, int64_t ldx, int64_t D, const float* c, float* yT, double* norms,
+                                float* xtail, int64_t ldtail) {
   VF even = {}, odd = {};
   for (int64_t c0 = 0; c0 < D; c0 += kWF) {
     const int64_t m = min_of<int64_t>(kWF, D - c0);
     if (m <= 2) {
-      chunk_transposed<2>(x, ldx, c0, m, c, yT, even, odd, norms);
+      chunk_transposed<2>(x, ldx, c0, m, c, yT, even, odd, norms, xtail, ldtail);
     } else if (m <= 4) {
-      chunk_transposed<4>(x, ldx, c0, m, c, yT, even, odd, norms);
+      chunk_transposed<4>(x, ldx, c0, m, c, yT, even, odd, norms, xtail, ldtail);
     } else if (kWF > 8 && m <= 8) {
-      chunk_transposed<(kWF > 8 ? 8 : kWF)>(x, ldx, c0, m, c, yT, even, odd, norms);
+      chunk_transposed<(kWF > 8 ? 8 : kWF)>(x, ldx, c0, m, c, yT, even, odd, norms, xtail, ldtail);
     } else {
-      chunk_transposed<kWF>(x, ldx, c0, m, c, yT, even, odd, norms);
+      chunk_transposed<kWF>(x, ldx, c0, m, c, yT, even, odd, norms, xtail, ldtail);
     }
   }
   if (!norms) return;
@@ -151,10 +155,11 @@ LGM_INLINE void rows_group_of(int64_t kc, const float* yT, int64_t D, const floa
 
 // SimdKernels::maha_rows: every component for rows of x (stride ldx, readable to D rounded up) into
 // out [K, ldo]; norms [rows rounded up to W] (its lanes past rows are written too).
-// diag: maha from pT, nuT; c not null: the spherical dot form's joints, nuT = (mu - c)^T.
+// diag: maha from pT, nuT; c not null: the spherical dot form's joints, nuT = (mu - c)^T. xtail not
+// null: the last block of features (at most W / 2 of them) also goes to xtail [m, ldo], uncentred.
 void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* pT, const float* nuT,
                      int64_t ldk, int64_t K, float* out, int64_t ldo, const float* c, double* norms,
-                     const double* sph) {
+                     const double* sph, float* xtail) {
   alignas(64) float yT[kSmallD * kWF];
   alignas(64) float tail[kWF * kSmallD];
   for (int64_t n = 0; n < rows; n += kWF) {
@@ -172,7 +177,7 @@ void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const
       for (int64_t r = kWF; r < 2 * kWF; ++r)
         for (int64_t d = 0; d < D; d += kLine) __builtin_prefetch(x + (n + r) * ldx + d);
     }
-    rows_transposed(xb, ldb, D, c, yT, c ? norms + n : nullptr);
+    rows_transposed(xb, ldb, D, c, yT, c ? norms + n : nullptr, xtail ? xtail + n : nullptr, ldo);
     const int64_t group = c ? kRowsKB<false> : kRowsKB<true>;
     for (int64_t k0 = 0; k0 < K; k0 += group) {
       const int64_t kc = min_of<int64_t>(K - k0, group);

@@ -36,7 +36,8 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
     const bool dot = plan.dot_form();
     const T* c = dot ? plan.centre.template data_ptr<T>() : nullptr;
     const double* sph = dot ? plan.sph.template data_ptr<double>() : nullptr;
-    plan.simd.maha_rows(xs, lds, rows, D, p_t, nu_t, ldk, K, maha, ldm, c, dot ? s.norms.data() : nullptr, sph);
+    plan.simd.maha_rows(xs, lds, rows, D, p_t, nu_t, ldk, K, maha, ldm, c, dot ? s.norms.data() : nullptr, sph,
+                        plan.tail_d() ? s.xtail.data() : nullptr);
     return;
   }
   T* yp = plan.gemm_form() ? s.ypad.template data_ptr<T>() : nullptr;
@@ -111,7 +112,9 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
   for (int64_t k = 0; k < K; ++k)
     for (int64_t n = 0; n < rows; ++n) nnz += resp[k * ld + n] != T(0);
   if (2 * nnz >= rows * K) {  // dense enough: register-blocked over components
-    plan.simd.moments_dense(xs, lds, rows, D, resp, ld, K, sx, sxx);
+    const int64_t tail = plan.tail_d();
+    plan.simd.moments_dense(xs, lds, rows, D, D - tail, resp, ld, K, sx, sxx);
+    if (tail) plan.simd.moments_tail(s.xtail.data(), ld, tail, rows, resp, ld, K, D, D - tail, sx, sxx);
     return;
   }
   for (int64_t k = 0; k < K; ++k) {  // sparse: per component, its rows with r != 0 (exact)

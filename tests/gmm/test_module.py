@@ -264,9 +264,9 @@ def test_statistics_stay_float64_whatever_the_model_dtype() -> None:
 
 def test_singular_covariance_asks_for_more_reg_covar() -> None:
     x = blobs(n=200)
-    x[:, 1] = x[:, 0]  # a duplicated feature: singular covariance without regularisation
-    # On the CPU: whether the rounded covariance of an exactly singular one fails its Cholesky
-    # depends on the device's arithmetic (on a GPU it may come out just positive definite).
+    # A feature of exact zeros: its covariance row and column are exactly 0 on any device. (A
+    # duplicated feature was singular only up to rounding: on an Intel Xeon its Cholesky passed.)
+    x[:, 1] = 0.0
     with pytest.raises(ValueError, match="increase reg_covar"):
         GaussianMixture(2, covariance_type="full", reg_covar=0.0, random_state=0).fit(x, accelerator="cpu")
     model = GaussianMixture(2, covariance_type="full", reg_covar=1e-4, random_state=0).fit(x)
