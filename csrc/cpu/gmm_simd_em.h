@@ -57,7 +57,10 @@ void moments_dense_sq(const T* x, int64_t ldx, int64_t rows, int64_t D, int64_t 
     double* sxxb = kSquares ? sxx + k0 * D : nullptr;
     switch (kb) {
 #define LGM_MOMENT_CASE(MB) \
-  case MB: if constexpr (mb >= MB) moments_dense_block<T, MB, kSquares>(x, ldx, rows, D, d_end, r + k0 * ldr, ldr, sxb, sxxb); break;
+  case MB: \
+    if constexpr (mb >= MB) \
+      moments_dense_block<T, MB, kSquares>(x, ldx, rows, D, d_end, r + k0 * ldr, ldr, sxb, sxxb); \
+    break;
       LGM_MOMENT_CASE(1) LGM_MOMENT_CASE(2) LGM_MOMENT_CASE(3) LGM_MOMENT_CASE(4) LGM_MOMENT_CASE(5)
       LGM_MOMENT_CASE(6) LGM_MOMENT_CASE(7) LGM_MOMENT_CASE(8) LGM_MOMENT_CASE(9) LGM_MOMENT_CASE(10)
       LGM_MOMENT_CASE(11) LGM_MOMENT_CASE(12)

@@ -85,6 +85,19 @@ double softmax_f32_rows(const float* maha, int64_t rows, int64_t K, int64_t ld, 
   return loglik;
 }
 
+// sum_k one(k) for k < K in float32, in two chains (even and odd k; each term in [0, 1], one near 1).
+template <typename F>
+LGM_INLINE VF sum_two_chains(int64_t K, F&& one) {
+  VF e0 = {}, e1 = {};
+  int64_t k = 0;
+  for (; k + 1 < K; k += 2) {
+    e0 += one(k);
+    e1 += one(k + 1);
+  }
+  if (k < K) e0 += one(k);
+  return e0 + e1;
+}
+
 // resp [K, ld] = e * scale_n over the padded rows, nk += their float32 sums over the tile.
 LGM_INLINE void scale_responsibilities(const float* work, const float* scale, int64_t K, int64_t ld, int64_t padded,
                                        float* resp, double* nk) {
@@ -138,14 +151,7 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
       __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
       return e;
     };
-    VF e0 = {}, e1 = {};  // float32 sums of e in two chains (each e in [0, 1], one near 1)
-    int64_t k = 0;
-    for (; k + 1 < K; k += 2) {
-      e0 += one(k);
-      e1 += one(k + 1);
-    }
-    if (k < K) e0 += one(k);
-    const VF ef = e0 + e1;
+    const VF ef = sum_two_chains(K, one);
     const VD s0 = lo_double(ef), s1 = hi_double(ef);
     float wbuf[W];
     for (int64_t j = 0; j < W; ++j) wbuf[j] = n0 + j < rows ? (sw ? sw[n0 + j] : 1.0f) : 0.0f;
@@ -213,14 +219,7 @@ double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, cons
       __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
       return e;
     };
-    VF e0 = {}, e1 = {};
-    int64_t k = 0;
-    for (; k + 1 < K; k += 2) {
-      e0 += one(k);
-      e1 += one(k + 1);
-    }
-    if (k < K) e0 += one(k);
-    const VF sv = e0 + e1;
+    const VF sv = sum_two_chains(K, one);
     float wbuf[W];
     for (int64_t l = 0; l < W; ++l) wbuf[l] = n0 + l < rows ? (sw ? sw[n0 + l] : 1.0f) : 0.0f;
     const VF c = load<VF>(wbuf) / sv;
