@@ -42,6 +42,21 @@ namespace gmm_cpu {
 
 enum class Isa { kGeneric, kAvx2, kAvx512 };
 
+// Sums that the float32 softmax adds while it writes the responsibilities (block form only), so
+// that step 3 does not read the tile of responsibilities again for them: the moments of the
+// Plan::tail_d features from xt [m, ld] (sx, and sxx when not null: diag's squares; rows of D from
+// feature d0) and, with norms [ld] (the dot form's), spherical sxx_norms[k] += sum_n r_kn norms_n.
+// done: set where it added them.
+struct FusedSums {
+  const float* xt = nullptr;
+  int64_t m = 0, D = 0, d0 = 0;
+  double* sx = nullptr;
+  double* sxx = nullptr;
+  const double* norms = nullptr;
+  double* sxx_norms = nullptr;
+  bool done = false;
+};
+
 // The SIMD kernels of one instruction set, for x of dtype T. Rows of x are read in whole vectors,
 // D rounded up to the vector width (what lies past D is masked or never used): the caller copies
 // a tile whose last row could not be read that far (gmm_tile.cpp tile_rows).
@@ -56,13 +71,13 @@ struct SimdKernels {
                const T* nuT, int64_t ldk, int64_t K, T* out, int64_t ldo, const T* scale);
   // 2. (float32 only, else null) resp [K, ld] = w_n softmax_k(log_const_k - maha_kn / 2), nk += sum_n resp;
   // returns sum_n w_n lse_n. Sets maha to 0 from rows up to a multiple of the width. work: float
-  // [K, ld]; rowbuf: double [3 ld + 8 K].
+  // [K, ld]; rowbuf: double [3 ld + 8 K]; fused: null, or the sums to add on the way.
   double (*softmax)(T* maha, int64_t rows, int64_t K, int64_t ld, const double* log_const, const T* sw,
-                    float* work, double* rowbuf, T* resp, double* nk);
+                    float* work, double* rowbuf, T* resp, double* nk, FusedSums* fused);
   // 2. the same from joint log-probabilities [K, ld] (the dot form's tile; float32 only), which it
   // may overwrite.
   double (*softmax_joint)(T* joint, int64_t rows, int64_t K, int64_t ld, const T* sw, float* work, double* rowbuf,
-                          T* resp, double* nk);
+                          T* resp, double* nk, FusedSums* fused);
   // 3. sx[k, d] += sum_n r_kn x_nd and, when sxx is not null, sxx[k, d] += sum_n r_kn x_nd^2 for
   // d < d_end (sx, sxx [K, D]): float64 totals of sums over one tile in x's dtype; r [K, ldr].
   void (*moments_dense)(const T* x, int64_t ldx, int64_t rows, int64_t D, int64_t d_end, const T* r, int64_t ldr,

@@ -46,11 +46,6 @@ constexpr int64_t kWD = width<double>();
 constexpr int kRB = 4;                       // rows per distance block
 constexpr int kKB = kBytes == 64 ? 5 : 2;    // components per distance block (RB x KB accumulators)
 constexpr int kMB = kBytes == 64 ? 12 : 6;   // components per dense-moment block (2 MB accumulators)
-// The same without squares (MB accumulators): 16 registers hold 12 and the row and broadcast
-// vectors. AVX2 spherical K = 10 ran blocks of 5, five FMA chains where two FMAs per cycle at a
-// latency of 4 want eight: 12 components per block took 0.95 of the time (K = 100: 0.97; 16-byte
-// vectors, K = 10: 0.91).
-constexpr int kMBSx = 12;
 
 template <typename V, typename T>
 LGM_INLINE V load(const T* p) {

@@ -77,17 +77,20 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
 namespace {
 
 // 2. Joint log-probabilities -> log-sum-exp, responsibilities s.resp [K, tile] (x's dtype, times the
-// sample weight), nk += their sums. Returns the tile's weighted log-likelihood.
+// sample weight), nk += their sums, and (float32) the sums of fused on the way. Returns the tile's
+// weighted log-likelihood.
 template <typename T>
-double tile_responsibilities(const Plan<T>& plan, const T* sw, int64_t rows, Scratch<T>& s, double* nk) {
+double tile_responsibilities(const Plan<T>& plan, const T* sw, int64_t rows, Scratch<T>& s, double* nk,
+                             FusedSums* fused) {
   const int64_t K = plan.K, ld = plan.tile();
   T* maha = s.maha.template data_ptr<T>();
   if constexpr (std::is_same_v<T, float>) {
     if (plan.dot_form()) {  // the tile holds joint log-probabilities
-      return plan.simd.softmax_joint(maha, rows, K, ld, sw, s.work.data(), s.rowbuf.data(), s.resp.data(), nk);
+      return plan.simd.softmax_joint(maha, rows, K, ld, sw, s.work.data(), s.rowbuf.data(), s.resp.data(), nk,
+                                     fused);
     }
     return plan.simd.softmax(maha, rows, K, ld, plan.log_const.data(), sw, s.work.data(), s.rowbuf.data(),
-                             s.resp.data(), nk);
+                             s.resp.data(), nk, fused);
   }
   double loglik = 0.0;  // float64 x: libm's exp, as the CUDA kernel
   for (int64_t n = 0; n < rows; ++n) {
@@ -102,18 +105,41 @@ double tile_responsibilities(const Plan<T>& plan, const T* sw, int64_t rows, Scr
   return loglik;
 }
 
-// 3. sx (and diag sxx when sxx is not null) from the tile's responsibilities.
+// What the float32 softmax can add for step 3 (FusedSums): the tail features' moments and the dot
+// form's norm moments, from step 1's tile.
+template <typename T>
+FusedSums fused_sums(const Plan<T>& plan, Scratch<T>& s, double* sx, double* sxx) {
+  FusedSums f;
+  if constexpr (std::is_same_v<T, float>) {
+    if (const int64_t tail = plan.tail_d()) {
+      f.xt = s.xtail.data();
+      f.m = tail;
+      f.D = plan.D;
+      f.d0 = plan.D - tail;
+      f.sx = sx;
+      f.sxx = plan.cov() == CovType::kDiag ? sxx : nullptr;
+    }
+    if (plan.dot_form()) {
+      f.norms = s.norms.data();
+      f.sxx_norms = sxx;
+    }
+  }
+  return f;
+}
+
+// 3. sx (and diag sxx when sxx is not null) from the tile's responsibilities, but for the last
+// `done` features (the softmax's fused sums).
 template <typename T>
 void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s, double* sx,
-                  double* sxx) {
-  const int64_t K = plan.K, D = plan.D, ld = plan.tile();
+                  double* sxx, int64_t done) {
+  const int64_t K = plan.K, ld = plan.tile(), D = plan.D, d_end = D - done;
   const T* resp = s.resp.data();
   int64_t nnz = 0;
   for (int64_t k = 0; k < K; ++k)
     for (int64_t n = 0; n < rows; ++n) nnz += resp[k * ld + n] != T(0);
   if (2 * nnz >= rows * K) {  // dense enough: register-blocked over components
-    const int64_t tail = plan.tail_d();
-    plan.simd.moments_dense(xs, lds, rows, D, D - tail, resp, ld, K, sx, sxx);
+    const int64_t tail = done ? 0 : plan.tail_d();
+    plan.simd.moments_dense(xs, lds, rows, D, d_end - tail, resp, ld, K, sx, sxx);
     if (tail) plan.simd.moments_tail(s.xtail.data(), ld, tail, rows, resp, ld, K, D, D - tail, sx, sxx);
     return;
   }
@@ -126,7 +152,8 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
         s.val[m++] = rk[n];
       }
     }
-    if (m > 0) plan.simd.moments_sparse(xs, lds, D, s.idx.data(), s.val.data(), m, sx + k * D, sxx ? sxx + k * D : nullptr);
+    if (m > 0 && d_end > 0)
+      plan.simd.moments_sparse(xs, lds, d_end, s.idx.data(), s.val.data(), m, sx + k * D, sxx ? sxx + k * D : nullptr);
   }
 }
 
@@ -214,9 +241,11 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
     } else {
       tile_maha_pruned(plan, xs, lds, rows, s);
     }
-    *loglik += tile_responsibilities(plan, swt, rows, s, nk);
-    tile_moments(plan, xs, lds, rows, s, sx, cov == CovType::kDiag ? sxx : nullptr);
-    if (cov == CovType::kSpherical) tile_norm_moments(plan, xp + n0 * ldx, ldx, rows, s, sxx);
+    FusedSums fused = fused_sums(plan, s, sx, sxx);
+    *loglik += tile_responsibilities(plan, swt, rows, s, nk, &fused);
+    tile_moments(plan, xs, lds, rows, s, sx, cov == CovType::kDiag ? sxx : nullptr, fused.done ? fused.m : 0);
+    if (cov == CovType::kSpherical && !(fused.done && fused.norms))
+      tile_norm_moments(plan, xp + n0 * ldx, ldx, rows, s, sxx);
     if (plan.gemm_form()) tile_second_moments(plan, x_tile, swt, rows, s, sxx);
   }
 }

@@ -83,7 +83,8 @@ def sample_inputs(device: str, dtype: torch.dtype):
             x = make_x(n, means, seed=i, layout=layout)
             yield x, None, log_weights, means, prec_chol, covariance_type
             weight = torch.rand(n, dtype=dtype, device=device)
-            weight[::4] = 0.0
+            if i % 2 == 0:  # a zero weight: the row-at-a-time softmax; else the block form, weighted
+                weight[::4] = 0.0
             yield x, weight, log_weights, means, prec_chol, covariance_type
         # Overlapping components: every responsibility non-zero (the dense moment path).
         log_weights, means, prec_chol = make_params(10, 40, covariance_type, dtype, device, seed=9, spread=0.05)
@@ -178,6 +179,27 @@ def test_every_cpu_isa_matches_reference(isa, dtype):
             log_prob = gmm_log_prob(x, log_weights, means, prec_chol, cov, impl="ext")
             tol = {"rtol": 1e-10, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-3}
             torch.testing.assert_close(log_prob, _gmm_log_prob_ref(x, log_weights, means, prec_chol, cov), **tol)
+
+
+@pytest.mark.parametrize("spread", [0.05, 30.0])
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_block_softmax_sums_the_last_features_and_norms(isa, spread):
+    """float32 diag/spherical with D <= 64 (the rows kernels): the block softmax adds the moments of
+    a last, at most half-used vector of features (D % W of them: 2, 1, 4, 5, 8 on AVX-512 or AVX2) and
+    spherical's norm sums as it writes the responsibilities; the moment pass does the rest. Spread
+    0.05 overlaps the components (dense moments), 30 separates them (the sparse pass, which must then
+    stop before those features). Unweighted and with positive weights (both the block form)."""
+    _require_isa(isa)
+    g = torch.Generator().manual_seed(7)
+    with force_cpu_isa(isa):
+        for d in (50, 33, 20, 5, 24, 4):
+            for cov in ("diag", "spherical"):
+                log_weights, means, prec_chol = make_params(10, d, cov, torch.float32, "cpu", seed=d, spread=spread)
+                x = make_x(700, means, seed=d)
+                for weight in (None, 0.5 + torch.rand(700, generator=g)):
+                    ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
+                    ref = _gmm_em_stats_ref(x, weight, log_weights, means, prec_chol, cov)
+                    assert_stats_close(ext, ref, torch.float32)
 
 
 def test_cpu_isa_paths_are_distinct_code():
