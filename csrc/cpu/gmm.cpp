@@ -70,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
   // chunk does not change its sums.
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min<int64_t>(n_chunks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    Scratch<T> s(plan, x.options());
+    std::optional<Scratch<T>> own;
+    Scratch<T>& s = gmm_cpu::thread_scratch(plan, x.options(), own);
     for (int64_t c = next++; c < n_chunks; c = next++) {
       std::fill(accp + c * size, accp + (c + 1) * size, 0.0);  // here: in parallel, and warm in cache
       chunk_stats(plan, x, swp, c * per_chunk, std::min(n_tiles, (c + 1) * per_chunk), s, accp + c * size);
@@ -110,7 +111,8 @@ at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, c
   T* op = out.data_ptr<T>();
   const T* xp = x.template data_ptr<T>();
   at::parallel_for(0, (N + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
-    Scratch<T> s(plan, x.options());
+    std::optional<Scratch<T>> own;
+    Scratch<T>& s = gmm_cpu::thread_scratch(plan, x.options(), own);
     const T* maha = s.maha.template data_ptr<T>();  // [K, tile]
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * tile, rows = std::min(tile, N - n0);

@@ -348,6 +348,29 @@ def test_result_does_not_depend_on_thread_count():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_calls_of_changing_shapes_reuse_nothing_stale(dtype):
+    """Each thread keeps its tile buffers between calls while the shapes stay the same: calls that
+    change D, K and the covariance type in turn, a NaN row in between (its tile copied to the
+    zero-padded buffer: 300 rows of 50 features), and the same calls again, bit for bit."""
+    cases = [(300, 50, 10, "spherical"), (130, 20, 3, "diag"), (300, 50, 10, "diag"), (77, 70, 13, "full"),
+             (300, 50, 10, "spherical"), (45, 5, 2, "tied")]
+    first = []
+    for rep in range(2):
+        for i, (n, d, k, cov) in enumerate(cases):
+            log_weights, means, prec_chol = make_params(k, d, cov, dtype, "cpu", seed=i)
+            x = make_x(n, means, seed=i)
+            bad = x.clone()
+            bad[-1, 0] = float("nan")
+            assert torch.isnan(gmm_em_stats(bad, log_weights, means, prec_chol, cov, impl="ext").loglik)
+            ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, impl="ext")
+            assert_stats_close(ext, _gmm_em_stats_ref(x, None, log_weights, means, prec_chol, cov), dtype)
+            if rep == 0:
+                first.append(ext)
+            else:
+                assert all(torch.equal(a, b) for a, b in zip(first[i], ext)), (n, d, k, cov)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     n=st.integers(0, 300),
