@@ -12,7 +12,7 @@ at the matrix-multiply rate measured here (distances and moments for every row a
 plus one read pass over X, both timed in rounds interleaved with ``ext`` (each call after
 ``REWARM`` untimed ones of its own, so the machine is warm as in a fit): ``ext_x_limit`` is the median over rounds
 of ext's time over that round's limit (the machines are shared: a burst of load then hits both
-sides of the ratio). ``nnz`` is the fraction of responsibilities above e^-87 at the initial
+sides of the ratio), ``best_x_limit`` ext's fastest round over the smallest limit. ``nnz`` is the fraction of responsibilities above e^-87 at the initial
 parameters; ``sparse`` says the kernel's moments skip the rest (nnz < 1/2), one way it can beat the
 limit; ``pruned`` is the fraction of (row, component) distances the float32 CPU kernel cuts short
 (csrc/cpu/gmm_prune.cpp: a partial distance already shows the responsibility is 0), the other,
@@ -126,8 +126,11 @@ def timed_with_limit(fn: Callable[[], Any], x: torch.Tensor, flops: float, repea
     """fn's (median, min, max) seconds and its ratio to the limit, paired: fn, the read pass and
     the matrix multiply run in interleaved rounds, each round's time is divided by that round's
     limit (read + flops at that round's matrix rate), and the median ratio is reported, so that a
-    change of machine load (these machines are shared) hits both sides of the ratio alike.
-    Returns (timing, median ratio, median limit seconds, median read seconds, median flop rate)."""
+    change of machine load (these machines are shared) hits both sides of the ratio alike. Beside
+    it, the ratio of the fastest fn to the smallest limit over the rounds (``best``: each side at
+    its least disturbed; on a shared machine the two can differ by 30%).
+    Returns (timing, median ratio, median limit seconds, median read seconds, median flop rate,
+    best ratio)."""
     probes, gemm_flops = limit_probes(x)
     # rewarm: each timed call finds the machine as its own calls left it (a fit's iterations follow
     # one another; X of 12 MB stays in cache between them), not as the multiply did. One untimed
@@ -139,7 +142,8 @@ def timed_with_limit(fn: Callable[[], Any], x: torch.Tensor, flops: float, repea
     limits = [r + flops / rate for r, rate in zip(t["read"], rates)]
     ratio = statistics.median(f / lim for f, lim in zip(t["fn"], limits))
     timing = (statistics.median(t["fn"]), min(t["fn"]), max(t["fn"]))
-    return timing, ratio, statistics.median(limits), statistics.median(t["read"]), statistics.median(rates)
+    best = min(t["fn"]) / min(limits)
+    return timing, ratio, statistics.median(limits), statistics.median(t["read"]), statistics.median(rates), best
 
 
 def cases(quick: bool) -> list[tuple[str, int, str]]:
@@ -197,7 +201,7 @@ def run_case(data: str, x: torch.Tensor, k: int, cov_type: str, args) -> list[Re
             step = with_env(env, lambda: torch_step(op_impl, xd, cov_type, state))
             if impl == "ext":
                 timing, ratio, *limit_parts = timed_with_limit(step, xd, flops, repeats, warmup)
-                limit = dict(zip(("limit_s", "read_s", "flop_rate"), limit_parts), x_limit=ratio)
+                limit = dict(zip(("limit_s", "read_s", "flop_rate", "x_limit_best"), limit_parts), x_limit=ratio)
             else:
                 timing = time_fn(step, args.device, repeats=repeats, warmup=warmup)
             device, dtype = args.device, "float32"
@@ -231,6 +235,7 @@ def case_rows(records: list[Record]) -> list[dict[str, Any]]:
         row[f"{r.impl}_ms"] = 1e3 * r.median_s
         if r.impl == "ext":
             row.update(limit_ms=1e3 * r.extra["limit_s"], ext_x_limit=r.extra["x_limit"],
+                       best_x_limit=r.extra.get("x_limit_best", float("nan")),
                        ref_x_ext=r.extra.get("speedup_vs_ref", float("nan")),
                        sk_x_ext=r.extra.get("speedup_vs_sklearn", float("nan")),
                        noprune_x_ext=r.extra.get("speedup_vs_noprune", float("nan")),
