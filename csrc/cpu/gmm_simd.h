@@ -135,6 +135,21 @@ LGM_INLINE T hsum(Vec<T> v) {
   return hsum_bytes<T, kBytes>(v);
 }
 
+// The lanes of a float32 vector summed as one float64 (the halves added in float64, then across).
+LGM_INLINE double sum_as_double(VF v) { return hsum<double>(lo_double(v) + hi_double(v)); }
+
+// f(std::integral_constant<int, M>{}) for the tail width m = M in 0 .. W / 2 of float32 vectors
+// (Plan::tail_d), each a separate instantiation; false (f not called) for any other m.
+template <int M = 0, typename F>
+LGM_INLINE bool with_tail_width(int64_t m, F&& f) {
+  if (m == M) {
+    f(std::integral_constant<int, M>{});
+    return true;
+  }
+  if constexpr (M < width<float>() / 2) return with_tail_width<M + 1>(m, f);
+  return false;
+}
+
 template <typename T>
 LGM_INLINE T min_of(T a, T b) {
   return a < b ? a : b;

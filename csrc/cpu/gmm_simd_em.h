@@ -58,8 +58,7 @@ void moments_dense_block(const T* x, int64_t ldx, int64_t rows, int64_t D, int64
                          double* sx, double* sxx) {
   constexpr int64_t W = width<T>(), half = kBytes >= 32 ? W / 2 : 0;
   constexpr int NV = kDenseNV<kSquares>;
-  int64_t whole = 0;  // vectors more than half used
-  while (whole * W < d_end && d_end - whole * W > half) ++whole;
+  const int64_t whole = d_end > half ? (d_end - half + W - 1) / W : 0;  // vectors more than half used
   int64_t v = 0;
   for (; v + NV <= whole; v += NV)
     moments_dense_cols<T, Vec<T>, MB, NV, kSquares>(x, ldx, rows, v * W, D, d_end, r, ldr, sx, sxx);
@@ -121,20 +120,13 @@ LGM_INLINE void moments_tail_block(const float* xt, int64_t ldt, int64_t rows, c
   for (int64_t n0 = 0; n0 < whole; n0 += W) {
     VF xv[M];
     for (int j = 0; j < M; ++j) xv[j] = load<VF>(xt + j * ldt + n0);
-    for (int k = 0; k < KB; ++k) {
-      const VF rv = load<VF>(r + k * ldr + n0);
-      for (int j = 0; j < M; ++j) {
-        const VF rx = rv * xv[j];
-        a1[k][j] += rx;
-        if constexpr (kSquares) a2[k][j] += rx * xv[j];
-      }
-    }
+    for (int k = 0; k < KB; ++k) add_tail_terms<M, kSquares>(load<VF>(r + k * ldr + n0), xv, a1[k], a2[k]);
   }
   for (int k = 0; k < KB; ++k) {
     const float* rk = r + k * ldr;
     for (int j = 0; j < M; ++j) {
-      double t1 = hsum<double>(lo_double(a1[k][j]) + hi_double(a1[k][j])), t2 = 0.0;
-      if constexpr (kSquares) t2 = hsum<double>(lo_double(a2[k][j]) + hi_double(a2[k][j]));
+      double t1 = sum_as_double(a1[k][j]), t2 = 0.0;
+      if constexpr (kSquares) t2 = sum_as_double(a2[k][j]);
       for (int64_t n = whole; n < rows; ++n) {
         const float rx = rk[n] * xt[j * ldt + n];
         t1 += static_cast<double>(rx);
@@ -164,17 +156,10 @@ void moments_tail_m(const float* xt, int64_t ldt, int64_t rows, const float* r, 
 template <bool kSquares>
 void moments_tail_sq(const float* xt, int64_t ldt, int64_t m, int64_t rows, const float* r, int64_t ldr,
                      int64_t K, int64_t D, int64_t d0, double* sx, double* sxx) {
-  constexpr int64_t W = width<float>();
-  switch (m) {
-#define LGM_TAIL_CASE(M) \
-  case M: \
-    if constexpr (M <= W / 2) moments_tail_m<M, kSquares>(xt, ldt, rows, r, ldr, K, D, d0, sx, sxx); \
-    break;
-    LGM_TAIL_CASE(1) LGM_TAIL_CASE(2) LGM_TAIL_CASE(3) LGM_TAIL_CASE(4)
-    LGM_TAIL_CASE(5) LGM_TAIL_CASE(6) LGM_TAIL_CASE(7) LGM_TAIL_CASE(8)
-#undef LGM_TAIL_CASE
-    default: break;
-  }
+  with_tail_width(m, [&](auto width_m) {
+    constexpr int M = decltype(width_m)::value;
+    if constexpr (M > 0) moments_tail_m<M, kSquares>(xt, ldt, rows, r, ldr, K, D, d0, sx, sxx);
+  });
 }
 
 void moments_tail(const float* xt, int64_t ldt, int64_t m, int64_t rows, const float* r, int64_t ldr, int64_t K,

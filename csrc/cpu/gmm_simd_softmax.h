@@ -98,6 +98,17 @@ LGM_INLINE VF sum_two_chains(int64_t K, F&& one) {
   return e0 + e1;
 }
 
+// t1[j] += r x_j, and with squares t2[j] += r x_j^2 (as (r x_j) x_j), for the M tail features' vectors x
+// of the same W rows as r: one chain per feature, in row order (moments_tail and scale_fused).
+template <int M, bool kSquares>
+LGM_INLINE void add_tail_terms(VF r, const VF* x, VF* t1, VF* t2) {
+  for (int j = 0; j < M; ++j) {
+    const VF rx = r * x[j];
+    t1[j] += rx;
+    if constexpr (kSquares) t2[j] += rx * x[j];
+  }
+}
+
 // resp [K, ld] = e * scale_n over the padded rows, nk += their float32 sums over the tile; with f,
 // the FusedSums from the same registers: M tail features (sums as moments_tail's, one chain per
 // (k, feature) in row order) and kNorms the norms (as resp_dot's, in float64). Lanes past the rows
@@ -113,21 +124,20 @@ LGM_INLINE void scale_fused(const float* work, const float* scale, int64_t K, in
       const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
       __builtin_memcpy(resp + k * ld + n0, &r, sizeof(VF));
       acc += r;
-      for (int j = 0; j < M; ++j) {
-        const VF xv = load<VF>(f->xt + j * ld + n0);
-        const VF rx = r * xv;
-        t1[j] += rx;
-        if constexpr (kSquares) t2[j] += rx * xv;
+      if constexpr (M > 0) {
+        VF xv[M];
+        for (int j = 0; j < M; ++j) xv[j] = load<VF>(f->xt + j * ld + n0);
+        add_tail_terms<M, kSquares>(r, xv, t1, t2);
       }
       if constexpr (kNorms) {
         n0s += lo_double(r) * load<VD>(f->norms + n0);
         n1s += hi_double(r) * load<VD>(f->norms + n0 + kWD);
       }
     }
-    nk[k] += hsum<double>(lo_double(acc) + hi_double(acc));
+    nk[k] += sum_as_double(acc);
     for (int j = 0; j < M; ++j) {
-      f->sx[k * f->D + f->d0 + j] += hsum<double>(lo_double(t1[j]) + hi_double(t1[j]));
-      if constexpr (kSquares) f->sxx[k * f->D + f->d0 + j] += hsum<double>(lo_double(t2[j]) + hi_double(t2[j]));
+      f->sx[k * f->D + f->d0 + j] += sum_as_double(t1[j]);
+      if constexpr (kSquares) f->sxx[k * f->D + f->d0 + j] += sum_as_double(t2[j]);
     }
     if constexpr (kNorms) f->sxx_norms[k] += hsum<double>(n0s + n1s);
   }
@@ -146,22 +156,11 @@ LGM_INLINE void scale_fused_m(const float* work, const float* scale, int64_t K, 
 
 void scale_responsibilities(const float* work, const float* scale, int64_t K, int64_t ld, int64_t padded, float* resp,
                             double* nk, FusedSums* f) {
-  constexpr int64_t W = width<float>();
-  if (f && f->m <= W / 2 && (f->m > 0 || f->norms)) {
-    switch (f->m) {
-#define LGM_FUSED_CASE(M) \
-  case M: \
-    if constexpr (M <= W / 2) { \
-      scale_fused_m<M>(work, scale, K, ld, padded, resp, nk, f); \
-      f->done = true; \
-      return; \
-    } \
-    break;
-      LGM_FUSED_CASE(0) LGM_FUSED_CASE(1) LGM_FUSED_CASE(2) LGM_FUSED_CASE(3) LGM_FUSED_CASE(4)
-      LGM_FUSED_CASE(5) LGM_FUSED_CASE(6) LGM_FUSED_CASE(7) LGM_FUSED_CASE(8)
-#undef LGM_FUSED_CASE
-      default: break;
-    }
+  if (f && (f->m > 0 || f->norms)) {
+    f->done = with_tail_width(f->m, [&](auto width_m) {
+      scale_fused_m<decltype(width_m)::value>(work, scale, K, ld, padded, resp, nk, f);
+    });
+    if (f->done) return;
   }
   scale_fused<0, false, false>(work, scale, K, ld, padded, resp, nk, f);  // nothing fused (done stays false)
 }
@@ -251,11 +250,14 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
     const VF w = load<VF>(wbuf);
     const VF c = to_float(lo_double(w) / s0, hi_double(w) / s1);
     __builtin_memcpy(scale + n0, &c, sizeof(VF));
-    __builtin_memcpy(top + n0, &t0, sizeof(VD));
+    if (!sw) {
+      unweighted.add(t0, t1, ef, rows - n0);
+      continue;
+    }
+    __builtin_memcpy(top + n0, &t0, sizeof(VD));  // for the weighted log-likelihood (d.)
     __builtin_memcpy(top + n0 + kWD, &t1, sizeof(VD));
     __builtin_memcpy(sum + n0, &s0, sizeof(VD));
     __builtin_memcpy(sum + n0 + kWD, &s1, sizeof(VD));
-    if (!sw) unweighted.add(t0, t1, ef, rows - n0);
   }
   scale_responsibilities(work, scale, K, ld, padded, resp, nk, fused);
   // d. sum_n w_n (top_n + log sum_n)
@@ -313,9 +315,12 @@ double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, cons
     for (int64_t l = 0; l < W; ++l) wbuf[l] = n0 + l < rows ? (sw ? sw[n0 + l] : 1.0f) : 0.0f;
     const VF c = load<VF>(wbuf) / sv;
     __builtin_memcpy(scale + n0, &c, sizeof(VF));
-    __builtin_memcpy(top + n0, &tf, sizeof(VF));
+    if (!sw) {
+      unweighted.add(lo_double(tf), hi_double(tf), sv, rows - n0);
+      continue;
+    }
+    __builtin_memcpy(top + n0, &tf, sizeof(VF));  // for the weighted log-likelihood
     __builtin_memcpy(sum + n0, &sv, sizeof(VF));
-    if (!sw) unweighted.add(lo_double(tf), hi_double(tf), sv, rows - n0);
   }
   if (!blocks) {
     double* zeros = rowbuf + 3 * ld;  // [K]
