@@ -18,7 +18,10 @@
 2. ``sampling``: images per second of whole sampling with the UNet of configs/diffusion_mnist.yaml
    (its weights from --ckpt, else a seeded random init; the speed does not depend on them):
    ``ours`` = ``Diffusion.sample`` as it runs by default (fused op, inference mode; on the CPU
-   the images split over threads of one intra-op thread each), ``ours_one_team`` (CPU) = the same
+   the images split over threads of one intra-op thread each; on CUDA the UNet compiled by
+   ``torch.compile`` and each step a CUDA-graph replay), ``ours_no_compile`` and
+   ``diffusers_compiled`` (CUDA) = ours with the UNet not compiled, diffusers' loop with it
+   compiled (the share of the UNet's compilation and of the sampler loop in the ratio), ``ours_one_team`` (CPU) = the same
    with ``threads=1`` (one batch, torch's intra-op threads), ``ours_eager`` = the default loop on
    the reference step, ``diffusers`` = diffusers' scheduler
    (``DDIMScheduler`` / ``DDPMScheduler`` with the same config) driving the same UNet in the loop
@@ -143,8 +146,10 @@ def bench_step(batches: list[int], device: str, repeats: int) -> list[Record]:
     return records
 
 
-def diffusers_loop(model: Diffusion, n: int, steps: int, sampler: str, x: torch.Tensor) -> torch.Tensor:
-    """diffusers' scheduler driving our UNet, as its DDPM/DDIM pipelines do."""
+def diffusers_loop(model: Diffusion, n: int, steps: int, sampler: str, x: torch.Tensor,
+                   compiled: bool = False) -> torch.Tensor:
+    """diffusers' scheduler driving our UNet, as its DDPM/DDIM pipelines do; ``compiled``: the
+    UNet under ``torch.compile`` (as ``Diffusion.sample`` runs it on CUDA)."""
     import diffusers
 
     hp = model.hparams
@@ -157,9 +162,10 @@ def diffusers_loop(model: Diffusion, n: int, steps: int, sampler: str, x: torch.
         sched = diffusers.DDPMScheduler(**common, variance_type=hp.variance_type)
     sched.set_timesteps(steps)
     gen = torch.Generator(device=x.device).manual_seed(0)
+    unet = torch.compile(model.unet, dynamic=False) if compiled else model.unet
     with torch.no_grad():
         for t in sched.timesteps:
-            out = model.unet(x, t.to(x.device).expand(n))
+            out = unet(x, t.to(x.device).expand(n))
             x = sched.step(out, t, x, generator=gen).prev_sample if sampler == "ddpm" else \
                 sched.step(out, t, x, eta=0.0, generator=gen).prev_sample
     return ((x + 1) / 2).clamp(0, 1)
@@ -173,14 +179,18 @@ def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int,
     for sampler, steps, n in cases:
         x_start = philox_normal(0, 0, [n, 1, 28, 28], device=device)  # our slot-0 noise for seed 0
 
-        def ours(impl: str, threads: int | None = None) -> torch.Tensor:
+        def ours(impl: str, threads: int | None = None, compile_unet: bool | None = None) -> torch.Tensor:
             model.hparams.impl = impl
-            return model.sample(n, steps=steps, sampler=sampler, eta=0.0, seed=0, threads=threads)
+            return model.sample(n, steps=steps, sampler=sampler, eta=0.0, seed=0, threads=threads,
+                                compile_unet=compile_unet)
 
         fns = {"ours": lambda: ours("ext"), "ours_eager": lambda: ours("ref"),
                "diffusers": lambda: diffusers_loop(model, n, steps, sampler, x_start.clone())}
         if device == "cpu" and S.cpu_threads(n, None) > 1:
             fns["ours_one_team"] = lambda: ours("ext", threads=1)
+        if device == "cuda":  # what the default compiled UNet gives, and what the sampler loop does alone
+            fns["ours_no_compile"] = lambda: ours("ext", compile_unet=False)
+            fns["diffusers_compiled"] = lambda: diffusers_loop(model, n, steps, sampler, x_start.clone(), True)
         extra: dict[str, Any] = {}
         if sampler == "ddim":
             diff = (fns["ours"]() - fns["diffusers"]()).abs().max().item()
@@ -214,11 +224,14 @@ def ratio_rows(records: list[Record]) -> list[dict[str, Any]]:
         if r.bench == "diffusion_sampling" and r.impl == "ours":
             dif, eag = by[(r.bench, "diffusers", key)], by[(r.bench, "ours_eager", key)]
             team = by.get((r.bench, "ours_one_team", key))
+            plain, dif_c = by.get((r.bench, "ours_no_compile", key)), by.get((r.bench, "diffusers_compiled", key))
             rows.append({"bench": "sampling", **r.params, "ours_img_s": r.extra["images_per_s"],
                          "split_gain": team.median_s / r.median_s if team else "n/a",
                          "diffusers_img_s": dif.extra["images_per_s"], "eager_img_s": eag.extra["images_per_s"],
                          "ours_vs_diffusers": dif.median_s / r.median_s, "ours_vs_eager": eag.median_s / r.median_s,
-                         "paired": statistics.median(r.extra.get("paired_ours_vs_diffusers", [float("nan")]))})
+                         "paired": statistics.median(r.extra.get("paired_ours_vs_diffusers", [float("nan")])),
+                         "no_compile_vs_diffusers": dif.median_s / plain.median_s if plain else "n/a",
+                         "ours_vs_diffusers_compiled": dif_c.median_s / r.median_s if dif_c else "n/a"})
     return rows
 
 
@@ -262,7 +275,7 @@ def main() -> None:
     print()
     print_table([r for r in rows if r["bench"] == "sampling"],
                 ["sampler", "steps", "n", "ours_img_s", "diffusers_img_s", "eager_img_s", "ours_vs_diffusers", "paired",
-                 "ours_vs_eager", "split_gain"])
+                 "ours_vs_eager", "split_gain", "no_compile_vs_diffusers", "ours_vs_diffusers_compiled"])
     write_json(args.json, records, args.device)
 
 

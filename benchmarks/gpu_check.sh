@@ -13,6 +13,8 @@
 #       bash benchmarks/gpu_check.sh checks bench throw unet   (build, CUDA tests, compute-sanitizer;
 #           the GPU benchmarks; an error raised inside the ops; the UNet's rate per precision)
 #       bash benchmarks/gpu_check.sh suite       (the op and model tests with the GPU visible)
+#       bash benchmarks/gpu_check.sh tests sampling   (build and CUDA tests without compute-sanitizer;
+#           whole sampling without the step benchmark)
 #
 # Everything goes to $OUT (log.txt and the benchmarks' JSON); copy what came back to
 # benchmarks/results/ with the GPU's name and the date. Each step has its own time limit, so a hang
@@ -66,9 +68,10 @@ print(info); assert info.with_cuda, 'the extension was built without CUDA'"
 memcheck() {
   step 120 memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/gpu_sanitize.py
 }
-suite() {  # the model and op tests with a GPU visible (pytest-xdist is in the device image); 8 workers
+suite() {  # the model and op tests with a GPU visible (pytest-xdist is in the device image); -v names each
+  # failure as it happens (a cut run loses pytest's summary: 2026-11-27, ~750 tests in 180 s); 8 workers
   # of 2 threads: 16 workers of 16 threads each (H100 run) oversubscribed the 16 cores
-  OMP_NUM_THREADS=2 step 200 pytest_gpu_visible python3 -m pytest -q -p no:cacheprovider -n 8 --timeout 120 -rfE \
+  OMP_NUM_THREADS=2 step ${SUITE_LIMIT:-240} pytest_gpu_visible python3 -m pytest -v -p no:cacheprovider -n 8 --timeout 120 -rfE \
     tests/ops tests/diffusion tests/gmm
 }
 throwcheck() {  # an error raised by the compiled ops themselves (crashed the GPU-visible suite on the H200)
@@ -91,6 +94,10 @@ for args in [(torch.zeros(2, dtype=torch.int32), [3]), (torch.zeros(3, dtype=tor
 unetrate() {
   step 90 unet_rate_cuda python3 benchmarks/diffusion_unet_rate.py --device cuda --repeats 5 --json "$OUT/unet_rate_cuda.json"
 }
+sampling() {  # whole sampling only (the step op alone is unchanged since the 2026-11-26 records)
+  step 300 diffusion_sampling_cuda python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 --skip-step \
+    --json "$OUT/diffusion_cuda.json"
+}
 bench() {
   step 180 diffusion_cuda python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 \
     --json "$OUT/diffusion_cuda.json"
@@ -101,13 +108,15 @@ bench() {
 for mode in "$@"; do  # several modes run in order: gpu_check.sh checks bench throw
   case "$mode" in
     checks) checks; memcheck ;;
+    tests) checks ;;
+    sampling) sampling ;;
     bench) bench ;;
     throw) throwcheck ;;
     unet) unetrate ;;
     suite) suite ;;
     all) checks; bench; throwcheck; unetrate; memcheck; suite ;;  # by priority: a call cut at its limit loses the last first
     *)
-      echo "usage: $0 prepare | MODE... (checks bench throw unet suite all)" >&2
+      echo "usage: $0 prepare | MODE... (checks tests bench sampling throw unet suite all)" >&2
       exit 2
       ;;
   esac

@@ -52,6 +52,7 @@ def test_unet_shapes_and_bad_images():
         ({"variance_type": "learned"}, "variance_type must be one of .* got 'learned'"),
         ({"min_snr_gamma": -1.0}, "min_snr_gamma must be > 0 or None, got -1.0"),
         ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\), got 1.0"),
+        ({"compile_unet": "yes"}, "compile_unet must be True, False or None, got 'yes'"),
     ],
 )
 def test_bad_options_name_the_value(kwargs, match):
@@ -71,6 +72,7 @@ def test_bad_options_name_the_value(kwargs, match):
         ({"seed": -1}, "seed must be in"),
         ({"threads": 0}, "threads must be a positive integer or None, got 0"),
         ({"threads": 1.5}, "threads must be a positive integer or None, got 1.5"),
+        ({"compile_unet": 1}, "compile_unet must be True, False or None, got 1"),
     ],
 )
 def test_bad_sample_arguments_name_the_value(kwargs, match):
@@ -204,3 +206,18 @@ def test_an_error_in_one_thread_is_raised_and_stops_the_others():
         S.sample_loop(failing, (5, 1, 28, 28), 0, timesteps, table, 1, 0.0, "ext", threads=2)
     assert torch.get_num_threads() == before
     assert calls.count(3) < 50  # the part of 3 stopped early
+
+
+def test_compiled_unet_draws_the_same_images():
+    """``compile_unet=True`` runs the UNet through torch.compile (one new graph: no fallback to
+    eager) and gives the uncompiled images to float rounding; the default on the CPU compiles
+    nothing."""
+    from torch._dynamo.utils import counters
+
+    model = tiny()
+    before = counters["stats"]["unique_graphs"]
+    plain = model.sample(2, steps=3, sampler="ddpm", seed=2)
+    assert counters["stats"]["unique_graphs"] == before
+    compiled = model.sample(2, steps=3, sampler="ddpm", seed=2, compile_unet=True)
+    assert counters["stats"]["unique_graphs"] > before
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-5)
