@@ -21,7 +21,8 @@
    the images split over threads of one intra-op thread each; on CUDA the UNet compiled by
    ``torch.compile`` and each step a CUDA-graph replay), ``ours_no_compile`` and
    ``diffusers_compiled`` (CUDA) = ours with the UNet not compiled, diffusers' loop with it
-   compiled (the share of the UNet's compilation and of the sampler loop in the ratio), ``ours_one_team`` (CPU) = the same
+   compiled (the share of the UNet's compilation and of the sampler loop in the ratio),
+   ``ours_compiled`` (CPU, ``--compile-unet``) = ours with ``compile_unet=True``, ``ours_one_team`` (CPU) = the same
    with ``threads=1`` (one batch, torch's intra-op threads), ``ours_eager`` = the default loop on
    the reference step, ``diffusers`` = diffusers' scheduler
    (``DDIMScheduler`` / ``DDPMScheduler`` with the same config) driving the same UNet in the loop
@@ -171,7 +172,8 @@ def diffusers_loop(model: Diffusion, n: int, steps: int, sampler: str, x: torch.
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int, ckpt: Path | None) -> list[Record]:
+def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int, ckpt: Path | None,
+                   compiled_on_cpu: bool = False) -> list[Record]:
     torch.manual_seed(0)
     model = Diffusion.load_from_checkpoint(ckpt, map_location=device) if ckpt else Diffusion(**CONFIG_UNET)
     model = model.to(device).eval()
@@ -191,11 +193,17 @@ def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int,
         if device == "cuda":  # what the default compiled UNet gives, and what the sampler loop does alone
             fns["ours_no_compile"] = lambda: ours("ext", compile_unet=False)
             fns["diffusers_compiled"] = lambda: diffusers_loop(model, n, steps, sampler, x_start.clone(), True)
+        elif compiled_on_cpu:  # not the CPU default (tens of seconds of compiling, in the warm-up round)
+            fns["ours_compiled"] = lambda: ours("ext", compile_unet=True)
         extra: dict[str, Any] = {}
         if sampler == "ddim":
             diff = (fns["ours"]() - fns["diffusers"]()).abs().max().item()
             extra["max_abs_diff_vs_diffusers"] = diff
         long_run = steps > 100  # DDPM-1000: one warm round is warm enough, and at most 2 rounds
+        if long_run and ("ours_compiled" in fns or device == "cuda"):  # compile this batch size untimed
+            model.sample(n, steps=2, sampler=sampler, seed=0, compile_unet=True)
+            if device == "cuda":
+                diffusers_loop(model, n, 2, sampler, x_start.clone(), True)
         # Rotated rounds: right after ours_one_team (one intra-op team) the first split call ran
         # 4-10% slower (2-core Xeon), which a fixed order charged to ours every round.
         times = time_interleaved(fns, device, repeats=min(repeats, 2) if long_run else repeats,
@@ -225,13 +233,15 @@ def ratio_rows(records: list[Record]) -> list[dict[str, Any]]:
             dif, eag = by[(r.bench, "diffusers", key)], by[(r.bench, "ours_eager", key)]
             team = by.get((r.bench, "ours_one_team", key))
             plain, dif_c = by.get((r.bench, "ours_no_compile", key)), by.get((r.bench, "diffusers_compiled", key))
+            comp = by.get((r.bench, "ours_compiled", key))
             rows.append({"bench": "sampling", **r.params, "ours_img_s": r.extra["images_per_s"],
                          "split_gain": team.median_s / r.median_s if team else "n/a",
                          "diffusers_img_s": dif.extra["images_per_s"], "eager_img_s": eag.extra["images_per_s"],
                          "ours_vs_diffusers": dif.median_s / r.median_s, "ours_vs_eager": eag.median_s / r.median_s,
                          "paired": statistics.median(r.extra.get("paired_ours_vs_diffusers", [float("nan")])),
                          "no_compile_vs_diffusers": dif.median_s / plain.median_s if plain else "n/a",
-                         "ours_vs_diffusers_compiled": dif_c.median_s / r.median_s if dif_c else "n/a"})
+                         "ours_vs_diffusers_compiled": dif_c.median_s / r.median_s if dif_c else "n/a",
+                         "compiled_vs_diffusers": dif.median_s / comp.median_s if comp else "n/a"})
     return rows
 
 
@@ -252,6 +262,8 @@ def main() -> None:
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument("--skip-step", action="store_true", help="only the whole-sampling cases")
     parser.add_argument("--march", help="build the CPU kernels with -march=MARCH (x86-64-v3: AVX2) instead of native")
+    parser.add_argument("--compile-unet", action="store_true",
+                        help="CPU: also time sample(compile_unet=True) (ours_compiled; on CUDA it is the default)")
     parser.add_argument("--cases", nargs="+", metavar="SAMPLER:STEPS:N", type=sampling_case,
                         help="whole-sampling cases instead of the default ones, e.g. ddpm:1000:64")
     args = parser.parse_args()
@@ -266,7 +278,7 @@ def main() -> None:
         if args.device == "cuda":  # a GPU: a launch-bound batch and a compute-bound one
             cases = [("ddim", 50, 64), ("ddim", 50, 1024), ("ddpm", 1000, 64)]
         cases = args.cases or cases
-        records += bench_sampling(cases, args.device, 1 if args.quick else args.repeats, args.ckpt)
+        records += bench_sampling(cases, args.device, 1 if args.quick else args.repeats, args.ckpt, args.compile_unet)
     for r in records:
         r.extra.update(info)
     rows = ratio_rows(records)
@@ -275,7 +287,8 @@ def main() -> None:
     print()
     print_table([r for r in rows if r["bench"] == "sampling"],
                 ["sampler", "steps", "n", "ours_img_s", "diffusers_img_s", "eager_img_s", "ours_vs_diffusers", "paired",
-                 "ours_vs_eager", "split_gain", "no_compile_vs_diffusers", "ours_vs_diffusers_compiled"])
+                 "ours_vs_eager", "split_gain", "no_compile_vs_diffusers", "ours_vs_diffusers_compiled",
+                 "compiled_vs_diffusers"])
     write_json(args.json, records, args.device)
 
 

@@ -41,30 +41,43 @@ def conv_share(unet: UNet, x: torch.Tensor, t: torch.Tensor, calls: int = 5) -> 
     return conv / total if total else float("nan")
 
 
-VARIANTS = ("fp32", "channels_last", "bf16")  # on CUDA; the CPU runs fp32 only
+VARIANTS = ("fp32", "channels_last", "bf16", "compiled")  # default on CUDA; the CPU runs fp32 only
+# the same, compiled by torch.compile (as Diffusion.sample runs it on CUDA), and what might make it faster
+ALL_VARIANTS = VARIANTS + ("compiled_bf16", "compiled_channels_last", "compiled_cudnn_benchmark")
 
 
 def forward_fn(unet: UNet, x: torch.Tensor, t: torch.Tensor, variant: str):
     """One sampler-shaped forward in a variant: fp32 as the sampler runs it (cuDNN's default TF32
-    convolutions on a GPU), the same with channels-last tensors, or under bfloat16 autocast."""
-    if variant == "channels_last":
+    convolutions on a GPU), the same with channels-last tensors, or under bfloat16 autocast;
+    ``compiled*``: the UNet under ``torch.compile(dynamic=False)`` (compiled in the warm-up),
+    alone or with one of those, or with cuDNN's per-shape algorithm search."""
+    base = variant.removeprefix("compiled").removeprefix("_") or "fp32"
+    if base == "channels_last":
         unet = unet.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if variant == "bf16":
+    net = torch.compile(unet, dynamic=False) if variant.startswith("compiled") else unet
+    if base == "bf16":
         def call():
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return unet(x, t)
+                return net(x, t)
         return call
-    return lambda: unet(x, t)
+    if base == "cudnn_benchmark":
+        def call():
+            with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+                return net(x, t)
+        return call
+    return lambda: net(x, t)
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="default: 16 64 256 (CPU), 64 256 1024 (CUDA)")
+    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=None,
+                        help=f"default: {' '.join(VARIANTS)} (CUDA), fp32 (CPU)")
     args = parser.parse_args()
     dev = torch.device(args.device)
     batches = args.batches or ([64, 256, 1024] if dev.type == "cuda" else [16, 64, 256])
-    variants = VARIANTS if dev.type == "cuda" else ("fp32",)
+    variants = args.variants or (VARIANTS if dev.type == "cuda" else ("fp32",))
     size = 4096 if dev.type == "cuda" else 2048
     a = torch.randn(size, size, device=dev)
     records, rows = [], []
@@ -79,7 +92,7 @@ def main() -> None:
             flops = counter.get_total_flops()
             conv_flops = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
             for variant in variants:
-                fn = forward_fn(copy.deepcopy(unet) if variant == "channels_last" else unet, x, t, variant)
+                fn = forward_fn(copy.deepcopy(unet) if "channels_last" in variant else unet, x, t, variant)
                 timing = time_fn(fn, dev, repeats=args.repeats, warmup=3)
                 fwd_s = timing[0]
                 share = conv_share(unet, x, t) if dev.type == "cpu" else float("nan")

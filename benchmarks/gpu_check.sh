@@ -92,7 +92,9 @@ for args in [(torch.zeros(2, dtype=torch.int32), [3]), (torch.zeros(3, dtype=tor
     except RuntimeError as exc:
         print("caught:", str(exc).splitlines()[0])'
 unetrate() {
-  step 90 unet_rate_cuda python3 benchmarks/diffusion_unet_rate.py --device cuda --repeats 5 --json "$OUT/unet_rate_cuda.json"
+  # what could make the compiled UNet of a 1024-image step faster (2026-11-27: 1.94-2.0x diffusers there)
+  step 180 unet_rate_cuda python3 benchmarks/diffusion_unet_rate.py --device cuda --repeats 5 --batches 1024 \
+    --variants fp32 compiled compiled_bf16 compiled_channels_last compiled_cudnn_benchmark --json "$OUT/unet_rate_cuda.json"
 }
 sampling() {  # whole sampling only (the step op alone is unchanged since the 2026-11-26 records)
   step 300 diffusion_sampling_cuda python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 --skip-step \

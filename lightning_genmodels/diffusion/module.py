@@ -248,9 +248,10 @@ class Diffusion(LightningModule):
 
     def _compiles_unet(self, compile_unet: bool | None) -> bool:
         choice = self.hparams.get("compile_unet") if compile_unet is None else compile_unet
-        if choice is None:
+        if choice is None:  # CUDA, where torch.compile can run (Triton installed, a Python Dynamo supports)
+            from torch._dynamo import is_dynamo_supported
             from torch.utils._triton import has_triton
-            return self.device.type == "cuda" and has_triton()
+            return self.device.type == "cuda" and has_triton() and is_dynamo_supported()
         if not isinstance(choice, bool):
             raise ValueError(f"compile_unet must be True, False or None, got {choice!r}")
         return choice
