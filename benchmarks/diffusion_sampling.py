@@ -64,6 +64,7 @@ from harness import Record, base_parser, print_table, time_fn, time_interleaved,
 from lightning_genmodels import Diffusion  # noqa: E402
 from lightning_genmodels.diffusion import samplers as S  # noqa: E402
 from lightning_genmodels.ops import diffusion_step, philox_normal  # noqa: E402
+from lightning_genmodels.ops.build import CPU_FLAGS  # noqa: E402
 from lightning_genmodels.ops.diffusion import _step_math  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,8 @@ def load_march_build(march: str) -> str:
     folder = Path(build.cache_dir()) / name
     folder.mkdir(parents=True, exist_ok=True)
     sources = [root / "ops.cpp", root / "cpu" / "diffusion.cpp", root / "cpu" / "philox.cpp"]
-    cpp_extension.load(name=name, sources=[str(p) for p in sources], extra_cflags=["-O3", "-fopenmp", f"-march={march}"],
+    flags = [f for f in CPU_FLAGS if not f.startswith("-march")] + [f"-march={march}"]
+    cpp_extension.load(name=name, sources=[str(p) for p in sources], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"], extra_include_paths=[str(root)], build_directory=str(folder),
                        is_python_module=False)
     build._info = build.BuildInfo(folder / f"{name}.so", with_cuda=False)

@@ -53,20 +53,37 @@ LGM_HOST_DEVICE float uniform_closed0(uint32_t bits) {
 // inside an explicit fma or where it is exact, so FMA contraction cannot change a result. Each
 // value is within a few float64 ulps of the exact one and is rounded once to float32.
 
+// The double with mantissa bits `mantissa` (52 bits) and biased exponent `exponent`.
+LGM_HOST_DEVICE double with_exponent(uint64_t mantissa, int exponent) {
+  const uint64_t bits = mantissa | (static_cast<uint64_t>(exponent) << 52);
+  double v;
+  memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+// v with its sign flipped when `flip` (an exact negation, as bits).
+LGM_HOST_DEVICE double flip_sign(double v, bool flip) {
+  uint64_t bits;
+  memcpy(&bits, &v, sizeof(bits));
+  bits ^= static_cast<uint64_t>(flip) << 63;
+  memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
 // ln(m / 2^24) for an integer 1 <= m <= 2^24 (the radius uniform of uniform_open0).
 LGM_HOST_DEVICE double log_uniform24(uint32_t m) {
   // m = 2^e s with s in [sqrt(1/2), sqrt(2)), from the bits of (double) m.
-  const double md = static_cast<double>(m);
+  const double md = static_cast<double>(static_cast<int32_t>(m));  // m <= 2^24: a signed conversion vectorises
   uint64_t bits;
   memcpy(&bits, &md, sizeof(bits));
   int e = static_cast<int>(bits >> 52) - 1023;
-  bits = (bits & ((uint64_t{1} << 52) - 1)) | (uint64_t{1023} << 52);
-  double s;
-  memcpy(&s, &bits, sizeof(s));
-  if (s > 1.4142135623730951) {
-    s *= 0.5;
-    e += 1;
-  }
+  bits &= (uint64_t{1} << 52) - 1;
+  double s = with_exponent(bits, 1023);
+  // halved by its exponent bits, not by a multiply in a branch: no branch, so loops over lanes
+  // vectorise (a compiler does not speculate floating-point operations on AVX2)
+  const int big = s > 1.4142135623730951 ? 1 : 0;
+  s = with_exponent(bits, 1023 - big);
+  e += big;
   // ln s = 2 atanh(z) = 2 z (1 + z^2/3 + z^4/5 + ...), |z| <= 0.1716, z^2 <= 0.0295: 12 terms.
   const double z = (s - 1.0) / (s + 1.0);
   const double w = z * z;
@@ -119,12 +136,12 @@ LGM_HOST_DEVICE void sincos_turn24(uint32_t a, double* sin_out, double* cos_out)
   const double xw = x * w;
   const double sx = fma(xw, sp, x);
   const double cx = fma(w, cp, 1.0);
-  switch (q & 3u) {
-    case 0: *sin_out = sx; *cos_out = cx; break;
-    case 1: *sin_out = cx; *cos_out = -sx; break;
-    case 2: *sin_out = -sx; *cos_out = -cx; break;
-    default: *sin_out = -cx; *cos_out = sx; break;
-  }
+  // quadrant 0: (sx, cx), 1: (cx, -sx), 2: (-sx, -cx), 3: (-cx, sx): selects and sign bits
+  const uint32_t quadrant = q & 3u;
+  const double s_abs = (quadrant & 1u) ? cx : sx;
+  const double c_abs = (quadrant & 1u) ? sx : cx;
+  *sin_out = flip_sign(s_abs, quadrant >= 2u);
+  *cos_out = flip_sign(c_abs, ((quadrant + 1u) & 2u) != 0u);  // negative in quadrants 1 and 2
 }
 
 // Two standard normals from two 32-bit words: radius sqrt(-2 ln u), u = uniform_open0(radius_bits),

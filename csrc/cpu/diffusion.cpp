@@ -1,5 +1,5 @@
 // CPU kernel of diffusion_step: per sample, one pass computing the mean (vectorised), then the
-// Philox noise added in place while the sample is still in cache (only where sigma != 0).
+// Philox noise (cpu/philox_batch.h) added in place while the sample is still in cache (only where sigma != 0).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common/diffusion.h"
+#include "cpu/philox_batch.h"
 
 namespace lgm {
 
@@ -80,15 +81,8 @@ at::Tensor diffusion_step_cpu(const at::Tensor& x, const at::Tensor& model_outpu
       // 2. noise: four normals per Philox block, blocks addressed by stream position
       const float sigma = c[5];
       if (sigma == 0.0f) continue;
-      float values[4];
-      int64_t j = 0;
-      while (j < per) {
-        const uint64_t position = offset + static_cast<uint64_t>(base + j);
-        philox_normal4(seed, position >> 2, values);
-        for (int lane = static_cast<int>(position & 3); lane < 4 && j < per; ++lane, ++j) {
-          r[j] += sigma * values[lane];
-        }
-      }
+      for_philox_normals(seed, offset + static_cast<uint64_t>(base), per,
+                         [r, sigma](int64_t j, float value) { r[j] += sigma * value; });
     }
   });
   return result;

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common/philox.h"
+#include "cpu/philox_batch.h"
 
 namespace lgm {
 
@@ -29,19 +30,10 @@ at::Tensor philox_normal_cpu(const at::Tensor& seed_offset, c10::SymIntArrayRef 
   const int64_t n = out.numel();
   if (n == 0) return out;
   float* data = out.data_ptr<float>();
-  // Blocks of the stream touched: [first, last]; the ends may be partial.
-  const uint64_t first = offset / 4;
-  const uint64_t last = (offset + n - 1) / 4;
-  at::parallel_for(0, static_cast<int64_t>(last - first + 1), 4096, [&](int64_t begin, int64_t end) {
-    float values[4];
-    for (int64_t b = begin; b < end; ++b) {
-      const uint64_t block = first + b;
-      philox_normal4(seed, block, values);
-      for (int lane = 0; lane < 4; ++lane) {
-        const int64_t i = static_cast<int64_t>(block * 4 + lane - offset);
-        if (block * 4 + lane >= offset && i < n) data[i] = values[lane];
-      }
-    }
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+    float* dst = data + begin;
+    for_philox_normals(seed, offset + static_cast<uint64_t>(begin), end - begin,
+                       [dst](int64_t i, float value) { dst[i] = value; });
   });
   return out;
 }
