@@ -5,8 +5,9 @@ target of its prediction type at a uniformly drawn timestep. An exponential movi
 the weights (Lightning's ``EMAWeightAveraging``, added by ``configure_callbacks``) is used for
 validation, is what a checkpoint's ``state_dict`` holds, and is copied into the model when
 fitting ends, so sampling uses it. Sampling runs the fused step op (:mod:`.samplers`,
-:func:`lightning_genmodels.ops.diffusion_step`) under inference mode; on CUDA each step after
-a warm-up is one CUDA-graph replay.
+:func:`lightning_genmodels.ops.diffusion_step`) under inference mode; on CUDA the UNet runs
+compiled by ``torch.compile`` (``compile_unet``) and each step after a warm-up is one CUDA-graph
+replay.
 """
 from __future__ import annotations
 
