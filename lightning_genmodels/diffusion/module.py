@@ -11,6 +11,7 @@ replay.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -224,8 +225,10 @@ class Diffusion(LightningModule):
                 one compilation per batch size, reused by later calls): inductor fuses its
                 GroupNorm, SiLU, residual adds and upsampling copies, which dominate at large
                 batches on a GPU. Default the module's ``compile_unet``; None: on CUDA (if Triton
-                is installed), not on the CPU (tens of seconds of compiling on 2 cores). The
-                compiled UNet runs on one intra-op thread team (``threads`` is ignored).
+                is installed), not on the CPU (tens of seconds of compiling on 2 cores); if
+                compiling fails there, one RuntimeWarning and the eager UNet from then on (an
+                explicit True raises). The compiled UNet runs on one intra-op thread team
+                (``threads`` is ignored).
         """
         hp = self.hparams
         if isinstance(n, bool) or int(n) != n or n < 1:
@@ -239,23 +242,48 @@ class Diffusion(LightningModule):
         shape = (count, hp.in_channels, hp.image_size, hp.image_size)
         clip = float(hp.clip_sample_range) if hp.clip_sample else 0.0
         threads = S.cpu_threads(count, threads)
-        model = self.unet
-        if self._compiles_unet(compile_unet):
-            model, threads = torch.compile(self.unet, dynamic=False), 1
-        x = S.sample_loop(model, shape, first, timesteps, table, seed, clip, hp.impl,
-                          cuda_graph and self.device.type == "cuda", threads if self.device.type == "cpu" else 1)
+
+        def loop(model: torch.nn.Module, threads: int) -> Tensor:
+            return S.sample_loop(model, shape, first, timesteps, table, seed, clip, hp.impl,
+                                 cuda_graph and self.device.type == "cuda", threads if self.device.type == "cpu" else 1)
+
+        choice = self._compile_choice(compile_unet)
+        if choice is False or (choice is None and not self._auto_compile()):
+            x = loop(self.unet, threads)
+        else:
+            from torch._dynamo.exc import BackendCompilerFailed
+
+            try:
+                x = loop(self._compiled_unet(), 1)
+            except BackendCompilerFailed as exc:  # Triton or inductor failed on this machine
+                if choice is not None:
+                    raise
+                self._compile_failed = True
+                reason = getattr(exc, "inner_exception", None) or exc
+                warnings.warn(f"Diffusion.sample: compiling the UNet failed, sampling with the eager UNet from now on "
+                              f"(compile_unet=False silences this): {type(reason).__name__}: {reason}",
+                              RuntimeWarning, stacklevel=3)
+                x = loop(self.unet, threads)
         images = ((x + 1) / 2).clamp(0, 1)
         return _gather_shares(images, n, world) if world > 1 else images
 
-    def _compiles_unet(self, compile_unet: bool | None) -> bool:
+    def _compile_choice(self, compile_unet: bool | None) -> bool | None:
         choice = self.hparams.get("compile_unet") if compile_unet is None else compile_unet
-        if choice is None:  # CUDA, where torch.compile can run (Triton installed, a Python Dynamo supports)
-            from torch._dynamo import is_dynamo_supported
-            from torch.utils._triton import has_triton
-            return self.device.type == "cuda" and has_triton() and is_dynamo_supported()
-        if not isinstance(choice, bool):
+        if choice is not None and not isinstance(choice, bool):
             raise ValueError(f"compile_unet must be True, False or None, got {choice!r}")
         return choice
+
+    def _auto_compile(self) -> bool:
+        """compile_unet=None: on CUDA, where torch.compile can run (Triton installed, a Python that
+        Dynamo supports), unless it already failed for this module."""
+        from torch._dynamo import is_dynamo_supported
+        from torch.utils._triton import has_triton
+
+        failed = getattr(self, "_compile_failed", False)
+        return self.device.type == "cuda" and not failed and has_triton() and is_dynamo_supported()
+
+    def _compiled_unet(self) -> torch.nn.Module:
+        return torch.compile(self.unet, dynamic=False)  # compiled code is cached on UNet.forward
 
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
         """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -221,3 +222,25 @@ def test_compiled_unet_draws_the_same_images():
     compiled = model.sample(2, steps=3, sampler="ddpm", seed=2, compile_unet=True)
     assert counters["stats"]["unique_graphs"] > before
     torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-5)
+
+
+def test_a_failed_default_compilation_falls_back_to_the_eager_unet(monkeypatch):
+    """Where ``compile_unet=None`` compiles (CUDA) and the compiler fails (Triton without a C
+    compiler, say), sampling warns once and runs the eager UNet; an explicit True raises."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def failing_backend(gm, example_inputs):
+        raise RuntimeError("no C compiler for Triton's launcher")
+
+    model = tiny()
+    plain = model.sample(2, steps=2, sampler="ddpm", seed=1)
+    monkeypatch.setattr(Diffusion, "_auto_compile", lambda self: not getattr(self, "_compile_failed", False))
+    monkeypatch.setattr(Diffusion, "_compiled_unet", lambda self: torch.compile(self.unet, backend=failing_backend))
+    with pytest.warns(RuntimeWarning, match="compiling the UNet failed.*no C compiler"):
+        images = model.sample(2, steps=2, sampler="ddpm", seed=1)
+    torch.testing.assert_close(images, plain, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next call does not try again
+        model.sample(2, steps=2, sampler="ddpm", seed=1)
+    with pytest.raises(BackendCompilerFailed, match="no C compiler"):
+        model.sample(2, steps=2, sampler="ddpm", seed=1, compile_unet=True)
