@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +110,47 @@ def test_kernel_batches_match_known_answers_at_every_lane():
         for n in (1, 127, 128, 129, 3001):
             ext = philox_normal(11, offset, [n], device="cpu", impl="ext").numpy()
             np.testing.assert_array_equal(ext, _normals_exact(11, offset, n), err_msg=f"offset {offset}, n {n}")
+
+
+_BATCH_PROGRAM = r"""
+#include <cstdio>
+#include <cstdlib>
+#include "cpu/philox_batch.h"
+int main(int argc, char** argv) {
+  const unsigned long long seed = strtoull(argv[1], nullptr, 10), position = strtoull(argv[2], nullptr, 10);
+  const long count = strtol(argv[3], nullptr, 10);
+  lgm::for_philox_normals(seed, position, count, [](long, float v) { printf("%a\n", v); });
+}
+"""
+
+
+def _cpu_flag(flag: str) -> bool:
+    try:
+        return flag in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("c++") is None or os.uname().machine != "x86_64", reason="needs an x86-64 c++")
+@pytest.mark.parametrize("march, flag", [("x86-64-v2", "sse4_2"), ("x86-64-v3", "avx2"), ("x86-64-v4", "avx512f")])
+def test_batched_draw_is_exact_at_every_isa_this_cpu_runs(march, flag, tmp_path):
+    """csrc/cpu/philox_batch.h is vectorised by the compiler for whatever -march the build gets
+    (-march=native here; another machine picks another width): built with the package's flags for
+    each x86-64 level this CPU can run, it gives the exact values at odd offsets and lengths."""
+    if not _cpu_flag(flag):
+        pytest.skip(f"this CPU has no {flag}")
+    from lightning_genmodels.ops.build import CPU_FLAGS, source_dir
+
+    src, exe = tmp_path / "draw.cpp", tmp_path / "draw"
+    src.write_text(_BATCH_PROGRAM)
+    flags = [f for f in CPU_FLAGS if not f.startswith("-march")] + [f"-march={march}"]
+    build = subprocess.run(["c++", "-std=c++17", *flags, "-I", str(source_dir()), str(src), "-o", str(exe)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    for seed, offset, n in [(11, 2**33 + 1, 3001), (2**64 - 1, 3, 130), (0, 0, 1)]:
+        run = subprocess.run([str(exe), str(seed), str(offset), str(n)], capture_output=True, text=True, timeout=60)
+        values = np.array([float.fromhex(v) for v in run.stdout.split()], dtype=np.float32)
+        np.testing.assert_array_equal(values, _normals_exact(seed, offset, n), err_msg=f"{march}: {seed}, {offset}")
 
 
 def test_kernel_edge_uniforms():
