@@ -5,7 +5,6 @@
 // branches and all, at a time.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "common/philox.h"
 

@@ -98,8 +98,7 @@ class Diffusion(LightningModule):
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         if not clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
-        if compile_unet is not None and not isinstance(compile_unet, bool):
-            raise ValueError(f"compile_unet must be True, False or None, got {compile_unet!r}")
+        _check_compile_unet(compile_unet)
         self.save_hyperparameters()
         self.unet = UNet(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
                          attention_heads, dropout, groups)
@@ -254,7 +253,9 @@ class Diffusion(LightningModule):
             from torch._dynamo.exc import BackendCompilerFailed
 
             try:
-                x = loop(self._compiled_unet(), 1)
+                with warnings.catch_warnings():  # inductor's advice to enable TF32 matmuls, once per compilation
+                    warnings.filterwarnings("ignore", "TensorFloat32 tensor cores", UserWarning)
+                    x = loop(self._compiled_unet(), 1)
             except BackendCompilerFailed as exc:  # Triton or inductor failed on this machine
                 if choice is not None:
                     raise
@@ -268,10 +269,7 @@ class Diffusion(LightningModule):
         return _gather_shares(images, n, world) if world > 1 else images
 
     def _compile_choice(self, compile_unet: bool | None) -> bool | None:
-        choice = self.hparams.get("compile_unet") if compile_unet is None else compile_unet
-        if choice is not None and not isinstance(choice, bool):
-            raise ValueError(f"compile_unet must be True, False or None, got {choice!r}")
-        return choice
+        return _check_compile_unet(self.hparams.get("compile_unet") if compile_unet is None else compile_unet)
 
     def _auto_compile(self) -> bool:
         """compile_unet=None: on CUDA, where torch.compile can run (Triton installed, a Python that
@@ -288,6 +286,12 @@ class Diffusion(LightningModule):
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
         """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings."""
         return self.sample(n, seed=seed)
+
+
+def _check_compile_unet(value: bool | None) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"compile_unet must be True, False or None, got {value!r}")
+    return value
 
 
 def _gather_shares(images: Tensor, n: int, world: int) -> Tensor:
