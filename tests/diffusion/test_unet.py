@@ -45,3 +45,33 @@ def test_sampling_path_equals_training_path(t_form: str) -> None:
     torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(unet(x.clone(), t), got, rtol=0, atol=0)
+
+
+def test_sampling_path_follows_weight_changes() -> None:
+    """The sampling path keeps tensors derived from the weights between calls: an in-place update
+    (an optimizer step, an EMA copy), load_state_dict and a move to another dtype must reach it."""
+    unet = randomised(UNet(base_channels=8, channel_mults=(1, 2, 2), groups=4)).eval()
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor(321).expand(2)
+
+    def check() -> None:
+        expected = unet(x, t.clone()).detach()  # the training path: nothing kept
+        with torch.inference_mode():
+            torch.testing.assert_close(unet(x, t), expected, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():  # after inference mode filled the caches
+            torch.testing.assert_close(unet(x, t), expected, rtol=1e-5, atol=1e-5)
+
+    check()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.mul_(0.9).add_(0.05)
+    check()
+    other = randomised(UNet(base_channels=8, channel_mults=(1, 2, 2), groups=4))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    unet.load_state_dict(other.state_dict())
+    check()
+    block, up = unet.up[0][0], unet.upsample[0]
+    block.emb.weight = nn.Parameter(block.emb.weight.detach() + 0.3)  # a new tensor, version 0
+    up.weight = nn.Parameter(up.weight.detach() - 0.2)
+    check()
