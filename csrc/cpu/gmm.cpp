@@ -70,6 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
   // chunk does not change its sums.
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min<int64_t>(n_chunks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    const gmm_cpu::FlushSubnormals flush;
     std::optional<Scratch<T>> own;
     Scratch<T>& s = gmm_cpu::thread_scratch(plan, x.options(), own);
     for (int64_t c = next++; c < n_chunks; c = next++) {

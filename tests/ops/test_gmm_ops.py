@@ -202,6 +202,44 @@ def test_block_softmax_sums_the_last_features_and_norms(isa, spread):
                     assert_stats_close(ext, ref, torch.float32)
 
 
+def _subnormals_survive() -> bool:
+    """Whether float32 arithmetic on this thread and on torch's worker threads keeps subnormals."""
+    tiny = torch.finfo(torch.float32).tiny
+    one = torch.tensor([tiny], dtype=torch.float32) / 4  # this thread
+    many = torch.full((1 << 20,), tiny, dtype=torch.float32) / 4  # parallel: the worker threads too
+    return bool(one.item() > 0) and bool((many > 0).all())
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_subnormal_responsibilities_are_flushed_inside_the_op_only(isa):
+    """The E-step flushes subnormal floats on its threads (FTZ/DAZ: they had cost a microcode assist
+    per vector): responsibilities below FLT_MIN then add nothing, within tolerance of the reference,
+    and the caller's float mode comes back after the op, whichever it was."""
+    _require_isa(isa)
+    g = torch.Generator().manual_seed(3)
+    d, n = 4, 4000
+    means = torch.zeros(2, d)
+    means[1, 0] = 13.0  # the far component's joint is 84 +- 13 below the near one's
+    x = torch.randn(n, d, generator=g)
+    weight = 10.0 ** -torch.rand(n, generator=g) * 3  # w / sum pushes e^-87..e^-80 below FLT_MIN
+    log_weights = torch.log(torch.tensor([0.5, 0.5]))
+    for cov in ("diag", "spherical"):
+        prec_chol = torch.ones(2, d) if cov == "diag" else torch.ones(2)
+        joint = _gmm_log_prob_ref(x.double(), log_weights.double(), means.double(), prec_chol.double(), cov)
+        resp = (torch.softmax(joint, 1) * weight.double()[:, None]).float()
+        assert int(((resp > 0) & (resp < torch.finfo(torch.float32).tiny)).sum()) > 100  # the case arises
+        with force_cpu_isa(isa):
+            for user_flush in (False, True):
+                assert torch.set_flush_denormal(user_flush)
+                try:
+                    ext = gmm_em_stats(x, log_weights, means, prec_chol, cov, weight, impl="ext")
+                    assert _subnormals_survive() is not user_flush
+                finally:
+                    torch.set_flush_denormal(False)
+                assert_stats_close(ext, _gmm_em_stats_ref(x, weight, log_weights, means, prec_chol, cov), torch.float32)
+    assert _subnormals_survive()
+
+
 def test_cpu_isa_paths_are_distinct_code():
     """Forcing a path changes the code that runs: vector widths sum in different orders, so the
     float32 distances of two paths differ in their last bits (and both match the reference above).
