@@ -11,8 +11,9 @@ replay.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -246,6 +247,14 @@ class Diffusion(LightningModule):
             return S.sample_loop(model, shape, first, timesteps, table, seed, clip, hp.impl,
                                  cuda_graph and self.device.type == "cuda", threads if self.device.type == "cpu" else 1)
 
+        with self.unet.frozen() if isinstance(self.unet, UNet) else contextlib.nullcontext():
+            x = self._sample_with(loop, threads, compile_unet)
+        images = ((x + 1) / 2).clamp(0, 1)
+        return _gather_shares(images, n, world) if world > 1 else images
+
+    def _sample_with(self, loop: Callable[[torch.nn.Module, int], Tensor], threads: int,
+                     compile_unet: bool | None) -> Tensor:
+        """``loop`` over the UNet, compiled or not as ``compile_unet`` and the machine decide."""
         choice = self._compile_choice(compile_unet)
         if choice is False or (choice is None and not self._auto_compile()):
             x = loop(self.unet, threads)
@@ -263,10 +272,9 @@ class Diffusion(LightningModule):
                 reason = getattr(exc, "inner_exception", None) or exc
                 warnings.warn(f"Diffusion.sample: compiling the UNet failed, sampling with the eager UNet from now on "
                               f"(compile_unet=False silences this): {type(reason).__name__}: {reason}",
-                              RuntimeWarning, stacklevel=3)
+                              RuntimeWarning, stacklevel=4)
                 x = loop(self.unet, threads)
-        images = ((x + 1) / 2).clamp(0, 1)
-        return _gather_shares(images, n, world) if world > 1 else images
+        return x
 
     def _compile_choice(self, compile_unet: bool | None) -> bool | None:
         return _check_compile_unet(self.hparams.get("compile_unet") if compile_unet is None else compile_unet)

@@ -48,16 +48,17 @@ def test_sampling_path_equals_training_path(t_form: str) -> None:
 
 
 def test_sampling_path_follows_weight_changes() -> None:
-    """The sampling path keeps tensors derived from the weights between calls: an in-place update
-    (an optimizer step, an EMA copy), load_state_dict and a move to another dtype must reach it."""
+    """Outside UNet.frozen the sampling path derives nothing to keep: an in-place update (an optimizer
+    step), a write through .data (Lightning's weight averaging swaps weights so, without a version
+    bump), load_state_dict and a replaced parameter all reach the next call."""
     unet = randomised(UNet(base_channels=8, channel_mults=(1, 2, 2), groups=4)).eval()
     x, t = torch.randn(2, 1, 28, 28), torch.tensor(321).expand(2)
 
     def check() -> None:
-        expected = unet(x, t.clone()).detach()  # the training path: nothing kept
+        expected = unet(x, t.clone()).detach()  # the training path
         with torch.inference_mode():
             torch.testing.assert_close(unet(x, t), expected, rtol=1e-5, atol=1e-5)
-        with torch.no_grad():  # after inference mode filled the caches
+        with torch.no_grad():
             torch.testing.assert_close(unet(x, t), expected, rtol=1e-5, atol=1e-5)
 
     check()
@@ -65,13 +66,36 @@ def test_sampling_path_follows_weight_changes() -> None:
         for p in unet.parameters():
             p.mul_(0.9).add_(0.05)
     check()
+    for p in unet.parameters():
+        p.data.copy_(p.data * 1.1 - 0.02)
+    check()
     other = randomised(UNet(base_channels=8, channel_mults=(1, 2, 2), groups=4))
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    unet.load_state_dict(other.state_dict())
+    unet.load_state_dict({k: v + 0.1 * torch.randn_like(v) for k, v in other.state_dict().items()})
     check()
     block, up = unet.up[0][0], unet.upsample[0]
-    block.emb.weight = nn.Parameter(block.emb.weight.detach() + 0.3)  # a new tensor, version 0
+    block.emb.weight = nn.Parameter(block.emb.weight.detach() + 0.3)
     up.weight = nn.Parameter(up.weight.detach() - 0.2)
     check()
+
+
+def test_frozen_derives_the_weights_tensors_once_and_drops_them_at_exit() -> None:
+    """Inside UNet.frozen (as Diffusion.sample runs) the stacked embedding weights and the phase
+    kernels are computed once and reused (the same tensors), the output is the plain path's, and
+    leaving the block drops them, so weights changed after it reach the next block."""
+    unet = randomised(UNet(base_channels=8, channel_mults=(1, 2, 2), groups=4)).eval()
+    up = unet.upsample[0]
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor(321).expand(2)
+    for _ in range(2):
+        expected = unet(x, t.clone()).detach()
+        with torch.inference_mode(), unet.frozen():
+            with unet.frozen():  # re-entrant: the inner exit keeps them
+                first = unet(x, t)
+            stacked, phases = unet._stacked, up._phases
+            assert stacked is not None and phases is not None
+            second = unet(x, t)
+            assert unet._stacked is stacked and up._phases is phases
+        torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(second, first, rtol=0, atol=0)
+        assert unet._stacked is None and up._phases is None and not up.keep_phases
+        for p in unet.parameters():
+            p.data.mul_(1.1)
