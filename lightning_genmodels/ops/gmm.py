@@ -188,6 +188,9 @@ def gmm_em_stats(
         GMMStats(nk [K], sx [K, D], sxx, loglik []) in float64; sxx is [K, D, D] (full),
         [D, D] (tied, Σ s_n x_n x_nᵀ), [K, D] (diag) or [K] (spherical). A row with a NaN
         feature makes them NaN, loglik included (the modules reject NaN input before this op).
+        The CPU kernel runs with subnormal floats flushed to zero (the float mode is restored
+        after the call): a value below the dtype's smallest normal, in x or in a
+        responsibility, counts as 0 there.
     """
     _check_inputs(x, log_weights, means, prec_chol, covariance_type, sample_weight)
     if use_ext(impl, x.device):

@@ -211,8 +211,8 @@ def test_an_error_in_one_thread_is_raised_and_stops_the_others():
 
 def test_compiled_unet_draws_the_same_images():
     """``compile_unet=True`` runs the UNet through torch.compile (one new graph: no fallback to
-    eager) and gives the uncompiled images to float rounding; the default on the CPU compiles
-    nothing."""
+    eager) and gives the uncompiled images to float rounding, and a second call reuses it; the
+    default on the CPU compiles nothing."""
     from torch._dynamo.utils import counters
 
     model = tiny()
@@ -220,8 +220,12 @@ def test_compiled_unet_draws_the_same_images():
     plain = model.sample(2, steps=3, sampler="ddpm", seed=2)
     assert counters["stats"]["unique_graphs"] == before
     compiled = model.sample(2, steps=3, sampler="ddpm", seed=2, compile_unet=True)
-    assert counters["stats"]["unique_graphs"] > before
+    after = counters["stats"]["unique_graphs"]
+    assert after > before
     torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-5)
+    again = model.sample(2, steps=3, sampler="ddpm", seed=2, compile_unet=True)  # UNet.frozen toggled again
+    assert counters["stats"]["unique_graphs"] == after  # no recompilation
+    torch.testing.assert_close(again, compiled, rtol=0, atol=0)
 
 
 def test_a_failed_default_compilation_falls_back_to_the_eager_unet(monkeypatch):
