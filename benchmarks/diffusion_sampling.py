@@ -175,7 +175,7 @@ def diffusers_loop(model: Diffusion, n: int, steps: int, sampler: str, x: torch.
 
 
 def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int, ckpt: Path | None,
-                   compiled_on_cpu: bool = False) -> list[Record]:
+                   compiled_on_cpu: bool = False, long_rounds: int = 2) -> list[Record]:
     torch.manual_seed(0)
     model = Diffusion.load_from_checkpoint(ckpt, map_location=device) if ckpt else Diffusion(**CONFIG_UNET)
     model = model.to(device).eval()
@@ -201,14 +201,14 @@ def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int,
         if sampler == "ddim":
             diff = (fns["ours"]() - fns["diffusers"]()).abs().max().item()
             extra["max_abs_diff_vs_diffusers"] = diff
-        long_run = steps > 100  # DDPM-1000: one warm round is warm enough, and at most 2 rounds
+        long_run = steps > 100  # DDPM-1000: one warm round is warm enough, and long_rounds rounds
         if long_run and ("ours_compiled" in fns or device == "cuda"):  # compile this batch size untimed
             model.sample(n, steps=2, sampler=sampler, seed=0, compile_unet=True)
             if device == "cuda":
                 diffusers_loop(model, n, 2, sampler, x_start.clone(), True)
         # Rotated rounds: right after ours_one_team (one intra-op team) the first split call ran
         # 4-10% slower (2-core Xeon), which a fixed order charged to ours every round.
-        times = time_interleaved(fns, device, repeats=min(repeats, 2) if long_run else repeats,
+        times = time_interleaved(fns, device, repeats=min(repeats, long_rounds) if long_run else repeats,
                                  warmup=0 if long_run else 1, rotate=True)
         extra["paired_ours_vs_diffusers"] = [d / o for o, d in zip(times["ours"], times["diffusers"])]
         for impl, ts in times.items():
@@ -266,6 +266,8 @@ def main() -> None:
     parser.add_argument("--march", help="build the CPU kernels with -march=MARCH (x86-64-v3: AVX2) instead of native")
     parser.add_argument("--compile-unet", action="store_true",
                         help="CPU: also time sample(compile_unet=True) (ours_compiled; on CUDA it is the default)")
+    parser.add_argument("--long-rounds", type=int, default=2, metavar="R",
+                        help="rounds (at most --repeats) of cases over 100 steps, e.g. DDPM-1000 (default 2)")
     parser.add_argument("--cases", nargs="+", metavar="SAMPLER:STEPS:N", type=sampling_case,
                         help="whole-sampling cases instead of the default ones, e.g. ddpm:1000:64")
     args = parser.parse_args()
@@ -280,7 +282,8 @@ def main() -> None:
         if args.device == "cuda":  # a GPU: a launch-bound batch and a compute-bound one
             cases = [("ddim", 50, 64), ("ddim", 50, 1024), ("ddpm", 1000, 64)]
         cases = args.cases or cases
-        records += bench_sampling(cases, args.device, 1 if args.quick else args.repeats, args.ckpt, args.compile_unet)
+        records += bench_sampling(cases, args.device, 1 if args.quick else args.repeats, args.ckpt, args.compile_unet,
+                                  args.long_rounds)
     for r in records:
         r.extra.update(info)
     rows = ratio_rows(records)
