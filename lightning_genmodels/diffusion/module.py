@@ -257,24 +257,22 @@ class Diffusion(LightningModule):
         """``loop`` over the UNet, compiled or not as ``compile_unet`` and the machine decide."""
         choice = self._compile_choice(compile_unet)
         if choice is False or (choice is None and not self._auto_compile()):
-            x = loop(self.unet, threads)
-        else:
-            from torch._dynamo.exc import BackendCompilerFailed
+            return loop(self.unet, threads)
+        from torch._dynamo.exc import BackendCompilerFailed
 
-            try:
-                with warnings.catch_warnings():  # inductor's advice to enable TF32 matmuls, once per compilation
-                    warnings.filterwarnings("ignore", "TensorFloat32 tensor cores", UserWarning)
-                    x = loop(self._compiled_unet(), 1)
-            except BackendCompilerFailed as exc:  # Triton or inductor failed on this machine
-                if choice is not None:
-                    raise
-                self._compile_failed = True
-                reason = getattr(exc, "inner_exception", None) or exc
-                warnings.warn(f"Diffusion.sample: compiling the UNet failed, sampling with the eager UNet from now on "
-                              f"(compile_unet=False silences this): {type(reason).__name__}: {reason}",
-                              RuntimeWarning, stacklevel=4)
-                x = loop(self.unet, threads)
-        return x
+        try:
+            with warnings.catch_warnings():  # inductor's advice to enable TF32 matmuls, once per compilation
+                warnings.filterwarnings("ignore", "TensorFloat32 tensor cores", UserWarning)
+                return loop(self._compiled_unet(), 1)
+        except BackendCompilerFailed as exc:  # Triton or inductor failed on this machine
+            if choice is not None:
+                raise
+            self._compile_failed = True
+            reason = getattr(exc, "inner_exception", None) or exc
+            warnings.warn(f"Diffusion.sample: compiling the UNet failed, sampling with the eager UNet from now on "
+                          f"(compile_unet=False silences this): {type(reason).__name__}: {reason}",
+                          RuntimeWarning, stacklevel=4)
+        return loop(self.unet, threads)
 
     def _compile_choice(self, compile_unet: bool | None) -> bool | None:
         return _check_compile_unet(self.hparams.get("compile_unet") if compile_unet is None else compile_unet)
