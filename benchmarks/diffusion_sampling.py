@@ -31,17 +31,20 @@
    rounds (one call of each per round, the order rotated), so a change of machine load hits all alike;
    ``paired`` is the median over rounds of diffusers' time over ours in the same round. Default
    cases: DDIM-50 with 64 images and DDPM-1000 with 8 (CPU); ``--cases ddpm:1000:64 ...`` others.
+   ``--variant ddim:50:1024 channels_last`` (repeatable) also times ours in a variant that is not
+   the default (``VARIANTS``) in the same rounds, with its largest difference from ours' images.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def separate_inductor_cache() -> None:
@@ -174,8 +177,37 @@ def diffusers_loop(model: Diffusion, n: int, steps: int, sampler: str, x: torch.
     return ((x + 1) / 2).clamp(0, 1)
 
 
+VARIANTS = ("channels_last", "cudnn_benchmark", "max_autotune", "coordinate_descent")
+
+
+def variant_fn(model: Diffusion, variant: str, draw: Callable[[Diffusion], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``ours`` in a variant that might make the UNet faster (not the default, so not in ``sample``'s
+    API): ``channels_last``, a copy of the module with its UNet's weights, and so the convolutions'
+    activations, in channels-last layout; ``cudnn_benchmark``, cuDNN's per-shape algorithm search;
+    ``max_autotune``, the UNet compiled with ``mode="max-autotune-no-cudagraphs"`` (inductor times
+    Triton templates against cuDNN for each convolution and matmul); ``coordinate_descent``, inductor's
+    tuning of its own kernels' launch configs (``coordinate_descent_tuning``)."""
+    if variant in ("channels_last", "max_autotune", "coordinate_descent"):
+        copy_ = copy.deepcopy(model)
+        if variant == "channels_last":
+            copy_.unet.to(memory_format=torch.channels_last)
+            return lambda: draw(copy_)
+        if variant == "max_autotune":
+            copy_._compiled_unet = lambda: torch.compile(copy_.unet, dynamic=False, mode="max-autotune-no-cudagraphs")
+            return lambda: draw(copy_)
+        copy_._compiled_unet = lambda: torch.compile(copy_.unet, dynamic=False,
+                                                     options={"coordinate_descent_tuning": True})
+        return lambda: draw(copy_)
+
+    def call() -> torch.Tensor:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+            return draw(model)
+    return call
+
+
 def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int, ckpt: Path | None,
-                   compiled_on_cpu: bool = False, long_rounds: int = 2) -> list[Record]:
+                   compiled_on_cpu: bool = False, long_rounds: int = 2,
+                   variants: dict[tuple[str, int, int], list[str]] | None = None) -> list[Record]:
     torch.manual_seed(0)
     model = Diffusion.load_from_checkpoint(ckpt, map_location=device) if ckpt else Diffusion(**CONFIG_UNET)
     model = model.to(device).eval()
@@ -183,10 +215,11 @@ def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int,
     for sampler, steps, n in cases:
         x_start = philox_normal(0, 0, [n, 1, 28, 28], device=device)  # our slot-0 noise for seed 0
 
-        def ours(impl: str, threads: int | None = None, compile_unet: bool | None = None) -> torch.Tensor:
-            model.hparams.impl = impl
-            return model.sample(n, steps=steps, sampler=sampler, eta=0.0, seed=0, threads=threads,
-                                compile_unet=compile_unet)
+        def ours(impl: str, threads: int | None = None, compile_unet: bool | None = None,
+                 module: Diffusion = model) -> torch.Tensor:
+            module.hparams.impl = impl
+            return module.sample(n, steps=steps, sampler=sampler, eta=0.0, seed=0, threads=threads,
+                                 compile_unet=compile_unet)
 
         fns = {"ours": lambda: ours("ext"), "ours_eager": lambda: ours("ref"),
                "diffusers": lambda: diffusers_loop(model, n, steps, sampler, x_start.clone())}
@@ -197,10 +230,14 @@ def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int,
             fns["diffusers_compiled"] = lambda: diffusers_loop(model, n, steps, sampler, x_start.clone(), True)
         elif compiled_on_cpu:  # not the CPU default (tens of seconds of compiling, in the warm-up round)
             fns["ours_compiled"] = lambda: ours("ext", compile_unet=True)
+        for variant in (variants or {}).get((sampler, steps, n), []):
+            fns[f"ours_{variant}"] = variant_fn(model, variant, lambda m: ours("ext", module=m))
         extra: dict[str, Any] = {}
         if sampler == "ddim":
-            diff = (fns["ours"]() - fns["diffusers"]()).abs().max().item()
-            extra["max_abs_diff_vs_diffusers"] = diff
+            first = fns["ours"]()
+            extra["max_abs_diff_vs_diffusers"] = (first - fns["diffusers"]()).abs().max().item()
+            for name in [k for k in fns if k.removeprefix("ours_") in VARIANTS]:
+                extra[f"max_abs_diff_{name}_vs_ours"] = (fns[name]() - first).abs().max().item()
         long_run = steps > 100  # DDPM-1000: one warm round is warm enough, and long_rounds rounds
         if long_run and ("ours_compiled" in fns or device == "cuda"):  # compile this batch size untimed
             model.sample(n, steps=2, sampler=sampler, seed=0, compile_unet=True)
@@ -236,6 +273,11 @@ def ratio_rows(records: list[Record]) -> list[dict[str, Any]]:
             team = by.get((r.bench, "ours_one_team", key))
             plain, dif_c = by.get((r.bench, "ours_no_compile", key)), by.get((r.bench, "diffusers_compiled", key))
             comp = by.get((r.bench, "ours_compiled", key))
+            for variant in VARIANTS:
+                var = by.get((r.bench, f"ours_{variant}", key))
+                if var:
+                    rows.append({"bench": "variant", **r.params, "variant": variant, "img_s": var.extra["images_per_s"],
+                                 "vs_ours": r.median_s / var.median_s, "vs_diffusers": dif.median_s / var.median_s})
             rows.append({"bench": "sampling", **r.params, "ours_img_s": r.extra["images_per_s"],
                          "split_gain": team.median_s / r.median_s if team else "n/a",
                          "diffusers_img_s": dif.extra["images_per_s"], "eager_img_s": eag.extra["images_per_s"],
@@ -268,6 +310,8 @@ def main() -> None:
                         help="CPU: also time sample(compile_unet=True) (ours_compiled; on CUDA it is the default)")
     parser.add_argument("--long-rounds", type=int, default=2, metavar="R",
                         help="rounds (at most --repeats) of cases over 100 steps, e.g. DDPM-1000 (default 2)")
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("SAMPLER:STEPS:N", "VARIANT"), default=[],
+                        help=f"also time ours in a variant ({', '.join(VARIANTS)}) for a case; repeatable")
     parser.add_argument("--cases", nargs="+", metavar="SAMPLER:STEPS:N", type=sampling_case,
                         help="whole-sampling cases instead of the default ones, e.g. ddpm:1000:64")
     args = parser.parse_args()
@@ -282,8 +326,13 @@ def main() -> None:
         if args.device == "cuda":  # a GPU: a launch-bound batch and a compute-bound one
             cases = [("ddim", 50, 64), ("ddim", 50, 1024), ("ddpm", 1000, 64)]
         cases = args.cases or cases
+        variants: dict[tuple[str, int, int], list[str]] = {}
+        for case, variant in args.variant:
+            if variant not in VARIANTS:
+                parser.error(f"--variant: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+            variants.setdefault(sampling_case(case), []).append(variant)
         records += bench_sampling(cases, args.device, 1 if args.quick else args.repeats, args.ckpt, args.compile_unet,
-                                  args.long_rounds)
+                                  args.long_rounds, variants)
     for r in records:
         r.extra.update(info)
     rows = ratio_rows(records)
@@ -294,6 +343,10 @@ def main() -> None:
                 ["sampler", "steps", "n", "ours_img_s", "diffusers_img_s", "eager_img_s", "ours_vs_diffusers", "paired",
                  "ours_vs_eager", "split_gain", "no_compile_vs_diffusers", "ours_vs_diffusers_compiled",
                  "compiled_vs_diffusers"])
+    variant_rows = [r for r in rows if r["bench"] == "variant"]
+    if variant_rows:
+        print()
+        print_table(variant_rows, ["sampler", "steps", "n", "variant", "img_s", "vs_ours", "vs_diffusers"])
     write_json(args.json, records, args.device)
 
 

@@ -4,7 +4,7 @@
 # machine started in about 35 s and `all` ran in about 3 minutes before its last step (the
 # GPU-visible suite, which ran out its 150 s: see README "Known issues"):
 #
-#   here, once (fills .gpu/, ignored by git: MNIST and the diffusers wheels, 17 MB):
+#   here, once (fills .gpu/, ignored by git: MNIST, the diffusers and jsonargparse wheels, 18 MB):
 #       bash benchmarks/gpu_check.sh prepare
 #   one device call (carry [".gpu"], timeout_s 560): build, CUDA tests, benchmarks, compute-sanitizer,
 #   then the op and model tests with the GPU visible
@@ -15,6 +15,11 @@
 #       bash benchmarks/gpu_check.sh suite       (the op and model tests with the GPU visible)
 #       bash benchmarks/gpu_check.sh tests sampling   (build and CUDA tests without compute-sanitizer;
 #           whole sampling without the step benchmark)
+#       RERUN_TESTS="tests/a.py::t ..." bash benchmarks/gpu_check.sh build rerun   (named tests only)
+#       bash benchmarks/gpu_check.sh build tune   (inductor's tuning at 1024 images; max-autotune was
+#           still autotuning after ~4 minutes on an H200, 2026-11-27: give it the call's whole time)
+# On an H200 (2026-11-27, second session) `SUITE_LIMIT=215 ... tests sampling suite` took 451 s in all,
+# the suite 197 s of it.
 #
 # Everything goes to $OUT (log.txt and the benchmarks' JSON); copy what came back to
 # benchmarks/results/ with the GPU's name and the date. Each step has its own time limit, so a hang
@@ -32,7 +37,8 @@ if [ "$mode" = prepare ]; then
   cp "${LGM_DATA_DIR:-$root/../shared/data/mnist}"/*-ubyte.gz "$gpu/mnist/"
   # diffusers (benchmark-only) and what it needs beyond the device image's packages
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux2014_x86_64 -d "$gpu/whl" diffusers==0.42.1 importlib_metadata lazy-importer
+    --platform manylinux2014_x86_64 -d "$gpu/whl" diffusers==0.42.1 importlib_metadata lazy-importer \
+    "jsonargparse[signatures]==4.53.0" docstring_parser typeshed_client  # the CLI test (not in the device image)
   du -sh "$gpu"
   exit 0
 fi
@@ -96,9 +102,25 @@ unetrate() {
   step 180 unet_rate_cuda python3 benchmarks/diffusion_unet_rate.py --device cuda --repeats 5 --batches 1024 \
     --variants fp32 compiled compiled_bf16 compiled_channels_last compiled_cudnn_benchmark --json "$OUT/unet_rate_cuda.json"
 }
-sampling() {  # whole sampling only (the step op alone is unchanged since the 2026-11-26 records)
+sampling() {  # whole sampling only (the step op alone is unchanged since the 2026-11-26 records), with the
+  # variants that might lift the compute-bound 1024-image case (2026-11-27: 1.94-2.0x diffusers there)
   step 300 diffusion_sampling_cuda python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 --skip-step \
-    --json "$OUT/diffusion_cuda.json"
+    --variant ddim:50:1024 channels_last --variant ddim:50:1024 cudnn_benchmark --json "$OUT/diffusion_cuda.json"
+}
+build() {
+  step 30 versions python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))"
+  step 240 build python3 -c "from lightning_genmodels.ops import load_library; info = load_library(); \
+print(info); assert info.with_cuda, 'the extension was built without CUDA'"
+}
+tune() {  # inductor's own tuning for the 1024-image case (channels-last and cudnn.benchmark: 1.01x, 0.99x ours)
+  step 240 diffusion_sampling_tune python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 --skip-step \
+    --cases ddim:50:1024 --variant ddim:50:1024 coordinate_descent --variant ddim:50:1024 max_autotune \
+    --json "$OUT/diffusion_cuda_tune.json"
+}
+rerun() {  # the tests named in RERUN_TESTS, with the GPU visible
+  # shellcheck disable=SC2086
+  OMP_NUM_THREADS=2 step ${RERUN_LIMIT:-120} pytest_rerun python3 -m pytest -v -p no:cacheprovider -n 4 --timeout 110 \
+    -rfE $RERUN_TESTS
 }
 bench() {
   step 180 diffusion_cuda python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 \
@@ -116,9 +138,12 @@ for mode in "$@"; do  # several modes run in order: gpu_check.sh checks bench th
     throw) throwcheck ;;
     unet) unetrate ;;
     suite) suite ;;
+    build) build ;;
+    tune) tune ;;
+    rerun) rerun ;;
     all) checks; bench; throwcheck; unetrate; memcheck; suite ;;  # by priority: a call cut at its limit loses the last first
     *)
-      echo "usage: $0 prepare | MODE... (checks tests bench sampling throw unet suite all)" >&2
+      echo "usage: $0 prepare | MODE... (checks tests bench sampling throw unet suite build tune rerun all)" >&2
       exit 2
       ;;
   esac
