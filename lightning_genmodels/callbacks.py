@@ -230,7 +230,8 @@ class FIDCallback(Callback):
         kid_subset_size: int = 1000,
     ) -> None:
         super().__init__()
-        for name, value in (("every_n_epochs", every_n_epochs), ("num_samples", num_samples), ("batch_size", batch_size)):
+        options = (("every_n_epochs", every_n_epochs), ("num_samples", num_samples), ("batch_size", batch_size))
+        for name, value in options:
             if value < 1:
                 raise ValueError(f"FIDCallback: {name} must be >= 1, got {value}")
         self.data_dir, self.every_n_epochs, self.num_samples = data_dir, every_n_epochs, num_samples

@@ -81,7 +81,8 @@ def nll_bits_per_dim(model: torch.nn.Module, data_dir: str, seed: int) -> tuple[
 
 
 @torch.no_grad()
-def evaluate_model(model, quality: SampleQuality, num_samples: int, batch_size: int, seed: int) -> tuple[dict, torch.Tensor]:
+def evaluate_model(model, quality: SampleQuality, num_samples: int, batch_size: int,
+                   seed: int) -> tuple[dict, torch.Tensor]:
     """Metrics of ``num_samples`` samples (chunks as FIDCallback) and the first 64 images."""
     start, first = time.perf_counter(), []
     for chunk_seed, size in sample_chunks(num_samples, batch_size, seed):
@@ -159,7 +160,8 @@ def write_report(out: Path, results: dict, floor: dict, meta: dict, has_plot: bo
         f"Generated {meta['date']} on {meta['machine']} by:", "", f"```\n{meta['command']}\n```", "",
         f"{meta['num_samples']} samples per model (seeds {meta['seed']}…) against the MNIST test set "
         f"(10,000 images) in the 128 features of the shipped MNIST network (sha256 {meta['weights'][:12]}…). "
-        f"KID: polynomial-kernel MMD², mean over 100 subsets of {meta['kid_subset_size']} (our features are not normalised, so its scale differs from Inception KID). Precision/recall: Kynkäänniemi et al. 2019, k=3. "
+        f"KID: polynomial-kernel MMD², mean over 100 subsets of {meta['kid_subset_size']} (our features are not "
+        "normalised, so its scale differs from Inception KID). Precision/recall: Kynkäänniemi et al. 2019, k=3. "
         f"Mode coverage: digits the classifier assigns to at least 2% of the samples. Confidence: mean max "
         f"softmax probability. The floor row is {meta['floor_num']} real training images in place of samples.", "",
         "| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floor-num", type=int, default=10_000, help="real training images of the floor row")
     parser.add_argument("--kid-subset-size", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cache-dir", default=None, help="real-feature cache (default ~/.cache/lightning_genmodels/fid)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="real-feature cache (default ~/.cache/lightning_genmodels/fid)")
     args = parser.parse_args(argv)
     models = [parse_model(s) for s in args.model]
     logs = {}
@@ -222,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         plot_fid_logs(logs, out / "fid_over_training.png")
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "command": "python -m lightning_genmodels.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+            "command": "python -m lightning_genmodels.evaluate "
+                       + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
             "num_samples": args.num_samples, "seed": args.seed, "weights": quality.extractor.sha256,
             "kid_subset_size": min(args.kid_subset_size, args.num_samples), "floor_num": args.floor_num,
             "logs": {name: str(path) for name, path in logs.items()}}

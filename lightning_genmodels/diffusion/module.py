@@ -237,7 +237,8 @@ class Diffusion(LightningModule):
         eta = S.check_eta(hp.eta if eta is None else eta)
         steps = S.check_steps(hp.sample_steps if steps is None else steps, hp.num_train_timesteps)
         timesteps, table = self.coefficient_table(steps, sampler, eta, timestep_spacing, variance_type)
-        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         first, count = S.shard(int(n), rank, world)
         shape = (count, hp.in_channels, hp.image_size, hp.image_size)
         clip = float(hp.clip_sample_range) if hp.clip_sample else 0.0

@@ -65,7 +65,8 @@ class GAN(LightningModule):
         ema_decay: float | None = 0.999,
     ) -> None:
         super().__init__()
-        _check_options(latent_dim, channels, features, loss, gp_weight, n_critic, lr_g, lr_d, betas_g, betas_d, ema_decay)
+        _check_options(latent_dim, channels, features, loss, gp_weight, n_critic, lr_g, lr_d, betas_g, betas_d,
+                       ema_decay)
         self.save_hyperparameters(ignore=["generator", "discriminator"])
         self.automatic_optimization = False
         self.latent_dim = latent_dim

@@ -44,7 +44,8 @@ class ScikitLearnMixin:
         """Change constructor arguments; the model is re-created unfitted with them."""
         unknown = sorted(set(params) - set(self._sk_params))
         if unknown:
-            raise ValueError(f"invalid parameters {unknown} for {type(self).__name__}; valid: {sorted(self._sk_params)}")
+            raise ValueError(f"invalid parameters {unknown} for {type(self).__name__}; "
+                             f"valid: {sorted(self._sk_params)}")
         self.__init__(**{**self._sk_params, **params})
         return self
 
@@ -234,7 +235,8 @@ class ScikitLearnMixin:
             generator = torch.Generator().manual_seed(generator)
         device = generator.device if generator is not None else torch.device("cpu")
         d = self.means_.shape[1]
-        weights, means, covariances = (t.to(device, torch.float64) for t in (self.weights_, self.means_, self.covariances_))
+        weights, means, covariances = (t.to(device, torch.float64)
+                                       for t in (self.weights_, self.means_, self.covariances_))
         counts = torch.multinomial(weights, n_samples, replacement=True, generator=generator)
         labels = torch.sort(counts).values
         z = torch.randn(n_samples, d, generator=generator, device=device, dtype=torch.float64)

@@ -265,7 +265,10 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             x, log_weights, self.means_, self.precisions_cholesky_,
             self.hparams.covariance_type, w, impl=self.hparams.impl,
         )
-        n_rows = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device) if w is None else w.double().sum()
+        if w is None:
+            n_rows = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+        else:
+            n_rows = w.double().sum()
         # NaN/inf in x make the batch's log-likelihood non-finite: a free check, no extra pass.
         return [*stats, n_rows, (~torch.isfinite(stats.loglik)).double()]
 

@@ -64,7 +64,8 @@ class PrecisionRecall(Metric):
         real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
         for name, x in (("real", real), ("generated", fake)):
             if len(x) <= self.k:
-                raise RuntimeError(f"precision/recall with k={self.k} needs more than {self.k} {name} samples, got {len(x)}")
+                raise RuntimeError(f"precision/recall with k={self.k} needs more than {self.k} {name} samples, "
+                                   f"got {len(x)}")
         precision = in_manifold(fake, real, knn_radii(real, self.k)).double().mean()
         recall = in_manifold(real, fake, knn_radii(fake, self.k)).double().mean()
         return {"precision": precision, "recall": recall}

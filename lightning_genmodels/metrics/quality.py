@@ -27,7 +27,8 @@ from .real import load_real_images, real_features
 __all__ = ["SampleQuality", "sample_chunks"]
 
 
-def sample_chunks(num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
+def sample_chunks(num_samples: int, batch_size: int, seed: int, rank: int = 0,
+                  world_size: int = 1) -> list[tuple[int, int]]:
     """(seed, size) of the chunks of ``batch_size`` generated images that ``rank`` of
     ``world_size`` draws: chunk j has seed ``seed + j`` and goes to rank ``j % world_size``, so
     the union over ranks is the same set of samples for any number of processes."""
@@ -147,7 +148,8 @@ class SampleQuality(nn.Module):
         # so ranks with different update counts would deadlock. One tensor per rank keeps them even.
         feats = self.kid.fake_features
         width = self.extractor.num_features
-        self.kid.fake_features = [torch.cat(feats) if feats else torch.empty(0, width, dtype=torch.float64, device=self.device)]
+        empty = torch.empty(0, width, dtype=torch.float64, device=self.device)
+        self.kid.fake_features = [torch.cat(feats) if feats else empty]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             kid_mean, kid_std = self.kid.compute()
