@@ -177,7 +177,10 @@ def diffusers_loop(model: Diffusion, n: int, steps: int, sampler: str, x: torch.
     return ((x + 1) / 2).clamp(0, 1)
 
 
-VARIANTS = ("channels_last", "cudnn_benchmark", "max_autotune", "coordinate_descent")
+# variant -> torch.compile arguments of the UNet, for the variants that compile it differently
+COMPILE_VARIANTS = {"max_autotune": {"mode": "max-autotune-no-cudagraphs"},
+                    "coordinate_descent": {"options": {"coordinate_descent_tuning": True}}}
+VARIANTS = ("channels_last", "cudnn_benchmark", *COMPILE_VARIANTS)
 
 
 def variant_fn(model: Diffusion, variant: str, draw: Callable[[Diffusion], torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -187,22 +190,17 @@ def variant_fn(model: Diffusion, variant: str, draw: Callable[[Diffusion], torch
     ``max_autotune``, the UNet compiled with ``mode="max-autotune-no-cudagraphs"`` (inductor times
     Triton templates against cuDNN for each convolution and matmul); ``coordinate_descent``, inductor's
     tuning of its own kernels' launch configs (``coordinate_descent_tuning``)."""
-    if variant in ("channels_last", "max_autotune", "coordinate_descent"):
-        copy_ = copy.deepcopy(model)
-        if variant == "channels_last":
-            copy_.unet.to(memory_format=torch.channels_last)
-            return lambda: draw(copy_)
-        if variant == "max_autotune":
-            copy_._compiled_unet = lambda: torch.compile(copy_.unet, dynamic=False, mode="max-autotune-no-cudagraphs")
-            return lambda: draw(copy_)
-        copy_._compiled_unet = lambda: torch.compile(copy_.unet, dynamic=False,
-                                                     options={"coordinate_descent_tuning": True})
-        return lambda: draw(copy_)
-
-    def call() -> torch.Tensor:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True):
-            return draw(model)
-    return call
+    if variant == "cudnn_benchmark":
+        def call() -> torch.Tensor:
+            with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+                return draw(model)
+        return call
+    other = copy.deepcopy(model)
+    if variant == "channels_last":
+        other.unet.to(memory_format=torch.channels_last)
+    else:  # the module's own compile call, with the variant's arguments
+        other._compiled_unet = lambda: torch.compile(other.unet, dynamic=False, **COMPILE_VARIANTS[variant])
+    return lambda: draw(other)
 
 
 def bench_sampling(cases: list[tuple[str, int, int]], device: str, repeats: int, ckpt: Path | None,

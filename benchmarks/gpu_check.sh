@@ -61,12 +61,15 @@ step() {  # step LIMIT_S NAME COMMAND...: runs COMMAND (its output in $OUT/log.t
   echo "== $name: rc $? $(date +%T)"
 }
 
-checks() {
-  step 30 gpu nvidia-smi
+build() {
   step 30 versions python3 -c "import torch, lightning, torchmetrics; print(torch.__version__, torch.version.cuda, \
 torch.cuda.get_device_name(0), lightning.__version__, torchmetrics.__version__)"
   step 240 build python3 -c "from lightning_genmodels.ops import load_library; info = load_library(); \
 print(info); assert info.with_cuda, 'the extension was built without CUDA'"
+}
+checks() {
+  step 30 gpu nvidia-smi
+  build
   # pytest-timeout is in the device image: a hung test costs 60 s, not the call
   step 150 pytest_cuda python3 -m pytest -q -p no:cacheprovider --timeout 60 -rfEs -k "cuda or Cuda" tests/ops \
     tests/diffusion/test_sampling_cuda.py tests/gmm/test_module.py
@@ -106,11 +109,6 @@ sampling() {  # whole sampling only (the step op alone is unchanged since the 20
   # variants that might lift the compute-bound 1024-image case (2026-11-27: 1.94-2.0x diffusers there)
   step 300 diffusion_sampling_cuda python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 --skip-step \
     --variant ddim:50:1024 channels_last --variant ddim:50:1024 cudnn_benchmark --json "$OUT/diffusion_cuda.json"
-}
-build() {
-  step 30 versions python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))"
-  step 240 build python3 -c "from lightning_genmodels.ops import load_library; info = load_library(); \
-print(info); assert info.with_cuda, 'the extension was built without CUDA'"
 }
 tune() {  # inductor's own tuning for the 1024-image case (channels-last and cudnn.benchmark: 1.01x, 0.99x ours)
   step 240 diffusion_sampling_tune python3 benchmarks/diffusion_sampling.py --device cuda --repeats 3 --skip-step \

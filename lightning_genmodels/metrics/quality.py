@@ -148,8 +148,8 @@ class SampleQuality(nn.Module):
         # so ranks with different update counts would deadlock. One tensor per rank keeps them even.
         feats = self.kid.fake_features
         width = self.extractor.num_features
-        empty = torch.empty(0, width, dtype=torch.float64, device=self.device)
-        self.kid.fake_features = [torch.cat(feats) if feats else empty]
+        fake = torch.cat(feats) if feats else torch.empty(0, width, dtype=torch.float64, device=self.device)
+        self.kid.fake_features = [fake]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             kid_mean, kid_std = self.kid.compute()
