@@ -19,6 +19,9 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   // The instruction set of the CPU GMM kernels for a request ("auto", "avx512", "avx2", "generic";
   // "" = the LGM_GMM_CPU_ISA environment variable): raises when this CPU cannot run it.
   m.def("gmm_cpu_isa(str isa) -> str");
+  // CPU only, for tests: the tiles whose distances and responsibilities took one fused pass
+  // (cpu/gmm_simd_fused.h) since the library loaded, on every thread.
+  m.def("_gmm_cpu_fused_tiles() -> int");
   // CPU only, for tests and benchmarks: gmm_log_prob through the E-step's pruned distances
   // (cpu/gmm_prune.cpp), -inf where a pair was dropped; the same as gmm_log_prob where pruning does
   // not apply. as_em_step: prune only where gmm_em_stats does (else wherever pruning is valid).

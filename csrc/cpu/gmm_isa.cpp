@@ -4,6 +4,7 @@
 // never a silent fallback.
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 
@@ -11,6 +12,8 @@
 
 namespace lgm {
 namespace gmm_cpu {
+
+std::atomic<int64_t> fused_tile_count{0};
 
 namespace {
 
@@ -82,10 +85,13 @@ namespace {
 // The op gmm_cpu_isa: the instruction set a CPU call would use for `isa` ("" = LGM_GMM_CPU_ISA).
 std::string gmm_cpu_isa(c10::string_view isa) { return isa_name(resolve_isa(std::string(isa.data(), isa.size()))); }
 
+int64_t fused_tiles() { return fused_tile_count.load(); }
+
 }  // namespace
 }  // namespace gmm_cpu
 }  // namespace lgm
 
 TORCH_LIBRARY_IMPL(lightning_genmodels, CompositeExplicitAutograd, m) {
   m.impl("gmm_cpu_isa", &lgm::gmm_cpu::gmm_cpu_isa);
+  m.impl("_gmm_cpu_fused_tiles", &lgm::gmm_cpu::fused_tiles);
 }

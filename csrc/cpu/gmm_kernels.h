@@ -33,7 +33,10 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -121,6 +124,14 @@ struct SimdKernels {
   // xtail not null: also the last Plan::tail_d features of the rows, transposed, to xtail [tail_d, ldo].
   void (*maha_rows)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk,
                     int64_t K, T* out, int64_t ldo, const T* c, double* norms, const double* sph, T* xtail);
+  // 1 and 2 in one pass (gmm_simd_fused.h; float32 only, else null): the dot form's joints and their
+  // block softmax, for K <= rows_softmax_k and unit weights: resp [K, ldo], nk += its sums, f's sums
+  // (f->done set), *loglik, *nnz = the count of resp != 0; arguments as maha_rows'. false where a row
+  // has no finite joint: nothing added, and the caller runs steps 1 and 2 apart.
+  bool (*rows_softmax)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* nuT, int64_t ldk, int64_t K,
+                       const T* c, double* norms, const double* sph, T* xtail, T* resp, int64_t ldo, double* nk,
+                       FusedSums* f, double* loglik, int64_t* nnz);
+  int64_t rows_softmax_k;
 };
 
 // Flush-to-zero and denormals-are-zero (MXCSR) on this thread while in scope, then the caller's
@@ -152,6 +163,9 @@ template <typename T>
 const SimdKernels<T>& kernels();
 }
 #endif
+
+// gmm_isa.cpp: tiles done by SimdKernels::rows_softmax (the op _gmm_cpu_fused_tiles, for tests).
+extern std::atomic<int64_t> fused_tile_count;
 
 // gmm_isa.cpp: the instruction set of a request ("auto", "avx512", "avx2", "generic"; "" reads
 // LGM_GMM_CPU_ISA, default auto); raises when the host cannot run the one asked for.
@@ -195,6 +209,7 @@ struct Plan {
   // first, and the number of them done after each stage. Empty: not pruned.
   std::vector<int32_t> vec_order;
   std::vector<int64_t> stage_ends;
+  bool fuse = false;  // fused_softmax, but for the weights
 
   Plan(const SimdKernels<T>& simd_, CovType cov, const at::Tensor& log_weights, const at::Tensor& means,
        const at::Tensor& prec_chol)
@@ -257,6 +272,9 @@ struct Plan {
                         cov == CovType::kSpherical ? D : ldt);
     }
     if (cov == CovType::kDiag) p_t = transposed(tab.p.template data_ptr<T>(), ldt);
+    const char* fuse_env = std::getenv("LGM_GMM_FUSE");  // "0": steps 1 and 2 apart (tests, A/B)
+    fuse = dot_form() && simd.rows_softmax && K <= simd.rows_softmax_k &&
+           !(fuse_env != nullptr && std::strcmp(fuse_env, "0") == 0);
   }
 
   static int64_t padded(int64_t d, int bytes) {
@@ -279,6 +297,9 @@ struct Plan {
     const int64_t w = simd.bytes / static_cast<int64_t>(sizeof(T));
     return rows_form() && simd.bytes >= 32 && D % w != 0 && D % w <= w / 2 ? D % w : 0;
   }
+  // Steps 1 and 2 of a tile in one pass (SimdKernels::rows_softmax): the dot form, K in one group,
+  // no sample weights, not pruned.
+  bool fused_softmax(const T* sw) const { return fuse && sw == nullptr && vec_order.empty(); }
   // tied and full: products by ATen GEMM over a view of the tile (tile_maha's x_tile).
   bool gemm_form() const { return tab.cov == CovType::kTied || tab.cov == CovType::kFull; }
   int64_t tile() const {

@@ -16,6 +16,7 @@
 #include "cpu/gmm_simd_rows.h"
 #include "cpu/gmm_simd_prune.h"
 #include "cpu/gmm_simd_softmax.h"
+#include "cpu/gmm_simd_fused.h"
 #include "cpu/gmm_simd_em.h"
 
 #if defined(__clang__)

@@ -1,6 +1,7 @@
 // The three steps of one tile of the CPU GMM E-step (gmm_kernels.h), and a chunk of tiles. The
 // vector work goes through plan.simd, the kernels of the instruction set chosen for the call.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -129,14 +130,17 @@ FusedSums fused_sums(const Plan<T>& plan, Scratch<T>& s, double* sx, double* sxx
 
 // 3. sx (and diag sxx when sxx is not null) from the tile's responsibilities, but for the last
 // `done` features (the softmax's fused sums).
+// nnz: the count of non-zero responsibilities, or -1 (counted here).
 template <typename T>
 void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s, double* sx,
-                  double* sxx, int64_t done) {
+                  double* sxx, int64_t done, int64_t nnz) {
   const int64_t K = plan.K, ld = plan.tile(), D = plan.D, d_end = D - done;
   const T* resp = s.resp.data();
-  int64_t nnz = 0;
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t n = 0; n < rows; ++n) nnz += resp[k * ld + n] != T(0);
+  if (nnz < 0) {
+    nnz = 0;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < rows; ++n) nnz += resp[k * ld + n] != T(0);
+  }
   if (2 * nnz >= rows * K) {  // dense enough: register-blocked over components
     const int64_t tail = done ? 0 : plan.tail_d();
     plan.simd.moments_dense(xs, lds, rows, D, d_end - tail, resp, ld, K, sx, sxx);
@@ -155,6 +159,27 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
     if (m > 0 && d_end > 0)
       plan.simd.moments_sparse(xs, lds, d_end, s.idx.data(), s.val.data(), m, sx + k * D, sxx ? sxx + k * D : nullptr);
   }
+}
+
+// 1 and 2 in one pass where the plan allows (fused_softmax): true when done, with *nnz the count of
+// non-zero responsibilities; false (nothing added) to run them apart.
+template <typename T>
+bool tile_fused(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, const T* sw, Scratch<T>& s, double* nk,
+                FusedSums* fused, double* loglik, int64_t* nnz) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!plan.fused_softmax(sw)) return false;
+    double ll = 0.0;
+    if (!plan.simd.rows_softmax(xs, lds, rows, plan.D, plan.nu_t.template data_ptr<T>(), plan.ldk, plan.K,
+                                plan.centre.template data_ptr<T>(), s.norms.data(), plan.sph.template data_ptr<double>(),
+                                plan.tail_d() ? s.xtail.data() : nullptr, s.resp.data(), plan.tile(), nk, fused, &ll,
+                                nnz)) {
+      return false;
+    }
+    *loglik += ll;
+    fused_tile_count.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
 }
 
 // spherical: sxx[k] += sum_n r_kn ||x_n||^2, squared norms in float64 (the dot form's, from step 1).
@@ -236,14 +261,17 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
     const T* swt = sw ? sw + n0 : nullptr;
     int64_t lds = 0;
     const T* xs = tile_rows(plan, xp, ldx, N, n0, rows, s, &lds);
-    if (plan.vec_order.empty()) {
-      tile_maha(plan, x_tile, xs, lds, rows, s);
-    } else {
-      tile_maha_pruned(plan, xs, lds, rows, s);
-    }
     FusedSums fused = fused_sums(plan, s, sx, sxx);
-    *loglik += tile_responsibilities(plan, swt, rows, s, nk, &fused);
-    tile_moments(plan, xs, lds, rows, s, sx, cov == CovType::kDiag ? sxx : nullptr, fused.done ? fused.m : 0);
+    int64_t nnz = -1;
+    if (!tile_fused(plan, xs, lds, rows, swt, s, nk, &fused, loglik, &nnz)) {
+      if (plan.vec_order.empty()) {
+        tile_maha(plan, x_tile, xs, lds, rows, s);
+      } else {
+        tile_maha_pruned(plan, xs, lds, rows, s);
+      }
+      *loglik += tile_responsibilities(plan, swt, rows, s, nk, &fused);
+    }
+    tile_moments(plan, xs, lds, rows, s, sx, cov == CovType::kDiag ? sxx : nullptr, fused.done ? fused.m : 0, nnz);
     if (cov == CovType::kSpherical && !(fused.done && fused.norms))
       tile_norm_moments(plan, xp + n0 * ldx, ldx, rows, s, sxx);
     if (plan.gemm_form()) tile_second_moments(plan, x_tile, swt, rows, s, sxx);
