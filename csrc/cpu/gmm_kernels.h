@@ -124,14 +124,15 @@ struct SimdKernels {
   // xtail not null: also the last Plan::tail_d features of the rows, transposed, to xtail [tail_d, ldo].
   void (*maha_rows)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk,
                     int64_t K, T* out, int64_t ldo, const T* c, double* norms, const double* sph, T* xtail);
-  // 1 and 2 in one pass (gmm_simd_fused.h; float32 only, else null): the dot form's joints and their
-  // block softmax, for K <= rows_softmax_k and unit weights: resp [K, ldo], nk += its sums, f's sums
-  // (f->done set), *loglik, *nnz = the count of resp != 0; arguments as maha_rows'. false where a row
-  // has no finite joint: nothing added, and the caller runs steps 1 and 2 apart.
-  bool (*rows_softmax)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* nuT, int64_t ldk, int64_t K,
-                       const T* c, double* norms, const double* sph, T* xtail, T* resp, int64_t ldo, double* nk,
-                       FusedSums* f, double* loglik, int64_t* nnz);
-  int64_t rows_softmax_k;
+  // 1 and 2 in one pass (gmm_simd_fused.h; float32 only, else null): maha_rows' distances (c null:
+  // diag) or joints and their block softmax, for unit weights and K <= rows_softmax_k[diag ? 1 : 0]
+  // (one group of components): resp [K, ldo], nk += its sums, f's sums (f->done set), *loglik, *nnz
+  // = the count of resp != 0. false where a row has no finite joint: nothing added, and the caller
+  // runs steps 1 and 2 apart.
+  bool (*rows_softmax)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* pT, const T* nuT, int64_t ldk,
+                       int64_t K, const T* c, double* norms, const double* sph, const double* log_const, T* xtail,
+                       T* resp, int64_t ldo, double* nk, FusedSums* f, double* loglik, int64_t* nnz);
+  int64_t rows_softmax_k[2];
 };
 
 // Flush-to-zero and denormals-are-zero (MXCSR) on this thread while in scope, then the caller's
@@ -273,7 +274,7 @@ struct Plan {
     }
     if (cov == CovType::kDiag) p_t = transposed(tab.p.template data_ptr<T>(), ldt);
     const char* fuse_env = std::getenv("LGM_GMM_FUSE");  // "0": steps 1 and 2 apart (tests, A/B)
-    fuse = dot_form() && simd.rows_softmax && K <= simd.rows_softmax_k &&
+    fuse = rows_form() && simd.rows_softmax && K <= simd.rows_softmax_k[cov == CovType::kDiag ? 1 : 0] &&
            !(fuse_env != nullptr && std::strcmp(fuse_env, "0") == 0);
   }
 
@@ -297,8 +298,8 @@ struct Plan {
     const int64_t w = simd.bytes / static_cast<int64_t>(sizeof(T));
     return rows_form() && simd.bytes >= 32 && D % w != 0 && D % w <= w / 2 ? D % w : 0;
   }
-  // Steps 1 and 2 of a tile in one pass (SimdKernels::rows_softmax): the dot form, K in one group,
-  // no sample weights, not pruned.
+  // Steps 1 and 2 of a tile in one pass (SimdKernels::rows_softmax): rows_form, K in one group, no
+  // sample weights, not pruned.
   bool fused_softmax(const T* sw) const { return fuse && sw == nullptr && vec_order.empty(); }
   // tied and full: products by ATen GEMM over a view of the tile (tile_maha's x_tile).
   bool gemm_form() const { return tab.cov == CovType::kTied || tab.cov == CovType::kFull; }

@@ -269,7 +269,7 @@ const SimdKernels<float>& kernels<float>() {
                                     &sq_norms<float>, &resp_dot<float>,
                                     &maha_gather<float>,
                                     kBytes == 32 ? &maha_vecs<float> : nullptr,
-                                    &maha_rows_lanes, &rows_softmax, kRowsKB<false>};
+                                    &maha_rows_lanes, &rows_softmax, {kRowsKB<false>, kRowsKB<true>}};
   return k;
 }
 
@@ -280,7 +280,7 @@ const SimdKernels<double>& kernels<double>() {
                                      &sq_norms<double>, &resp_dot<double>,
                                      &maha_gather<double>,
                                      kBytes == 32 ? &maha_vecs<double> : nullptr,
-                                     nullptr, nullptr, 0};
+                                     nullptr, nullptr, {0, 0}};
   return k;
 }
 

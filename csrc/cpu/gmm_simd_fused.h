@@ -1,11 +1,11 @@
-// Steps 1 and 2 of the CPU GMM E-step (gmm_kernels.h) in one pass, for the dot form (float32
-// spherical, D <= kSmallD) with every component in one group of the rows kernel and unit weights
+// Steps 1 and 2 of the CPU GMM E-step (gmm_kernels.h) in one pass, for the rows kernels (float32
+// diag and spherical's dot form, D <= kSmallD) with every component in one group and unit weights
 // (SimdKernels::rows_softmax). Not a normal header: gmm_simd_<isa>.cpp includes it once, after
 // gmm_simd_softmax.h (same rules).
 //
 // Apart, step 1 stored each block's joints to the tile, and the block softmax read them twice, stored
 // the exponentials, then read those again to scale them, with the tile's moment sums on the way. Here
-// a block's joints stay in registers from the distances to the responsibilities: the same operations
+// a block's distances or joints stay in registers from the distances to the responsibilities: the same operations
 // in the same order (so the same bits: tests/ops/test_gmm_fused.py), a third of the tile's loads
 // and stores, and the zero count for step 3's dense-or-sparse choice on the way.
 namespace lgm {
@@ -15,66 +15,115 @@ namespace {
 
 // Sums over the tile's blocks, per component, kept until the tile is done (none is added where a
 // block has a row without a finite joint).
-template <int KB>
+template <int KB, bool kDiag>
 struct TileSums {
-  VF nk[KB] = {};                       // sum of r, float32 (scale_fused's acc)
-  VF tail[KB][kWF / 2 > 0 ? kWF / 2 : 1] = {};  // sum of r x_d for the m tail features
-  VD norm_lo[KB] = {}, norm_hi[KB] = {};  // sum of r ||y||^2, float64
-  VI nonzero = {};                      // minus the count of r != 0
+  static constexpr int kTail = kWF / 2 > 0 ? kWF / 2 : 1;
+  VF nk[KB] = {};                                        // sum of r, float32 (scale_fused's acc)
+  VF tail[KB][kTail];                                    // sum of r x_d, the m tail features
+  VF tail_sq[kDiag ? KB : 1][kDiag ? kTail : 1];         // diag: sum of r x_d^2
+  VD norm_lo[KB] = {}, norm_hi[KB] = {};                 // dot form: sum of r ||y||^2, float64
+  VI nonzero = {};                                       // minus the count of r != 0
+  explicit TileSums(int64_t m) {
+    for (int k = 0; k < KB; ++k) {
+      for (int64_t i = 0; i < m; ++i) {
+        tail[k][i] = VF{};
+        if constexpr (kDiag) tail_sq[k][i] = VF{};
+      }
+    }
+  }
 };
 
-template <int KB>
-bool rows_softmax_k(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* nuT, int64_t ldk,
-                    const float* c, double* norms, const double* sph, float* xtail, float* resp, int64_t ldo,
-                    double* nk, FusedSums* f, double* loglik, int64_t* nnz) {
+// One block's exponentials e[k] and scale w / sum_k e (w: 1, 0 past count) from distances (diag,
+// softmax_f32_blocks' a. and b.) or joints (the dot form, softmax_f32_joint's), the same operations
+// in the same order; adds the block's log-likelihood. false where a row has no finite joint.
+template <int KB, bool kDiag>
+LGM_INLINE bool block_exp(VF (&j)[KB], const double* log_const, int64_t count, VF (&e)[KB], VF& scale,
+                          BlockLoglik& ll) {
+  VF tf = VF{} - INFINITY;
+  for (int k = 0; k < KB; ++k) {
+    const VF jk = kDiag ? static_cast<float>(log_const[k]) - 0.5f * j[k] : j[k];
+    tf = jk > tf ? jk : tf;
+  }
+  for (int64_t l = 0; l < kWF; ++l) {
+    if (!(tf[l] > -INFINITY)) return false;
+  }
+  const VD t0 = lo_double(tf), t1 = hi_double(tf);
+  const VF sv = sum_two_chains(KB, [&](int64_t k) __attribute__((always_inline)) {
+    if constexpr (kDiag) {
+      const VD d0 = (log_const[k] - 0.5 * lo_double(j[k])) - t0, d1 = (log_const[k] - 0.5 * hi_double(j[k])) - t1;
+      e[k] = exp_nonpositive(to_float(d0, d1));
+    } else {
+      e[k] = exp_nonpositive(j[k] - tf);
+    }
+    return e[k];
+  });
+  VF w = VF{} + 1.0f;
+  for (int64_t l = count; l < kWF; ++l) w[l] = 0.0f;
+  if constexpr (kDiag) {
+    scale = to_float(lo_double(w) / lo_double(sv), hi_double(w) / hi_double(sv));
+  } else {
+    scale = w / sv;
+  }
+  ll.add(t0, t1, sv, count);
+  return true;
+}
+
+template <int KB, bool kDiag>
+bool rows_softmax_k(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* pT, const float* nuT,
+                    int64_t ldk, const float* c, double* norms, const double* sph, const double* log_const,
+                    float* xtail, float* resp, int64_t ldo, double* nk, FusedSums* f, double* loglik, int64_t* nnz) {
   alignas(64) float yT[kSmallD * kWF];
   alignas(64) float pad[kWF * kSmallD];
   const int64_t m = f->m;
-  TileSums<KB> t;
-  BlockLoglik unweighted;
+  TileSums<KB, kDiag> t(m);
+  BlockLoglik unweighted(KB);
   for (int64_t n = 0; n < rows; n += kWF) {
     const int64_t count = min_of<int64_t>(kWF, rows - n);
     int64_t ldb = 0;
     NextBlock next;
     const float* xb = block_rows(x, ldx, rows, n, D, pad, &ldb, &next);
-    rows_transposed(xb, ldb, D, c, yT, norms + n, m ? xtail + n : nullptr, ldo);
+    rows_transposed(xb, ldb, D, c, yT, kDiag ? nullptr : norms + n, m ? xtail + n : nullptr, ldo);
     VF j[KB];
-    rows_joints<KB>(yT, D, nuT, ldk, norms + n, sph, j, next);
-    if (count < kWF) {  // padding rows: joint 0, weight 0 (as softmax_f32_joint)
+    if constexpr (kDiag) {
+      rows_maha<KB>(yT, D, pT, nuT, ldk, j, next);
+    } else {
+      rows_joints<KB>(yT, D, nuT, ldk, norms + n, sph, j, next);
+    }
+    if (count < kWF) {  // padding rows: distance or joint 0, weight 0 (as the softmaxes)
       for (int k = 0; k < KB; ++k)
         for (int64_t l = count; l < kWF; ++l) j[k][l] = 0.0f;
     }
-    // softmax_f32_joint's block: top, e = exp(j - top), sum in two chains, scale = w / sum
-    VF tf = VF{} - INFINITY;
-    for (int k = 0; k < KB; ++k) tf = j[k] > tf ? j[k] : tf;
-    for (int64_t l = 0; l < kWF; ++l) {
-      if (!(tf[l] > -INFINITY)) return false;
+    VF e[KB], scale;
+    if (!block_exp<KB, kDiag>(j, log_const, count, e, scale, unweighted)) return false;
+    // scale_fused's block: resp, its sums, the tail features' and (dot form) the norms' moments
+    VD nlo = {}, nhi = {};
+    if constexpr (!kDiag) {
+      nlo = load<VD>(norms + n);
+      nhi = load<VD>(norms + n + kWD);
     }
-    VF e[KB];
-    const VF sv = sum_two_chains(KB, [&](int64_t k) __attribute__((always_inline)) {
-      e[k] = exp_nonpositive(j[k] - tf);
-      return e[k];
-    });
-    float wbuf[kWF];
-    for (int64_t l = 0; l < kWF; ++l) wbuf[l] = l < count ? 1.0f : 0.0f;
-    const VF scale = load<VF>(wbuf) / sv;
-    unweighted.add(lo_double(tf), hi_double(tf), sv, count);
-    // scale_fused's block: resp, its sums, the tail features' and the norms' moments
-    const VD nlo = load<VD>(norms + n), nhi = load<VD>(norms + n + kWD);
     for (int k = 0; k < KB; ++k) {
       const VF r = e[k] * scale;
       __builtin_memcpy(resp + k * ldo + n, &r, sizeof(VF));
       t.nk[k] += r;
-      for (int64_t i = 0; i < m; ++i) t.tail[k][i] += r * load<VF>(xtail + i * ldo + n);
-      t.norm_lo[k] += lo_double(r) * nlo;
-      t.norm_hi[k] += hi_double(r) * nhi;
+      for (int64_t i = 0; i < m; ++i) {
+        const VF xi = load<VF>(xtail + i * ldo + n), rx = r * xi;
+        t.tail[k][i] += rx;
+        if constexpr (kDiag) t.tail_sq[k][i] += rx * xi;
+      }
+      if constexpr (!kDiag) {
+        t.norm_lo[k] += lo_double(r) * nlo;
+        t.norm_hi[k] += hi_double(r) * nhi;
+      }
       t.nonzero += (VI)(r != 0.0f);
     }
   }
   for (int k = 0; k < KB; ++k) {
     nk[k] += sum_as_double(t.nk[k]);
-    for (int64_t i = 0; i < m; ++i) f->sx[k * f->D + f->d0 + i] += sum_as_double(t.tail[k][i]);
-    f->sxx_norms[k] += hsum<double>(t.norm_lo[k] + t.norm_hi[k]);
+    for (int64_t i = 0; i < m; ++i) {
+      f->sx[k * f->D + f->d0 + i] += sum_as_double(t.tail[k][i]);
+      if constexpr (kDiag) f->sxx[k * f->D + f->d0 + i] += sum_as_double(t.tail_sq[k][i]);
+    }
+    if constexpr (!kDiag) f->sxx_norms[k] += hsum<double>(t.norm_lo[k] + t.norm_hi[k]);
   }
   int64_t count_nz = 0;
   for (int64_t l = 0; l < kWF; ++l) count_nz -= t.nonzero[l];
@@ -84,24 +133,34 @@ bool rows_softmax_k(const float* x, int64_t ldx, int64_t rows, int64_t D, const 
   return true;
 }
 
-template <int KB>
-bool rows_softmax_of(int64_t K, const float* x, int64_t ldx, int64_t rows, int64_t D, const float* nuT, int64_t ldk,
-                     const float* c, double* norms, const double* sph, float* xtail, float* resp, int64_t ldo,
-                     double* nk, FusedSums* f, double* loglik, int64_t* nnz) {
+template <int KB, bool kDiag>
+bool rows_softmax_of(int64_t K, const float* x, int64_t ldx, int64_t rows, int64_t D, const float* pT,
+                     const float* nuT, int64_t ldk, const float* c, double* norms, const double* sph,
+                     const double* log_const, float* xtail, float* resp, int64_t ldo, double* nk, FusedSums* f,
+                     double* loglik, int64_t* nnz) {
   if constexpr (KB > 1) {
-    if (K < KB) return rows_softmax_of<KB - 1>(K, x, ldx, rows, D, nuT, ldk, c, norms, sph, xtail, resp, ldo, nk, f,
-                                               loglik, nnz);
+    if (K < KB) {
+      return rows_softmax_of<KB - 1, kDiag>(K, x, ldx, rows, D, pT, nuT, ldk, c, norms, sph, log_const, xtail, resp,
+                                            ldo, nk, f, loglik, nnz);
+    }
   }
-  return rows_softmax_k<KB>(x, ldx, rows, D, nuT, ldk, c, norms, sph, xtail, resp, ldo, nk, f, loglik, nnz);
+  return rows_softmax_k<KB, kDiag>(x, ldx, rows, D, pT, nuT, ldk, c, norms, sph, log_const, xtail, resp, ldo, nk, f,
+                                   loglik, nnz);
 }
 
-// SimdKernels::rows_softmax (K <= kRowsKB<false>).
-bool rows_softmax(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* nuT, int64_t ldk, int64_t K,
-                  const float* c, double* norms, const double* sph, float* xtail, float* resp, int64_t ldo,
-                  double* nk, FusedSums* f, double* loglik, int64_t* nnz) {
-  if (K < 1 || K > kRowsKB<false>) return false;
-  return rows_softmax_of<kRowsKB<false>>(K, x, ldx, rows, D, nuT, ldk, c, norms, sph, xtail, resp, ldo, nk, f, loglik,
-                                         nnz);
+// SimdKernels::rows_softmax: c null is diag (K <= kRowsKB<true>), else the dot form (kRowsKB<false>).
+bool rows_softmax(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* pT, const float* nuT,
+                  int64_t ldk, int64_t K, const float* c, double* norms, const double* sph, const double* log_const,
+                  float* xtail, float* resp, int64_t ldo, double* nk, FusedSums* f, double* loglik, int64_t* nnz) {
+  if (K < 1) return false;
+  if (c == nullptr) {
+    return K <= kRowsKB<true> && rows_softmax_of<kRowsKB<true>, true>(K, x, ldx, rows, D, pT, nuT, ldk, c, norms,
+                                                                        sph, log_const, xtail, resp, ldo, nk, f,
+                                                                        loglik, nnz);
+  }
+  return K <= kRowsKB<false> && rows_softmax_of<kRowsKB<false>, false>(K, x, ldx, rows, D, pT, nuT, ldk, c, norms,
+                                                                         sph, log_const, xtail, resp, ldo, nk, f,
+                                                                         loglik, nnz);
 }
 
 }  // namespace

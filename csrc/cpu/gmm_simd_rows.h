@@ -145,25 +145,34 @@ LGM_INLINE void rows_joints(const float* yT, int64_t D, const float* nuT, int64_
   next.rest(D);
 }
 
-// KB components (table columns 0 .. KB) for the W rows of yT, count of them written. diag:
-// maha = sum_d (y_d p_kd - nu_kd)^2; spherical dot form: joint log-probabilities (rows_joints).
+// diag's squared distances m[k] = sum_d (y_d p_kd - nu_kd)^2 of the W rows of yT, components 0 .. KB.
+template <int KB>
+LGM_INLINE void rows_maha(const float* yT, int64_t D, const float* pT, const float* nuT, int64_t ldk, VF (&m)[KB],
+                          const NextBlock& next) {
+  VF acc[KB] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    next.at(d);
+    const VF y = load<VF>(yT + d * kWF);
+    const float* nu = nuT + d * ldk;
+    const float* p = pT + d * ldk;
+    for (int k = 0; k < KB; ++k) {
+      const VF t = y * splat<VF>(p[k]) - splat<VF>(nu[k]);
+      acc[k] += t * t;
+    }
+  }
+  for (int k = 0; k < KB; ++k) m[k] = acc[k];
+  next.rest(D);
+}
+
+// KB components (table columns 0 .. KB) for the W rows of yT, count of them written: diag's
+// distances (rows_maha) or the dot form's joint log-probabilities (rows_joints).
 template <int KB, bool kDiag>
 LGM_INLINE void rows_group(const float* yT, int64_t D, const float* pT, const float* nuT, int64_t ldk, float* out,
                            int64_t ldo, int64_t count, const double* norms, const double* sph,
                            const NextBlock& next) {
-  VF acc[KB] = {};
+  VF acc[KB];
   if constexpr (kDiag) {
-    for (int64_t d = 0; d < D; ++d) {
-      next.at(d);
-      const VF y = load<VF>(yT + d * kWF);
-      const float* nu = nuT + d * ldk;
-      const float* p = pT + d * ldk;
-      for (int k = 0; k < KB; ++k) {
-        const VF t = y * splat<VF>(p[k]) - splat<VF>(nu[k]);
-        acc[k] += t * t;
-      }
-    }
-    next.rest(D);
+    rows_maha<KB>(yT, D, pT, nuT, ldk, acc, next);
   } else {
     rows_joints<KB>(yT, D, nuT, ldk, norms, sph, acc, next);
   }

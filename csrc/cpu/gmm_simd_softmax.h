@@ -166,15 +166,20 @@ void scale_responsibilities(const float* work, const float* scale, int64_t K, in
 }
 
 // Unweighted log-likelihood of the block softmaxes, sum_n (top_n + log sum_n), taken block by
-// block from registers: the tops summed in float64 vectors, and one log per 16 rows of the product
-// of their sums (each in [1, K + 1e-4]); lanes from `valid` on (padding) count as top 0 and sum 1.
-// A scalar sum over the rows had been 12% of softmax_f32_joint (one add chain, 4 cycles a row).
+// block from registers: the tops summed in float64 vectors, and one log per `per_log` blocks of the
+// product of their sums (each in [1, K + 1e-4]: (K + 1)^rows stays below 2^1000 in float64);
+// lanes from `valid` on (padding) count as top 0 and sum 1. A scalar sum over the rows had been
+// 12% of softmax_f32_joint (one add chain, 4 cycles a row); one log per 16 rows, 3% of the op at
+// K = 10 (AVX-512: a log per block).
 struct BlockLoglik {
-  static constexpr int64_t kBlocks = 16 / width<float>() > 0 ? 16 / width<float>() : 1;  // blocks per log
   VD top_lo = {}, top_hi = {}, prod = VD{} + 1.0;
-  int64_t pending = 0;
+  int64_t pending = 0, per_log = 1;
   double logs = 0.0;
 
+  explicit BlockLoglik(int64_t K) {
+    const double rows = std::floor(1000.0 / std::log2(static_cast<double>(K) + 1.0));
+    per_log = std::max<int64_t>(1, static_cast<int64_t>(rows) / width<float>());
+  }
   LGM_INLINE void add(VD t0, VD t1, VF sum, int64_t valid) {
     if (valid < width<float>()) {
       for (int64_t l = valid; l < width<float>(); ++l) {
@@ -189,7 +194,7 @@ struct BlockLoglik {
     top_lo += t0;
     top_hi += t1;
     prod *= lo_double(sum) * hi_double(sum);
-    if (++pending == kBlocks) flush_logs();
+    if (++pending == per_log) flush_logs();
   }
   LGM_INLINE void flush_logs() {
     double q = 1.0;
@@ -225,7 +230,7 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
   }
   for (int64_t k = 0; k < K; ++k)
     for (int64_t n = rows; n < padded; ++n) maha[k * ld + n] = 0.0f;
-  BlockLoglik unweighted;
+  BlockLoglik unweighted(K);
   for (int64_t n0 = 0; n0 < padded; n0 += W) {
     VF tf = VF{} - INFINITY;
     for (int64_t k = 0; k < K; ++k) {
@@ -297,7 +302,7 @@ double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, cons
   }
   for (int64_t k = 0; k < K; ++k)
     for (int64_t n = rows; n < padded; ++n) joint[k * ld + n] = 0.0f;
-  BlockLoglik unweighted;
+  BlockLoglik unweighted(K);
   for (int64_t n0 = 0; n0 < padded && blocks; n0 += W) {
     VF tf = VF{} - INFINITY;
     for (int64_t k = 0; k < K; ++k) {

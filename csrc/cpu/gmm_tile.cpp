@@ -169,8 +169,11 @@ bool tile_fused(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, con
   if constexpr (std::is_same_v<T, float>) {
     if (!plan.fused_softmax(sw)) return false;
     double ll = 0.0;
-    if (!plan.simd.rows_softmax(xs, lds, rows, plan.D, plan.nu_t.template data_ptr<T>(), plan.ldk, plan.K,
-                                plan.centre.template data_ptr<T>(), s.norms.data(), plan.sph.template data_ptr<double>(),
+    const bool dot = plan.dot_form();
+    if (!plan.simd.rows_softmax(xs, lds, rows, plan.D, dot ? nullptr : plan.p_t.template data_ptr<T>(),
+                                plan.nu_t.template data_ptr<T>(), plan.ldk, plan.K,
+                                dot ? plan.centre.template data_ptr<T>() : nullptr, dot ? s.norms.data() : nullptr,
+                                dot ? plan.sph.template data_ptr<double>() : nullptr, plan.log_const.data(),
                                 plan.tail_d() ? s.xtail.data() : nullptr, s.resp.data(), plan.tile(), nk, fused, &ll,
                                 nnz)) {
       return false;

@@ -1,6 +1,6 @@
-"""The float32 spherical E-step's fused pass (csrc/cpu/gmm_simd_fused.h): distances and
-responsibilities of a tile in one pass where every component fits one group of the rows kernel and
-there are no sample weights. It must give the bits of the two steps apart (LGM_GMM_FUSE=0), and
+"""The float32 E-step's fused pass for diag and spherical with D <= 64 (csrc/cpu/gmm_simd_fused.h):
+distances and responsibilities of a tile in one pass where every component fits one group of the
+rows kernel and there are no sample weights. It must give the bits of the two steps apart (LGM_GMM_FUSE=0), and
 hand a tile with a row that has no finite joint back to them. Checked on every CPU instruction set;
 `_gmm_cpu_fused_tiles` counts the tiles it did, so a test fails if it never ran."""
 from __future__ import annotations
@@ -22,9 +22,10 @@ def fused_tiles() -> int:
     return torch.ops.lightning_genmodels._gmm_cpu_fused_tiles()
 
 
-def max_k(isa: str) -> int:
-    """Components in one group of the rows kernel (kRowsKB<false>): 16 with 64-byte vectors, else 12."""
-    return 16 if isa == "avx512" else 12
+def max_k(isa: str, cov: str) -> int:
+    """Components in one group of the rows kernel (kRowsKB): 16 with 64-byte vectors, else 12
+    (spherical) or 10 (diag)."""
+    return 16 if isa == "avx512" else (10 if cov == "diag" else 12)
 
 
 def stats_with(monkeypatch, fuse: str, *args, weight=None):
@@ -39,50 +40,49 @@ def assert_same_bits(a, b) -> None:
         torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=0, atol=0, equal_nan=True, msg=f)
 
 
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
 @pytest.mark.parametrize("isa", _isas())
-def test_fused_pass_gives_the_bits_of_the_steps_apart(isa, monkeypatch):
+def test_fused_pass_gives_the_bits_of_the_steps_apart(isa, cov, monkeypatch):
     """D = 50 (a tail of 2 features on 32- and 64-byte vectors), 33, 20, 5, 64; K = 1, 10 and the
     most that fit one group; 700 rows (a last, partial block of rows); components apart (sparse
     moments) and overlapping (dense)."""
     for d in (50, 33, 20, 5, 64):
-        for k in (1, 10, max_k(isa)):
+        for k in (1, 10, max_k(isa, cov)):
             for spread in (0.3, 6.0):
-                x, _, log_weights, means, prec_chol = clustered(700, k, d, "spherical", seed=d + k, spread=spread)
-                args = (x, log_weights, means, prec_chol, "spherical")
+                x, _, log_weights, means, prec_chol = clustered(700, k, d, cov, seed=d + k, spread=spread)
+                args = (x, log_weights, means, prec_chol, cov)
                 with force_cpu_isa(isa):
                     fused, n_fused = stats_with(monkeypatch, "1", *args)
                     apart, n_apart = stats_with(monkeypatch, "0", *args)
                 assert n_fused > 0 and n_apart == 0, (d, k, n_fused, n_apart)
                 assert_same_bits(fused, apart)
-                ref = _gmm_em_stats_ref(x, None, log_weights, means, prec_chol, "spherical")
+                ref = _gmm_em_stats_ref(x, None, log_weights, means, prec_chol, cov)
                 assert_stats_close(fused, ref, torch.float32)
 
 
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
 @pytest.mark.parametrize("isa", _isas())
-def test_fused_pass_runs_only_where_it_applies(isa, monkeypatch):
-    """More components than one group, sample weights, diag and float64 take the steps apart."""
-    x, weight, log_weights, means, prec_chol = clustered(500, max_k(isa) + 1, 50, "spherical", seed=1)
+def test_fused_pass_runs_only_where_it_applies(isa, cov, monkeypatch):
+    """More components than one group, sample weights, float64 and D > 64 take the steps apart."""
     with force_cpu_isa(isa):
-        _, n = stats_with(monkeypatch, "1", x, log_weights, means, prec_chol, "spherical")
-        assert n == 0
-        x, weight, log_weights, means, prec_chol = clustered(500, 10, 50, "spherical", seed=2)
-        _, n = stats_with(monkeypatch, "1", x, log_weights, means, prec_chol, "spherical", weight=weight + 0.5)
-        assert n == 0
+        x, weight, log_weights, means, prec_chol = clustered(500, max_k(isa, cov) + 1, 50, cov, seed=1)
+        assert stats_with(monkeypatch, "1", x, log_weights, means, prec_chol, cov)[1] == 0
+        x, weight, log_weights, means, prec_chol = clustered(500, 10, 50, cov, seed=2)
+        assert stats_with(monkeypatch, "1", x, log_weights, means, prec_chol, cov, weight=weight + 0.5)[1] == 0
         doubles = [t.double() for t in (x, log_weights, means, prec_chol)]
-        _, n = stats_with(monkeypatch, "1", *doubles, "spherical")
-        assert n == 0
-        x, _, log_weights, means, prec_chol = clustered(500, 10, 50, "diag", seed=3)
-        _, n = stats_with(monkeypatch, "1", x, log_weights, means, prec_chol, "diag")
-        assert n == 0
+        assert stats_with(monkeypatch, "1", *doubles, cov)[1] == 0
+        x, _, log_weights, means, prec_chol = clustered(500, 10, 65, cov, seed=3)
+        assert stats_with(monkeypatch, "1", x, log_weights, means, prec_chol, cov)[1] == 0
 
 
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
 @pytest.mark.parametrize("isa", _isas())
-def test_a_tile_with_a_nan_row_goes_back_to_the_steps_apart(isa, monkeypatch):
+def test_a_tile_with_a_nan_row_goes_back_to_the_steps_apart(isa, cov, monkeypatch):
     """A NaN in the first tile: that tile is done apart (the log-likelihood NaN, as the reference's),
     the others fused, and the whole the same bits as with the fused pass off."""
-    x, _, log_weights, means, prec_chol = clustered(1500, 10, 50, "spherical", seed=4)
+    x, _, log_weights, means, prec_chol = clustered(1500, 10, 50, cov, seed=4)
     x[3, 7] = float("nan")
-    args = (x, log_weights, means, prec_chol, "spherical")
+    args = (x, log_weights, means, prec_chol, cov)
     with force_cpu_isa(isa):
         fused, n_fused = stats_with(monkeypatch, "1", *args)
         apart, _ = stats_with(monkeypatch, "0", *args)
