@@ -135,6 +135,12 @@ LGM_INLINE T hsum(Vec<T> v) {
   return hsum_bytes<T, kBytes>(v);
 }
 
+// Whether every lane of v is above -inf (none NaN or -inf): one compare and a lane sum, not a
+// scalar test per lane (the softmaxes' per-block check).
+LGM_INLINE bool all_above_minus_inf(VF v) {
+  return hsum<int32_t>((VI)(v > (VF{} - INFINITY))) == -static_cast<int32_t>(width<float>());
+}
+
 // The lanes of a float32 vector summed as one float64 (the halves added in float64, then across).
 LGM_INLINE double sum_as_double(VF v) { return hsum<double>(lo_double(v) + hi_double(v)); }
 

@@ -44,9 +44,7 @@ LGM_INLINE bool block_exp(VF (&j)[KB], const double* log_const, int64_t count, V
     const VF jk = kDiag ? static_cast<float>(log_const[k]) - 0.5f * j[k] : j[k];
     tf = jk > tf ? jk : tf;
   }
-  for (int64_t l = 0; l < kWF; ++l) {
-    if (!(tf[l] > -INFINITY)) return false;
-  }
+  if (!all_above_minus_inf(tf)) return false;
   const VD t0 = lo_double(tf), t1 = hi_double(tf);
   const VF sv = sum_two_chains(KB, [&](int64_t k) __attribute__((always_inline)) {
     if constexpr (kDiag) {

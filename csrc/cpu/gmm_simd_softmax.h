@@ -237,9 +237,7 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
       const VF j = static_cast<float>(log_const[k]) - 0.5f * load<VF>(maha + k * ld + n0);
       tf = j > tf ? j : tf;
     }
-    for (int64_t j = 0; j < W; ++j) {
-      if (!(tf[j] > -INFINITY)) return false;
-    }
+    if (!all_above_minus_inf(tf)) return false;
     const VD t0 = lo_double(tf), t1 = hi_double(tf);
     auto one = [&](int64_t k) __attribute__((always_inline)) {
       const VF m = load<VF>(maha + k * ld + n0);
@@ -309,7 +307,7 @@ double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, cons
       const VF j = load<VF>(joint + k * ld + n0);
       tf = j > tf ? j : tf;
     }
-    for (int64_t l = 0; l < W; ++l) blocks = blocks && tf[l] > -INFINITY;
+    blocks = blocks && all_above_minus_inf(tf);
     auto one = [&](int64_t k) __attribute__((always_inline)) {
       const VF e = exp_nonpositive(load<VF>(joint + k * ld + n0) - tf);
       __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
