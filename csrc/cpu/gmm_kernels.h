@@ -14,7 +14,9 @@
 //   2. row-wise log-sum-exp and responsibilities [K, rows] in x's dtype: float32 x takes joint
 //      log-probabilities in float64 but a vectorised float32 exp of (joint - row max) (exactly 0
 //      below e^-87) summed in float32 (the dot form: joints already in the tile, all float32),
-//      float64 x libm's exp (common/gmm.h).
+//      float64 x libm's exp (common/gmm.h). Steps 1 and 2 take one pass (the same bits) where the
+//      rows kernel holds every component in one group and rows have unit weights
+//      (SimdKernels::rows_softmax, gmm_simd_fused.h; LGM_GMM_FUSE=0 turns it off).
 //   3. moments sum_n r_nk x_n (and x_n^2) by a register-blocked kernel, dense, or sparse over the
 //      rows whose responsibility is not 0: products and sums over the tile in x's dtype, added to
 //      float64 totals (float32: within 1e-7 of float64 sums at N = 1e6, tested; spherical: r

@@ -129,8 +129,8 @@ FusedSums fused_sums(const Plan<T>& plan, Scratch<T>& s, double* sx, double* sxx
 }
 
 // 3. sx (and diag sxx when sxx is not null) from the tile's responsibilities, but for the last
-// `done` features (the softmax's fused sums).
-// nnz: the count of non-zero responsibilities, or -1 (counted here).
+// `done` features (the softmax's fused sums); nnz: the count of non-zero responsibilities, or -1
+// to count them here.
 template <typename T>
 void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, Scratch<T>& s, double* sx,
                   double* sxx, int64_t done, int64_t nnz) {
