@@ -3,11 +3,11 @@
 // (SimdKernels::rows_softmax). Not a normal header: gmm_simd_<isa>.cpp includes it once, after
 // gmm_simd_softmax.h (same rules).
 //
-// Apart, step 1 stored each block's joints to the tile, and the block softmax read them twice, stored
-// the exponentials, then read those again to scale them, with the tile's moment sums on the way. Here
-// a block's distances or joints stay in registers from the distances to the responsibilities: the same operations
-// in the same order (so the same bits: tests/ops/test_gmm_fused.py), a third of the tile's loads
-// and stores, and the zero count for step 3's dense-or-sparse choice on the way.
+// Apart, step 1 stores each block's distances (or joints) to the tile, and the block softmax reads
+// them twice, stores the exponentials, then reads those again to scale them, with the tile's moment
+// sums on the way. Here they stay in registers from the distance loop to the responsibilities: the
+// same operations in the same order (so the same bits: tests/ops/test_gmm_fused.py), a third of the
+// tile's loads and stores, and the zero count for step 3's dense-or-sparse choice on the way.
 namespace lgm {
 namespace gmm_cpu {
 namespace LGM_SIMD_NS {
