@@ -33,39 +33,6 @@ struct TileSums {
   }
 };
 
-// One block's exponentials e[k] and scale w / sum_k e (w: 1, 0 past count) from distances (diag,
-// softmax_f32_blocks' a. and b.) or joints (the dot form, softmax_f32_joint's), the same operations
-// in the same order; adds the block's log-likelihood. false where a row has no finite joint.
-template <int KB, bool kDiag>
-LGM_INLINE bool block_exp(VF (&j)[KB], const double* log_const, int64_t count, VF (&e)[KB], VF& scale,
-                          BlockLoglik& ll) {
-  VF tf = VF{} - INFINITY;
-  for (int k = 0; k < KB; ++k) {
-    const VF jk = kDiag ? static_cast<float>(log_const[k]) - 0.5f * j[k] : j[k];
-    tf = jk > tf ? jk : tf;
-  }
-  if (!all_above_minus_inf(tf)) return false;
-  const VD t0 = lo_double(tf), t1 = hi_double(tf);
-  const VF sv = sum_two_chains(KB, [&](int64_t k) __attribute__((always_inline)) {
-    if constexpr (kDiag) {
-      const VD d0 = (log_const[k] - 0.5 * lo_double(j[k])) - t0, d1 = (log_const[k] - 0.5 * hi_double(j[k])) - t1;
-      e[k] = exp_nonpositive(to_float(d0, d1));
-    } else {
-      e[k] = exp_nonpositive(j[k] - tf);
-    }
-    return e[k];
-  });
-  VF w = VF{} + 1.0f;
-  for (int64_t l = count; l < kWF; ++l) w[l] = 0.0f;
-  if constexpr (kDiag) {
-    scale = to_float(lo_double(w) / lo_double(sv), hi_double(w) / hi_double(sv));
-  } else {
-    scale = w / sv;
-  }
-  ll.add(t0, t1, sv, count);
-  return true;
-}
-
 template <int KB, bool kDiag>
 bool rows_softmax_k(const float* x, int64_t ldx, int64_t rows, int64_t D, const float* pT, const float* nuT,
                     int64_t ldk, const float* c, double* norms, const double* sph, const double* log_const,
@@ -87,12 +54,20 @@ bool rows_softmax_k(const float* x, int64_t ldx, int64_t rows, int64_t D, const 
     } else {
       rows_joints<KB>(yT, D, nuT, ldk, norms + n, sph, j, next);
     }
-    if (count < kWF) {  // padding rows: distance or joint 0, weight 0 (as the softmaxes)
+    if (count < kWF) {  // padding rows: distance or joint 0 (as the softmaxes)
       for (int k = 0; k < KB; ++k)
         for (int64_t l = count; l < kWF; ++l) j[k][l] = 0.0f;
     }
-    VF e[KB], scale;
-    if (!block_exp<KB, kDiag>(j, log_const, count, e, scale, unweighted)) return false;
+    VF e[KB], tf, sv;
+    if (!block_exp<kDiag>(
+            KB, log_const, [&](int64_t k) __attribute__((always_inline)) { return j[k]; },
+            [&](int64_t k, VF ek) __attribute__((always_inline)) { e[k] = ek; }, tf, sv)) {
+      return false;
+    }
+    VF w = VF{} + 1.0f;  // padding rows: weight 0
+    for (int64_t l = count; l < kWF; ++l) w[l] = 0.0f;
+    const VF scale = block_scale<kDiag>(w, sv);
+    unweighted.add(lo_double(tf), hi_double(tf), sv, count);
     // scale_fused's block: resp, its sums, the tail features' and (dot form) the norms' moments
     VD nlo = {}, nhi = {};
     if constexpr (!kDiag) {

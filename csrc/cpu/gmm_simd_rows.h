@@ -150,7 +150,7 @@ LGM_INLINE void rows_joints(const float* yT, int64_t D, const float* nuT, int64_
 template <int KB>
 LGM_INLINE void rows_maha(const float* yT, int64_t D, const float* pT, const float* nuT, int64_t ldk, VF (&m)[KB],
                           const NextBlock& next) {
-  VF acc[KB] = {};
+  for (int k = 0; k < KB; ++k) m[k] = VF{};
   for (int64_t d = 0; d < D; ++d) {
     next.at(d);
     const VF y = load<VF>(yT + d * kWF);
@@ -158,10 +158,9 @@ LGM_INLINE void rows_maha(const float* yT, int64_t D, const float* pT, const flo
     const float* p = pT + d * ldk;
     for (int k = 0; k < KB; ++k) {
       const VF t = y * splat<VF>(p[k]) - splat<VF>(nu[k]);
-      acc[k] += t * t;
+      m[k] += t * t;
     }
   }
-  for (int k = 0; k < KB; ++k) m[k] = acc[k];
   next.rest(D);
 }
 

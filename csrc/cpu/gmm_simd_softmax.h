@@ -209,6 +209,41 @@ struct BlockLoglik {
   }
 };
 
+// One block of W rows of the block softmaxes (softmax_f32_blocks' a. and b., softmax_f32_joint's, the
+// fused pass's): value(k) gives component k's vector, diag's distance (kDiag) or the dot form's joint;
+// put(k, e) takes e_k = exp(joint - top). Sets the float32 top tf and the float32 sum sv of the e;
+// false (put not called) where a row has no finite joint.
+template <bool kDiag, typename Value, typename Put>
+LGM_INLINE bool block_exp(int64_t K, const double* log_const, Value&& value, Put&& put, VF& tf, VF& sv) {
+  tf = VF{} - INFINITY;
+  for (int64_t k = 0; k < K; ++k) {
+    const VF j = kDiag ? static_cast<float>(log_const[k]) - 0.5f * value(k) : value(k);
+    tf = j > tf ? j : tf;
+  }
+  if (!all_above_minus_inf(tf)) return false;
+  const VD t0 = lo_double(tf), t1 = hi_double(tf);
+  sv = sum_two_chains(K, [&](int64_t k) __attribute__((always_inline)) {
+    VF e;
+    if constexpr (kDiag) {
+      const VF m = value(k);
+      const VD d0 = (log_const[k] - 0.5 * lo_double(m)) - t0, d1 = (log_const[k] - 0.5 * hi_double(m)) - t1;
+      e = exp_nonpositive(to_float(d0, d1));
+    } else {
+      e = exp_nonpositive(value(k) - tf);
+    }
+    put(k, e);
+    return e;
+  });
+  return true;
+}
+
+// w / sum of a block: diag's in float64, the dot form's in float32 (as each softmax had it).
+template <bool kDiag>
+LGM_INLINE VF block_scale(VF w, VF sv) {
+  if constexpr (kDiag) return to_float(lo_double(w) / lo_double(sv), hi_double(w) / hi_double(sv));
+  return w / sv;
+}
+
 // The same by blocks of W rows; false (nothing written to nk) where a row needs the row-at-a-time
 // form. Lanes from rows up to a multiple of W get maha 0 and weight 0.
 //   a. top_n ~ max_k joint_nk in float32: any shift gives the same softmax and lse = top + log sum,
@@ -232,26 +267,19 @@ bool softmax_f32_blocks(float* maha, int64_t rows, int64_t K, int64_t ld, const 
     for (int64_t n = rows; n < padded; ++n) maha[k * ld + n] = 0.0f;
   BlockLoglik unweighted(K);
   for (int64_t n0 = 0; n0 < padded; n0 += W) {
-    VF tf = VF{} - INFINITY;
-    for (int64_t k = 0; k < K; ++k) {
-      const VF j = static_cast<float>(log_const[k]) - 0.5f * load<VF>(maha + k * ld + n0);
-      tf = j > tf ? j : tf;
+    VF tf, ef;
+    if (!block_exp<true>(
+            K, log_const, [&](int64_t k) __attribute__((always_inline)) { return load<VF>(maha + k * ld + n0); },
+            [&](int64_t k, VF e) __attribute__((always_inline)) {
+              __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
+            },
+            tf, ef)) {
+      return false;
     }
-    if (!all_above_minus_inf(tf)) return false;
-    const VD t0 = lo_double(tf), t1 = hi_double(tf);
-    auto one = [&](int64_t k) __attribute__((always_inline)) {
-      const VF m = load<VF>(maha + k * ld + n0);
-      const VD d0 = (log_const[k] - 0.5 * lo_double(m)) - t0, d1 = (log_const[k] - 0.5 * hi_double(m)) - t1;
-      const VF e = exp_nonpositive(to_float(d0, d1));
-      __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
-      return e;
-    };
-    const VF ef = sum_two_chains(K, one);
-    const VD s0 = lo_double(ef), s1 = hi_double(ef);
+    const VD t0 = lo_double(tf), t1 = hi_double(tf), s0 = lo_double(ef), s1 = hi_double(ef);
     float wbuf[W];
     for (int64_t j = 0; j < W; ++j) wbuf[j] = n0 + j < rows ? (sw ? sw[n0 + j] : 1.0f) : 0.0f;
-    const VF w = load<VF>(wbuf);
-    const VF c = to_float(lo_double(w) / s0, hi_double(w) / s1);
+    const VF c = block_scale<true>(load<VF>(wbuf), ef);
     __builtin_memcpy(scale + n0, &c, sizeof(VF));
     if (!sw) {
       unweighted.add(t0, t1, ef, rows - n0);
@@ -302,21 +330,15 @@ double softmax_f32_joint(float* joint, int64_t rows, int64_t K, int64_t ld, cons
     for (int64_t n = rows; n < padded; ++n) joint[k * ld + n] = 0.0f;
   BlockLoglik unweighted(K);
   for (int64_t n0 = 0; n0 < padded && blocks; n0 += W) {
-    VF tf = VF{} - INFINITY;
-    for (int64_t k = 0; k < K; ++k) {
-      const VF j = load<VF>(joint + k * ld + n0);
-      tf = j > tf ? j : tf;
-    }
-    blocks = blocks && all_above_minus_inf(tf);
-    auto one = [&](int64_t k) __attribute__((always_inline)) {
-      const VF e = exp_nonpositive(load<VF>(joint + k * ld + n0) - tf);
-      __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF));
-      return e;
-    };
-    const VF sv = sum_two_chains(K, one);
+    VF tf, sv;
+    blocks = block_exp<false>(
+        K, nullptr, [&](int64_t k) __attribute__((always_inline)) { return load<VF>(joint + k * ld + n0); },
+        [&](int64_t k, VF e) __attribute__((always_inline)) { __builtin_memcpy(work + k * ld + n0, &e, sizeof(VF)); },
+        tf, sv);
+    if (!blocks) break;
     float wbuf[W];
     for (int64_t l = 0; l < W; ++l) wbuf[l] = n0 + l < rows ? (sw ? sw[n0 + l] : 1.0f) : 0.0f;
-    const VF c = load<VF>(wbuf) / sv;
+    const VF c = block_scale<false>(load<VF>(wbuf), sv);
     __builtin_memcpy(scale + n0, &c, sizeof(VF));
     if (!sw) {
       unweighted.add(lo_double(tf), hi_double(tf), sv, rows - n0);
