@@ -36,9 +36,11 @@ from harness import (  # noqa: E402
     Record, base_parser, machine_info, print_table, time_fn, time_interleaved, with_env, write_json,
 )
 
-from lightning_genmodels.gmm.em import m_step, precision_cholesky  # noqa: E402
+from lightning_genmodels.gmm.em import precision_cholesky  # noqa: E402
 from lightning_genmodels.data.idx import read_idx  # noqa: E402
-from lightning_genmodels.ops.gmm import CPU_ISA_ENV, _gmm_log_prob_ref, gmm_cpu_isa, gmm_em_stats  # noqa: E402
+from lightning_genmodels.ops.gmm import (  # noqa: E402
+    CPU_ISA_ENV, _gmm_log_prob_ref, gmm_cpu_isa, gmm_em_stats, gmm_m_step,
+)
 
 COV_TYPES = ("diag", "spherical", "tied", "full")
 LARGE = "gauss1m"  # --large: N=1,000,000 standard normal rows, D=128, K=1024 (a GPU target)
@@ -82,8 +84,7 @@ def torch_step(impl: str, x: torch.Tensor, cov_type: str, state: dict[str, Any])
     """One EM iteration with our op (``impl`` ext or ref) and M-step, in x's dtype."""
     log_w, means, prec = state["params"]
     stats = gmm_em_stats(x, log_w, means, prec, cov_type, impl=impl)
-    new = m_step(stats, cov_type, REG_COVAR, float(torch.finfo(x.dtype).eps))
-    prec_chol = precision_cholesky(new.covariances, cov_type)
+    new, prec_chol = gmm_m_step(stats, cov_type, REG_COVAR, float(torch.finfo(x.dtype).eps), impl=impl)
     state["params"] = (new.weights.log().to(x.dtype), new.means.to(x.dtype), prec_chol.to(x.dtype))
     state["loglik"] = stats.loglik / x.shape[0]
 

@@ -16,6 +16,11 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   m.def(
       "gmm_log_prob(Tensor x, Tensor log_weights, Tensor means, Tensor prec_chol, "
       "str covariance_type) -> Tensor");
+  // The M-step of a diag or spherical mixture (gmm/em.py m_step, then precision_cholesky), CPU:
+  // (weights [K], means [K, D], covariances, prec_chol, empty [K] bool), float64.
+  m.def(
+      "gmm_m_step(Tensor nk, Tensor sx, Tensor sxx, str covariance_type, float reg_covar, float eps, "
+      "Tensor? prev_means, Tensor? prev_covariances) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The instruction set of the CPU GMM kernels for a request ("auto", "avx512", "avx2", "generic";
   // "" = the LGM_GMM_CPU_ISA environment variable): raises when this CPU cannot run it.
   m.def("gmm_cpu_isa(str isa) -> str");

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..metrics.em import EMStatistics
 from ..ops.build import Impl
-from ..ops.gmm import gmm_em_stats, gmm_log_prob
+from ..ops.gmm import gmm_em_stats, gmm_log_prob, gmm_m_step
 from . import em
 from .batches import batch_tensor, broadcast_, loader_batches, padding_weights, shared_seed
 from .em import CovarianceType, GMMStats
@@ -305,9 +305,9 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
 
     def _m_step(self, stats: GMMStats) -> None:
         cov_type = self.hparams.covariance_type
-        step = em.m_step(
+        step, prec_chol = gmm_m_step(
             stats, cov_type, self.hparams.reg_covar, torch.finfo(self.dtype).eps,
-            prev_means=self.means_, prev_covariances=self.covariances_,
+            prev_means=self.means_, prev_covariances=self.covariances_, impl=self.hparams.impl,
         )
         if bool(step.empty.any()):
             rank_zero_warn(
@@ -315,7 +315,6 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
                 "their points; they keep their previous mean and covariance with weight ~0",
                 category=RuntimeWarning,
             )
-        prec_chol = em.precision_cholesky(step.covariances, cov_type)
         self._set_params(step.weights, step.means, step.covariances, prec_chol)
 
     def _initialize(self, batches) -> None:

@@ -1,7 +1,7 @@
 """Python face of the C++/CUDA ops: each op has a pure-PyTorch reference and ``impl``."""
 from .build import BuildInfo, ExtensionBuildError, load_library, resolve_cuda_home, use_ext
 from .diffusion import diffusion_step
-from .gmm import GMMStats, gmm_em_stats, gmm_log_prob
+from .gmm import GMMStats, gmm_em_stats, gmm_log_prob, gmm_m_step
 from .philox import philox_normal
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "GMMStats",
     "gmm_em_stats",
     "gmm_log_prob",
+    "gmm_m_step",
     "load_library",
     "philox_normal",
     "resolve_cuda_home",

@@ -273,20 +273,22 @@ def test_singular_covariance_asks_for_more_reg_covar() -> None:
     assert torch.isfinite(model.precisions_cholesky_).all()
 
 
-def test_empty_component_keeps_its_previous_mean_and_covariance() -> None:
+@pytest.mark.parametrize("cov", ["full", "diag", "spherical"])  # diag, spherical: the C++ M-step
+def test_empty_component_keeps_its_previous_mean_and_covariance(cov: str) -> None:
     x = blobs(n=300, d=2, k=2, spread=3.0, seed=7)
     far = np.array([1e3, -1e3])  # no point comes near the third component
+    unit = {"full": np.eye(2), "diag": np.ones(2), "spherical": np.ones(())}[cov]
     init = {
         "weights_init": np.array([0.45, 0.45, 0.1]),
         "means_init": np.stack([x[0], x[1], far]),
-        "precisions_init": np.broadcast_to(np.eye(2), (3, 2, 2)).copy(),
+        "precisions_init": np.broadcast_to(unit, (3, *unit.shape)).copy(),
     }
     with pytest.warns(RuntimeWarning, match="lost all"):
-        model = GaussianMixture(3, max_iter=10, **init).fit(x)
+        model = GaussianMixture(3, covariance_type=cov, max_iter=10, **init).fit(x)
     for name in PARAMS:
         assert torch.isfinite(getattr(model, name)).all()
     assert torch.allclose(model.means_[2].cpu(), torch.from_numpy(far))  # fitted on a GPU if one is visible
-    assert torch.allclose(model.covariances_[2].cpu(), torch.eye(2, dtype=torch.float64))
+    assert torch.allclose(model.covariances_[2].cpu(), torch.from_numpy(unit))
     assert float(model.weights_[2]) < 1e-10
     assert float(model.weights_.sum()) == pytest.approx(1.0)
     assert set(model.predict(x).tolist()) == {0, 1}
