@@ -277,7 +277,6 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         stats, n_total, n_nonfinite = self.em_stats.compute()
         # torchmetrics squeezes one-element results: K = 1 gives nk [1] -> []; restore shapes.
         stats = GMMStats(*(v.reshape(getattr(self.em_stats, k).shape) for k, v in zip(GMMStats._fields, stats)))
-        self.em_stats.reset()
         if float(n_nonfinite) > 0:
             raise ValueError(
                 "the E-step's log-likelihood is not finite: the data contain NaN or infinite values "
