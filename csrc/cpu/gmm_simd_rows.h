@@ -180,6 +180,44 @@ LGM_INLINE void rows_joints(const float* yT, int64_t D, const float* nuT, int64_
   next.rest(D);
 }
 
+// rows_joints for two blocks of W rows at once (y0T, y1T), in two passes of half the components:
+// each broadcast table entry serves two row vectors (7 loads per 10 FMAs instead of 11 at KB = 10).
+// The same sums in the same order per row and component, so the same bits. next: the two blocks
+// after these, prefetched over both passes.
+template <int KB>
+LGM_INLINE void rows_joints2(const float* y0T, const float* y1T, int64_t D, const float* nuT, int64_t ldk,
+                             const double* norms0, const double* norms1, const double* sph, VF (&j0)[KB],
+                             VF (&j1)[KB], const NextBlock& next) {
+  constexpr int H = (KB + 1) / 2;
+  VF acc0[KB], acc1[KB];
+  for (int h = 0; h < KB; h += H) {
+    VF s0[H] = {}, s1[H] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      next.at((h ? D : 0) + d);
+      const VF y0 = load<VF>(y0T + d * kWF), y1 = load<VF>(y1T + d * kWF);
+      const float* nu = nuT + d * ldk + h;
+      for (int k = 0; k < H && h + k < KB; ++k) {
+        const VF mk = splat<VF>(nu[k]);
+        s0[k] += y0 * mk;
+        s1[k] += y1 * mk;
+      }
+    }
+    for (int k = 0; k < H && h + k < KB; ++k) {
+      acc0[h + k] = s0[k];
+      acc1[h + k] = s1[k];
+    }
+  }
+  next.rest(2 * D);
+  const VD n0lo = load<VD>(norms0), n0hi = load<VD>(norms0 + kWD);
+  const VD n1lo = load<VD>(norms1), n1hi = load<VD>(norms1 + kWD);
+  for (int k = 0; k < KB; ++k) {
+    const VD a = splat<VD>(sph[k]), b = splat<VD>(sph[ldk + k]), c = splat<VD>(sph[2 * ldk + k]);
+    const VD cap = splat<VD>(sph[3 * ldk + k]);
+    j0[k] = to_float(dot_joint(lo_double(acc0[k]), a, b, c, cap, n0lo), dot_joint(hi_double(acc0[k]), a, b, c, cap, n0hi));
+    j1[k] = to_float(dot_joint(lo_double(acc1[k]), a, b, c, cap, n1lo), dot_joint(hi_double(acc1[k]), a, b, c, cap, n1hi));
+  }
+}
+
 // diag's squared distances m[k] = sum_d (y_d p_kd - nu_kd)^2 of the W rows of yT, components 0 .. KB.
 template <int KB>
 LGM_INLINE void rows_maha(const float* yT, int64_t D, const float* pT, const float* nuT, int64_t ldk, VF (&m)[KB],
