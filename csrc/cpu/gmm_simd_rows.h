@@ -290,6 +290,23 @@ LGM_INLINE const float* block_rows(const float* x, int64_t ldx, int64_t rows, in
   return xb;
 }
 
+// rows_joints2 for components 0 .. kc of two full blocks of W rows, stored to out [kc, ldo] (the
+// first block at out, the second at out + W).
+template <int KB>
+LGM_INLINE void joints_pair_of(int64_t kc, const float* y0T, const float* y1T, int64_t D, const float* nuT,
+                               int64_t ldk, float* out, int64_t ldo, const double* norms, const double* sph,
+                               const NextBlock& next) {
+  if constexpr (KB > 1) {
+    if (kc < KB) return joints_pair_of<KB - 1>(kc, y0T, y1T, D, nuT, ldk, out, ldo, norms, sph, next);
+  }
+  VF j0[KB], j1[KB];
+  rows_joints2<KB>(y0T, y1T, D, nuT, ldk, norms, norms + kWF, sph, j0, j1, next);
+  for (int k = 0; k < KB; ++k) {
+    __builtin_memcpy(out + k * ldo, &j0[k], sizeof(VF));
+    __builtin_memcpy(out + k * ldo + kWF, &j1[k], sizeof(VF));
+  }
+}
+
 // SimdKernels::maha_rows: every component for rows of x (stride ldx, readable to D rounded up) into
 // out [K, ldo]; norms [rows rounded up to W] (its lanes past rows are written too).
 // diag: maha from pT, nuT; c not null: the spherical dot form's joints, nuT = (mu - c)^T. xtail not
@@ -298,6 +315,7 @@ void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const
                      int64_t ldk, int64_t K, float* out, int64_t ldo, const float* c, double* norms,
                      const double* sph, float* xtail) {
   alignas(64) float yT[kSmallD * kWF];
+  alignas(64) float y1T[kBytes <= 32 ? kSmallD * kWF : 1];
   alignas(64) float pad[kWF * kSmallD];
   for (int64_t n = 0; n < rows; n += kWF) {
     const int64_t count = min_of<int64_t>(kWF, rows - n);
@@ -305,6 +323,23 @@ void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const
     NextBlock next;
     const float* xb = block_rows(x, ldx, rows, n, D, pad, &ldb, &next);
     rows_transposed(xb, ldb, D, c, yT, c ? norms + n : nullptr, xtail ? xtail + n : nullptr, ldo);
+    // The dot form on 16 registers, two full blocks at a time (rows_joints2): the op 0.92-0.93x at
+    // spherical K = 100, D = 50 on AVX2 and 16-byte vectors (in-process A/B).
+    if constexpr (kBytes <= 32) {
+      if (c && n + 2 * kWF <= rows) {
+        NextBlock next1;
+        const float* xb1 = block_rows(x, ldx, rows, n + kWF, D, pad, &ldb, &next1);
+        rows_transposed(xb1, ldb, D, c, y1T, norms + n + kWF, xtail ? xtail + n + kWF : nullptr, ldo);
+        if (next1.lines && n + 4 * kWF <= rows) next1.lines = 2 * next1.lines - 1;  // both blocks after these
+        for (int64_t k0 = 0; k0 < K; k0 += kRowsKB<false>) {
+          const int64_t kc = min_of<int64_t>(K - k0, kRowsKB<false>);
+          joints_pair_of<kRowsKB<false>>(kc, yT, y1T, D, nuT + k0, ldk, out + k0 * ldo + n, ldo, norms + n,
+                                         sph + k0, k0 == 0 ? next1 : NextBlock{});
+        }
+        n += kWF;  // and the loop's
+        continue;
+      }
+    }
     const int64_t group = c ? kRowsKB<false> : kRowsKB<true>;
     for (int64_t k0 = 0; k0 < K; k0 += group) {
       const int64_t kc = min_of<int64_t>(K - k0, group);
