@@ -159,6 +159,19 @@ struct NextBlock {
   }
 };
 
+// Joint log-probabilities j[k] of W rows from their float32 dot products with m_k and their norms
+// [W], made in float64 and rounded once.
+template <int KB>
+LGM_INLINE void joints_of_dots(const VF (&dots)[KB], const double* norms, const double* sph, int64_t ldk,
+                               VF (&j)[KB]) {
+  const VD nlo = load<VD>(norms), nhi = load<VD>(norms + kWD);
+  for (int k = 0; k < KB; ++k) {
+    const VD a = splat<VD>(sph[k]), b = splat<VD>(sph[ldk + k]), c = splat<VD>(sph[2 * ldk + k]);
+    const VD cap = splat<VD>(sph[3 * ldk + k]);
+    j[k] = to_float(dot_joint(lo_double(dots[k]), a, b, c, cap, nlo), dot_joint(hi_double(dots[k]), a, b, c, cap, nhi));
+  }
+}
+
 // The dot form's joint log-probabilities j[k] of the W rows of yT for components 0 .. KB: from
 // y.m_k (float32 sums over d) and the rows' norms [W], made in float64 and rounded once.
 template <int KB>
@@ -171,12 +184,7 @@ LGM_INLINE void rows_joints(const float* yT, int64_t D, const float* nuT, int64_
     const float* nu = nuT + d * ldk;
     for (int k = 0; k < KB; ++k) acc[k] += y * splat<VF>(nu[k]);
   }
-  const VD nlo = load<VD>(norms), nhi = load<VD>(norms + kWD);
-  for (int k = 0; k < KB; ++k) {
-    const VD a = splat<VD>(sph[k]), b = splat<VD>(sph[ldk + k]), c = splat<VD>(sph[2 * ldk + k]);
-    const VD cap = splat<VD>(sph[3 * ldk + k]);
-    j[k] = to_float(dot_joint(lo_double(acc[k]), a, b, c, cap, nlo), dot_joint(hi_double(acc[k]), a, b, c, cap, nhi));
-  }
+  joints_of_dots<KB>(acc, norms, sph, ldk, j);
   next.rest(D);
 }
 
@@ -208,14 +216,8 @@ LGM_INLINE void rows_joints2(const float* y0T, const float* y1T, int64_t D, cons
     }
   }
   next.rest(2 * D);
-  const VD n0lo = load<VD>(norms0), n0hi = load<VD>(norms0 + kWD);
-  const VD n1lo = load<VD>(norms1), n1hi = load<VD>(norms1 + kWD);
-  for (int k = 0; k < KB; ++k) {
-    const VD a = splat<VD>(sph[k]), b = splat<VD>(sph[ldk + k]), c = splat<VD>(sph[2 * ldk + k]);
-    const VD cap = splat<VD>(sph[3 * ldk + k]);
-    j0[k] = to_float(dot_joint(lo_double(acc0[k]), a, b, c, cap, n0lo), dot_joint(hi_double(acc0[k]), a, b, c, cap, n0hi));
-    j1[k] = to_float(dot_joint(lo_double(acc1[k]), a, b, c, cap, n1lo), dot_joint(hi_double(acc1[k]), a, b, c, cap, n1hi));
-  }
+  joints_of_dots<KB>(acc0, norms0, sph, ldk, j0);
+  joints_of_dots<KB>(acc1, norms1, sph, ldk, j1);
 }
 
 // diag's squared distances m[k] = sum_d (y_d p_kd - nu_kd)^2 of the W rows of yT, components 0 .. KB.

@@ -36,7 +36,8 @@ class EMStatistics(Metric):
 
     def update(self, stats: GMMStats, n_rows: Tensor, n_nonfinite: Tensor) -> None:
         # in place: `self.nk += ...` would go through nn.Module.__setattr__ (~4 us a state)
-        for name, value in zip(("nk", "sx", "sxx", "loglik", "n_total", "n_nonfinite"), (*stats, n_rows, n_nonfinite)):
+        values = (*stats, n_rows, n_nonfinite)
+        for name, value in zip(("nk", "sx", "sxx", "loglik", "n_total", "n_nonfinite"), values):
             getattr(self, name).add_(value)
 
     def compute(self) -> tuple[GMMStats, Tensor, Tensor]:
