@@ -317,7 +317,7 @@ void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const
                      int64_t ldk, int64_t K, float* out, int64_t ldo, const float* c, double* norms,
                      const double* sph, float* xtail) {
   alignas(64) float yT[kSmallD * kWF];
-  alignas(64) float y1T[kBytes <= 32 ? kSmallD * kWF : 1];
+  alignas(64) float y1T[kSmallD * kWF];
   alignas(64) float pad[kWF * kSmallD];
   for (int64_t n = 0; n < rows; n += kWF) {
     const int64_t count = min_of<int64_t>(kWF, rows - n);
@@ -325,22 +325,20 @@ void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const
     NextBlock next;
     const float* xb = block_rows(x, ldx, rows, n, D, pad, &ldb, &next);
     rows_transposed(xb, ldb, D, c, yT, c ? norms + n : nullptr, xtail ? xtail + n : nullptr, ldo);
-    // The dot form on 16 registers, two full blocks at a time (rows_joints2): the op 0.92-0.93x at
-    // spherical K = 100, D = 50 on AVX2 and 16-byte vectors (in-process A/B).
-    if constexpr (kBytes <= 32) {
-      if (c && n + 2 * kWF <= rows) {
-        NextBlock next1;
-        const float* xb1 = block_rows(x, ldx, rows, n + kWF, D, pad, &ldb, &next1);
-        rows_transposed(xb1, ldb, D, c, y1T, norms + n + kWF, xtail ? xtail + n + kWF : nullptr, ldo);
-        if (next1.lines && n + 4 * kWF <= rows) next1.lines = 2 * next1.lines - 1;  // both blocks after these
-        for (int64_t k0 = 0; k0 < K; k0 += kRowsKB<false>) {
-          const int64_t kc = min_of<int64_t>(K - k0, kRowsKB<false>);
-          joints_pair_of<kRowsKB<false>>(kc, yT, y1T, D, nuT + k0, ldk, out + k0 * ldo + n, ldo, norms + n,
-                                         sph + k0, k0 == 0 ? next1 : NextBlock{});
-        }
-        n += kWF;  // and the loop's
-        continue;
+    // The dot form, two full blocks at a time (rows_joints2): the op 0.92-0.93x at spherical
+    // K = 100, D = 50 on AVX2 and 16-byte vectors, 0.98-0.99x with 64-byte vectors (in-process A/B).
+    if (c && n + 2 * kWF <= rows) {
+      NextBlock next1;
+      const float* xb1 = block_rows(x, ldx, rows, n + kWF, D, pad, &ldb, &next1);
+      rows_transposed(xb1, ldb, D, c, y1T, norms + n + kWF, xtail ? xtail + n + kWF : nullptr, ldo);
+      if (next1.lines && n + 4 * kWF <= rows) next1.lines = 2 * next1.lines - 1;  // both blocks after these
+      for (int64_t k0 = 0; k0 < K; k0 += kRowsKB<false>) {
+        const int64_t kc = min_of<int64_t>(K - k0, kRowsKB<false>);
+        joints_pair_of<kRowsKB<false>>(kc, yT, y1T, D, nuT + k0, ldk, out + k0 * ldo + n, ldo, norms + n,
+                                       sph + k0, k0 == 0 ? next1 : NextBlock{});
       }
+      n += kWF;  // and the loop's
+      continue;
     }
     const int64_t group = c ? kRowsKB<false> : kRowsKB<true>;
     for (int64_t k0 = 0; k0 < K; k0 += group) {
