@@ -95,10 +95,7 @@ bool rows_softmax_k(const float* x, int64_t ldx, int64_t rows, int64_t D, const 
     VF j[KB];
     if constexpr (kPairs) {
       if (n + 2 * kWF <= rows) {  // two full blocks: see rows_joints2
-        NextBlock next1;
-        const float* xb1 = block_rows(x, ldx, rows, n + kWF, D, pad, &ldb, &next1);
-        rows_transposed(xb1, ldb, D, c, y1T, norms + n + kWF, m ? xtail + n + kWF : nullptr, ldo);
-        if (next1.lines && n + 4 * kWF <= rows) next1.lines = 2 * next1.lines - 1;  // both blocks after these
+        const NextBlock next1 = second_block(x, ldx, rows, n, D, c, y1T, norms, m ? xtail : nullptr, ldo, pad);
         VF j1[KB];
         rows_joints2<KB>(yT, y1T, D, nuT, ldk, norms + n, norms + n + kWF, sph, j, j1, next1);
         if (!finish(j, n, kWF) || !finish(j1, n + kWF, kWF)) return false;

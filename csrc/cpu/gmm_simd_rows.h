@@ -292,6 +292,18 @@ LGM_INLINE const float* block_rows(const float* x, int64_t ldx, int64_t rows, in
   return xb;
 }
 
+// The second of two full blocks (rows n + W ..; the dot form, n + 2 W <= rows) transposed to y1T,
+// with its norms and tail features; returns the prefetches of the two blocks after these.
+LGM_INLINE NextBlock second_block(const float* x, int64_t ldx, int64_t rows, int64_t n, int64_t D, const float* c,
+                                  float* y1T, double* norms, float* xtail, int64_t ldo, float* pad) {
+  NextBlock next;
+  int64_t ldb = 0;
+  const float* xb = block_rows(x, ldx, rows, n + kWF, D, pad, &ldb, &next);
+  rows_transposed(xb, ldb, D, c, y1T, norms + n + kWF, xtail ? xtail + n + kWF : nullptr, ldo);
+  if (next.lines && n + 4 * kWF <= rows) next.lines = 2 * next.lines - 1;  // both blocks after these
+  return next;
+}
+
 // rows_joints2 for components 0 .. kc of two full blocks of W rows, stored to out [kc, ldo] (the
 // first block at out, the second at out + W).
 template <int KB>
@@ -328,10 +340,7 @@ void maha_rows_lanes(const float* x, int64_t ldx, int64_t rows, int64_t D, const
     // The dot form, two full blocks at a time (rows_joints2): the op 0.92-0.93x at spherical
     // K = 100, D = 50 on AVX2 and 16-byte vectors, 0.98-0.99x with 64-byte vectors (in-process A/B).
     if (c && n + 2 * kWF <= rows) {
-      NextBlock next1;
-      const float* xb1 = block_rows(x, ldx, rows, n + kWF, D, pad, &ldb, &next1);
-      rows_transposed(xb1, ldb, D, c, y1T, norms + n + kWF, xtail ? xtail + n + kWF : nullptr, ldo);
-      if (next1.lines && n + 4 * kWF <= rows) next1.lines = 2 * next1.lines - 1;  // both blocks after these
+      const NextBlock next1 = second_block(x, ldx, rows, n, D, c, y1T, norms, xtail, ldo, pad);
       for (int64_t k0 = 0; k0 < K; k0 += kRowsKB<false>) {
         const int64_t kc = min_of<int64_t>(K - k0, kRowsKB<false>);
         joints_pair_of<kRowsKB<false>>(kc, yT, y1T, D, nuT + k0, ldk, out + k0 * ldo + n, ldo, norms + n,

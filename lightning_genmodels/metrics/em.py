@@ -11,6 +11,9 @@ from torchmetrics import Metric
 from ..gmm.em import GMMStats, covariance_shape
 
 
+STATES = ("nk", "sx", "sxx", "loglik", "n_total", "n_nonfinite")  # in the order of update's values
+
+
 class EMStatistics(Metric):
     """Float64 sums of the E-step over the batches of one epoch: ``update`` only accumulates;
     ``compute`` returns them summed over DDP ranks.
@@ -23,21 +26,15 @@ class EMStatistics(Metric):
 
     def __init__(self, n_components: int, n_features: int, covariance_type: str) -> None:
         super().__init__()
-        shapes = {
-            "nk": (n_components,),
-            "sx": (n_components, n_features),
-            "sxx": covariance_shape(covariance_type, n_components, n_features),
-            "loglik": (),
-            "n_total": (),
-            "n_nonfinite": (),
-        }
-        for name, shape in shapes.items():
+        k, d = n_components, n_features
+        shapes = zip(STATES, [(k,), (k, d), covariance_shape(covariance_type, k, d), (), (), ()])
+        for name, shape in shapes:
             self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, stats: GMMStats, n_rows: Tensor, n_nonfinite: Tensor) -> None:
         # in place: `self.nk += ...` would go through nn.Module.__setattr__ (~4 us a state)
         values = (*stats, n_rows, n_nonfinite)
-        for name, value in zip(("nk", "sx", "sxx", "loglik", "n_total", "n_nonfinite"), values):
+        for name, value in zip(STATES, values):
             getattr(self, name).add_(value)
 
     def compute(self) -> tuple[GMMStats, Tensor, Tensor]:
