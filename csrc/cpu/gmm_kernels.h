@@ -212,6 +212,12 @@ struct Plan {
   // first, and the number of them done after each stage. Empty: not pruned.
   std::vector<int32_t> vec_order;
   std::vector<int64_t> stage_ends;
+  // The first stage's tables packed [K, first_ld] in vec_order (SimdKernels::maha_vecs; diag p and
+  // nu, spherical mu), and its offsets 0, W, 2 W ..: with the tile's rows packed the same way, the
+  // stage reads whole lines in order (tile_maha_pruned). first_ld 0: not packed.
+  std::vector<T> first_p, first_nu;
+  std::vector<int32_t> first_order;
+  int64_t first_ld = 0;
   bool fuse = false;  // fused_softmax, but for the weights
 
   Plan(const SimdKernels<T>& simd_, CovType cov, const at::Tensor& log_weights, const at::Tensor& means,
@@ -340,6 +346,7 @@ struct Scratch {
   std::vector<int32_t> alive, alive_n, arg, comp_rows, comp_n;
   std::vector<double> best;
   std::vector<float> topf, lcf;
+  std::vector<T> xfirst;  // [tile, Plan::first_ld] the tile's first-stage features, packed
 
   Scratch(const Plan<T>& plan, const at::TensorOptions& opts) {
     const int64_t t = plan.tile();
@@ -371,6 +378,7 @@ struct Scratch {
       best.resize(t);
       topf.resize(t);
       lcf.resize(plan.K);
+      xfirst.resize(t * plan.first_ld);
     }
   }
 };
@@ -383,12 +391,12 @@ struct Scratch {
 constexpr int64_t kKeptScratch = int64_t{1} << 18;
 template <typename T>
 Scratch<T>& thread_scratch(const Plan<T>& plan, const at::TensorOptions& opts, std::optional<Scratch<T>>& own) {
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>;
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, bool, int64_t>;
   if (plan.K * plan.tile() > kKeptScratch) return own.emplace(plan, opts);
   thread_local std::unique_ptr<Scratch<T>> kept;
   thread_local Key key{};
   const Key want{plan.K, plan.D, plan.ldt, plan.tile(), plan.tail_d(), static_cast<int>(plan.cov()),
-                 !plan.vec_order.empty()};
+                 !plan.vec_order.empty(), plan.first_ld};
   if (!kept || key != want) {
     kept.reset();
     kept = std::make_unique<Scratch<T>>(plan, opts);

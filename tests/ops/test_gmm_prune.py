@@ -120,3 +120,26 @@ def test_rows_with_nan_or_far_outliers_match_unpruned(monkeypatch):
     dense = gmm_em_stats(x, log_weights, means, prec_chol, "diag", weight, impl="ext")
     for a, b in zip(pruned, dense):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3, equal_nan=True)
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+@pytest.mark.parametrize("isa", _isas())
+def test_first_stage_reads_no_feature_past_d(isa, cov, monkeypatch):
+    """D = 390: the last vector along d is part-used, and here it is the most discriminating one
+    (the means differ most in the last features), so the first stage takes it. Its lanes past D
+    (the next row's first features, made large) must count as 0, as without pruning."""
+    x, weight, log_weights, means, prec_chol = clustered(500, 36, 390, cov, seed=6, spread=0.35)
+    means[:, -6:] *= 40.0
+    x[:, -6:] = means[torch.randint(0, 36, (500,), generator=torch.Generator().manual_seed(7)), -6:]
+    x[:, :2] += 50.0
+    args = (log_weights, means, prec_chol, cov, weight)
+    with force_cpu_isa(isa):
+        assert torch.isneginf(pruned_log_prob(x, *args[:4], as_em_step=True)).any()  # pruned
+        pruned = gmm_em_stats(x, *args, impl="ext")
+        monkeypatch.setenv(PRUNE_ENV, "0")
+        dense = gmm_em_stats(x, *args, impl="ext")
+    ref = _gmm_em_stats_ref(x.double(), weight.double(), *(t.double() for t in args[:3]), cov)
+    for name, a, b, r in zip(pruned._fields, pruned, dense, ref):
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name} vs unpruned: {m}")
+        torch.testing.assert_close(a, r, rtol=2e-4, atol=2e-3 * scale, msg=lambda m: f"{name} vs reference: {m}")
