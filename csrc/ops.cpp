@@ -33,6 +33,8 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   m.def(
       "_gmm_pruned_log_prob(Tensor x, Tensor log_weights, Tensor means, Tensor prec_chol, "
       "str covariance_type, bool as_em_step=False) -> Tensor");
+  // x [N, D] c^T for a few rows c [C, D] (k-means++ candidates), float64 [N, C]; CPU.
+  m.def("rows_dot(Tensor x, Tensor c) -> Tensor");
   // One fused DDPM/DDIM sampler step (diffusion/samplers.py): x [N, ...] and model_output float32,
   // timestep int64 [N] rows of the coefficient table coef [T, 6], noise from the Philox stream at
   // seed_offset = (seed, offset); clip_range 0 = no clipping. Returns x_{t'} [N, ...].

@@ -135,6 +135,9 @@ struct SimdKernels {
                        int64_t K, const T* c, double* norms, const double* sph, const double* log_const, T* xtail,
                        T* resp, int64_t ldo, double* nk, FusedSums* f, double* loglik, int64_t* nnz);
   int64_t rows_softmax_k[2];
+  // k-means++ (rows_dot.cpp): out [rows, C] = x c^T, float64 totals of per-lane sums in x's dtype;
+  // c [C, D] contiguous.
+  void (*rows_dot)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* c, int64_t C, double* out);
 };
 
 // Flush-to-zero and denormals-are-zero (MXCSR) on this thread while in scope, then the caller's

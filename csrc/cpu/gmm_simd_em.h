@@ -259,6 +259,81 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
   }
 }
 
+// rows_dot: out[n, j] = x_n . c_j for RB rows and CB centres, float sums of x's dtype per lane.
+// ahead: an offset from x to prefetch as the rows go (0: none).
+template <typename T, int RB, int CB>
+LGM_INLINE void dot_block(const T* x, int64_t ldx, int64_t D, const T* c, int64_t ldc, double* out, int64_t ldo,
+                          int64_t ahead) {
+  using V = Vec<T>;
+  constexpr int64_t W = width<T>();
+  V acc[RB][CB] = {};
+  int64_t d = 0;
+  auto step = [&](const T* const (&xr)[RB], const T* const (&cr)[CB], int64_t at) __attribute__((always_inline)) {
+    V xv[RB];
+    for (int r = 0; r < RB; ++r) xv[r] = load<V>(xr[r] + at);
+    for (int j = 0; j < CB; ++j) {
+      const V cv = load<V>(cr[j] + at);
+      for (int r = 0; r < RB; ++r) acc[r][j] += xv[r] * cv;
+    }
+  };
+  const T* xr[RB];
+  const T* cr[CB];
+  for (int r = 0; r < RB; ++r) xr[r] = x + r * ldx;
+  for (int j = 0; j < CB; ++j) cr[j] = c + j * ldc;
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+  for (; d + W <= D; d += W) {
+    if (ahead && d % kLine == 0)
+      for (int r = 0; r < RB; ++r) __builtin_prefetch(xr[r] + ahead + d);
+    step(xr, cr, d);
+  }
+  if (d < D) {  // the last features through zero-padded copies: nothing read past a row
+    alignas(64) T xt[RB][W] = {}, ct[CB][W] = {};
+    for (int r = 0; r < RB; ++r)
+      for (int64_t i = d; i < D; ++i) xt[r][i - d] = xr[r][i];
+    for (int j = 0; j < CB; ++j)
+      for (int64_t i = d; i < D; ++i) ct[j][i - d] = cr[j][i];
+    const T* xp[RB];
+    const T* cp[CB];
+    for (int r = 0; r < RB; ++r) xp[r] = xt[r];
+    for (int j = 0; j < CB; ++j) cp[j] = ct[j];
+    step(xp, cp, 0);
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < CB; ++j) out[r * ldo + j] = static_cast<double>(hsum<T>(acc[r][j]));
+}
+
+// RB rows against the centres in groups of at most 6, as even as they come (7: 4 and 3); the rows
+// stay in L1 from one group to the next.
+template <typename T, int RB>
+LGM_INLINE void dot_rows(const T* x, int64_t ldx, int64_t D, const T* c, int64_t C, double* out, int64_t ahead) {
+  constexpr int64_t kCB = 6;
+  const int64_t groups = (C + kCB - 1) / kCB;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t j0 = g * C / groups, cb = (g + 1) * C / groups - j0;
+    const T* cg = c + j0 * D;
+    double* og = out + j0;
+    switch (cb) {
+      case 1: dot_block<T, RB, 1>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
+      case 2: dot_block<T, RB, 2>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
+      case 3: dot_block<T, RB, 3>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
+      case 4: dot_block<T, RB, 4>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
+      case 5: dot_block<T, RB, 5>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
+      default: dot_block<T, RB, 6>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
+    }
+  }
+}
+
+// SimdKernels::rows_dot.
+template <typename T>
+void rows_dot(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* c, int64_t C, double* out) {
+  constexpr int RB = kBytes == 64 ? 4 : 2;  // RB x 6 accumulators beside RB rows and one centre
+  constexpr int64_t kAhead = 4 * RB;  // rows prefetched ahead, while the first group reads a block
+  int64_t n = 0;
+  for (; n + RB <= rows; n += RB)
+    dot_rows<T, RB>(x + n * ldx, ldx, D, c, C, out + n * C, n + RB + kAhead <= rows ? kAhead * ldx : 0);
+  for (; n < rows; ++n) dot_rows<T, 1>(x + n * ldx, ldx, D, c, C, out + n * C, 0);
+}
+
 }  // namespace
 
 template <>
@@ -269,7 +344,8 @@ const SimdKernels<float>& kernels<float>() {
                                     &sq_norms<float>, &resp_dot<float>,
                                     &maha_gather<float>,
                                     kBytes == 32 ? &maha_vecs<float> : nullptr,
-                                    &maha_rows_lanes, &rows_softmax, {kRowsKB<false>, kRowsKB<true>}};
+                                    &maha_rows_lanes, &rows_softmax, {kRowsKB<false>, kRowsKB<true>},
+                                    &rows_dot<float>};
   return k;
 }
 
@@ -280,7 +356,7 @@ const SimdKernels<double>& kernels<double>() {
                                      &sq_norms<double>, &resp_dot<double>,
                                      &maha_gather<double>,
                                      kBytes == 32 ? &maha_vecs<double> : nullptr,
-                                     nullptr, nullptr, {0, 0}};
+                                     nullptr, nullptr, {0, 0}, &rows_dot<double>};
   return k;
 }
 

@@ -3,6 +3,7 @@ from .build import BuildInfo, ExtensionBuildError, load_library, resolve_cuda_ho
 from .diffusion import diffusion_step
 from .gmm import GMMStats, gmm_em_stats, gmm_log_prob, gmm_m_step
 from .philox import philox_normal
+from .rows_dot import rows_dot
 
 __all__ = [
     "BuildInfo",
@@ -15,5 +16,6 @@ __all__ = [
     "load_library",
     "philox_normal",
     "resolve_cuda_home",
+    "rows_dot",
     "use_ext",
 ]
