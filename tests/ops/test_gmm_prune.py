@@ -40,6 +40,21 @@ def pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step=False):
     return torch.ops.lightning_genmodels._gmm_pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step)
 
 
+def assert_pruned_stats_exact(isa, monkeypatch, x, weight, log_weights, means, prec_chol, cov):
+    """The E-step as it prunes equals the same kernel with LGM_GMM_PRUNE=0 and the reference."""
+    args = (log_weights, means, prec_chol, cov, weight)
+    with force_cpu_isa(isa):
+        pruned = gmm_em_stats(x, *args, impl="ext")
+        monkeypatch.setenv(PRUNE_ENV, "0")
+        dense = gmm_em_stats(x, *args, impl="ext")
+    monkeypatch.delenv(PRUNE_ENV)
+    ref = _gmm_em_stats_ref(x.double(), weight.double(), *(t.double() for t in args[:3]), cov)
+    for name, a, b, r in zip(pruned._fields, pruned, dense, ref):
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name} vs unpruned: {m}")
+        torch.testing.assert_close(a, r, rtol=2e-4, atol=2e-3 * scale, msg=lambda m: f"{name} vs reference: {m}")
+
+
 def _isas():
     return [pytest.param(i, marks=pytest.mark.skipif(i not in available_cpu_isas(), reason=f"this CPU cannot run {i}"))
             for i in CPU_ISAS]
@@ -69,16 +84,7 @@ def test_pruned_statistics_equal_unpruned_and_reference(isa, cov, monkeypatch):
     """The E-step with pruning (the default for float32 diag/spherical, D >= 384, K >= 32) against
     the same kernel with LGM_GMM_PRUNE=0 and the reference, sample weights with zeros included."""
     x, weight, log_weights, means, prec_chol = clustered(700, 33, 500, cov, seed=2, spread=0.35)
-    args = (log_weights, means, prec_chol, cov, weight)
-    with force_cpu_isa(isa):
-        pruned = gmm_em_stats(x, *args, impl="ext")
-        monkeypatch.setenv(PRUNE_ENV, "0")
-        dense = gmm_em_stats(x, *args, impl="ext")
-    ref = _gmm_em_stats_ref(x.double(), weight.double(), *(t.double() for t in args[:3]), cov)
-    for name, a, b, r in zip(pruned._fields, pruned, dense, ref):
-        scale = max(1.0, r.abs().max().item())
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name} vs unpruned: {m}")
-        torch.testing.assert_close(a, r, rtol=2e-4, atol=2e-3 * scale, msg=lambda m: f"{name} vs reference: {m}")
+    assert_pruned_stats_exact(isa, monkeypatch, x, weight, log_weights, means, prec_chol, cov)
 
 
 @pytest.mark.parametrize("isa", _isas())
@@ -132,14 +138,6 @@ def test_first_stage_reads_no_feature_past_d(isa, cov, monkeypatch):
     means[:, -6:] *= 40.0
     x[:, -6:] = means[torch.randint(0, 36, (500,), generator=torch.Generator().manual_seed(7)), -6:]
     x[:, :2] += 50.0
-    args = (log_weights, means, prec_chol, cov, weight)
     with force_cpu_isa(isa):
-        assert torch.isneginf(pruned_log_prob(x, *args[:4], as_em_step=True)).any()  # pruned
-        pruned = gmm_em_stats(x, *args, impl="ext")
-        monkeypatch.setenv(PRUNE_ENV, "0")
-        dense = gmm_em_stats(x, *args, impl="ext")
-    ref = _gmm_em_stats_ref(x.double(), weight.double(), *(t.double() for t in args[:3]), cov)
-    for name, a, b, r in zip(pruned._fields, pruned, dense, ref):
-        scale = max(1.0, r.abs().max().item())
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name} vs unpruned: {m}")
-        torch.testing.assert_close(a, r, rtol=2e-4, atol=2e-3 * scale, msg=lambda m: f"{name} vs reference: {m}")
+        assert torch.isneginf(pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step=True)).any()
+    assert_pruned_stats_exact(isa, monkeypatch, x, weight, log_weights, means, prec_chol, cov)
