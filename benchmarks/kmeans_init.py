@@ -1,0 +1,68 @@
+"""The k-means++ seeding of ``GaussianMixture.fit(X)`` (scikit-learn's greedy version) on the
+dequantised MNIST pixels (float32, N=60000, D=784): its candidate distances through our
+``rows_dot`` kernel against the reference matrix multiply (the GEMM library's skinny path), the
+op alone and the whole seeding, in interleaved rounds.
+
+    python benchmarks/kmeans_init.py [--quick] [--ks 10,50,100] [--repeats 3] [--json PATH]
+"""
+from __future__ import annotations
+
+import functools
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gmm_em import load_pixels  # noqa: E402
+from harness import Record, base_parser, cpu_model, machine_info, print_table, time_interleaved, vector_isa, write_json  # noqa: E402
+
+import lightning_genmodels.gmm.kmeans as kmeans  # noqa: E402
+from lightning_genmodels.ops import rows_dot  # noqa: E402
+from lightning_genmodels.ops.gmm import gmm_cpu_isa  # noqa: E402
+
+IMPLS = ("ref", "ext")
+
+
+def seeding(x: torch.Tensor, k: int, impl: str) -> None:
+    kmeans.rows_dot = functools.partial(rows_dot, impl=impl)
+    try:
+        kmeans.greedy_kmeans_plusplus(x, k, seed=0)
+    finally:
+        kmeans.rows_dot = rows_dot
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist")
+    parser.add_argument("--ks", default="10,50,100", help="numbers of components (comma-separated)")
+    args = parser.parse_args()
+    info = {**machine_info(args.device), "cpu_model": cpu_model(), "isa": vector_isa(), "kernel_isa": gmm_cpu_isa()}
+    print(info)
+    x = load_pixels(args.data_dir, 60_000).float().contiguous()
+    ks = [10] if args.quick else [int(v) for v in args.ks.split(",")]
+    records, rows = [], []
+    cases = [("rows_dot", 2 + int(torch.tensor(float(k)).log()), k) for k in ks]
+    for name, c_count, k in cases:
+        c = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(k))[:c_count]].clone()
+        fns = {f"op {impl}": functools.partial(rows_dot, x, c, impl=impl) for impl in IMPLS}
+        fns.update({f"seeding {impl}": functools.partial(seeding, x, k, impl) for impl in IMPLS})
+        t = time_interleaved(fns, args.device, repeats=args.repeats, warmup=1)
+        row = {"K": k, "candidates": c_count}
+        for what in ("op", "seeding"):
+            ref, ext = t[f"{what} ref"], t[f"{what} ext"]
+            row[f"{what}_ref_ms"] = 1e3 * statistics.median(ref)
+            row[f"{what}_ext_ms"] = 1e3 * statistics.median(ext)
+            row[f"{what}_ext_x_ref"] = statistics.median(e / r for e, r in zip(ext, ref))  # paired rounds
+            for impl, ts in (("ref", ref), ("ext", ext)):
+                records.append(Record(f"kmeans_{what}", impl, args.device, {"N": x.shape[0], "D": x.shape[1], "K": k,
+                                      "candidates": c_count}, statistics.median(ts), min(ts), max(ts), info))
+        rows.append(row)
+        print(f"K={k}: seeding ext {row['seeding_ext_ms'] / 1e3:.2f} s, ref {row['seeding_ref_ms'] / 1e3:.2f} s", flush=True)
+    print_table(rows, list(rows[0]))
+    write_json(args.json, records, args.device)
+
+
+if __name__ == "__main__":
+    main()
