@@ -23,6 +23,7 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor
 
+from ..ops.build import Impl
 from .batches import Batches, all_reduce_sum
 from .em import GMMStats, moments
 from .kmeans import greedy_kmeans_plusplus, kmeans, kmeans_plusplus, rank_generator, squared_distances, weighted_draw
@@ -72,6 +73,7 @@ def initial_moments(
     kmeans_max_iter: int = 300,
     kmeans_tol: float = 1e-4,
     rows: Tensor | None = None,
+    impl: Impl = "auto",
 ) -> InitMoments:
     """Moments of the initial responsibilities of ``init_params`` (module docstring).
 
@@ -85,20 +87,21 @@ def initial_moments(
         kmeans_tol: Lloyd's relative tolerance (``kmeans``).
         rows: the rank's rows [n, D] when they are in memory (``fit(X)``): the ``kmeans``
             and ``k-means++`` seeding is then scikit-learn's greedy k-means++.
+        impl: that seeding's ``rows_dot`` op (``"auto"``, ``"ref"``, ``"ext"``).
 
     Returns:
         InitMoments, identical on every rank.
     """
     k = n_components
     if init_params == "kmeans":
-        centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol, rows).centers
+        centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol, rows, impl).centers
         one_hot = lambda x: torch.nn.functional.one_hot(  # noqa: E731
             squared_distances(x, centers).argmin(1), k
         ).double()
         stats, n = _pass_statistics(batches, one_hot, covariance_type)
         return InitMoments(stats, centers, n)
     if init_params == "k-means++" and rows is not None:
-        centers = greedy_kmeans_plusplus(rows, k, seed)
+        centers = greedy_kmeans_plusplus(rows, k, seed, impl=impl)
         n = torch.tensor(float(rows.shape[0]), dtype=torch.float64, device=rows.device)
         all_reduce_sum(n)
         return InitMoments(_one_per_component(centers, covariance_type), centers, float(n))

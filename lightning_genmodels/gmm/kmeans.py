@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from ..ops.build import Impl
 from ..ops.rows_dot import rows_dot
 from .batches import Batches, all_gather_cat, all_reduce_sum, rank
 
@@ -112,7 +113,9 @@ def kmeans_plusplus(batches: Batches, n_clusters: int, seed: int) -> tuple[Tenso
     return centers, total
 
 
-def greedy_kmeans_plusplus(x: Tensor, n_clusters: int, seed: int, n_local_trials: int | None = None) -> Tensor:
+def greedy_kmeans_plusplus(
+    x: Tensor, n_clusters: int, seed: int, n_local_trials: int | None = None, impl: Impl = "auto"
+) -> Tensor:
     """Greedy k-means++ centres [K, D] (float64) of the rank-local rows ``x`` [n, D] in memory
     (scikit-learn's ``_kmeans_plusplus``; candidates drawn without replacement).
 
@@ -121,6 +124,7 @@ def greedy_kmeans_plusplus(x: Tensor, n_clusters: int, seed: int, n_local_trials
         n_clusters: K.
         seed: shared by all ranks.
         n_local_trials: candidates per centre; None means 2 + ⌊ln K⌋ (scikit-learn's choice).
+        impl: the candidates' distances by the ``rows_dot`` op (``"auto"``, ``"ref"``, ``"ext"``).
     """
     g = rank_generator(seed)
     trials = n_local_trials or 2 + int(math.log(n_clusters))
@@ -128,7 +132,7 @@ def greedy_kmeans_plusplus(x: Tensor, n_clusters: int, seed: int, n_local_trials
 
     def sq_dist(c: Tensor) -> Tensor:  # [n, len(c)] float64, dot products in x's dtype
         c = c.to(x.dtype)
-        dots = rows_dot(x, c)  # one read of x (a skinny GEMM ran at a quarter of that on AMD CPUs)
+        dots = rows_dot(x, c, impl=impl)  # one read of x (a skinny GEMM ran at a quarter of that on AMD CPUs)
         return (c.double().square().sum(1) - 2.0 * dots).add_(sq_norms[:, None]).clamp_min_(0.0)
 
     def draw(n: int, weights: Tensor | None) -> Tensor:
@@ -202,12 +206,14 @@ def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1
 
 
 def kmeans(
-    batches: Batches, n_clusters: int, seed: int, max_iter: int = 300, tol: float = 1e-4, rows: Tensor | None = None
+    batches: Batches, n_clusters: int, seed: int, max_iter: int = 300, tol: float = 1e-4, rows: Tensor | None = None,
+    impl: Impl = "auto",
 ) -> KMeansResult:
     """k-means++ seeding followed by Lloyd's iterations (up to ``max_iter`` passes); the greedy
-    seeding of :func:`greedy_kmeans_plusplus` when the rank's ``rows`` [n, D] are in memory."""
+    seeding of :func:`greedy_kmeans_plusplus` (with ``impl``) when the rank's ``rows`` [n, D] are in
+    memory."""
     if rows is not None:
-        centers = greedy_kmeans_plusplus(rows, n_clusters, seed)
+        centers = greedy_kmeans_plusplus(rows, n_clusters, seed, impl=impl)
     else:
         centers, _ = kmeans_plusplus(batches, n_clusters, seed)
     return lloyd(batches, centers, max_iter, tol)

@@ -329,7 +329,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             rows = loader.x.to(self.device, self.dtype) if isinstance(loader, RowBatches) else None
             moments = initial_moments(
                 batches, hp.init_params, k, cov_type, self._seed + self._restart,
-                hp.kmeans_max_iter, hp.kmeans_tol, rows,
+                hp.kmeans_max_iter, hp.kmeans_tol, rows, hp.impl,
             )
             self._check_enough_samples(moments.n_total)
             centers = None if moments.centers is None else moments.centers.to(self.device)

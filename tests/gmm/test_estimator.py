@@ -125,3 +125,20 @@ def test_all_finite_is_isfinite_all() -> None:
             y = x.clone()
             y[at] = bad
             assert not all_finite(y) and not all_finite(y.float()), (bad, at)
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+@pytest.mark.parametrize("init_params", ["k-means++", "kmeans"])
+def test_impl_reaches_the_seeding(impl: str, init_params: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The greedy k-means++ seeding of fit(X) computes its distances with the model's impl."""
+    import lightning_genmodels.gmm.kmeans as kmeans
+
+    seen, original = [], kmeans.rows_dot
+
+    def recording(x, c, *, impl="auto"):
+        seen.append(impl)
+        return original(x, c, impl=impl)
+
+    monkeypatch.setattr(kmeans, "rows_dot", recording)
+    GaussianMixture(3, init_params=init_params, impl=impl, random_state=0).fit(blobs())
+    assert seen and set(seen) == {impl}
