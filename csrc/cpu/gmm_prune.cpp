@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "cpu/gmm_kernels.h"
+#include "cpu/gmm_scratch.h"
 
 namespace lgm {
 namespace gmm_cpu {

@@ -13,6 +13,7 @@
 #define LGM_SIMD_BYTES 32
 #define LGM_SIMD_NS avx2
 #include "cpu/gmm_simd.h"
+#include "cpu/gmm_simd_transpose.h"
 #include "cpu/gmm_simd_rows.h"
 #include "cpu/gmm_simd_prune.h"
 #include "cpu/gmm_simd_softmax.h"

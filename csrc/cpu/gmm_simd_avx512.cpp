@@ -13,6 +13,7 @@
 #define LGM_SIMD_BYTES 64
 #define LGM_SIMD_NS avx512
 #include "cpu/gmm_simd.h"
+#include "cpu/gmm_simd_transpose.h"
 #include "cpu/gmm_simd_rows.h"
 #include "cpu/gmm_simd_prune.h"
 #include "cpu/gmm_simd_softmax.h"

@@ -5,6 +5,7 @@
 #define LGM_SIMD_BYTES 16
 #define LGM_SIMD_NS generic
 #include "cpu/gmm_simd.h"
+#include "cpu/gmm_simd_transpose.h"
 #include "cpu/gmm_simd_rows.h"
 #include "cpu/gmm_simd_prune.h"
 #include "cpu/gmm_simd_softmax.h"

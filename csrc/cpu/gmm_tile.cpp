@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/gmm_kernels.h"
+#include "cpu/gmm_scratch.h"
 
 namespace lgm {
 namespace gmm_cpu {
