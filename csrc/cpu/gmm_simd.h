@@ -1,6 +1,6 @@
 // Width-generic SIMD kernels of the CPU GMM E-step (gmm_kernels.h), on GCC/Clang vector extensions:
-// vector helpers and step 1 (distances) here and in gmm_simd_rows.h, step 2 in gmm_simd_softmax.h,
-// step 3 in gmm_simd_em.h. Not normal headers: gmm_simd_<isa>.cpp includes each once, after its
+// vector helpers and step 1 (distances) here and in gmm_simd_rows.h (its transposes in
+// gmm_simd_transpose.h), step 2 in gmm_simd_softmax.h, step 3 in gmm_simd_em.h. Not normal headers: gmm_simd_<isa>.cpp includes each once, after its
 // system headers and its `#pragma GCC target`, with LGM_SIMD_BYTES (vector width) and LGM_SIMD_NS
 // (namespace) defined, so every function here is compiled for that instruction set. Everything is in an
 // anonymous namespace (one copy per translation unit, never merged across targets by the linker)

@@ -64,7 +64,7 @@ LGM_INLINE void load_swapped(const float* x, int64_t ldx, int64_t c0, const floa
 // The 8 x 8 transpose after load_swapped (a[i]: features 0-3 of rows i and i + 4, a[i + 4]: features
 // 4-7) by unpacks and shufps, one instruction each, for the first M outputs: transpose<2, M>'s last
 // stage took a permute and a blend per output. With chunk_out, the op 0.89-0.97x at spherical K = 10,
-// D = 50 on the AMD EPYC (AVX2; in-process A/B, four runs), 1.0x at K = 100; the same bits.
+// D = 50 on the AMD EPYC (AVX2; in-process A/B, three runs), 1.0x at K = 100; the same bits.
 #if LGM_SIMD_BYTES == 32
 template <int M>
 LGM_INLINE void transpose_quads(VF (&a)[kWF]) {
