@@ -43,10 +43,10 @@ def assert_same_bits(a, b) -> None:
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
 @pytest.mark.parametrize("isa", _isas())
 def test_fused_pass_gives_the_bits_of_the_steps_apart(isa, cov, monkeypatch):
-    """D = 50 (a tail of 2 features on 32- and 64-byte vectors), 33, 20, 5, 64; K = 1, 10 and the
-    most that fit one group; 700 rows (a last, partial block of rows); components apart (sparse
-    moments) and overlapping (dense)."""
-    for d in (50, 33, 20, 5, 64):
+    """D = 50 (a tail of 2 features on 32- and 64-byte vectors), 33, 20, 5, 64, 14, 7 and 11 (last
+    chunks of 1 to 8 features on 32-byte vectors); K = 1, 10 and the most that fit one group; 700
+    rows (a last, partial block of rows); components apart (sparse moments) and overlapping (dense)."""
+    for d in (50, 33, 20, 5, 64, 14, 7, 11):
         for k in (1, 10, max_k(isa, cov)):
             for spread in (0.3, 6.0):
                 x, _, log_weights, means, prec_chol = clustered(700, k, d, cov, seed=d + k, spread=spread)
