@@ -35,6 +35,11 @@ TORCH_LIBRARY(lightning_genmodels, m) {
       "str covariance_type, bool as_em_step=False) -> Tensor");
   // x [N, D] c^T for a few rows c [C, D] (k-means++ candidates), float64 [N, C]; CPU.
   m.def("rows_dot(Tensor x, Tensor c) -> Tensor");
+  // The greedy k-means++ step (gmm/kmeans.py): squared distances of x [N, D] to c [C, D] from
+  // c_sq [C] and x_sq [N] (float64), and the potentials sum_n min(closest_n, dist_nc) [C]; CPU.
+  m.def("seeding_distances(Tensor x, Tensor c, Tensor c_sq, Tensor x_sq, Tensor closest) -> (Tensor, Tensor)");
+  // ||x_n||^2 of x [N, D], float64 [N] from float64 squares; CPU.
+  m.def("sq_norms(Tensor x) -> Tensor");
   // One fused DDPM/DDIM sampler step (diffusion/samplers.py): x [N, ...] and model_output float32,
   // timestep int64 [N] rows of the coefficient table coef [T, 6], noise from the Philox stream at
   // seed_offset = (seed, offset); clip_range 0 = no clipping. Returns x_{t'} [N, ...].

@@ -87,7 +87,7 @@ def initial_moments(
         kmeans_tol: Lloyd's relative tolerance (``kmeans``).
         rows: the rank's rows [n, D] when they are in memory (``fit(X)``): the ``kmeans``
             and ``k-means++`` seeding is then scikit-learn's greedy k-means++.
-        impl: that seeding's ``rows_dot`` op (``"auto"``, ``"ref"``, ``"ext"``).
+        impl: that seeding's ``seeding_distances`` op (``"auto"``, ``"ref"``, ``"ext"``).
 
     Returns:
         InitMoments, identical on every rank.

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..ops.build import Impl
-from ..ops.rows_dot import rows_dot
+from ..ops.rows_dot import seeding_distances, sq_norms
 from .batches import Batches, all_gather_cat, all_reduce_sum, rank
 
 
@@ -124,16 +124,12 @@ def greedy_kmeans_plusplus(
         n_clusters: K.
         seed: shared by all ranks.
         n_local_trials: candidates per centre; None means 2 + ⌊ln K⌋ (scikit-learn's choice).
-        impl: the candidates' distances by the ``rows_dot`` op (``"auto"``, ``"ref"``, ``"ext"``).
+        impl: the candidates' distances by the ``seeding_distances`` op (``"auto"``, ``"ref"``,
+            ``"ext"``): one read of x per centre (a skinny GEMM ran at a quarter of that on AMD CPUs).
     """
     g = rank_generator(seed)
     trials = n_local_trials or 2 + int(math.log(n_clusters))
-    sq_norms = x.square().sum(1, dtype=torch.float64)
-
-    def sq_dist(c: Tensor) -> Tensor:  # [n, len(c)] float64, dot products in x's dtype
-        c = c.to(x.dtype)
-        dots = rows_dot(x, c, impl=impl)  # one read of x (a skinny GEMM ran at a quarter of that on AMD CPUs)
-        return (c.double().square().sum(1) - 2.0 * dots).add_(sq_norms[:, None]).clamp_min_(0.0)
+    x_sq = sq_norms(x, impl=impl)
 
     def draw(n: int, weights: Tensor | None) -> Tensor:
         """n rows ∝ weights without replacement over all ranks (keys E / w as weighted_draw)."""
@@ -147,11 +143,11 @@ def greedy_kmeans_plusplus(
         return rows[torch.argsort(keys, stable=True)[:n]]
 
     centers = [draw(1, None).double()]
-    closest = sq_dist(centers[0])[:, 0]  # D(x)²
+    closest = torch.full_like(x_sq, math.inf)
+    closest = seeding_distances(x, centers[0].to(x.dtype), x_sq, closest, impl=impl)[0][:, 0]  # D(x)²
     for _ in range(1, n_clusters):
         candidates = draw(trials, closest)
-        dist = sq_dist(candidates)  # [n, trials]
-        potential = torch.minimum(closest[:, None], dist).sum(0)
+        dist, potential = seeding_distances(x, candidates, x_sq, closest, impl=impl)  # [n, trials], [trials]
         all_reduce_sum(potential)
         best = int(potential.argmin())
         closest = torch.minimum(closest, dist[:, best])

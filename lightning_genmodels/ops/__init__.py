@@ -3,7 +3,7 @@ from .build import BuildInfo, ExtensionBuildError, load_library, resolve_cuda_ho
 from .diffusion import diffusion_step
 from .gmm import GMMStats, gmm_em_stats, gmm_log_prob, gmm_m_step
 from .philox import philox_normal
-from .rows_dot import rows_dot
+from .rows_dot import rows_dot, seeding_distances, sq_norms
 
 __all__ = [
     "BuildInfo",
@@ -17,5 +17,7 @@ __all__ = [
     "philox_normal",
     "resolve_cuda_home",
     "rows_dot",
+    "seeding_distances",
+    "sq_norms",
     "use_ext",
 ]

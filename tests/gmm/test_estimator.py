@@ -133,12 +133,12 @@ def test_impl_reaches_the_seeding(impl: str, init_params: str, monkeypatch: pyte
     """The greedy k-means++ seeding of fit(X) computes its distances with the model's impl."""
     import lightning_genmodels.gmm.kmeans as kmeans
 
-    seen, original = [], kmeans.rows_dot
+    seen, original = [], kmeans.seeding_distances
 
-    def recording(x, c, *, impl="auto"):
+    def recording(*args, impl="auto"):
         seen.append(impl)
-        return original(x, c, impl=impl)
+        return original(*args, impl=impl)
 
-    monkeypatch.setattr(kmeans, "rows_dot", recording)
+    monkeypatch.setattr(kmeans, "seeding_distances", recording)
     GaussianMixture(3, init_params=init_params, impl=impl, random_state=0).fit(blobs())
     assert seen and set(seen) == {impl}
