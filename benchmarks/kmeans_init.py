@@ -1,7 +1,8 @@
 """The k-means++ seeding of ``GaussianMixture.fit(X)`` (scikit-learn's greedy version) on the
-dequantised MNIST pixels (float32, N=60000, D=784): its candidate distances through our
-``rows_dot`` kernel against the reference matrix multiply (the GEMM library's skinny path), the
-op alone and the whole seeding, in interleaved rounds.
+dequantised MNIST pixels (float32, N=60000, D=784): one step's candidate distances and potentials
+through our ``seeding_distances`` kernel against the reference (a matrix multiply, the GEMM
+library's skinny path, and ATen ops on [N, C]), the op alone and the whole seeding (``sq_norms``
+included), in interleaved rounds.
 
     python benchmarks/kmeans_init.py [--quick] [--ks 10,50,100] [--repeats 3] [--json PATH]
 """
@@ -20,7 +21,7 @@ from gmm_em import load_pixels  # noqa: E402
 from harness import Record, base_parser, cpu_model, machine_info, print_table, time_interleaved, vector_isa, write_json  # noqa: E402
 
 from lightning_genmodels.gmm.kmeans import greedy_kmeans_plusplus  # noqa: E402
-from lightning_genmodels.ops import rows_dot  # noqa: E402
+from lightning_genmodels.ops import seeding_distances, sq_norms  # noqa: E402
 from lightning_genmodels.ops.gmm import gmm_cpu_isa  # noqa: E402
 
 IMPLS = ("ref", "ext")
@@ -36,10 +37,13 @@ def main() -> None:
     x = load_pixels(args.data_dir, 60_000).float().contiguous()
     ks = [10] if args.quick else [int(v) for v in args.ks.split(",")]
     records, rows = [], []
-    cases = [("rows_dot", 2 + int(math.log(k)), k) for k in ks]  # scikit-learn's candidates per centre
-    for name, c_count, k in cases:
-        c = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(k))[:c_count]].clone()
-        fns = {f"op {impl}": functools.partial(rows_dot, x, c, impl=impl) for impl in IMPLS}
+    x_sq = sq_norms(x)
+    cases = [(2 + int(math.log(k)), k) for k in ks]  # scikit-learn's candidates per centre
+    for c_count, k in cases:
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(k))
+        c = x[order[:c_count]].clone()
+        closest = ((x - x[order[-1]]).double().square().sum(1))  # D(x)² of one centre
+        fns = {f"op {impl}": functools.partial(seeding_distances, x, c, x_sq, closest, impl=impl) for impl in IMPLS}
         fns.update({f"seeding {impl}": functools.partial(greedy_kmeans_plusplus, x, k, 0, impl=impl) for impl in IMPLS})
         t = time_interleaved(fns, args.device, repeats=args.repeats, warmup=1)
         row = {"K": k, "candidates": c_count}
