@@ -34,6 +34,11 @@ struct Scratch {
   std::vector<double> best;
   std::vector<float> topf, lcf;
   std::vector<T> xfirst;  // [tile, Plan::first_ld] the tile's first-stage features, packed
+  // Sparse moments held over tiles (gmm_tile.cpp defer_moments): each (component, row of x, r) and,
+  // at the flush, the same sorted by component with the components' offsets [K + 1].
+  std::vector<int32_t> pend_k;
+  std::vector<int64_t> pend_idx, sort_idx, pend_off;
+  std::vector<T> pend_val, sort_val;
 
   Scratch(const Plan<T>& plan, const at::TensorOptions& opts) {
     const int64_t t = plan.tile();
