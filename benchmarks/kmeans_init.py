@@ -42,7 +42,7 @@ def main() -> None:
     for c_count, k in cases:
         order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(k))
         c = x[order[:c_count]].clone()
-        closest = ((x - x[order[-1]]).double().square().sum(1))  # D(x)² of one centre
+        closest = (x - x[order[-1]]).double().square().sum(1)  # D(x)² of one centre
         fns = {f"op {impl}": functools.partial(seeding_distances, x, c, x_sq, closest, impl=impl) for impl in IMPLS}
         fns.update({f"seeding {impl}": functools.partial(greedy_kmeans_plusplus, x, k, 0, impl=impl) for impl in IMPLS})
         t = time_interleaved(fns, args.device, repeats=args.repeats, warmup=1)

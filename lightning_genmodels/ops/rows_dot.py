@@ -3,7 +3,8 @@
 The CPU kernel reads x once and forms the C dot products of each row in x's dtype (float64
 totals); a GEMM library's skinny-matrix path took 4x as long as reading x (MKL on an AMD EPYC).
 ``seeding_distances`` turns them into squared distances and the candidates' potentials in the
-same pass, from the rows' norms of ``sq_norms`` (one read of x). Other devices take the reference, a matrix multiply, which their BLAS does well.
+same pass, from the rows' norms of ``sq_norms`` (one read of x). Other devices take the
+reference, a matrix multiply, which their BLAS does well.
 """
 from __future__ import annotations
 
