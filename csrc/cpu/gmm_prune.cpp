@@ -34,6 +34,32 @@ bool pruning_disabled() {
   return env != nullptr && std::strcmp(env, "0") == 0;
 }
 
+// Per row n, the components k (ascending) neither dropped nor arg[n]: alive[n K ..], alive_n[n].
+// Most pairs are dropped, so 8 flags are tested as one word and only the kept pairs visited: the
+// flag-by-flag loop took a quarter of tile_maha_pruned (perf, K = 100 on the MNIST pixels); without
+// it the op 0.965-0.987x mid-fit, diag and spherical (AMD Zen 3, in-process A/B, three runs).
+void list_alive(const uint8_t* dropped, const int32_t* arg, int64_t rows, int64_t K, int64_t ld, int32_t* alive,
+                int32_t* alive_n) {
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "row n0 + i is byte i of the word");
+  constexpr uint64_t kOnes = 0x0101010101010101ULL;  // flags are 0 or 1
+  std::fill(alive_n, alive_n + rows, 0);
+  for (int64_t k = 0; k < K; ++k) {
+    const uint8_t* dk = dropped + k * ld;
+    auto keep = [&](int64_t n) {
+      if (arg[n] != k) alive[n * K + alive_n[n]++] = static_cast<int32_t>(k);
+    };
+    int64_t n0 = 0;
+    for (; n0 + 8 <= rows; n0 += 8) {
+      uint64_t word;
+      std::memcpy(&word, dk + n0, 8);
+      for (uint64_t kept = word ^ kOnes; kept; kept &= kept - 1) keep(n0 + __builtin_ctzll(kept) / 8);
+    }
+    for (int64_t n = n0; n < rows; ++n) {
+      if (!dk[n]) keep(n);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -197,14 +223,7 @@ void tile_maha_pruned(const Plan<T>& plan, const T* xs, int64_t lds, int64_t row
       mk[n] = drop ? static_cast<T>(INFINITY) : mk[n];
     }
   }
-  std::fill(alive_n, alive_n + rows, 0);
-  for (int64_t k = 0; k < K; ++k) {
-    const uint8_t* dk = dropped + k * ld;
-    for (int64_t n = 0; n < rows; ++n) {
-      alive[n * K + alive_n[n]] = static_cast<int32_t>(k);
-      alive_n[n] += !dk[n] && arg[n] != k;
-    }
-  }
+  list_alive(dropped, arg, rows, K, ld, alive, alive_n);
 
   // Later stages, over the short per-row lists.
   int64_t done = end1;
