@@ -17,8 +17,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gmm_em import PRUNE_ENV, initial_params, load_pixels, pca, torch_step  # noqa: E402
 from harness import Record, base_parser, machine_info, print_table, time_interleaved, with_env, write_json  # noqa: E402

@@ -6,7 +6,6 @@ and, when the trainer has a logger that takes images, sent to it as well (``_log
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch

@@ -10,7 +10,7 @@ import torch
 
 from lightning_genmodels.ops import load_library
 from lightning_genmodels.ops.gmm import _gmm_em_stats_ref, force_cpu_isa, gmm_em_stats
-from tests.ops.test_gmm_ops import assert_stats_close
+from tests.ops.gmm_cases import assert_stats_close
 from tests.ops.test_gmm_prune import _isas, clustered
 
 FUSE_ENV = "LGM_GMM_FUSE"

@@ -1,0 +1,124 @@
+"""GaussianMixture in Lightning: Trainer logs and checkpoints, resuming, MNIST through the
+DataModule, two-process DDP, non-finite data found by the EM pass."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_genmodels.gmm import GaussianMixture
+
+from .test_module import PARAMS, QUIET, ROOT, blobs, given_init, rel_err
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning", "ignore::lightning_genmodels.ConvergenceWarning"
+)
+
+
+def test_trainer_fit_logs_and_checkpoint_round_trips(tmp_path: Path) -> None:
+    x = torch.from_numpy(blobs(seed=8)).float()
+    model = GaussianMixture(3, covariance_type="tied", max_iter=50, random_state=0)
+    trainer = Trainer(max_epochs=50, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trainer.fit(model, DataLoader(TensorDataset(x), batch_size=128, shuffle=True))
+    assert model.converged_ and model.n_iter_ < 50 and trainer.current_epoch == model.n_iter_
+    assert float(trainer.callback_metrics["train/lower_bound"]) == pytest.approx(model.lower_bound_, rel=1e-6)
+    path = tmp_path / "gmm.ckpt"
+    trainer.save_checkpoint(path)
+    fresh = GaussianMixture(3, covariance_type="tied")
+    for loaded in (GaussianMixture.load_from_checkpoint(path), fresh):
+        if not loaded.fitted:
+            loaded.load_state_dict(model.state_dict())
+        for name in PARAMS:
+            assert torch.equal(getattr(loaded, name), getattr(model, name)), name
+        assert (loaded.converged_, loaded.n_iter_, loaded.lower_bounds_) == (
+            model.converged_, model.n_iter_, model.lower_bounds_)
+        assert torch.equal(loaded.predict(x), model.predict(x))
+
+
+def test_resume_from_a_mid_fit_checkpoint(tmp_path: Path) -> None:
+    x = torch.from_numpy(blobs(seed=9))
+    kwargs = {"n_components": 3, "max_iter": 6, "tol": 0.0, **given_init(x.numpy(), 3, "full")}
+    loader = DataLoader(TensorDataset(x), batch_size=128)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1)
+    straight = GaussianMixture(**kwargs).double()
+    trainer = Trainer(max_epochs=6, callbacks=[every_epoch], logger=False, enable_progress_bar=False)
+    trainer.fit(straight, loader)
+    assert trainer.global_step == straight.n_iter_ == 6  # one step per EM iteration
+    mid = tmp_path / "epoch=2-step=3.ckpt"
+    resumed = GaussianMixture(**kwargs).double()
+    Trainer(max_epochs=6, **QUIET).fit(resumed, loader, ckpt_path=mid)
+    assert resumed.lower_bounds_ == straight.lower_bounds_
+    for name in PARAMS:
+        assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
+    partial = GaussianMixture.load_from_checkpoint(mid)  # a mid-fit checkpoint is usable
+    assert partial.n_iter_ == 3 and partial.predict(x).shape == (500,)
+
+
+def test_mnist_diag_through_trainer_and_datamodule(mnist_dir: Path) -> None:
+    from lightning_genmodels.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(mnist_dir), val_split=55000, batch_size=1000, seed=0)
+    model = GaussianMixture(10, covariance_type="diag", max_iter=3, random_state=0, kmeans_max_iter=10)
+    Trainer(max_epochs=3, **QUIET).fit(model, datamodule=dm)
+    assert model.means_.shape == (10, 784) and model.n_iter_ == 3
+    assert all(math.isfinite(b) for b in model.lower_bounds_)
+    for name in PARAMS:
+        assert torch.isfinite(getattr(model, name)).all(), name
+    assert model.lower_bounds_[-1] > model.lower_bounds_[0]
+    batch = next(iter(dm.train_dataloader()))[0]
+    assert torch.isfinite(model.score_samples(batch)).all()
+
+
+def test_mnist_full_covariance_cholesky_works(mnist_dir: Path) -> None:
+    from lightning_genmodels.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(mnist_dir), val_split=58000, batch_size=1000, seed=0)
+    model = GaussianMixture(2, covariance_type="full", max_iter=2, init_params="k-means++", random_state=0)
+    Trainer(max_epochs=2, **QUIET).fit(model, datamodule=dm)  # constant border pixels: reg_covar
+    assert torch.isfinite(model.precisions_cholesky_).all() and math.isfinite(model.lower_bound_)
+
+
+def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
+    """2 CPU ranks with N = 1003 (not divisible by 2 × 64): padding must not bias the sums."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(340, 4, generator=g, dtype=torch.float64) + 4 * i for i in range(3)])[:1003]
+    init = given_init(x.numpy(), 3, "full")
+    kwargs = {"n_components": 3, "covariance_type": "full", "max_iter": 4, "tol": 0.0,
+              **{k: v.tolist() for k, v in init.items()}}
+    torch.save({"x": x, "kwargs": kwargs, "batch_size": 64}, tmp_path / "in.pt")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    script = ROOT / "tests" / "gmm" / "ddp_script.py"
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(tmp_path)],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"DDP run hung:\n{exc.stdout}\n{exc.stderr}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    single = GaussianMixture(**kwargs).fit(x, batch_size=64)
+    for case in ("loader", "fit", "kmeans"):
+        ranks = [torch.load(tmp_path / f"{case}.rank{r}.pt") for r in (0, 1)]
+        for name in PARAMS[:4]:
+            assert torch.equal(ranks[0][name], ranks[1][name]), (case, name)  # ranks agree
+            if case != "kmeans":
+                assert rel_err(ranks[0][name], getattr(single, name).cpu().numpy()) < 1e-8, (case, name)
+        if case != "kmeans":
+            assert ranks[0]["lower_bound_"] == pytest.approx(single.lower_bound_, rel=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_data_found_by_the_em_pass(impl: str, bad: float) -> None:
+    x = torch.from_numpy(blobs(n=100))
+    x[41, 0] = bad
+    init = given_init(x.numpy(), 3, "diag")
+    model = GaussianMixture(3, covariance_type="diag", impl=impl, **init).double()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x), batch_size=32))
