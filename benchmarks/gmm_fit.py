@@ -1,7 +1,9 @@
 """Whole fits, initialisation included: ``GaussianMixture.fit(X)`` against scikit-learn's, on
 dequantised MNIST pixels (float32, N=60000, D=784), to convergence with the same options
-(k-means++ initialisation, n_init=1, tol=1e-3, reg_covar=1e-3, max_iter=300, so that both converge:
-EM's iteration count moves with float rounding, 79 to 102 at K=100); and the cost of
+(k-means++ initialisation, n_init=1, tol=1e-3, reg_covar=1e-3, max_iter=300, so that both converge).
+For the same seed both start from the same k-means++ centres (ours draws as scikit-learn's does)
+and take nearly the same EM path: scikit-learn's sums are float32 here, ours float64, so the
+iteration counts may differ by a few. And the cost of
 ``fit(X)`` per EM iteration against the E-step op's own time on the same batches.
 
     python benchmarks/gmm_fit.py [--quick] [--isa avx2] [--ks 10,50,100] [--seeds N] [--json PATH]

@@ -138,6 +138,9 @@ struct SimdKernels {
   // k-means++ (rows_dot.cpp): out [rows, C] = x c^T, float64 totals of per-lane sums in x's dtype;
   // c [C, D] contiguous.
   void (*rows_dot)(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* c, int64_t C, double* out);
+  // The same with c in float64 and float64 products of x's values (exact for float32) summed in
+  // float64: the greedy seeding's distances, rounded to float32 as scikit-learn's are.
+  void (*rows_dot_wide)(const T* x, int64_t ldx, int64_t rows, int64_t D, const double* c, int64_t C, double* out);
 };
 
 // Flush-to-zero and denormals-are-zero (MXCSR) on this thread while in scope, then the caller's

@@ -259,25 +259,43 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
   }
 }
 
-// rows_dot: out[n, j] = x_n . c_j for RB rows and CB centres, float sums of x's dtype per lane.
+// rows_dot: out[n, j] = x_n . c_j for RB rows and CB centres, float sums of x's dtype per lane;
+// with float32 x and float64 c (TC, "wide"), float64 products of x's values (exact) summed in float64.
 // ahead: an offset from x to prefetch as the rows go (0: none).
-template <typename T, int RB, int CB>
-LGM_INLINE void dot_block(const T* x, int64_t ldx, int64_t D, const T* c, int64_t ldc, double* out, int64_t ldo,
+template <typename T, typename TC, int RB, int CB>
+LGM_INLINE void dot_block(const T* x, int64_t ldx, int64_t D, const TC* c, int64_t ldc, double* out, int64_t ldo,
                           int64_t ahead) {
+  constexpr bool kWide = sizeof(TC) > sizeof(T);
   using V = Vec<T>;
   constexpr int64_t W = width<T>();
-  V acc[RB][CB] = {};
+  Vec<TC> acc[RB][CB] = {};
   int64_t d = 0;
-  auto step = [&](const T* const (&xr)[RB], const T* const (&cr)[CB], int64_t at) __attribute__((always_inline)) {
-    V xv[RB];
-    for (int r = 0; r < RB; ++r) xv[r] = load<V>(xr[r] + at);
-    for (int j = 0; j < CB; ++j) {
-      const V cv = load<V>(cr[j] + at);
-      for (int r = 0; r < RB; ++r) acc[r][j] += xv[r] * cv;
+  auto step = [&](const T* const (&xr)[RB], const TC* const (&cr)[CB], int64_t at) __attribute__((always_inline)) {
+    if constexpr (kWide) {
+      VD lo[RB], hi[RB];
+      for (int r = 0; r < RB; ++r) {
+        const V v = load<V>(xr[r] + at);
+        lo[r] = lo_double(v);
+        hi[r] = hi_double(v);
+      }
+      for (int j = 0; j < CB; ++j) {
+        const VD c0 = load<VD>(cr[j] + at), c1 = load<VD>(cr[j] + at + kWD);
+        for (int r = 0; r < RB; ++r) {
+          acc[r][j] += lo[r] * c0;
+          acc[r][j] += hi[r] * c1;
+        }
+      }
+    } else {
+      V xv[RB];
+      for (int r = 0; r < RB; ++r) xv[r] = load<V>(xr[r] + at);
+      for (int j = 0; j < CB; ++j) {
+        const V cv = load<V>(cr[j] + at);
+        for (int r = 0; r < RB; ++r) acc[r][j] += xv[r] * cv;
+      }
     }
   };
   const T* xr[RB];
-  const T* cr[CB];
+  const TC* cr[CB];
   for (int r = 0; r < RB; ++r) xr[r] = x + r * ldx;
   for (int j = 0; j < CB; ++j) cr[j] = c + j * ldc;
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
@@ -287,51 +305,56 @@ LGM_INLINE void dot_block(const T* x, int64_t ldx, int64_t D, const T* c, int64_
     step(xr, cr, d);
   }
   if (d < D) {  // the last features through zero-padded copies: nothing read past a row
-    alignas(64) T xt[RB][W] = {}, ct[CB][W] = {};
+    alignas(64) T xt[RB][W] = {};
+    alignas(64) TC ct[CB][W] = {};
     for (int r = 0; r < RB; ++r)
       for (int64_t i = d; i < D; ++i) xt[r][i - d] = xr[r][i];
     for (int j = 0; j < CB; ++j)
       for (int64_t i = d; i < D; ++i) ct[j][i - d] = cr[j][i];
     const T* xp[RB];
-    const T* cp[CB];
+    const TC* cp[CB];
     for (int r = 0; r < RB; ++r) xp[r] = xt[r];
     for (int j = 0; j < CB; ++j) cp[j] = ct[j];
     step(xp, cp, 0);
   }
   for (int r = 0; r < RB; ++r)
-    for (int j = 0; j < CB; ++j) out[r * ldo + j] = static_cast<double>(hsum<T>(acc[r][j]));
+    for (int j = 0; j < CB; ++j) out[r * ldo + j] = static_cast<double>(hsum<TC>(acc[r][j]));
 }
 
-// RB rows against the centres in groups of at most 6, as even as they come (7: 4 and 3); the rows
-// stay in L1 from one group to the next.
-template <typename T, int RB>
-LGM_INLINE void dot_rows(const T* x, int64_t ldx, int64_t D, const T* c, int64_t C, double* out, int64_t ahead) {
-  constexpr int64_t kCB = 6;
+// RB rows against the centres in groups of at most kCB, as even as they come (7 by 6: 4 and 3);
+// the rows stay in L1 from one group to the next.
+template <typename T, typename TC, int RB, int kCB>
+LGM_INLINE void dot_rows(const T* x, int64_t ldx, int64_t D, const TC* c, int64_t C, double* out, int64_t ahead) {
+  static_assert(kCB <= 6, "dot_rows: groups of at most 6 centres");
   const int64_t groups = (C + kCB - 1) / kCB;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t j0 = g * C / groups, cb = (g + 1) * C / groups - j0;
-    const T* cg = c + j0 * D;
+    const TC* cg = c + j0 * D;
     double* og = out + j0;
+    const int64_t a = g ? 0 : ahead;
     switch (cb) {
-      case 1: dot_block<T, RB, 1>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
-      case 2: dot_block<T, RB, 2>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
-      case 3: dot_block<T, RB, 3>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
-      case 4: dot_block<T, RB, 4>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
-      case 5: dot_block<T, RB, 5>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
-      default: dot_block<T, RB, 6>(x, ldx, D, cg, D, og, C, g ? 0 : ahead); break;
+      case 1: dot_block<T, TC, RB, 1>(x, ldx, D, cg, D, og, C, a); break;
+      case 2: dot_block<T, TC, RB, 2>(x, ldx, D, cg, D, og, C, a); break;
+      case 3: dot_block<T, TC, RB, 3>(x, ldx, D, cg, D, og, C, a); break;
+      case 4: dot_block<T, TC, RB, 4>(x, ldx, D, cg, D, og, C, a); break;
+      case 5: dot_block<T, TC, RB, (kCB < 5 ? kCB : 5)>(x, ldx, D, cg, D, og, C, a); break;
+      default: dot_block<T, TC, RB, kCB>(x, ldx, D, cg, D, og, C, a); break;
     }
   }
 }
 
-// SimdKernels::rows_dot.
-template <typename T>
-void rows_dot(const T* x, int64_t ldx, int64_t rows, int64_t D, const T* c, int64_t C, double* out) {
-  constexpr int RB = kBytes == 64 ? 4 : 2;  // RB x 6 accumulators beside RB rows and one centre
+// SimdKernels::rows_dot (TC = T) and rows_dot_wide (TC = double).
+template <typename T, typename TC>
+void rows_dot(const T* x, int64_t ldx, int64_t rows, int64_t D, const TC* c, int64_t C, double* out) {
+  constexpr bool kWide = sizeof(TC) > sizeof(T);
+  // RB x CB accumulators beside the rows (two vectors each when wide) and one centre
+  constexpr int RB = kBytes == 64 && !kWide ? 4 : 2;
+  constexpr int CB = kWide && kBytes < 64 ? 4 : 6;
   constexpr int64_t kAhead = 4 * RB;  // rows prefetched ahead, while the first group reads a block
   int64_t n = 0;
   for (; n + RB <= rows; n += RB)
-    dot_rows<T, RB>(x + n * ldx, ldx, D, c, C, out + n * C, n + RB + kAhead <= rows ? kAhead * ldx : 0);
-  for (; n < rows; ++n) dot_rows<T, 1>(x + n * ldx, ldx, D, c, C, out + n * C, 0);
+    dot_rows<T, TC, RB, CB>(x + n * ldx, ldx, D, c, C, out + n * C, n + RB + kAhead <= rows ? kAhead * ldx : 0);
+  for (; n < rows; ++n) dot_rows<T, TC, 1, CB>(x + n * ldx, ldx, D, c, C, out + n * C, 0);
 }
 
 }  // namespace
@@ -345,7 +368,7 @@ const SimdKernels<float>& kernels<float>() {
                                     &maha_gather<float>,
                                     kBytes == 32 ? &maha_vecs<float> : nullptr,
                                     &maha_rows_lanes, &rows_softmax, {kRowsKB<false>, kRowsKB<true>},
-                                    &rows_dot<float>};
+                                    &rows_dot<float, float>, &rows_dot<float, double>};
   return k;
 }
 
@@ -356,7 +379,8 @@ const SimdKernels<double>& kernels<double>() {
                                      &sq_norms<double>, &resp_dot<double>,
                                      &maha_gather<double>,
                                      kBytes == 32 ? &maha_vecs<double> : nullptr,
-                                     nullptr, nullptr, {0, 0}, &rows_dot<double>};
+                                     nullptr, nullptr, {0, 0}, &rows_dot<double, double>,
+                                     &rows_dot<double, double>};
   return k;
 }
 

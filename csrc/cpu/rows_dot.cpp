@@ -68,8 +68,9 @@ at::Tensor sq_norms_cpu(const at::Tensor& x_in) {
 }
 
 // dist [N, C] = max(0, (c_sq_j - 2 x_n . c_j) + x_sq_n) and potential [C] = sum_n min(closest_n,
-// dist_nj), in the reference's (kmeans.py) order of operations; the sums by blocks of 256 rows,
-// then over the blocks in order, so the same for any thread count.
+// dist_nj), in the reference's (rows_dot.py) order of operations, x . c from float64 products
+// (rows_dot_wide); the sums by blocks of 256 rows, then over the blocks in order, so the same for
+// any thread count.
 std::tuple<at::Tensor, at::Tensor> seeding_distances_cpu(const at::Tensor& x_in, const at::Tensor& c_in,
                                                          const at::Tensor& c_sq_in, const at::Tensor& x_sq_in,
                                                          const at::Tensor& closest_in) {
@@ -83,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> seeding_distances_cpu(const at::Tensor& x_in,
   TORCH_CHECK_VALUE(c_sq_in.size(0) == C && x_sq_in.size(0) == N && closest_in.size(0) == N,
                     "seeding_distances: c_sq [C], x_sq [N] and closest [N] must match x [N, D] and c [C, D], got ",
                     c_sq_in.sizes(), ", ", x_sq_in.sizes(), ", ", closest_in.sizes(), " for N = ", N, ", C = ", C);
-  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous(), c = c_in.contiguous();
+  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous(), c = c_in.to(at::kDouble).contiguous();
   const at::Tensor c_sq = c_sq_in.contiguous(), x_sq = x_sq_in.contiguous(), closest = closest_in.contiguous();
   at::Tensor dist = at::empty({N, C}, x.options().dtype(at::kDouble));
   at::Tensor potential = at::zeros({C}, x.options().dtype(at::kDouble));
@@ -94,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> seeding_distances_cpu(const at::Tensor& x_in,
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "seeding_distances_cpu", [&] {
     const auto& k = gmm_cpu::simd_kernels<scalar_t>(gmm_cpu::resolve_isa(""));
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* cp = c.data_ptr<scalar_t>();
+    const double* cp = c.data_ptr<double>();
     const double* csq = c_sq.data_ptr<double>();
     const double* xsq = x_sq.data_ptr<double>();
     const double* near = closest.data_ptr<double>();
@@ -103,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor> seeding_distances_cpu(const at::Tensor& x_in,
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t n0 = b * kBlock, n1 = std::min(N, n0 + kBlock);
-        k.rows_dot(xp + n0 * ldx, ldx, n1 - n0, D, cp, C, dp + n0 * C);
+        k.rows_dot_wide(xp + n0 * ldx, ldx, n1 - n0, D, cp, C, dp + n0 * C);
         double* pb = partial.data() + b * C;
         for (int64_t n = n0; n < n1; ++n) {
           double* dn = dp + n * C;

@@ -7,14 +7,17 @@ which the M-step turns into the starting weights, means and covariances:
 - ``kmeans``: one-hot responsibilities of the nearest centre of our streamed k-means
   (k-means++ seeding + Lloyd), computed in one more pass with the final centres.
 - ``k-means++``: each component owns exactly its k-means++ seed point (mean = that point,
-  covariance = ``reg_covar``), as scikit-learn's ``kmeans_plusplus`` init.
+  covariance = ``reg_covar``), as scikit-learn's ``kmeans_plusplus`` init. With the rows in
+  memory (``fit(X)``) the points are scikit-learn's for the same int ``random_state``, restarts
+  of ``n_init`` included (one stream, as its), to the rounding of float64 sums.
 - ``random``: responsibilities uniform random per row, normalised to sum to 1.
 - ``random_from_data``: each component owns one distinct row drawn uniformly.
 
 Deviations from scikit-learn: the starting weights are normalised (scikit-learn leaves them at
 1/N each for ``k-means++`` and ``random_from_data``), and for those two methods the tied
 covariance is ``reg_covar · I`` like the other types (scikit-learn divides the scatter of all N
-rows by K there). Every method draws from a seed shared by all ranks, so ranks agree.
+rows by K there). Every method draws from a seed shared by all ranks, so ranks agree; restart r
+draws from seed + r, but for the greedy k-means++ (one stream).
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ from torch import Tensor
 from ..ops.build import Impl
 from .batches import Batches, all_reduce_sum
 from .em import GMMStats, moments
-from .kmeans import greedy_kmeans_plusplus, kmeans, kmeans_plusplus, rank_generator, squared_distances, weighted_draw
+from .kmeans import (
+    greedy_draws, greedy_kmeans_plusplus, kmeans, kmeans_plusplus, rank_generator, squared_distances, weighted_draw,
+)
 
 InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
 INIT_PARAMS: tuple[str, ...] = get_args(InitParams)
@@ -74,6 +79,7 @@ def initial_moments(
     kmeans_tol: float = 1e-4,
     rows: Tensor | None = None,
     impl: Impl = "auto",
+    restart: int = 0,
 ) -> InitMoments:
     """Moments of the initial responsibilities of ``init_params`` (module docstring).
 
@@ -88,11 +94,18 @@ def initial_moments(
         rows: the rank's rows [n, D] when they are in memory (``fit(X)``): the ``kmeans``
             and ``k-means++`` seeding is then scikit-learn's greedy k-means++.
         impl: that seeding's ``seeding_distances`` op (``"auto"``, ``"ref"``, ``"ext"``).
+        restart: which of ``n_init`` restarts (module docstring).
 
     Returns:
         InitMoments, identical on every rank.
     """
     k = n_components
+    if init_params == "k-means++" and rows is not None:
+        centers = greedy_kmeans_plusplus(rows, k, seed, impl=impl, skip=restart * greedy_draws(k))
+        n = torch.tensor(float(rows.shape[0]), dtype=torch.float64, device=rows.device)
+        all_reduce_sum(n)
+        return InitMoments(_one_per_component(centers, covariance_type), centers, float(n))
+    seed += restart
     if init_params == "kmeans":
         centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol, rows, impl).centers
         one_hot = lambda x: torch.nn.functional.one_hot(  # noqa: E731
@@ -100,11 +113,6 @@ def initial_moments(
         ).double()
         stats, n = _pass_statistics(batches, one_hot, covariance_type)
         return InitMoments(stats, centers, n)
-    if init_params == "k-means++" and rows is not None:
-        centers = greedy_kmeans_plusplus(rows, k, seed, impl=impl)
-        n = torch.tensor(float(rows.shape[0]), dtype=torch.float64, device=rows.device)
-        all_reduce_sum(n)
-        return InitMoments(_one_per_component(centers, covariance_type), centers, float(n))
     if init_params == "k-means++":
         centers, n = kmeans_plusplus(batches, k, seed)
         return InitMoments(_one_per_component(centers, covariance_type), centers, n)

@@ -9,8 +9,9 @@ rank ends with the same centres. Rows of sample weight 0 (DDP padding) never cou
   chosen so far. Streamed (:func:`kmeans_plusplus`): one pass per centre. Rows in memory
   (:func:`greedy_kmeans_plusplus`, for ``fit(X)``): scikit-learn's greedy variant, which draws
   2 + ⌊ln K⌋ candidates per centre and keeps the one that lowers the potential Σ D(x)² most,
-  with D(x)² kept per row, so each centre costs one pass over the rows against the candidates.
-- A draw is weighted reservoir sampling (Efraimidis & Spirakis, 2006): each row gets the key
+  with D(x)² kept per row, so each centre costs one pass over the rows against the candidates;
+  drawn as scikit-learn draws them, so an int seed gives its centres.
+- A streamed draw is weighted reservoir sampling (Efraimidis & Spirakis, 2006): each row gets the key
   E / w with E ~ Exp(1) and the ``n`` smallest keys win; ranks pool their local winners.
 - Lloyd's iterations stop when the squared centre shift Σ_k ||c_k' − c_k||² is at most
   ``tol`` times the mean per-feature variance of the data (scikit-learn's tolerance), or after
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -113,46 +115,90 @@ def kmeans_plusplus(batches: Batches, n_clusters: int, seed: int) -> tuple[Tenso
     return centers, total
 
 
+def scikit_learn_stream(seed: int, skip: int = 0) -> np.random.RandomState:
+    """The random stream of scikit-learn's ``check_random_state(seed)`` (legacy MT19937; a seed
+    outside [0, 2³²), which scikit-learn refuses, through a SeedSequence), ``skip`` doubles on."""
+    rng = np.random.RandomState(seed) if 0 <= seed < 2**32 else np.random.RandomState(np.random.MT19937(seed % 2**128))
+    if skip:
+        rng.random_sample(skip)
+    return rng
+
+
+def greedy_draws(n_clusters: int, n_local_trials: int | None = None) -> int:
+    """Doubles one :func:`greedy_kmeans_plusplus` draws from its stream: one for the first centre,
+    ``trials`` for each next one (restart r of a fit skips r times this)."""
+    return 1 + (n_clusters - 1) * (n_local_trials or 2 + int(math.log(n_clusters)))
+
+
+def _shard_sizes(x: Tensor) -> list[int]:
+    return [int(v) for v in all_gather_cat(torch.tensor([x.shape[0]], device=x.device)).tolist()]
+
+
+def _gather_shards(t: Tensor, sizes: list[int]) -> Tensor:
+    """Every rank's [n_r, ...] in rank order (shards of different lengths)."""
+    if len(sizes) == 1:
+        return t
+    buf = t.new_zeros(max(sizes), *t.shape[1:])
+    buf[: t.shape[0]] = t
+    return torch.cat([p[:s] for p, s in zip(all_gather_cat(buf).split(max(sizes)), sizes)])
+
+
 def greedy_kmeans_plusplus(
-    x: Tensor, n_clusters: int, seed: int, n_local_trials: int | None = None, impl: Impl = "auto"
+    x: Tensor, n_clusters: int, seed: int, n_local_trials: int | None = None, impl: Impl = "auto", skip: int = 0
 ) -> Tensor:
-    """Greedy k-means++ centres [K, D] (float64) of the rank-local rows ``x`` [n, D] in memory
-    (scikit-learn's ``_kmeans_plusplus``; candidates drawn without replacement).
+    """Greedy k-means++ centres [K, D] (float64) of the rows ``x`` in memory, as scikit-learn's
+    ``_kmeans_plusplus`` draws them: the same random stream for an int seed, the same float32
+    distances (float64 sums rounded, as its ``euclidean_distances``), potentials and cumulative
+    sums by the same NumPy calls, so its centres to the rounding of float64 sums.
 
     Args:
-        x: this rank's rows (every rank calls this with its own shard).
+        x: this rank's rows [n, D], float32 or float64; under DDP the shards in rank order are the
+            data (each rank calls this with its own shard).
         n_clusters: K.
-        seed: shared by all ranks.
+        seed: scikit-learn's ``random_state`` (shared by all ranks).
         n_local_trials: candidates per centre; None means 2 + ⌊ln K⌋ (scikit-learn's choice).
         impl: the candidates' distances by the ``seeding_distances`` op (``"auto"``, ``"ref"``,
             ``"ext"``): one read of x per centre (a skinny GEMM ran at a quarter of that on AMD CPUs).
+        skip: doubles of the stream to pass over first (restarts: :func:`greedy_draws`).
     """
-    g = rank_generator(seed)
+    rng = scikit_learn_stream(seed, skip)
     trials = n_local_trials or 2 + int(math.log(n_clusters))
+    sizes = _shard_sizes(x)
+    n_all, start, n = sum(sizes), sum(sizes[: rank()]), x.shape[0]
     x_sq = sq_norms(x, impl=impl)
+    no_bound = torch.full_like(x_sq, math.inf)  # the op's own float64 potentials go unused
+    weight = np.ones(n_all, dtype=torch.empty(0, dtype=x.dtype).numpy().dtype)  # unit weights in x's dtype
 
-    def draw(n: int, weights: Tensor | None) -> Tensor:
-        """n rows ∝ weights without replacement over all ranks (keys E / w as weighted_draw)."""
-        e = -torch.log1p(-torch.rand(x.shape[0], generator=g, dtype=torch.float64)).to(x.device)
-        keys = e if weights is None else torch.where(weights > 0, e / weights, torch.inf)
-        keys, idx = torch.topk(keys, min(n, x.shape[0]), largest=False)
-        if idx.shape[0] < n:  # a small shard: pad, so every rank gathers the same shape
-            keys = torch.cat([keys, keys.new_full((n - idx.shape[0],), torch.inf)])
-            idx = torch.cat([idx, idx.new_zeros(n - idx.shape[0])])
-        keys, rows = all_gather_cat(keys), all_gather_cat(x[idx])
-        return rows[torch.argsort(keys, stable=True)[:n]]
+    def rows_at(ids: np.ndarray) -> Tensor:
+        """Rows of global indices ids, on every rank (each row from the rank that holds it)."""
+        out = x.new_zeros(len(ids), x.shape[1])
+        mine = np.nonzero((ids >= start) & (ids < start + n))[0]
+        if len(mine):
+            out[torch.as_tensor(mine, device=x.device)] = x[torch.as_tensor(ids[mine] - start, device=x.device)]
+        all_reduce_sum(out)
+        return out
 
-    centers = [draw(1, None).double()]
-    closest = torch.full_like(x_sq, math.inf)
-    closest = seeding_distances(x, centers[0].to(x.dtype), x_sq, closest, impl=impl)[0][:, 0]  # D(x)²
+    def distances(c: Tensor) -> np.ndarray:
+        """[C, n_all] squared distances in x's dtype, C-ordered as scikit-learn's."""
+        dist, _ = seeding_distances(x, c, x_sq, no_bound, impl=impl)
+        return np.ascontiguousarray(_gather_shards(dist.to(x.dtype), sizes).cpu().numpy().T)
+
+    # scikit-learn's _kmeans_plusplus, step for step (its NumPy calls fix the rounding).
+    first = rng.choice(n_all, p=weight / weight.sum())
+    centers = [rows_at(np.array([first]))]
+    closest = distances(centers[0])  # [1, n_all]
+    potential = closest @ weight
     for _ in range(1, n_clusters):
-        candidates = draw(trials, closest)
-        dist, potential = seeding_distances(x, candidates, x_sq, closest, impl=impl)  # [n, trials], [trials]
-        all_reduce_sum(potential)
-        best = int(potential.argmin())
-        closest = torch.minimum(closest, dist[:, best])
-        centers.append(candidates[best : best + 1].double())
-    return torch.cat(centers)
+        ids = np.searchsorted(np.cumsum(weight * closest), rng.uniform(size=trials) * potential)
+        np.clip(ids, None, n_all - 1, out=ids)
+        candidates = rows_at(ids)
+        dist = distances(candidates)
+        np.minimum(closest, dist, out=dist)
+        candidate_potentials = dist @ weight.reshape(-1, 1)
+        best = int(np.argmin(candidate_potentials))
+        potential, closest = candidate_potentials[best], dist[best]
+        centers.append(candidates[best : best + 1])
+    return torch.cat(centers).double()
 
 
 def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:

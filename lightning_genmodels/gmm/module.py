@@ -78,7 +78,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         weights_init: [K] starting weights (sum 1).
         means_init: [K, D] starting means.
         precisions_init: starting precisions (inverse covariances), layout of the type.
-        random_state: seed of the initialisation; None draws one (shared by DDP ranks).
+        random_state: seed of the initialisation; None draws one (shared by DDP ranks). With
+            ``fit(X)`` and ``init_params="k-means++"``, scikit-learn's centres for the same int.
         warm_start: a fitted model continues from its parameters (one initialisation).
         n_features: D, to allocate the buffers before seeing data.
         kmeans_max_iter: Lloyd passes of the ``kmeans`` initialisation at most.
@@ -328,8 +329,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             loader = self.trainer.train_dataloader
             rows = loader.x.to(self.device, self.dtype) if isinstance(loader, RowBatches) else None
             moments = initial_moments(
-                batches, hp.init_params, k, cov_type, self._seed + self._restart,
-                hp.kmeans_max_iter, hp.kmeans_tol, rows, hp.impl,
+                batches, hp.init_params, k, cov_type, self._seed,
+                hp.kmeans_max_iter, hp.kmeans_tol, rows, hp.impl, self._restart,
             )
             self._check_enough_samples(moments.n_total)
             centers = None if moments.centers is None else moments.centers.to(self.device)

@@ -3,8 +3,10 @@
 The CPU kernel reads x once and forms the C dot products of each row in x's dtype (float64
 totals); a GEMM library's skinny-matrix path took 4x as long as reading x (MKL on an AMD EPYC).
 ``seeding_distances`` turns them into squared distances and the candidates' potentials in the
-same pass, from the rows' norms of ``sq_norms`` (one read of x). Other devices take the
-reference, a matrix multiply, which their BLAS does well.
+same pass, from the rows' norms of ``sq_norms`` (one read of x), with its dot products in float64
+(exact products of float32 values): rounded to float32 they are scikit-learn's distances, which
+it computes in float64 for float32 data. Other devices take the reference, a matrix multiply,
+which their BLAS does well.
 """
 from __future__ import annotations
 
@@ -18,8 +20,15 @@ def _rows_dot_ref(x: Tensor, c: Tensor) -> Tensor:
     return (x @ c.T).double()
 
 
+def _wide_dot_ref(x: Tensor, c: Tensor, rows: int = 16384) -> Tensor:
+    """x cᵀ in float64, by blocks of rows (a float64 copy of a block at a time)."""
+    c64 = c.double()
+    return torch.cat([x[i : i + rows].double() @ c64.T for i in range(0, x.shape[0], rows)]) if x.shape[0] else \
+        x.new_empty((0, c.shape[0]), dtype=torch.float64)
+
+
 def _seeding_distances_ref(x: Tensor, c: Tensor, c_sq: Tensor, x_sq: Tensor, closest: Tensor) -> tuple[Tensor, Tensor]:
-    dist = (c_sq - 2.0 * _rows_dot_ref(x, c)).add_(x_sq[:, None]).clamp_min_(0.0)
+    dist = (c_sq - 2.0 * _wide_dot_ref(x, c)).add_(x_sq[:, None]).clamp_min_(0.0)
     return dist, torch.minimum(closest[:, None], dist).sum(0)
 
 
@@ -74,8 +83,8 @@ def seeding_distances(x: Tensor, c: Tensor, x_sq: Tensor, closest: Tensor, *, im
         closest: each row's squared distance to its nearest centre so far [N], float64 (inf: none).
 
     Returns:
-        dist [N, C] float64, max(0, ||c||² − 2 x·c + ||x||²) with x·c as :func:`rows_dot`; and the
-        potentials [C], Σ_n min(closest_n, dist_nc), float64.
+        dist [N, C] float64, max(0, ||c||² − 2 x·c + ||x||²) with x·c from float64 products
+        summed in float64; and the potentials [C], Σ_n min(closest_n, dist_nc), float64.
     """
     kernel = _check_rows("seeding_distances", x, c, impl)
     n = x.shape[0]

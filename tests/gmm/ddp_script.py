@@ -7,6 +7,7 @@ command for rank 1; every rank writes its fitted parameters to OUT_DIR/{case}.ra
   DistributedSampler; the padded rows must get sample weight 0.
 - ``fit``: GaussianMixture.fit(X, devices=2), whose own loader does not pad.
 - ``kmeans``: the streamed k-means initialisation under DDP (ranks must agree).
+- ``kmeanspp``: fit(X)'s greedy k-means++ start over shards of unequal length (scikit-learn's).
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def main(inp: str, out_dir: str) -> None:
     model = GaussianMixture(k, covariance_type="diag", max_iter=3, random_state=0, impl="ext")
     model.fit(x, batch_size=batch_size, **flags)
     _save(model, out, "kmeans", trainer.global_rank)
+
+    model = GaussianMixture(k, covariance_type="diag", init_params="k-means++", max_iter=0, random_state=5, impl="ext")
+    model.fit(x, batch_size=batch_size, **flags)
+    _save(model, out, "kmeanspp", trainer.global_rank)
     # torch's recommended teardown (Lightning leaves the group open after fit). One run in about
     # 25 of this script aborted ("terminate called without an active exception", rank 0, after
     # the second fit) without it; whether this call removes that is not measured.

@@ -142,3 +142,21 @@ def test_impl_reaches_the_seeding(impl: str, init_params: str, monkeypatch: pyte
     monkeypatch.setattr(kmeans, "seeding_distances", recording)
     GaussianMixture(3, init_params=init_params, impl=impl, random_state=0).fit(blobs())
     assert seen and set(seen) == {impl}
+
+
+def test_same_random_state_fits_as_sklearn() -> None:
+    """An int random_state gives scikit-learn's k-means++ start, the second of n_init = 2 too (one
+    stream), so EM takes its path: in float64 the same iteration count and its parameters to
+    rounding. (In float32 scikit-learn's sums are float32 and the paths part.)"""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 5)) + 1.5 * (np.arange(600) % 4)[:, None]  # overlapping clusters
+    opts = {"covariance_type": "diag", "init_params": "k-means++", "n_init": 2, "tol": 1e-6, "reg_covar": 1e-6,
+            "max_iter": 500, "random_state": 11}
+    theirs = SkGaussianMixture(4, **opts).fit(x)
+    ours = GaussianMixture(4, **opts).fit(x)
+    assert theirs.n_iter_ > 20 and ours.converged_ and ours.n_iter_ == theirs.n_iter_
+    np.testing.assert_allclose(ours.means_.cpu().numpy(), theirs.means_, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ours.weights_.cpu().numpy(), theirs.weights_, rtol=1e-10, atol=1e-12)
+    assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=1e-12)

@@ -1,12 +1,17 @@
 """Streamed k-means: draws, k-means++ seeding and Lloyd's iterations against scikit-learn."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from lightning_genmodels.gmm.kmeans import kmeans, kmeans_plusplus, lloyd, squared_distances, weighted_draw
+from lightning_genmodels.data.idx import read_idx
+from lightning_genmodels.gmm.kmeans import (
+    greedy_draws, greedy_kmeans_plusplus, kmeans, kmeans_plusplus, lloyd, squared_distances, weighted_draw,
+)
 
 
 def stream(x: torch.Tensor, batch_size: int, weights: torch.Tensor | None = None):
@@ -77,19 +82,28 @@ def test_kmeans_finds_the_blobs() -> None:
     torch.testing.assert_close(result.centers, centres[order], atol=0.2, rtol=0)
 
 
-def test_greedy_kmeans_plusplus_seeds_as_well_as_sklearn() -> None:
-    """In-memory greedy k-means++ (fit(X)'s seeding): centres are data rows, and their
-    potential Σ D(x)² is on a par with scikit-learn's greedy kmeans_plusplus."""
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_greedy_kmeans_plusplus_draws_sklearns_centres(dtype: torch.dtype, impl: str, mnist_dir: Path) -> None:
+    """fit(X)'s seeding is scikit-learn's: for an int seed, its very centres, also for the next
+    restart of one stream (skip), on blobs (D = 6: a part-used vector) and on 784 pixels."""
     from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
 
-    from lightning_genmodels.gmm.kmeans import greedy_kmeans_plusplus
+    blobs, _ = blob_data(seed=5, n=1200, k=12, d=6)
+    images = read_idx(mnist_dir / "train-images-idx3-ubyte.gz", 2051)[:3000].reshape(3000, -1).double()
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for x, k, seeds in ((blobs, 12, range(4)), ((images + noise) / 256.0, 30, (0, 1))):
+        x = x.to(dtype)
+        for seed in seeds:
+            rng = np.random.RandomState(seed)
+            for restart in range(2):
+                theirs = torch.from_numpy(sk_kmeans_plusplus(x.numpy(), k, random_state=rng)[0]).double()
+                ours = greedy_kmeans_plusplus(x, k, seed, impl=impl, skip=restart * greedy_draws(k))
+                assert torch.equal(ours, theirs), (x.shape, seed, restart)
 
-    x, _ = blob_data(seed=5, n=1200, k=12, d=6)
-    potential = lambda c: float(squared_distances(x, torch.as_tensor(c)).min(1).values.sum())  # noqa: E731
-    ours = [greedy_kmeans_plusplus(x, 12, seed) for seed in range(8)]
-    for centers in ours:
-        assert centers.shape == (12, 6) and len({tuple(r) for r in centers.tolist()}) == 12
-        assert all(bool((x == row).all(1).any()) for row in centers)  # each centre is a data row
-    theirs = [sk_kmeans_plusplus(x.numpy(), 12, random_state=seed)[0] for seed in range(8)]
-    assert np.mean([potential(c) for c in ours]) < 1.2 * np.mean([potential(c) for c in theirs])
-    assert torch.equal(greedy_kmeans_plusplus(x, 12, 3), ours[3])  # seeded: reproducible
+
+def test_greedy_kmeans_plusplus_takes_any_int_seed() -> None:
+    x, _ = blob_data(seed=1, n=300, k=4, d=3)
+    big = greedy_kmeans_plusplus(x, 4, 2**40)
+    assert torch.equal(big, greedy_kmeans_plusplus(x, 4, 2**40)) and not torch.equal(big, greedy_kmeans_plusplus(x, 4, 1))
+    assert all(bool((x == row).all(1).any()) for row in big)

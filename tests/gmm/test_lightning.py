@@ -12,6 +12,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_genmodels.gmm import GaussianMixture
@@ -87,7 +88,8 @@ def test_mnist_full_covariance_cholesky_works(mnist_dir: Path) -> None:
 
 
 def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
-    """2 CPU ranks with N = 1003 (not divisible by 2 × 64): padding must not bias the sums."""
+    """2 CPU ranks with N = 1003 (not divisible by 2 × 64): padding must not bias the sums; fit(X)'s
+    k-means++ start over the two shards (501 and 502 rows) is scikit-learn's on all the rows."""
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(340, 4, generator=g, dtype=torch.float64) + 4 * i for i in range(3)])[:1003]
     init = given_init(x.numpy(), 3, "full")
@@ -103,14 +105,17 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
         pytest.fail(f"DDP run hung:\n{exc.stdout}\n{exc.stderr}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     single = GaussianMixture(**kwargs).fit(x, batch_size=64)
-    for case in ("loader", "fit", "kmeans"):
+    for case in ("loader", "fit", "kmeans", "kmeanspp"):
         ranks = [torch.load(tmp_path / f"{case}.rank{r}.pt") for r in (0, 1)]
         for name in PARAMS[:4]:
             assert torch.equal(ranks[0][name], ranks[1][name]), (case, name)  # ranks agree
-            if case != "kmeans":
+            if case not in ("kmeans", "kmeanspp"):
                 assert rel_err(ranks[0][name], getattr(single, name).cpu().numpy()) < 1e-8, (case, name)
-        if case != "kmeans":
+        if case not in ("kmeans", "kmeanspp"):
             assert ranks[0]["lower_bound_"] == pytest.approx(single.lower_bound_, rel=1e-8)
+    centres = sk_kmeans_plusplus(x.numpy(), 3, random_state=5)[0]
+    means = torch.load(tmp_path / "kmeanspp.rank0.pt")["means_"]  # the rows over nk + 10 eps, as scikit-learn's
+    torch.testing.assert_close(means, torch.from_numpy(centres), rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("impl", ["ref", "ext"])
