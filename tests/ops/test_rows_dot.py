@@ -101,8 +101,9 @@ def test_seeding_distances_opcheck_and_bad_input():
     x, c, x_sq, closest = _seeding_case(torch.float32, n=300, d=20, c_count=3)
     torch.library.opcheck(torch.ops.lightning_genmodels.seeding_distances.default,
                           (x, c, c.double().square().sum(1), x_sq, closest))
-    dist, potential = seeding_distances(x[:0], c, x_sq[:0], closest[:0], impl="ext")
-    assert dist.shape == (0, 3) and potential.tolist() == [0.0, 0.0, 0.0]
+    for impl in ("ext", "ref"):
+        dist, potential = seeding_distances(x[:0], c, x_sq[:0], closest[:0], impl=impl)
+        assert dist.shape == (0, 3) and potential.tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="closest must be float64 \\[300\\]"):
         seeding_distances(x, c, x_sq, closest[:-1], impl="ext")
     with pytest.raises(ValueError, match="x_sq must be float64"):
