@@ -11,13 +11,16 @@ which the M-step turns into the starting weights, means and covariances:
   memory (``fit(X)``) the points are scikit-learn's for the same int ``random_state``, restarts
   of ``n_init`` included (one stream, as its), to the rounding of float64 sums.
 - ``random``: responsibilities uniform random per row, normalised to sum to 1.
-- ``random_from_data``: each component owns one distinct row drawn uniformly.
+- ``random_from_data``: each component owns one distinct row drawn uniformly; with the rows in
+  memory, scikit-learn's rows for the same int ``random_state`` (its ``choice`` without
+  replacement, restarts included).
 
 Deviations from scikit-learn: the starting weights are normalised (scikit-learn leaves them at
 1/N each for ``k-means++`` and ``random_from_data``), and for those two methods the tied
 covariance is ``reg_covar · I`` like the other types (scikit-learn divides the scatter of all N
 rows by K there). Every method draws from a seed shared by all ranks, so ranks agree; restart r
-draws from seed + r, but for the greedy k-means++ (one stream).
+draws from seed + r, but for the rows in memory of ``k-means++`` and ``random_from_data`` (one
+stream, as scikit-learn's).
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from ..ops.build import Impl
 from .batches import Batches, all_reduce_sum
 from .em import GMMStats, moments
 from .kmeans import (
-    greedy_draws, greedy_kmeans_plusplus, kmeans, kmeans_plusplus, rank_generator, squared_distances, weighted_draw,
+    greedy_draws, greedy_kmeans_plusplus, kmeans, kmeans_plusplus, rank_generator, rows_at, scikit_learn_stream,
+    shard_sizes, squared_distances, weighted_draw,
 )
 
 InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
@@ -105,6 +109,14 @@ def initial_moments(
         n = torch.tensor(float(rows.shape[0]), dtype=torch.float64, device=rows.device)
         all_reduce_sum(n)
         return InitMoments(_one_per_component(centers, covariance_type), centers, float(n))
+    if init_params == "random_from_data" and rows is not None:
+        sizes = shard_sizes(rows)
+        if sum(sizes) >= k:  # else the caller's check names the shortfall
+            rng = scikit_learn_stream(seed)
+            for _ in range(restart + 1):  # its restarts' stream (a permutation's draws have no fixed count)
+                ids = rng.choice(sum(sizes), size=k, replace=False)
+            picked = rows_at(rows, ids, sizes).double()
+            return InitMoments(_one_per_component(picked, covariance_type), picked, float(sum(sizes)))
     seed += restart
     if init_params == "kmeans":
         centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol, rows, impl).centers

@@ -130,8 +130,21 @@ def greedy_draws(n_clusters: int, n_local_trials: int | None = None) -> int:
     return 1 + (n_clusters - 1) * (n_local_trials or 2 + int(math.log(n_clusters)))
 
 
-def _shard_sizes(x: Tensor) -> list[int]:
+def shard_sizes(x: Tensor) -> list[int]:
+    """Every rank's row count, in rank order (one process: [N])."""
     return [int(v) for v in all_gather_cat(torch.tensor([x.shape[0]], device=x.device)).tolist()]
+
+
+def rows_at(x: Tensor, ids: np.ndarray, sizes: list[int]) -> Tensor:
+    """Rows of the global indices ``ids`` (the shards in rank order are the data), on every rank:
+    each row from the rank that holds it."""
+    start, n = sum(sizes[: rank()]), x.shape[0]
+    out = x.new_zeros(len(ids), x.shape[1])
+    mine = np.nonzero((ids >= start) & (ids < start + n))[0]
+    if len(mine):
+        out[torch.as_tensor(mine, device=x.device)] = x[torch.as_tensor(ids[mine] - start, device=x.device)]
+    all_reduce_sum(out)
+    return out
 
 
 def _gather_shards(t: Tensor, sizes: list[int]) -> Tensor:
@@ -163,20 +176,11 @@ def greedy_kmeans_plusplus(
     """
     rng = scikit_learn_stream(seed, skip)
     trials = n_local_trials or 2 + int(math.log(n_clusters))
-    sizes = _shard_sizes(x)
-    n_all, start, n = sum(sizes), sum(sizes[: rank()]), x.shape[0]
+    sizes = shard_sizes(x)
+    n_all = sum(sizes)
     x_sq = sq_norms(x, impl=impl)
     no_bound = torch.full_like(x_sq, math.inf)  # the op's own float64 potentials go unused
     weight = np.ones(n_all, dtype=torch.empty(0, dtype=x.dtype).numpy().dtype)  # unit weights in x's dtype
-
-    def rows_at(ids: np.ndarray) -> Tensor:
-        """Rows of global indices ids, on every rank (each row from the rank that holds it)."""
-        out = x.new_zeros(len(ids), x.shape[1])
-        mine = np.nonzero((ids >= start) & (ids < start + n))[0]
-        if len(mine):
-            out[torch.as_tensor(mine, device=x.device)] = x[torch.as_tensor(ids[mine] - start, device=x.device)]
-        all_reduce_sum(out)
-        return out
 
     def distances(c: Tensor) -> np.ndarray:
         """[C, n_all] squared distances in x's dtype, C-ordered as scikit-learn's."""
@@ -185,13 +189,13 @@ def greedy_kmeans_plusplus(
 
     # scikit-learn's _kmeans_plusplus, step for step (its NumPy calls fix the rounding).
     first = rng.choice(n_all, p=weight / weight.sum())
-    centers = [rows_at(np.array([first]))]
+    centers = [rows_at(x, np.array([first]), sizes)]
     closest = distances(centers[0])  # [1, n_all]
     potential = closest @ weight
     for _ in range(1, n_clusters):
         ids = np.searchsorted(np.cumsum(weight * closest), rng.uniform(size=trials) * potential)
         np.clip(ids, None, n_all - 1, out=ids)
-        candidates = rows_at(ids)
+        candidates = rows_at(x, ids, sizes)
         dist = distances(candidates)
         np.minimum(closest, dist, out=dist)
         candidate_potentials = dist @ weight.reshape(-1, 1)

@@ -79,7 +79,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         means_init: [K, D] starting means.
         precisions_init: starting precisions (inverse covariances), layout of the type.
         random_state: seed of the initialisation; None draws one (shared by DDP ranks). With
-            ``fit(X)`` and ``init_params="k-means++"``, scikit-learn's centres for the same int.
+            ``fit(X)`` and ``init_params`` ``"k-means++"`` or ``"random_from_data"``, scikit-learn's
+            start for the same int.
         warm_start: a fitted model continues from its parameters (one initialisation).
         n_features: D, to allocate the buffers before seeing data.
         kmeans_max_iter: Lloyd passes of the ``kmeans`` initialisation at most.

@@ -144,15 +144,17 @@ def test_impl_reaches_the_seeding(impl: str, init_params: str, monkeypatch: pyte
     assert seen and set(seen) == {impl}
 
 
-def test_same_random_state_fits_as_sklearn() -> None:
-    """An int random_state gives scikit-learn's k-means++ start, the second of n_init = 2 too (one
-    stream), so EM takes its path: in float64 the same iteration count and its parameters to
-    rounding. (In float32 scikit-learn's sums are float32 and the paths part.)"""
+@pytest.mark.parametrize("init_params", ["k-means++", "random_from_data"])
+def test_same_random_state_fits_as_sklearn(init_params: str) -> None:
+    """An int random_state gives scikit-learn's start (k-means++ centres, or rows drawn from the
+    data), the second of n_init = 2 too (one stream), so EM takes its path: in float64 the same
+    iteration count and its parameters to rounding. (In float32 scikit-learn's sums are float32
+    and the paths part.)"""
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(600, 5)) + 1.5 * (np.arange(600) % 4)[:, None]  # overlapping clusters
-    opts = {"covariance_type": "diag", "init_params": "k-means++", "n_init": 2, "tol": 1e-6, "reg_covar": 1e-6,
+    opts = {"covariance_type": "diag", "init_params": init_params, "n_init": 2, "tol": 1e-6, "reg_covar": 1e-6,
             "max_iter": 500, "random_state": 11}
     theirs = SkGaussianMixture(4, **opts).fit(x)
     ours = GaussianMixture(4, **opts).fit(x)
