@@ -104,19 +104,18 @@ def initial_moments(
         InitMoments, identical on every rank.
     """
     k = n_components
-    if init_params == "k-means++" and rows is not None:
-        centers = greedy_kmeans_plusplus(rows, k, seed, impl=impl, skip=restart * greedy_draws(k))
-        n = torch.tensor(float(rows.shape[0]), dtype=torch.float64, device=rows.device)
-        all_reduce_sum(n)
-        return InitMoments(_one_per_component(centers, covariance_type), centers, float(n))
-    if init_params == "random_from_data" and rows is not None:
+    if rows is not None and init_params in ("k-means++", "random_from_data"):  # scikit-learn's draws
         sizes = shard_sizes(rows)
-        if sum(sizes) >= k:  # else the caller's check names the shortfall
+        n_all, picked = sum(sizes), None
+        if init_params == "k-means++":
+            picked = greedy_kmeans_plusplus(rows, k, seed, impl=impl, skip=restart * greedy_draws(k))
+        elif n_all >= k:  # else the streamed draw below, and the caller's check names the shortfall
             rng = scikit_learn_stream(seed)
             for _ in range(restart + 1):  # its restarts' stream (a permutation's draws have no fixed count)
-                ids = rng.choice(sum(sizes), size=k, replace=False)
+                ids = rng.choice(n_all, size=k, replace=False)
             picked = rows_at(rows, ids, sizes).double()
-            return InitMoments(_one_per_component(picked, covariance_type), picked, float(sum(sizes)))
+        if picked is not None:
+            return InitMoments(_one_per_component(picked, covariance_type), picked, float(n_all))
     seed += restart
     if init_params == "kmeans":
         centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol, rows, impl).centers
