@@ -164,7 +164,7 @@ def pruned_fraction(x: torch.Tensor, params: Params, cov_type: str) -> float:
     """Fraction of (row, component) pairs the CPU kernel drops at params (0 where it does not prune)."""
     if x.device.type != "cpu":
         return 0.0
-    joint = torch.ops.lightning_genmodels._gmm_pruned_log_prob(x, *params, cov_type, as_em_step=True)
+    joint = torch.ops.lightning_genmodels._gmm_pruned_log_prob(x, *params, cov_type)
     return torch.isneginf(joint).double().mean().item()
 
 

@@ -29,10 +29,10 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   m.def("_gmm_cpu_fused_tiles() -> int");
   // CPU only, for tests and benchmarks: gmm_log_prob through the E-step's pruned distances
   // (cpu/gmm_prune.cpp), -inf where a pair was dropped; the same as gmm_log_prob where pruning does
-  // not apply. as_em_step: prune only where gmm_em_stats does (else wherever pruning is valid).
+  // not apply.
   m.def(
       "_gmm_pruned_log_prob(Tensor x, Tensor log_weights, Tensor means, Tensor prec_chol, "
-      "str covariance_type, bool as_em_step=False) -> Tensor");
+      "str covariance_type) -> Tensor");
   // x [N, D] c^T for a few rows c [C, D] (k-means++ candidates), float64 [N, C]; CPU.
   m.def("rows_dot(Tensor x, Tensor c) -> Tensor");
   // The greedy k-means++ step (gmm/kmeans.py): squared distances of x [N, D] to c [C, D] from

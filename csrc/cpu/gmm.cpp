@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
                                                                          const at::Tensor& prec_chol, CovType cov) {
   const at::Tensor x = rows_with_unit_stride(x_in);
   Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
-  plan_pruning(plan, true);
+  plan_pruning(plan);
   const int64_t N = x.size(0), K = plan.K, D = plan.D, tile = plan.tile();
   const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
   const T* swp = sw.defined() ? sw.template data_ptr<T>() : nullptr;
@@ -105,15 +105,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
   return {nk, sx, sxx, loglik};
 }
 
-// gmm_log_prob's distances: full, or pruned (the inspection op) wherever valid or as the E-step prunes.
-enum class Prune { kNo, kWhereValid, kAsEmStep };
 
 template <typename T>
 at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, const at::Tensor& means,
-                        const at::Tensor& prec_chol, CovType cov, Prune prune) {
+                        const at::Tensor& prec_chol, CovType cov, bool prune) {
   const at::Tensor x = rows_with_unit_stride(x_in);
   Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
-  if (prune != Prune::kNo) plan_pruning(plan, prune == Prune::kAsEmStep);
+  if (prune) plan_pruning(plan);  // the inspection op: as the E-step prunes
   const int64_t N = x.size(0), K = plan.K, tile = plan.tile(), ldx = x.stride(0);
   at::Tensor out = at::empty({N, K}, x.options());
   T* op = out.data_ptr<T>();
@@ -158,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_em_stats_cpu(
 }
 
 static at::Tensor log_prob_op(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,
-                              const at::Tensor& prec_chol, c10::string_view covariance_type, Prune prune) {
+                              const at::Tensor& prec_chol, c10::string_view covariance_type, bool prune) {
   const CovType cov = gmm_check_inputs("gmm_log_prob", x, std::nullopt, log_weights, means, prec_chol,
                                        std::string_view(covariance_type.data(), covariance_type.size()));
   TORCH_CHECK_VALUE(x.device().is_cpu(), "gmm_log_prob: x must be on the CPU, got ", x.device());
@@ -169,14 +167,12 @@ static at::Tensor log_prob_op(const at::Tensor& x, const at::Tensor& log_weights
 
 at::Tensor gmm_log_prob_cpu(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,
                             const at::Tensor& prec_chol, c10::string_view covariance_type) {
-  return log_prob_op(x, log_weights, means, prec_chol, covariance_type, Prune::kNo);
+  return log_prob_op(x, log_weights, means, prec_chol, covariance_type, false);
 }
 
 at::Tensor gmm_pruned_log_prob_cpu(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,
-                                   const at::Tensor& prec_chol, c10::string_view covariance_type,
-                                   bool as_em_step) {
-  return log_prob_op(x, log_weights, means, prec_chol, covariance_type,
-                     as_em_step ? Prune::kAsEmStep : Prune::kWhereValid);
+                                   const at::Tensor& prec_chol, c10::string_view covariance_type) {
+  return log_prob_op(x, log_weights, means, prec_chol, covariance_type, true);
 }
 
 }  // namespace lgm

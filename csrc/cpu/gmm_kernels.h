@@ -355,9 +355,8 @@ void tile_maha(const Plan<T>& plan, const at::Tensor& x_tile, const T* xs, int64
 
 // gmm_prune.cpp. Sets plan.vec_order and stage_ends where pruning applies (float32 x, diag or
 // spherical, D >= 384, K >= 32; LGM_GMM_PRUNE=0 turns it off), else leaves them empty.
-// only_if_faster (the E-step; not the inspection op) also leaves out spherical on 64-byte vectors.
 template <typename T>
-void plan_pruning(Plan<T>& plan, bool only_if_faster);
+void plan_pruning(Plan<T>& plan);
 
 // maha [K, tile] as tile_maha, but +inf for every (row, component) whose joint log-probability is
 // shown, from a partial sum over D, to lie more than 88 below the row's best: its float32

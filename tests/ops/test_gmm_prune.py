@@ -35,9 +35,9 @@ def clustered(n: int, k: int, d: int, cov: str, seed: int, spread: float = 1.0):
     return [t.float() for t in (x, weight, log_weights, means, prec_chol)]
 
 
-def pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step=False):
+def pruned_log_prob(x, log_weights, means, prec_chol, cov):
     load_library()
-    return torch.ops.lightning_genmodels._gmm_pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step)
+    return torch.ops.lightning_genmodels._gmm_pruned_log_prob(x, log_weights, means, prec_chol, cov)
 
 
 def assert_pruned_stats_exact(isa, monkeypatch, x, weight, log_weights, means, prec_chol, cov):
@@ -87,19 +87,6 @@ def test_pruned_statistics_equal_unpruned_and_reference(isa, cov, monkeypatch):
     assert_pruned_stats_exact(isa, monkeypatch, x, weight, log_weights, means, prec_chol, cov)
 
 
-@pytest.mark.parametrize("isa", _isas())
-def test_em_step_prunes_spherical_only_below_64_byte_vectors(isa):
-    """The E-step leaves spherical unpruned on AVX-512, where the full distances are faster; diag
-    is pruned on every path. (The inspection op's default still prunes wherever it is valid.)"""
-    for cov in ("diag", "spherical"):
-        x, _, log_weights, means, prec_chol = clustered(300, 40, 784, cov, seed=5, spread=0.35)
-        with force_cpu_isa(isa):
-            as_em = torch.isneginf(pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step=True)).any()
-            valid = torch.isneginf(pruned_log_prob(x, log_weights, means, prec_chol, cov)).any()
-        assert valid
-        assert bool(as_em) == (cov == "diag" or isa != "avx512"), (isa, cov)
-
-
 def test_no_pruning_where_it_does_not_apply(monkeypatch):
     """float64, K < 32, D < 384, or LGM_GMM_PRUNE=0: every joint is finite, as in gmm_log_prob."""
     x, _, log_weights, means, prec_chol = clustered(300, 32, 400, "diag", seed=3, spread=0.8)
@@ -138,9 +125,8 @@ def test_first_stage_reads_no_feature_past_d(isa, cov, monkeypatch):
     means[:, -6:] *= 40.0
     x[:, -6:] = means[torch.randint(0, 36, (500,), generator=torch.Generator().manual_seed(7)), -6:]
     x[:, :2] += 50.0
-    em_prunes = cov == "diag" or isa != "avx512"  # else only the inspection op prunes (test above)
     with force_cpu_isa(isa):
-        got = pruned_log_prob(x, log_weights, means, prec_chol, cov, as_em_step=em_prunes)
+        got = pruned_log_prob(x, log_weights, means, prec_chol, cov)
     ref = _gmm_log_prob_ref(x.double(), log_weights.double(), means.double(), prec_chol.double(), cov)
     dropped = torch.isneginf(got)
     assert dropped.any()
