@@ -4,7 +4,7 @@ dequantised MNIST pixels (float32, N=60000, D=784), to convergence with the same
 For the same seed both start from the same k-means++ centres (ours draws as scikit-learn's does)
 and take nearly the same EM path: scikit-learn's sums are float32 here, ours float64, so the
 iteration counts may differ by a few. And the cost of
-``fit(X)`` per EM iteration against the E-step op's own time on the same batches.
+``fit(X)`` per EM iteration against the E-step and M-step ops' own time on the same batches.
 
     python benchmarks/gmm_fit.py [--quick] [--isa avx2] [--ks 10,50,100] [--seeds N] [--json PATH]
     python benchmarks/gmm_fit.py --iteration-only --iteration-data pca50 --iteration-ks 10,100   # D = 50
@@ -28,7 +28,7 @@ from gmm_em import load_pixels, pca  # noqa: E402
 from harness import Record, base_parser, cpu_model, machine_info, print_table, vector_isa, write_json  # noqa: E402
 
 from lightning_genmodels import ConvergenceWarning, GaussianMixture  # noqa: E402
-from lightning_genmodels.ops.gmm import CPU_ISA_ENV, gmm_cpu_isa, gmm_em_stats  # noqa: E402
+from lightning_genmodels.ops.gmm import CPU_ISA_ENV, GMMStats, gmm_cpu_isa, gmm_em_stats, gmm_m_step  # noqa: E402
 
 OPTIONS = {"covariance_type": "diag", "init_params": "k-means++", "n_init": 1, "tol": 1e-3,
            "reg_covar": 1e-3, "max_iter": 300, "random_state": 0}
@@ -61,16 +61,29 @@ def fit_sklearn(x: torch.Tensor, k: int, seed: int = 0) -> tuple[float, dict]:
 
 def per_iteration(x: torch.Tensor, k: int, device: str, repeats: int) -> dict:
     """Seconds per EM iteration of fit(X) (from max_iter=1 and max_iter=1+m fits from the same
-    given start) and of the op alone over the same batches (views of x)."""
+    given start) and of the op alone over the same batches (views of x) along the same path: the
+    E-step op and the M-step op chained from the same start, iterations 2 .. 1+m timed (the op's
+    time moves with the parameters by up to ~10%, so timing it at the start alone would not do)."""
     start = GaussianMixture(k, **{**OPTIONS, "max_iter": 0}).fit(x, accelerator=device)
     init = {"weights_init": start.weights_.double().numpy(), "means_init": start.means_.double().numpy(),
             "precisions_init": start.precisions_.double().numpy()}
     xd = x.to(device)
-    log_w, means, prec_chol = (t.to(device) for t in (torch.log(start.weights_), start.means_, start.precisions_cholesky_))
+    first = tuple(t.to(device, x.dtype) for t in (torch.log(start.weights_), start.means_, start.precisions_cholesky_))
+    eps = float(torch.finfo(x.dtype).eps)
 
-    def op_pass() -> None:
-        for s in range(0, xd.shape[0], BATCH):
-            gmm_em_stats(xd[s : s + BATCH], log_w, means, prec_chol, "diag")
+    def op_iterations(n: int) -> float:
+        """Seconds of iterations 2 .. 1+n: the E-step op over the batches, then the M-step op."""
+        log_w, means, prec_chol = first
+        t0 = 0.0
+        for i in range(1 + n):
+            if i == 1:
+                t0 = time.perf_counter()
+            parts = [gmm_em_stats(xd[s : s + BATCH], log_w, means, prec_chol, "diag")
+                     for s in range(0, xd.shape[0], BATCH)]
+            stats = GMMStats(*(sum(p[j] for p in parts) for j in range(4)))
+            step, prec_chol = gmm_m_step(stats, "diag", OPTIONS["reg_covar"], eps, prev_means=means)
+            log_w, means, prec_chol = step.weights.log().to(x.dtype), step.means.to(x.dtype), prec_chol.to(x.dtype)
+        return time.perf_counter() - t0
 
     def fit(n: int) -> float:
         model = GaussianMixture(k, **{**OPTIONS, "max_iter": n, "tol": 0.0}, **init)
@@ -81,12 +94,10 @@ def per_iteration(x: torch.Tensor, k: int, device: str, repeats: int) -> dict:
         return time.perf_counter() - t0
 
     m = 10
-    op_pass(), fit(1)  # warm up
+    op_iterations(1), fit(1)  # warm up
     ops, fits = [], []
     for _ in range(repeats):  # interleaved, so load changes hit both alike
-        t0 = time.perf_counter()
-        op_pass()
-        ops.append(time.perf_counter() - t0)
+        ops.append(op_iterations(m) / m)
         fits.append((fit(1 + m) - fit(1)) / m)
     op, it = sorted(ops)[len(ops) // 2], sorted(fits)[len(fits) // 2]
     return {"op_s": op, "fit_iter_s": it, "ratio": it / op}
