@@ -105,7 +105,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
   return {nk, sx, sxx, loglik};
 }
 
-
 template <typename T>
 at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, const at::Tensor& means,
                         const at::Tensor& prec_chol, CovType cov, bool prune) {

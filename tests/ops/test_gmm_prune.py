@@ -55,6 +55,20 @@ def assert_pruned_stats_exact(isa, monkeypatch, x, weight, log_weights, means, p
         torch.testing.assert_close(a, r, rtol=2e-4, atol=2e-3 * scale, msg=lambda m: f"{name} vs reference: {m}")
 
 
+def pruned_and_checked(isa, x, log_weights, means, prec_chol, cov):
+    """The inspection op's joints on isa, held to the reference: -inf (dropped) only where the
+    reference joint lies more than 87 below the row's best, the kept ones equal. Returns the
+    dropped mask."""
+    with force_cpu_isa(isa):
+        got = pruned_log_prob(x, log_weights, means, prec_chol, cov)
+    ref = _gmm_log_prob_ref(x.double(), log_weights.double(), means.double(), prec_chol.double(), cov)
+    dropped = torch.isneginf(got)
+    gap = ref.max(1, keepdim=True).values - ref
+    assert (gap[dropped] > 87).all(), gap[dropped].min()
+    torch.testing.assert_close(got[~dropped].double(), ref[~dropped], rtol=1e-5, atol=1e-2)
+    return dropped
+
+
 def _isas():
     return [pytest.param(i, marks=pytest.mark.skipif(i not in available_cpu_isas(), reason=f"this CPU cannot run {i}"))
             for i in CPU_ISAS]
@@ -67,14 +81,8 @@ def test_dropped_pairs_have_zero_responsibility_and_kept_ones_are_exact(isa, cov
     none is), only where the reference joint lies more than 87 below the row's best, and the kept
     pairs equal the reference."""
     x, _, log_weights, means, prec_chol = clustered(600, 40, 784, cov, seed=1, spread=0.35)
-    with force_cpu_isa(isa):
-        got = pruned_log_prob(x, log_weights, means, prec_chol, cov)
-    ref = _gmm_log_prob_ref(x.double(), log_weights.double(), means.double(), prec_chol.double(), cov)
-    dropped = torch.isneginf(got)
+    dropped = pruned_and_checked(isa, x, log_weights, means, prec_chol, cov)
     assert 0.2 < dropped.float().mean() < 1.0, dropped.float().mean()
-    gap = ref.max(1, keepdim=True).values - ref
-    assert (gap[dropped] > 87).all(), gap[dropped].min()
-    torch.testing.assert_close(got[~dropped].double(), ref[~dropped], rtol=1e-5, atol=1e-2)
     assert (~dropped).sum(1).min() >= 1
 
 
@@ -125,11 +133,5 @@ def test_first_stage_reads_no_feature_past_d(isa, cov, monkeypatch):
     means[:, -6:] *= 40.0
     x[:, -6:] = means[torch.randint(0, 36, (500,), generator=torch.Generator().manual_seed(7)), -6:]
     x[:, :2] += 50.0
-    with force_cpu_isa(isa):
-        got = pruned_log_prob(x, log_weights, means, prec_chol, cov)
-    ref = _gmm_log_prob_ref(x.double(), log_weights.double(), means.double(), prec_chol.double(), cov)
-    dropped = torch.isneginf(got)
-    assert dropped.any()
-    assert ((ref.max(1, keepdim=True).values - ref)[dropped] > 87).all()
-    torch.testing.assert_close(got[~dropped].double(), ref[~dropped], rtol=1e-5, atol=1e-2)
+    assert pruned_and_checked(isa, x, log_weights, means, prec_chol, cov).any()
     assert_pruned_stats_exact(isa, monkeypatch, x, weight, log_weights, means, prec_chol, cov)
