@@ -94,6 +94,11 @@ LGM_INLINE VF concat(VH a, VH b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, I...);
 }
 LGM_INLINE VF to_float(VD lo, VD hi) {
+#if defined(__x86_64__) && LGM_SIMD_BYTES == 64
+  // one insert: the generic concat compiles to it plus a vmovaps per half (zeroing upper bits)
+  const __m256d a = _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)lo)), b = _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)hi));
+  return (VF)_mm512_insertf64x4(_mm512_castpd256_pd512(a), b, 1);
+#endif
   return concat(__builtin_convertvector(lo, VH), __builtin_convertvector(hi, VH),
                 std::make_index_sequence<kBytes / 4>());
 }

@@ -10,8 +10,14 @@ namespace {
 
 // exp(v) for v <= 0 in float32 (Cephes expf: Cody-Waite reduction by ln 2, degree-6 polynomial,
 // within 2 ulp); exactly 0 below -87 (where e^v < 2^-125: such a responsibility is dropped).
+// With 64-byte vectors, e 2^n by vscalefps, zeroed below -87 by its mask (NaN kept): no clamp, and
+// two uops for the integer path's six and the clamp's two, the same bits where the result is normal.
 LGM_INLINE VF exp_nonpositive(VF v) {
+#if defined(__x86_64__) && LGM_SIMD_BYTES == 64
+  const VF x = v;  // lanes below -87 are masked out at the end, whatever they hold
+#else
   const VF x = v < -87.0f ? VF{} - 87.0f : v;
+#endif
   const VF shifter = VF{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const VF t = x * 1.44269504088896341f + shifter;
   const VF n = t - shifter;
@@ -24,10 +30,15 @@ LGM_INLINE VF exp_nonpositive(VF v) {
   q = q * r + 1.6666665459e-1f;
   q = q * r + 5.0000001201e-1f;
   const VF e = q * (r * r) + r + 1.0f;
+#if defined(__x86_64__) && LGM_SIMD_BYTES == 64
+  const __mmask16 keep = _mm512_cmp_ps_mask((__m512)v, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
+  return (VF)_mm512_maskz_scalef_ps(keep, (__m512)e, (__m512)n);
+#else
   // 2^n from the integer in t's low mantissa bits, placed in the exponent field.
   const VI two_n = (((VI)t - (VI)shifter) + 127) << 23;
   const VF out = e * (VF)two_n;
   return (VF)((VI)out & ~(VI)(v < -87.0f));
+#endif
 }
 
 // Component-major tiles [K, ld] (columns: the tile's rows), so every loop runs along rows.

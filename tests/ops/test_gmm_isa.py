@@ -81,6 +81,28 @@ def test_block_softmax_sums_the_last_features_and_norms(isa, spread):
                     assert_stats_close(ext, ref, torch.float32)
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_responsibilities_more_than_87_below_the_best_are_exactly_zero(isa):
+    """The float32 exp of the softmaxes gives exactly 0 where a joint lies more than 87 below its
+    row's best, and e^gap to float32 accuracy above that: the far component's nk is the sum over
+    the kept rows alone (7% less than over all). Unweighted (the fused pass) and weighted (the
+    block softmax), diag and spherical."""
+    require_isa(isa)
+    x = torch.linspace(5.55, 5.75, 2001).float()
+    gap = 20.0 * x.double() - 200.0  # joint of the component at 20 minus that of the one at 0
+    x = x[(gap + 87.0).abs() > 1e-3]  # none within rounding of the cut
+    gap = 20.0 * x.double() - 200.0
+    resp = torch.exp(gap) / (1.0 + torch.exp(gap))
+    kept = torch.where(gap >= -87.0, resp, 0.0).sum()
+    assert resp.sum() > 1.05 * kept
+    log_weights, means = torch.log(torch.tensor([0.5, 0.5])), torch.tensor([[0.0], [20.0]])
+    with force_cpu_isa(isa):
+        for cov, prec_chol in (("diag", torch.ones(2, 1)), ("spherical", torch.ones(2))):
+            for weight in (None, torch.ones(len(x))):
+                nk = gmm_em_stats(x[:, None], log_weights, means, prec_chol, cov, weight, impl="ext").nk
+                torch.testing.assert_close(nk[1], kept, rtol=1e-4, atol=0, msg=f"{cov} weight={weight is not None}")
+
+
 def _subnormals_survive() -> bool:
     """Whether float32 arithmetic on this thread and on torch's worker threads keeps subnormals."""
     tiny = torch.finfo(torch.float32).tiny
