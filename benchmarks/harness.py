@@ -142,6 +142,22 @@ def vector_isa() -> str:
     return platform.machine()
 
 
+SC_LEVEL2_CACHE_SIZE = 191  # glibc's _SC_LEVEL2_CACHE_SIZE (bits/confname.h), x86-64 Linux
+
+
+def l2_cache_bytes() -> int:
+    """A core's level-2 cache in bytes (0 where unknown), as glibc's sysconf gives it to the C++
+    kernels (Python's os.sysconf lacks the name)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return max(0, int(libc.sysconf(SC_LEVEL2_CACHE_SIZE)))
+    except (OSError, AttributeError):
+        return 0
+
+
 def machine_info(device: str) -> dict[str, Any]:
     """Date, host, CPU model and vector ISA, threads and torch version (and the GPU, on CUDA)."""
     info = {
@@ -149,6 +165,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "host": platform.node(),
         "cpu": cpu_model(),
         "isa": vector_isa(),
+        "l2_bytes": l2_cache_bytes(),  # the CPU GMM kernels' tile size depends on it
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

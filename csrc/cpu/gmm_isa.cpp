@@ -3,6 +3,7 @@
 // benchmark measures the AVX2 path on an AVX-512 host). A path the host cannot run is an error,
 // never a silent fallback.
 #include <torch/library.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -64,6 +65,18 @@ Isa resolve_isa(const std::string& request_in) {
   TORCH_CHECK_VALUE(false, "gmm: CPU instruction set must be one of 'auto', 'avx512', 'avx2', 'generic', got '",
                     request, "' (LGM_GMM_CPU_ISA)");
   return Isa::kGeneric;  // unreachable
+}
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long b = sysconf(_SC_LEVEL2_CACHE_SIZE);  // glibc: from cpuid; 0 or -1 where unknown
+    return b > 0 ? static_cast<int64_t>(b) : int64_t{0};
+#else
+    return int64_t{0};
+#endif
+  }();
+  return bytes;
 }
 
 template <typename T>

@@ -191,6 +191,17 @@ constexpr int64_t kTile = 128;      // rows per tile: x tile + tables stay in L2
 // D <= kSmallD on 64-byte vectors: fewer tiles' fixed costs, 2-4% faster at K = 10 and 40, D = 50.
 // Not on AVX2, where 256 rows were 2.5-9% slower (K = 10 to 100: the tile's tables leave L1).
 constexpr int64_t kSmallDTile = 256;
+// D <= kSmallD where a core has at least 1 MiB of L2 (Xeon 207: 2 MiB; Zen 3: 512 KiB), on every
+// path: 512 rows of float32, the same bytes of float64. Xeon 207, pca50, in-process A/B, with the
+// moments summed by kSumRows: the op 0.976 (spherical K = 10) and 0.987-0.993 (spherical K = 100,
+// diag) of 256 rows with 64-byte vectors; the AVX2 path 0.92-0.97 of 128 rows; 1024 rows 1.05 at K = 100.
+constexpr int64_t kLargeL2 = int64_t{1} << 20;
+constexpr int64_t kLargeL2TileBytes = 512 * 4;
+// Bytes of a core's level-2 cache (0 where unknown).
+int64_t l2_cache_bytes();
+// float32 partial sums run over at most this many rows before they go to float64 (issue 7: within
+// 1e-7 of float64 sums at N = 1e6; 512 rows gave 1.8e-7 at diag D = 50)
+constexpr int64_t kSumRows = 256;
 constexpr int64_t kFullTile = 512;  // full: larger tiles amortise the float64 D x D adds
 
 template <typename T>
@@ -319,7 +330,9 @@ struct Plan {
   bool gemm_form() const { return tab.cov == CovType::kTied || tab.cov == CovType::kFull; }
   int64_t tile() const {
     if (tab.cov == CovType::kFull) return kFullTile;
-    return D <= kSmallD && simd.bytes == 64 ? kSmallDTile : kTile;
+    if (D > kSmallD) return kTile;
+    if (l2_cache_bytes() >= kLargeL2) return kLargeL2TileBytes / static_cast<int64_t>(sizeof(T));
+    return simd.bytes == 64 ? kSmallDTile : kTile;
   }
   // Accumulator layout: nk [K] | sx [K, D] | sxx (gmm_param_shape) | loglik.
   int64_t sxx_size() const {

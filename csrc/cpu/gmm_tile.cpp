@@ -144,8 +144,11 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
   }
   if (2 * nnz >= rows * K) {  // dense enough: register-blocked over components
     const int64_t tail = done ? 0 : plan.tail_d();
-    plan.simd.moments_dense(xs, lds, rows, D, d_end - tail, resp, ld, K, sx, sxx);
-    if (tail) plan.simd.moments_tail(s.xtail.data(), ld, tail, rows, resp, ld, K, D, D - tail, sx, sxx);
+    for (int64_t r0 = 0; r0 < rows; r0 += kSumRows) {
+      const int64_t part = std::min(kSumRows, rows - r0);
+      plan.simd.moments_dense(xs + r0 * lds, lds, part, D, d_end - tail, resp + r0, ld, K, sx, sxx);
+      if (tail) plan.simd.moments_tail(s.xtail.data() + r0, ld, tail, part, resp + r0, ld, K, D, D - tail, sx, sxx);
+    }
     return;
   }
   for (int64_t k = 0; k < K; ++k) {  // sparse: per component, its rows with r != 0 (exact)
@@ -157,8 +160,9 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
         s.val[m++] = rk[n];
       }
     }
-    if (m > 0 && d_end > 0)
-      plan.simd.moments_sparse(xs, lds, d_end, s.idx.data(), s.val.data(), m, sx + k * D, sxx ? sxx + k * D : nullptr);
+    for (int64_t i = 0; i < m && d_end > 0; i += kSumRows)
+      plan.simd.moments_sparse(xs, lds, d_end, s.idx.data() + i, s.val.data() + i, std::min(kSumRows, m - i),
+                               sx + k * D, sxx ? sxx + k * D : nullptr);
   }
 }
 
@@ -192,7 +196,8 @@ bool defer_moments(const Plan<T>& plan, int64_t n0, int64_t rows, Scratch<T>& s)
 // (as tile_moments) added to the float64 sx and diag sxx.
 template <typename T>
 void flush_moments(const Plan<T>& plan, const T* x, int64_t ldx, Scratch<T>& s, double* sx, double* sxx) {
-  const int64_t K = plan.K, D = plan.D, tile = plan.tile(), m = static_cast<int64_t>(s.pend_k.size());
+  const int64_t K = plan.K, D = plan.D, m = static_cast<int64_t>(s.pend_k.size());
+  const int64_t part = std::min(plan.tile(), kSumRows);
   if (m == 0) return;
   s.pend_off.assign(K + 1, 0);
   for (int64_t i = 0; i < m; ++i) ++s.pend_off[s.pend_k[i] + 1];
@@ -206,8 +211,8 @@ void flush_moments(const Plan<T>& plan, const T* x, int64_t ldx, Scratch<T>& s, 
     s.sort_val[j] = s.pend_val[i];
   }
   for (int64_t k = 0; k < K; ++k) {
-    for (int64_t i = s.pend_off[k]; i < s.pend_off[k + 1]; i += tile) {
-      const int64_t c = std::min(tile, s.pend_off[k + 1] - i);
+    for (int64_t i = s.pend_off[k]; i < s.pend_off[k + 1]; i += part) {
+      const int64_t c = std::min(part, s.pend_off[k + 1] - i);
       plan.simd.moments_sparse(x, ldx, D, s.sort_idx.data() + i, s.sort_val.data() + i, c, sx + k * D,
                                sxx ? sxx + k * D : nullptr);
     }
