@@ -363,11 +363,10 @@ void finish_centred_sxx(const Plan<T>& plan, double* stats) {
   double* sxx = stats + K + K * D;
   double cc = 0.0;
   for (int64_t d = 0; d < D; ++d) cc += static_cast<double>(c[d]) * c[d];
-  for (int64_t k = 0; k < K; ++k) {
-    double dot = 0.0;
-    for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(c[d]) * sx[k * D + d];
-    sxx[k] += 2.0 * dot - nk[k] * cc;
-  }
+  std::vector<double> dot(K, 0.0);  // each in order along d, side by side (Plan's sums)
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t k = 0; k < K; ++k) dot[k] += static_cast<double>(c[d]) * sx[k * D + d];
+  for (int64_t k = 0; k < K; ++k) sxx[k] += 2.0 * dot[k] - nk[k] * cc;
 }
 
 #define LGM_TILE_INSTANTIATE(T)                                                                                      \
