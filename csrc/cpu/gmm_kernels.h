@@ -199,8 +199,9 @@ constexpr int64_t kLargeL2 = int64_t{1} << 20;
 constexpr int64_t kLargeL2TileBytes = 512 * 4;
 // Bytes of a core's level-2 cache (0 where unknown).
 int64_t l2_cache_bytes();
-// float32 partial sums run over at most this many rows before they go to float64 (issue 7: within
-// 1e-7 of float64 sums at N = 1e6; 512 rows gave 1.8e-7 at diag D = 50)
+// The moment passes' float32 partial sums run over at most this many rows before they go to
+// float64 (issue 7: within 1e-7 of float64 sums at N = 1e6; 512 rows gave diag D = 50's sxx 1.8e-7).
+// The block softmaxes' sums of r and of the tail features run over the tile (nk 2e-8 at 512 rows).
 constexpr int64_t kSumRows = 256;
 constexpr int64_t kFullTile = 512;  // full: larger tiles amortise the float64 D x D adds
 
