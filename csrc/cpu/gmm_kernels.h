@@ -61,7 +61,8 @@ enum class Isa { kGeneric, kAvx2, kAvx512 };
 // that step 3 does not read the tile of responsibilities again for them: the moments of the
 // Plan::tail_d features from xt [m, ld] (sx, and sxx when not null: diag's squares; rows of D from
 // feature d0) and, with norms [ld] (the dot form's), spherical sxx_norms[k] += sum_n r_kn norms_n.
-// done: set where it added them.
+// done: set where it added them. nnz not null: the block form writes there its count of non-zero
+// responsibilities (step 3's dense-or-sparse choice), which otherwise takes a pass over the tile.
 struct FusedSums {
   const float* xt = nullptr;
   int64_t m = 0, D = 0, d0 = 0;
@@ -69,6 +70,7 @@ struct FusedSums {
   double* sxx = nullptr;
   const double* norms = nullptr;
   double* sxx_norms = nullptr;
+  int64_t* nnz = nullptr;
   bool done = false;
 };
 

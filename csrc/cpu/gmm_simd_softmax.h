@@ -122,12 +122,13 @@ LGM_INLINE void add_tail_terms(VF r, const VF* x, VF* t1, VF* t2) {
 
 // resp [K, ld] = e * scale_n over the padded rows, nk += their float32 sums over the tile; with f,
 // the FusedSums from the same registers: M tail features (sums as moments_tail's, one chain per
-// (k, feature) in row order) and kNorms the norms (as resp_dot's, in float64). Lanes past the rows
-// have resp 0.
+// (k, feature) in row order) and kNorms the norms (as resp_dot's, in float64), and the count of
+// non-zero r (FusedSums::nnz). Lanes past the rows have resp 0.
 template <int M, bool kSquares, bool kNorms>
 LGM_INLINE void scale_fused(const float* work, const float* scale, int64_t K, int64_t ld, int64_t padded, float* resp,
                             double* nk, const FusedSums* f) {
   constexpr int64_t W = width<float>();
+  VI nonzero = {};  // minus the count of r != 0
   for (int64_t k = 0; k < K; ++k) {
     VF acc = {}, t1[M > 0 ? M : 1] = {}, t2[M > 0 ? M : 1] = {};
     VD n0s = {}, n1s = {};
@@ -135,6 +136,7 @@ LGM_INLINE void scale_fused(const float* work, const float* scale, int64_t K, in
       const VF r = load<VF>(work + k * ld + n0) * load<VF>(scale + n0);
       __builtin_memcpy(resp + k * ld + n0, &r, sizeof(VF));
       acc += r;
+      nonzero += (VI)(r != 0.0f);
       if constexpr (M > 0) {
         VF xv[M];
         for (int j = 0; j < M; ++j) xv[j] = load<VF>(f->xt + j * ld + n0);
@@ -151,6 +153,11 @@ LGM_INLINE void scale_fused(const float* work, const float* scale, int64_t K, in
       if constexpr (kSquares) f->sxx[k * f->D + f->d0 + j] += sum_as_double(t2[j]);
     }
     if constexpr (kNorms) f->sxx_norms[k] += hsum<double>(n0s + n1s);
+  }
+  if (f && f->nnz) {
+    int64_t count = 0;
+    for (int64_t l = 0; l < W; ++l) count -= nonzero[l];
+    *f->nnz = count;
   }
 }
 

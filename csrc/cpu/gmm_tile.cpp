@@ -137,10 +137,13 @@ void tile_moments(const Plan<T>& plan, const T* xs, int64_t lds, int64_t rows, S
                   double* sxx, int64_t done, int64_t nnz) {
   const int64_t K = plan.K, ld = plan.tile(), D = plan.D, d_end = D - done;
   const T* resp = s.resp.data();
-  if (nnz < 0) {
+  if (nnz < 0) {  // counted in 32-bit lanes per component (64-bit lanes: 3.6% of spherical K = 100, D = 50)
     nnz = 0;
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < rows; ++n) nnz += resp[k * ld + n] != T(0);
+    for (int64_t k = 0; k < K; ++k) {
+      int32_t count = 0;
+      for (int64_t n = 0; n < rows; ++n) count += resp[k * ld + n] != T(0);
+      nnz += count;
+    }
   }
   if (2 * nnz >= rows * K) {  // dense enough: register-blocked over components
     const int64_t tail = done ? 0 : plan.tail_d();
@@ -336,6 +339,7 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
     FusedSums fused = fused_sums(plan, s, sx, sxx);
     int64_t nnz = -1;
     if (!tile_fused(plan, xs, lds, rows, swt, s, nk, &fused, loglik, &nnz)) {
+      fused.nnz = &nnz;  // the block softmax counts them; the row-at-a-time one leaves -1
       if (plan.vec_order.empty()) {
         tile_maha(plan, x_tile, xs, lds, rows, s);
       } else {
