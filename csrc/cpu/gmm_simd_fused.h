@@ -119,9 +119,7 @@ bool rows_softmax_k(const float* x, int64_t ldx, int64_t rows, int64_t D, const 
     }
     if constexpr (!kDiag) f->sxx_norms[k] += hsum<double>(t.norm_lo[k] + t.norm_hi[k]);
   }
-  int64_t count_nz = 0;
-  for (int64_t l = 0; l < kWF; ++l) count_nz -= t.nonzero[l];
-  *nnz = count_nz;
+  *nnz = nonzero_count(t.nonzero);
   *loglik = unweighted.total();
   f->done = true;
   return true;

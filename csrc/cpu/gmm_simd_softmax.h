@@ -120,6 +120,13 @@ LGM_INLINE void add_tail_terms(VF r, const VF* x, VF* t1, VF* t2) {
   }
 }
 
+// The count of r != 0 from lanes that each added (VI)(r != 0), i.e. minus one per non-zero r.
+LGM_INLINE int64_t nonzero_count(VI minus_counts) {
+  int64_t count = 0;
+  for (int64_t l = 0; l < width<float>(); ++l) count -= minus_counts[l];
+  return count;
+}
+
 // resp [K, ld] = e * scale_n over the padded rows, nk += their float32 sums over the tile; with f,
 // the FusedSums from the same registers: M tail features (sums as moments_tail's, one chain per
 // (k, feature) in row order) and kNorms the norms (as resp_dot's, in float64), and the count of
@@ -154,11 +161,7 @@ LGM_INLINE void scale_fused(const float* work, const float* scale, int64_t K, in
     }
     if constexpr (kNorms) f->sxx_norms[k] += hsum<double>(n0s + n1s);
   }
-  if (f && f->nnz) {
-    int64_t count = 0;
-    for (int64_t l = 0; l < W; ++l) count -= nonzero[l];
-    *f->nnz = count;
-  }
+  if (f && f->nnz) *f->nnz = nonzero_count(nonzero);
 }
 
 template <int M>
