@@ -46,4 +46,10 @@ TORCH_LIBRARY(lightning_genmodels, m) {
   m.def(
       "diffusion_step(Tensor x, Tensor model_output, Tensor timestep, Tensor coef, Tensor seed_offset, "
       "float clip_range) -> Tensor");
+  // The UNet's sampling forward (diffusion/unet.py: no autograd, one timestep for the batch) in one
+  // call: weights as UNet.sampling_weights() lists them (None for an identity skip), the blocks'
+  // folded first-convolution biases in run order, config = [levels, num_res_blocks, groups, heads].
+  m.def(
+      "unet_sample_forward(Tensor x, Tensor?[] weights, Tensor[] folded_biases, int[] config, float eps) "
+      "-> Tensor");
 }

@@ -46,7 +46,8 @@ class Diffusion(LightningModule):
         ema_decay: EMA decay per optimizer step; 0 turns the EMA off.
         sampler, sample_steps, eta, variance_type, timestep_spacing, clip_sample,
             clip_sample_range, set_alpha_to_one: defaults of :meth:`sample` (diffusers' meanings).
-        impl: the fused step op's implementation (``"auto"``, ``"ref"``, ``"ext"``).
+        impl: the ops' implementation (``"auto"``, ``"ref"``, ``"ext"``): the fused step, and on the
+            CPU the UNet's sampling forward (:meth:`.unet.UNet.frozen`).
         compile_unet: default of :meth:`sample`'s ``compile_unet``: whether sampling runs the UNet
             compiled by ``torch.compile``; None compiles it on CUDA (where Triton is installed).
     """
@@ -248,7 +249,7 @@ class Diffusion(LightningModule):
             return S.sample_loop(model, shape, first, timesteps, table, seed, clip, hp.impl,
                                  cuda_graph and self.device.type == "cuda", threads if self.device.type == "cpu" else 1)
 
-        with self.unet.frozen() if isinstance(self.unet, UNet) else contextlib.nullcontext():
+        with self.unet.frozen(hp.impl) if isinstance(self.unet, UNet) else contextlib.nullcontext():
             x = self._sample_with(loop, threads, compile_unet)
         images = ((x + 1) / 2).clamp(0, 1)
         return _gather_shares(images, n, world) if world > 1 else images

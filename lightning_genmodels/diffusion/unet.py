@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.build import IMPLS, Impl, use_ext
+from ..ops.unet import unet_sample_forward
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding [N, dim] of timesteps t [N] (Vaswani et al. 2017, §3.5)."""
@@ -202,26 +205,80 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
         self._frozen = 0  # depth of frozen() blocks
         self._stacked: tuple | None = None  # inside frozen(): the blocks' embedding weights, stacked
+        self._op_weights: list | None = None  # inside frozen(): sampling_weights(), [] where the op can't run
+        self._frozen_impl: Impl = "ref"
 
     @contextlib.contextmanager
-    def frozen(self) -> Iterator[UNet]:
+    def frozen(self, impl: Impl = "auto") -> Iterator[UNet]:
         """Promise that the weights do not change inside the block (``Diffusion.sample`` holds it
         while it samples): the sampling path then derives its tensors from them (the blocks'
-        stacked embedding weights, the upsampling phase kernels) once, not at every call. Outside
-        it nothing is kept, so weights written in any way (``p.data.copy_`` included, as
-        Lightning's weight averaging swaps them) reach the next call. Re-entrant."""
+        stacked embedding weights, the upsampling phase kernels, the op's weight list) once, not
+        at every call. Outside it nothing is kept, so weights written in any way (``p.data.copy_``
+        included, as Lightning's weight averaging swaps them) reach the next call. Re-entrant.
+
+        ``impl``: on the CPU, ``"ext"`` and ``"auto"`` run a sampling forward as one call of the
+        compiled op ``unet_sample_forward`` (:mod:`lightning_genmodels.ops.unet`; the same
+        operations, so the same bits, without the interpreter between them), ``"ref"`` in Python.
+        The op needs this class's own blocks and no active dropout; otherwise Python runs."""
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         ups = [m for m in self.modules() if isinstance(m, UpsampleConv)]
         self._frozen = getattr(self, "_frozen", 0) + 1
+        saved_impl, self._frozen_impl = getattr(self, "_frozen_impl", "ref"), impl
         for m in ups:
             m.keep_phases = True
         try:
             yield self
         finally:
             self._frozen -= 1
+            self._frozen_impl = saved_impl
             if not self._frozen:
-                self._stacked = None
+                self._stacked = self._op_weights = None
                 for m in ups:
                     m.keep_phases, m._phases = False, None
+
+    def sampling_weights(self) -> list[Tensor | None] | None:
+        """Every layer's weight and bias in the order the sampling forward runs them (None for an
+        identity skip; the upsampling phase kernels for those layers; not the blocks' first
+        biases, which are folded per call): what ``unet_sample_forward`` reads. None where a
+        module is not this class's own (a subclass or a swapped block), or the GroupNorms' eps differ."""
+        blocks = [b for level in (*self.down, *self.up) for b in level] + [self.mid1, self.mid2]
+        norms = [m for m in self.modules() if isinstance(m, nn.GroupNorm)]
+        if (any(type(b) is not ResBlock or not isinstance(b.skip, (nn.Conv2d, nn.Identity)) for b in blocks)
+                or type(self.mid_attn) is not SelfAttention or len({m.eps for m in norms}) != 1
+                or any(type(m) not in (nn.Conv2d, UpsampleConv, nn.Identity) for m in (*self.downsample, *self.upsample))):
+            return None
+
+        def block(b: ResBlock) -> list[Tensor | None]:
+            skip = [b.skip.weight, b.skip.bias] if isinstance(b.skip, nn.Conv2d) else [None, None]
+            return [b.norm1.weight, b.norm1.bias, b.conv1.weight, b.norm2.weight, b.norm2.bias,
+                    b.conv2.weight, b.conv2.bias, *skip]
+
+        w: list[Tensor | None] = [self.conv_in.weight, self.conv_in.bias]
+        for level, down in zip(self.down, self.downsample):
+            w += [t for b in level for t in block(b)]
+            w += [down.weight, down.bias] if isinstance(down, nn.Conv2d) else []
+        a = self.mid_attn
+        w += block(self.mid1) + [a.norm.weight, a.norm.bias, a.qkv.weight, a.qkv.bias, a.proj.weight, a.proj.bias]
+        w += block(self.mid2)
+        for level, up in zip(self.up, self.upsample):
+            w += [t for b in level for t in block(b)]
+            w += list(up.phase_kernels()) if isinstance(up, UpsampleConv) else []
+        return w + [self.norm_out.weight, self.norm_out.bias, self.conv_out.weight, self.conv_out.bias]
+
+    def _op_forward(self, x: Tensor, biases: list[Tensor]) -> Tensor | None:
+        """The sampling forward by the op (inside :meth:`frozen`, on the CPU), or None where Python runs."""
+        impl = getattr(self, "_frozen_impl", "ref") if getattr(self, "_frozen", 0) > 0 else "ref"
+        if impl == "ref" or x.device.type != "cpu" or torch.compiler.is_compiling():
+            return None
+        if any(m.training and m.p > 0 for m in self.modules() if isinstance(m, nn.Dropout)):
+            return None
+        if getattr(self, "_op_weights", None) is None:
+            self._op_weights = self.sampling_weights() or []
+        if not self._op_weights or not use_ext(impl):
+            return None
+        config = (len(self.down), len(self.down[0]), self.norm_out.num_groups, self.mid_attn.heads)
+        return unet_sample_forward(x, self._op_weights, biases, config, self.norm_out.eps)
 
     def _folded_biases(self, emb: Tensor) -> list[Tensor]:
         """Each block's first-convolution bias with the shared embedding emb [1, E] folded in, by
@@ -260,7 +317,13 @@ class UNet(nn.Module):
         shared = t.numel() == 1 or t.stride(0) == 0
         emb = self.time_mlp(timestep_embedding(t[:1] if shared else t.expand(x.shape[0]), self.base_channels))
         # each block's conditioning, in the order the blocks run
-        conds = iter(self._folded_biases(emb)) if shared and not torch.is_grad_enabled() else itertools.repeat(emb)
+        conds: Iterator[Tensor] = itertools.repeat(emb)
+        if shared and not torch.is_grad_enabled():
+            biases = self._folded_biases(emb)
+            out = self._op_forward(x, biases)
+            if out is not None:
+                return out
+            conds = iter(biases)
         h = self.conv_in(x)
         skips = []
         for blocks, down in zip(self.down, self.downsample):

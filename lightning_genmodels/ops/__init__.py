@@ -4,6 +4,7 @@ from .diffusion import diffusion_step
 from .gmm import GMMStats, gmm_em_stats, gmm_log_prob, gmm_m_step
 from .philox import philox_normal
 from .rows_dot import rows_dot, seeding_distances, sq_norms
+from .unet import unet_sample_forward
 
 __all__ = [
     "BuildInfo",
@@ -19,5 +20,6 @@ __all__ = [
     "rows_dot",
     "seeding_distances",
     "sq_norms",
+    "unet_sample_forward",
     "use_ext",
 ]
