@@ -75,7 +75,7 @@ CONFIG_UNET = dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, 
 
 
 def load_march_build(march: str) -> str:
-    """Compile the CPU diffusion and Philox kernels with ``-march=<march>`` (e.g. x86-64-v3 =
+    """Compile the CPU diffusion, Philox and UNet ops with ``-march=<march>`` (e.g. x86-64-v3 =
     AVX2 + FMA) instead of the package's -march=native, and make the ops use that library.
     Only the ops this benchmark calls are built; returns the ISA label for the records."""
     from torch.utils import cpp_extension
@@ -86,7 +86,7 @@ def load_march_build(march: str) -> str:
     name = f"lgm_diffusion_{march.replace('-', '_')}"
     folder = Path(build.cache_dir()) / name
     folder.mkdir(parents=True, exist_ok=True)
-    sources = [root / "ops.cpp", root / "cpu" / "diffusion.cpp", root / "cpu" / "philox.cpp"]
+    sources = [root / "ops.cpp", *(root / "cpu" / f for f in ("diffusion.cpp", "philox.cpp", "unet.cpp"))]
     flags = [f for f in CPU_FLAGS if not f.startswith("-march")] + [f"-march={march}"]
     cpp_extension.load(name=name, sources=[str(p) for p in sources], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"], extra_include_paths=[str(root)], build_directory=str(folder),

@@ -220,8 +220,9 @@ class Diffusion(LightningModule):
             timestep_spacing, variance_type: override the module's defaults.
             cuda_graph: on CUDA, replay each step as a captured CUDA graph after a warm-up.
             threads: on the CPU, split the images over this many threads of one intra-op thread
-                each (default: torch's thread count, each thread taking at least 4 images; the
-                same images to float rounding; see :func:`.samplers.run_in_threads`).
+                each (default: torch's thread count, each thread taking at least one image where
+                the UNet runs as one op, else at least 4; the same images to float rounding; see
+                :func:`.samplers.run_in_threads`).
             compile_unet: run the UNet compiled by ``torch.compile`` (inductor, ``dynamic=False``:
                 one compilation per batch size, reused by later calls): inductor fuses its
                 GroupNorm, SiLU, residual adds and upsampling copies, which dominate at large
@@ -243,13 +244,14 @@ class Diffusion(LightningModule):
         first, count = S.shard(int(n), rank, world)
         shape = (count, hp.in_channels, hp.image_size, hp.image_size)
         clip = float(hp.clip_sample_range) if hp.clip_sample else 0.0
-        threads = S.cpu_threads(count, threads)
 
         def loop(model: torch.nn.Module, threads: int) -> Tensor:
             return S.sample_loop(model, shape, first, timesteps, table, seed, clip, hp.impl,
                                  cuda_graph and self.device.type == "cuda", threads if self.device.type == "cpu" else 1)
 
         with self.unet.frozen(hp.impl) if isinstance(self.unet, UNet) else contextlib.nullcontext():
+            op = isinstance(self.unet, UNet) and self.unet.runs_op(self.device)
+            threads = S.cpu_threads(count, threads, 1 if op else S.MIN_IMAGES_PER_THREAD)
             x = self._sample_with(loop, threads, compile_unet)
         images = ((x + 1) / 2).clamp(0, 1)
         return _gather_shares(images, n, world) if world > 1 else images

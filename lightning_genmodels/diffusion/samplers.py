@@ -224,27 +224,31 @@ def sample_loop(
     return _share_loop(model, shape, first, timesteps, table, seed, clip_range, impl, cuda_graph)
 
 
-def cpu_threads(n: int, threads: int | None) -> int:
+# Below this many images per thread, splitting a batch costs more in smaller convolutions than
+# one intra-op team loses to its barriers, where the UNet runs in Python (its threads also wait on
+# each other's Python). 2-core Xeon (AVX-512), config UNet, DDPM, two threads over one team,
+# paired rounds: 8 images 1.05-1.19x (three runs), 6 images 1.00x, 4 images 0.94x. Where it runs
+# as one op (UNet.runs_op) the split wins from one image per thread: UNet alone, 1 + 1, 2 + 2 and
+# 3 + 3 images 1.64-1.66x, 1.21-1.28x and 1.22-1.28x one team (2026-11-29, same machine).
+MIN_IMAGES_PER_THREAD = 4
+
+
+def cpu_threads(n: int, threads: int | None, per_thread: int = MIN_IMAGES_PER_THREAD) -> int:
     """Threads for sampling n images on the CPU: ``threads`` if given, else torch's intra-op
-    thread count, fewer where a thread would get under MIN_IMAGES_PER_THREAD images."""
+    thread count, fewer where a thread would get under ``per_thread`` images."""
     if threads is not None:
         if isinstance(threads, bool) or int(threads) != threads or threads < 1:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         return int(threads)
-    return max(1, min(torch.get_num_threads(), n // MIN_IMAGES_PER_THREAD))
-
-
-# Below this many images per thread, splitting a batch costs more in smaller convolutions than
-# one intra-op team loses to its barriers. 2-core Xeon (AVX-512), config UNet, DDPM, two threads
-# over one team, paired rounds: 8 images 1.05-1.19x (three runs), 6 images 1.00x, 4 images 0.94x.
-MIN_IMAGES_PER_THREAD = 4
+    return max(1, min(torch.get_num_threads(), n // per_thread))
 
 
 def run_in_threads(part: Callable[[int, int, threading.Event], Tensor], count: int, threads: int) -> Tensor:
     """``part(offset, count, stop)`` for ``threads`` contiguous parts of ``count`` samples (as
     :func:`shard` splits ranks), each in its own thread with one intra-op thread, concatenated in
-    order. On 2 cores the UNet runs ~8% faster so than as one batch over two intra-op threads,
-    which meet at a barrier after every op. Each part is addressed by its first sample, so the
+    order. On 2 cores the UNet runs faster so than as one batch over two intra-op threads, which
+    meet at a barrier after every op (by 1.2-1.3x at 2 to 4 images a thread where it runs as one
+    op, which keeps the threads from waiting on each other's Python). Each part is addressed by its first sample, so the
     images are those of one thread to float rounding. torch's thread count is restored after; an
     error in one part stops the others at their next step and is raised."""
     saved = torch.get_num_threads()

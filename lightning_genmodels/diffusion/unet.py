@@ -266,16 +266,21 @@ class UNet(nn.Module):
             w += list(up.phase_kernels()) if isinstance(up, UpsampleConv) else []
         return w + [self.norm_out.weight, self.norm_out.bias, self.conv_out.weight, self.conv_out.bias]
 
-    def _op_forward(self, x: Tensor, biases: list[Tensor]) -> Tensor | None:
-        """The sampling forward by the op (inside :meth:`frozen`, on the CPU), or None where Python runs."""
+    def runs_op(self, device: torch.device | str) -> bool:
+        """Whether a sampling forward on ``device`` runs as the op now: inside :meth:`frozen` with
+        impl ``"auto"`` or ``"ext"``, on the CPU, with this class's own blocks, no active dropout
+        and the library built (``"auto"`` warns once where it is not)."""
         impl = getattr(self, "_frozen_impl", "ref") if getattr(self, "_frozen", 0) > 0 else "ref"
-        if impl == "ref" or x.device.type != "cpu" or torch.compiler.is_compiling():
-            return None
-        if any(m.training and m.p > 0 for m in self.modules() if isinstance(m, nn.Dropout)):
-            return None
+        if impl == "ref" or torch.device(device).type != "cpu" or torch.compiler.is_compiling():
+            return False
         if getattr(self, "_op_weights", None) is None:
+            self._dropouts = [m for m in self.modules() if isinstance(m, nn.Dropout)]  # first: threads race here
             self._op_weights = self.sampling_weights() or []
-        if not self._op_weights or not use_ext(impl):
+        return bool(self._op_weights) and not any(m.training and m.p > 0 for m in self._dropouts) and use_ext(impl)
+
+    def _op_forward(self, x: Tensor, biases: list[Tensor]) -> Tensor | None:
+        """The sampling forward by the op, or None where Python runs (:meth:`runs_op`)."""
+        if not self.runs_op(x.device):
             return None
         config = (len(self.down), len(self.down[0]), self.norm_out.num_groups, self.mid_attn.heads)
         return unet_sample_forward(x, self._op_weights, biases, config, self.norm_out.eps)

@@ -97,6 +97,20 @@ def test_sample_runs_the_op_and_draws_the_same_images(op_calls: list[int], monke
     assert torch.equal(model.sample(8, seed=3, threads=2), two)
 
 
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads to split over")
+def test_sample_splits_from_one_image_a_thread_where_the_op_runs(op_calls: list[int]) -> None:
+    """With the op the default split gives each thread one image or more; in Python, four or more."""
+    model = Diffusion(base_channels=8, channel_mults=(1, 2), attention_heads=2, groups=4, sample_steps=2)
+    threads = min(torch.get_num_threads(), 3)
+    model.sample(3, seed=1)
+    assert sorted(set(op_calls)) == ([1] if threads == 3 else [1, 2]) and len(op_calls) == 2 * threads
+    model.hparams.impl = "ref"
+    seen: list[int] = []
+    model.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    model.sample(3, seed=1)
+    assert seen == [3, 3] and len(op_calls) == 2 * threads
+
+
 def test_opcheck() -> None:
     unet = randomised(UNet(**CONFIGS["two_blocks_rgb"])).eval()
     x, t = inputs(unet, 2)
