@@ -241,12 +241,8 @@ class UNet(nn.Module):
         """Every layer's weight and bias in the order the sampling forward runs them (None for an
         identity skip; the upsampling phase kernels for those layers; not the blocks' first
         biases, which are folded per call): what ``unet_sample_forward`` reads. None where a
-        module is not this class's own (a subclass or a swapped block), or the GroupNorms' eps differ."""
-        blocks = [b for level in (*self.down, *self.up) for b in level] + [self.mid1, self.mid2]
-        norms = [m for m in self.modules() if isinstance(m, nn.GroupNorm)]
-        if (any(type(b) is not ResBlock or not isinstance(b.skip, (nn.Conv2d, nn.Identity)) for b in blocks)
-                or type(self.mid_attn) is not SelfAttention or len({m.eps for m in norms}) != 1
-                or any(type(m) not in (nn.Conv2d, UpsampleConv, nn.Identity) for m in (*self.downsample, *self.upsample))):
+        layer is not as this class builds it (:meth:`_matches_op`)."""
+        if not self._matches_op():
             return None
 
         def block(b: ResBlock) -> list[Tensor | None]:
@@ -265,6 +261,39 @@ class UNet(nn.Module):
             w += [t for b in level for t in block(b)]
             w += list(up.phase_kernels()) if isinstance(up, UpsampleConv) else []
         return w + [self.norm_out.weight, self.norm_out.bias, self.conv_out.weight, self.conv_out.bias]
+
+    def _matches_op(self) -> bool:
+        """Whether every layer is what ``unet_sample_forward`` assumes: this class's blocks (not a
+        subclass's or a swapped module), convolutions of the built geometry, one GroupNorm setting."""
+        norm_out = self.norm_out
+        if type(norm_out) is not nn.GroupNorm or not norm_out.affine:
+            return False
+
+        def conv(m: nn.Module, k: int, stride: int = 1, pad: int = 1, kind: type = nn.Conv2d) -> bool:
+            return (type(m) is kind and m.kernel_size == (k, k) and m.stride == (stride, stride)
+                    and m.padding == (pad, pad) and m.dilation == (1, 1) and m.groups == 1
+                    and m.padding_mode == "zeros" and m.bias is not None)
+
+        def norm(m: nn.Module) -> bool:
+            return (type(m) is nn.GroupNorm and m.affine and m.num_groups == norm_out.num_groups
+                    and m.eps == norm_out.eps)
+
+        def block(b: nn.Module) -> bool:
+            return (type(b) is ResBlock and norm(b.norm1) and norm(b.norm2) and conv(b.conv1, 3)
+                    and conv(b.conv2, 3) and type(b.dropout) is nn.Dropout
+                    and (type(b.skip) is nn.Identity or conv(b.skip, 1, pad=0)))
+
+        levels, a = len(self.down), self.mid_attn
+        per_level = {len(level) for level in (*self.down, *self.up)}
+        return (len(per_level) == 1 and len(self.up) == levels == len(self.downsample) == len(self.upsample)
+                and conv(self.conv_in, 3) and conv(self.conv_out, 3)
+                and all(block(b) for level in (*self.down, *self.up) for b in level)
+                and block(self.mid1) and block(self.mid2)
+                and type(a) is SelfAttention and norm(a.norm) and conv(a.qkv, 1, pad=0) and conv(a.proj, 1, pad=0)
+                and all(type(d) is nn.Identity if i == levels - 1 else conv(d, 3, stride=2)
+                        for i, d in enumerate(self.downsample))
+                and all(type(u) is nn.Identity if i == levels - 1 else conv(u, 3, kind=UpsampleConv)
+                        for i, u in enumerate(self.upsample)))
 
     def runs_op(self, device: torch.device | str) -> bool:
         """Whether a sampling forward on ``device`` runs as the op now: inside :meth:`frozen` with
