@@ -65,7 +65,7 @@ at::Tensor attention(const at::Tensor& x, Weights& w, const Config& c) {
   at::Tensor qkv_w = w.take();
   at::Tensor qkv = conv(at::group_norm(x, c.groups, norm_w, norm_b, c.eps), qkv_w, w.take(), 1, 0)
                        .reshape({n, 3, c.heads, ch / c.heads, h * wd});
-  std::vector<at::Tensor> parts = qkv.transpose(-1, -2).unbind(1);
+  std::vector<at::Tensor> parts = qkv.transpose(-1, -2).contiguous().unbind(1);
   at::Tensor out = at::scaled_dot_product_attention(parts[0], parts[1], parts[2]);
   at::Tensor proj_w = w.take();
   return x + conv(out.transpose(-1, -2).reshape({n, ch, h, wd}), proj_w, w.take(), 1, 0);
