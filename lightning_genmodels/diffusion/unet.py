@@ -207,7 +207,8 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
         self._frozen = 0  # depth of frozen() blocks
         self._stacked: tuple | None = None  # inside frozen(): the blocks' embedding weights, stacked
-        self._op_weights: list | None = None  # inside frozen(): sampling_weights(), [] where the op can't run
+        # inside frozen(): (sampling_weights(), the Dropout modules, the op's config); () where the op can't run
+        self._op_plan: tuple | None = None
         self._frozen_impl: Impl = "ref"
 
     @contextlib.contextmanager
@@ -235,7 +236,7 @@ class UNet(nn.Module):
             self._frozen -= 1
             self._frozen_impl = saved_impl
             if not self._frozen:
-                self._stacked = self._op_weights = None
+                self._stacked = self._op_plan = None
                 for m in ups:
                     m.keep_phases, m._phases = False, None
 
@@ -304,17 +305,20 @@ class UNet(nn.Module):
         impl = getattr(self, "_frozen_impl", "ref") if getattr(self, "_frozen", 0) > 0 else "ref"
         if impl == "ref" or torch.device(device).type != "cpu" or torch.compiler.is_compiling():
             return False
-        if getattr(self, "_op_weights", None) is None:
-            self._dropouts = [m for m in self.modules() if isinstance(m, nn.Dropout)]  # first: threads race here
-            self._op_weights = self.sampling_weights() or []
-        return bool(self._op_weights) and not any(m.training and m.p > 0 for m in self._dropouts) and use_ext(impl)
+        plan = getattr(self, "_op_plan", None)
+        if plan is None:  # one assignment: the sampling threads may race here
+            weights = self.sampling_weights()
+            plan = self._op_plan = () if weights is None else (
+                weights, [m for m in self.modules() if isinstance(m, nn.Dropout)],
+                (len(self.down), len(self.down[0]), self.norm_out.num_groups, self.mid_attn.heads))
+        return bool(plan) and not any(m.training and m.p > 0 for m in plan[1]) and use_ext(impl)
 
     def _op_forward(self, x: Tensor, biases: list[Tensor]) -> Tensor | None:
         """The sampling forward by the op, or None where Python runs (:meth:`runs_op`)."""
         if not self.runs_op(x.device):
             return None
-        config = (len(self.down), len(self.down[0]), self.norm_out.num_groups, self.mid_attn.heads)
-        return unet_sample_forward(x, self._op_weights, biases, config, self.norm_out.eps)
+        weights, _, config = self._op_plan
+        return unet_sample_forward(x, weights, biases, config, self.norm_out.eps)
 
     def _folded_biases(self, emb: Tensor) -> list[Tensor]:
         """Each block's first-convolution bias with the shared embedding emb [1, E] folded in, by
