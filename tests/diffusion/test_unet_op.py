@@ -1,4 +1,5 @@
-"""unet_sample_forward: the UNet's sampling forward as one op, held to the Python path bit for bit."""
+"""unet_sample_forward: the UNet's sampling forward as one op, held to the Python path bit for bit
+(for a batch of one chunk)."""
 from __future__ import annotations
 
 import pytest
@@ -54,6 +55,30 @@ def test_op_equals_the_python_sampling_path_bit_for_bit(name: str, n: int, op_ca
     assert op_calls == [n, n]
     assert got.shape == x.shape
     assert torch.equal(got, expected) and torch.equal(again, expected)
+
+
+@pytest.mark.parametrize("threads, chunk", [(1, 12), (2, 30)])
+def test_a_large_batch_on_one_thread_runs_in_chunks(threads: int, chunk: int) -> None:
+    """30 images of the 16-channel 28x28 UNet on one intra-op thread run in chunks of 12
+    (csrc/cpu/unet.cpp, kChunkBytes), on two as one batch: the same bits as one call per chunk,
+    and the Python path's whole batch to float rounding."""
+    unet = randomised(UNet(**CONFIGS["config_size"])).eval()
+    x, t = inputs(unet, 30)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            with unet.frozen("ref"):
+                expected = unet(x, t)
+            with unet.frozen("ext"):
+                got = unet(x, t)
+                parts = torch.cat([unet(x[i:i + chunk], t[:1]) for i in range(0, 30, chunk)])
+                shifted = unet(x[1:], t[:1])  # other chunk borders: other bits, the same images
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(got, parts)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(shifted, got[1:], rtol=1e-4, atol=1e-5)
 
 
 def test_python_runs_where_the_op_cannot(op_calls: list[int]) -> None:
