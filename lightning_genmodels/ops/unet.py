@@ -7,10 +7,10 @@ larger batch on one intra-op thread (as ``Diffusion.sample``'s threads run it) g
 chunk (the first convolution's output of a chunk at most 588 KiB: 12 images of the 16-channel
 28×28 UNet), so that each forward reuses memory the last one freed instead of faulting in fresh
 pages; that matches one call per chunk bit for bit and the whole batch in Python to float
-rounding. What it saves is Python: the interpreter releases
-the GIL once for the whole forward instead of taking it back after each of ~190 operations, so
-the sampler's threads (``samplers.run_in_threads``) no longer wait on each other. Only the UNet
-calls it, inside :meth:`UNet.frozen`, where its weight list is kept.
+rounding. What it saves is Python: the interpreter releases the GIL once for the whole forward
+instead of taking it back after each of ~190 operations, so the sampler's threads
+(``samplers.run_in_threads``) no longer wait on each other. Only the UNet calls it, inside
+:meth:`UNet.frozen`, where its weight list is kept.
 """
 from __future__ import annotations
 
