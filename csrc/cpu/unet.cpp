@@ -124,20 +124,23 @@ at::Tensor forward_chunk(const at::Tensor& x, const c10::List<OptTensor>& weight
   return h;
 }
 
-// Images per chunk, where the op runs on one intra-op thread (Diffusion.sample's split): the first
-// convolution's output of a chunk at most kChunkBytes, 12 images of the 16-channel 28x28 UNet. At
-// 32 images a thread, every forward took ~4,500 page faults: glibc's per-thread arenas hand the
-// freed memory back to the kernel and the next forward touches fresh pages. A/B in fresh
-// processes (2-core Xeon, sample(64) with DDIM-50 over two threads, against no chunks): chunks of
-// 12 0.88x the time (8: 0.93x, 16: 0.95x; AVX2 path 0.94x). A team of two intra-op threads keeps
-// its faults in chunks (the main arena) and loses parallel work: 12 1.24x, 24 1.07x; so no chunks.
-constexpr int64_t kChunkBytes = 12 * 16 * 28 * 28 * sizeof(float);
+// Images per chunk, where the op runs on one intra-op thread (Diffusion.sample's split): at most
+// kChunkImages, and the first convolution's output of a chunk at most that of 12 images of the
+// 16-channel 28x28 UNet. At 32 images a thread, every forward took ~4,500 page faults: glibc's
+// per-thread arenas hand the freed memory back to the kernel and the next forward touches fresh
+// pages. A/B in fresh processes (2-core Xeon, sample(64) over two threads, against no chunks):
+// 16 channels, chunks of 12 0.88x the time (8: 0.93x, 16: 0.95x; AVX2 path 0.94x); 32 channels,
+// 6 images 0.95x (12: 1.0x); 8 channels, 12 images 0.96x (24: 1.02x). A team of two intra-op
+// threads keeps its faults in chunks (the main arena) and loses parallel work (12 images 1.24x,
+// 24 1.07x), so it runs the batch whole.
+constexpr int64_t kChunkImages = 12;
+constexpr int64_t kChunkBytes = kChunkImages * 16 * 28 * 28 * sizeof(float);
 
 int64_t chunk_images(const at::Tensor& x, const c10::List<OptTensor>& weights) {
   const OptTensor first = weights.size() ? weights.get(0) : OptTensor();
   if (at::get_num_threads() > 1 || !first.has_value() || first->dim() != 4) return x.size(0);
   const int64_t per_image = first->size(0) * x.size(2) * x.size(3) * static_cast<int64_t>(x.element_size());
-  return std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(per_image, 1));
+  return std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(per_image, 1), 1, kChunkImages);
 }
 
 at::Tensor unet_sample_forward(const at::Tensor& x, const c10::List<OptTensor>& weights,

@@ -4,8 +4,8 @@ The op runs the same ATen operations in the same order as the Python sampling pa
 :class:`lightning_genmodels.diffusion.unet.UNet` (no autograd, one timestep for the batch),
 which is its reference: the tests hold the two to the same bits for a batch of one chunk. A
 larger batch on one intra-op thread (as ``Diffusion.sample``'s threads run it) goes chunk by
-chunk (the first convolution's output of a chunk at most 588 KiB: 12 images of the 16-channel
-28×28 UNet), so that each forward reuses memory the last one freed instead of faulting in fresh
+chunk (at most 12 images, and the first convolution's output of a chunk at most 588 KiB, that
+of 12 images of the 16-channel 28×28 UNet), so that each forward reuses memory the last one freed instead of faulting in fresh
 pages; that matches one call per chunk bit for bit and the whole batch in Python to float
 rounding. What it saves is Python: the interpreter releases the GIL once for the whole forward
 instead of taking it back after each of ~190 operations, so the sampler's threads
