@@ -157,14 +157,10 @@ at::Tensor unet_sample_forward(const at::Tensor& x, const c10::List<OptTensor>& 
   const Config c{config[2], config[3], eps};
   const int64_t n = x.size(0), chunk = chunk_images(x, weights);
   if (n <= chunk) return forward_chunk(x, weights, folded_biases, levels, blocks, c);
-  at::Tensor out;
-  for (int64_t i = 0; i < n; i += chunk) {
-    const int64_t count = std::min(chunk, n - i);
-    at::Tensor part = forward_chunk(x.narrow(0, i, count), weights, folded_biases, levels, blocks, c);
-    if (!out.defined()) out = at::empty({n, part.size(1), part.size(2), part.size(3)}, part.options());
-    out.narrow(0, i, count).copy_(part);
-  }
-  return out;
+  std::vector<at::Tensor> parts;
+  for (const at::Tensor& part : x.split(chunk))
+    parts.push_back(forward_chunk(part, weights, folded_biases, levels, blocks, c));
+  return at::cat(parts);
 }
 
 }  // namespace

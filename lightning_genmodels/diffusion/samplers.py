@@ -249,8 +249,9 @@ def run_in_threads(part: Callable[[int, int, threading.Event], Tensor], count: i
     order. On 2 cores the UNet runs faster so than as one batch over two intra-op threads, which
     meet at a barrier after every op (by 1.2-1.3x at 2 to 4 images a thread where it runs as one
     op, which keeps the threads from waiting on each other's Python). Each part is addressed by
-    its first sample, so the images are those of one thread to float rounding. torch's thread count is restored after; an
-    error in one part stops the others at their next step and is raised."""
+    its first sample, so the images are those of one thread to float rounding. torch's thread
+    count is restored after; an error in one part stops the others at their next step and is
+    raised."""
     saved = torch.get_num_threads()
     outs: list[Tensor | None] = [None] * threads
     errors: list[BaseException] = []
