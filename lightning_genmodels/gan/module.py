@@ -8,9 +8,9 @@ counts optimizer steps, so it grows by up to 2 per batch.
 """
 from __future__ import annotations
 
+import inspect
 import math
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -19,6 +19,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..module_utils import eval_mode, save_hparams_keeping_configs
 from ..train_log import log_this_step
 from . import losses
 from .losses import LOSSES, Loss
@@ -67,7 +68,7 @@ class GAN(LightningModule):
         super().__init__()
         _check_options(latent_dim, channels, features, loss, gp_weight, n_critic, lr_g, lr_d, betas_g, betas_d,
                        ema_decay)
-        self.save_hyperparameters(ignore=["generator", "discriminator"])
+        save_hparams_keeping_configs(self, ("generator", "discriminator"), inspect.currentframe())
         self.automatic_optimization = False
         self.latent_dim = latent_dim
         self.image_shape = (channels, IMAGE_SIZE, IMAGE_SIZE)
@@ -89,7 +90,7 @@ class GAN(LightningModule):
     # ----- networks -------------------------------------------------------------------------
     def _check_networks(self) -> None:
         """One tiny forward pass of each network, to fail at construction on a mismatch."""
-        with torch.no_grad(), _eval_mode(self.generator), _eval_mode(self.discriminator):
+        with torch.no_grad(), eval_mode(self.generator), eval_mode(self.discriminator):
             images = self.generator(torch.zeros(2, self.latent_dim))
             if tuple(images.shape) != (2, *self.image_shape):
                 raise ValueError(
@@ -233,31 +234,20 @@ class GAN(LightningModule):
         """Images [n, C, 28, 28] in [0, 1] from latents z [n, latent_dim] (eval mode, EMA)."""
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"decode_latents needs z [n, {self.latent_dim}], got shape {tuple(z.shape)}")
-        with _eval_mode(self.sampler):
+        with eval_mode(self.sampler):
             images = self.sampler(z.to(self.device))
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def sample(self, n: int, seed: int | None = None) -> Tensor:
         """``n`` images [n, C, 28, 28] in [0, 1]; the same ``seed`` gives the same images."""
-        if n < 1:
-            raise ValueError(f"n={n}: ask for at least one sample")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n={n!r} must be an integer >= 1")
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         return self.decode_latents(self.noise(n, generator))
 
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
         """``sample(n, seed)``, for the SampleGrid callback."""
         return self.sample(n, seed=seed)
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put ``module`` in eval mode and restore its previous mode afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def _check_options(

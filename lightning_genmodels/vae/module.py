@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from typing import Iterable
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from ..module_utils import save_hparams_keeping_configs
 from ..train_log import log_this_step
 from .likelihoods import (
     INPUT_FORMATS,
@@ -111,7 +111,7 @@ class VAE(LightningModule):
             raise ValueError(f"lr={lr!r} must be a finite number > 0")
         if learn_scale and likelihood != "gaussian":
             raise ValueError(f"learn_scale=True needs likelihood='gaussian', got likelihood={likelihood!r}")
-        self._save_hparams()
+        save_hparams_keeping_configs(self, ("encoder", "decoder"), inspect.currentframe())
         self.latent_dim = latent_dim
         self.likelihood = likelihood
         self.input_format = INPUT_FORMATS[likelihood]
@@ -123,18 +123,6 @@ class VAE(LightningModule):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
-
-    def _save_hparams(self) -> None:
-        """save_hyperparameters, minus encoder/decoder when they are module objects (their weights
-        are in the state dict; under LightningCLI they are config dicts and are kept, so
-        ``load_from_checkpoint`` rebuilds them)."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Attribute '(en|de)coder' is an instance of `nn.Module`")
-            self.save_hyperparameters(frame=inspect.currentframe().f_back)
-        for key in ("encoder", "decoder"):
-            if isinstance(self.hparams.get(key), nn.Module):
-                self.hparams.pop(key)
-                self._hparams_initial.pop(key, None)
 
     # ----- the model -----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 for a few steps on real MNIST, with their sample grids and checkpoints."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from examples.my_gan import LSGAN, MLPGAN
 from lightning_genmodels import GAN
+from lightning_genmodels.gan import Discriminator, Generator
 from lightning_genmodels.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,18 @@ def test_subclass_swapping_the_networks(mnist_dir: Path, tmp_path: Path) -> None
     assert isinstance(cli.model.generator[0], torch.nn.Linear) and cli.model.generator[0].out_features == 16
     check_outputs(tmp_path)
     loaded = MLPGAN.load_from_checkpoint(tmp_path / "gan.ckpt")  # rebuilt from the saved hidden=16
+    torch.testing.assert_close(loaded.sample(4, seed=0), cli.model.sample(4, seed=0), rtol=0, atol=0)
+
+
+def test_networks_by_class_path_reload_from_the_checkpoint(mnist_dir: Path, tmp_path: Path) -> None:
+    # The networks' configuration is kept in the checkpoint, as the VAE's: it loads with no arguments.
+    nets = {"class_path": "lightning_genmodels.gan.Generator", "init_args": {"latent_dim": 8, "features": 4}}
+    critic = {"class_path": "lightning_genmodels.gan.Discriminator", "init_args": {"features": 4}}
+    cli = main(args=fit_args(mnist_dir, tmp_path, "--model.latent_dim", "8", "--model.generator", json.dumps(nets),
+                             "--model.discriminator", json.dumps(critic), steps=2))
+    assert cli.model.hparams.generator["init_args"]["features"] == 4
+    loaded = GAN.load_from_checkpoint(tmp_path / "gan.ckpt")
+    assert isinstance(loaded.generator, Generator) and isinstance(loaded.discriminator, Discriminator)
     torch.testing.assert_close(loaded.sample(4, seed=0), cli.model.sample(4, seed=0), rtol=0, atol=0)
 
 

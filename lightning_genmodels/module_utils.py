@@ -1,0 +1,39 @@
+"""Helpers shared by the families' LightningModules."""
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from lightning.pytorch import LightningModule
+from torch import nn
+
+
+def save_hparams_keeping_configs(module: LightningModule, networks: tuple[str, ...], frame: FrameType) -> None:
+    """``module.save_hyperparameters`` from the ``__init__`` at ``frame``, minus the ``networks``
+    arguments that are ``nn.Module`` objects (their weights are in the state dict, and a module is
+    no hyperparameter). Under LightningCLI they arrive as config dicts (class path and init args)
+    and are kept, so that ``load_from_checkpoint`` rebuilds them with no arguments."""
+    names = "|".join(re.escape(name) for name in networks)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=rf"Attribute '({names})' is an instance of `nn.Module`")
+        module.save_hyperparameters(frame=frame)
+    for key in networks:
+        if isinstance(module.hparams.get(key), nn.Module):
+            module.hparams.pop(key)
+            module._hparams_initial.pop(key, None)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the block (no dropout, batch norm's running statistics),
+    each submodule's own mode restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
