@@ -23,6 +23,7 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor
 
+from ..module_utils import eval_mode
 from ..ops.build import IMPLS, Impl
 from . import samplers as S
 from .schedules import BETA_SCHEDULES, BetaSchedule, alphas_cumprod, make_betas
@@ -86,6 +87,9 @@ class Diffusion(LightningModule):
         compile_unet: bool | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(num_train_timesteps, bool) or int(num_train_timesteps) != num_train_timesteps \
+                or num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be a positive integer, got {num_train_timesteps!r}")
         S.check_option("beta_schedule", beta_schedule, BETA_SCHEDULES)
         S.check_option("prediction_type", prediction_type, S.PREDICTION_TYPES)
         S.check_option("sampler", sampler, S.SAMPLERS)
@@ -233,9 +237,8 @@ class Diffusion(LightningModule):
                 (``threads`` is ignored).
         """
         hp = self.hparams
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        sampler = S.check_option("sampler", sampler or hp.sampler, S.SAMPLERS)
+        n, seed = S.check_count("n", n), S.check_seed(seed)
+        sampler = S.check_option("sampler", hp.sampler if sampler is None else sampler, S.SAMPLERS)
         eta = S.check_eta(hp.eta if eta is None else eta)
         steps = S.check_steps(hp.sample_steps if steps is None else steps, hp.num_train_timesteps)
         timesteps, table = self.coefficient_table(steps, sampler, eta, timestep_spacing, variance_type)
@@ -249,7 +252,8 @@ class Diffusion(LightningModule):
             return S.sample_loop(model, shape, first, timesteps, table, seed, clip, hp.impl,
                                  cuda_graph and self.device.type == "cuda", threads if self.device.type == "cpu" else 1)
 
-        with self.unet.frozen(hp.impl) if isinstance(self.unet, UNet) else contextlib.nullcontext():
+        frozen = self.unet.frozen(hp.impl) if isinstance(self.unet, UNet) else contextlib.nullcontext()
+        with eval_mode(self.unet), frozen:
             op = isinstance(self.unet, UNet) and self.unet.runs_op(self.device)
             threads = S.cpu_threads(count, threads, 1 if op else S.MIN_IMAGES_PER_THREAD)
             x = self._sample_with(loop, threads, compile_unet)

@@ -19,6 +19,7 @@ with six scalars per timestep. :func:`step_coefficients` computes them in float6
 from __future__ import annotations
 
 import math
+import operator
 import threading
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
@@ -55,6 +56,28 @@ def check_steps(steps: int, num_train_timesteps: int) -> int:
     if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps must be an integer in [1, num_train_timesteps={num_train_timesteps}], got {steps!r}")
     return int(steps)
+
+
+def check_count(name: str, value: int) -> int:
+    """``value`` as an int if it is a positive integer (not a float or bool), else ValueError."""
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else 0
+    except TypeError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return count
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` as an int if it is an integer in [0, 2**64) (not a float, which would be truncated)."""
+    try:
+        value = operator.index(seed) if not isinstance(seed, bool) else -1
+    except TypeError:
+        value = -1
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return value
 
 
 def check_eta(eta: float) -> float:

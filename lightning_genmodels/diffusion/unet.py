@@ -172,6 +172,8 @@ class UNet(nn.Module):
                 f"need base_channels >= 1, num_res_blocks >= 1 and channel_mults of positive integers, got "
                 f"{base_channels}, {num_res_blocks}, {list(channel_mults)}"
             )
+        if in_channels < 1 or image_size < 1:
+            raise ValueError(f"need in_channels >= 1 and image_size >= 1, got {in_channels} and {image_size}")
         if image_size % 2 ** (len(mults) - 1):
             raise ValueError(f"image_size={image_size} must be divisible by 2**(len(channel_mults) - 1)")
         chans = [base_channels * m for m in mults]

@@ -54,6 +54,8 @@ def test_unet_shapes_and_bad_images():
         ({"min_snr_gamma": -1.0}, "min_snr_gamma must be > 0 or None, got -1.0"),
         ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\), got 1.0"),
         ({"compile_unet": "yes"}, "compile_unet must be True, False or None, got 'yes'"),
+        ({"num_train_timesteps": 0}, "num_train_timesteps must be a positive integer, got 0"),
+        ({"in_channels": 0}, "need in_channels >= 1 and image_size >= 1, got 0 and 28"),
     ],
 )
 def test_bad_options_name_the_value(kwargs, match):
@@ -70,7 +72,10 @@ def test_bad_options_name_the_value(kwargs, match):
         ({"eta": float("nan")}, "eta must be in"),
         ({"sampler": "euler"}, "got 'euler'"),
         ({"n": 0}, "n must be a positive integer, got 0"),
-        ({"seed": -1}, "seed must be in"),
+        ({"n": 2.0}, "n must be a positive integer, got 2.0"),
+        ({"seed": -1}, "seed must be an integer in"),
+        ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*64\), got 1.5"),
+        ({"sampler": ""}, "sampler must be one of .* got ''"),
         ({"threads": 0}, "threads must be a positive integer or None, got 0"),
         ({"threads": 1.5}, "threads must be a positive integer or None, got 1.5"),
         ({"compile_unet": 1}, "compile_unet must be True, False or None, got 1"),
@@ -80,6 +85,15 @@ def test_bad_sample_arguments_name_the_value(kwargs, match):
     model = tiny()
     with pytest.raises(ValueError, match=match):
         model.sample(**({"n": 2, "steps": 2} | kwargs))
+
+
+def test_sampling_runs_the_unet_in_eval_mode_and_restores_the_mode():
+    # load_from_checkpoint returns a module in train mode: dropout must not make a seed's images vary
+    model = tiny(dropout=0.3).train()
+    first = model.sample(2, steps=3, seed=0)
+    assert model.unet.training and all(m.training for m in model.unet.modules())
+    torch.testing.assert_close(model.sample(2, steps=3, seed=0), first, rtol=0, atol=0)
+    torch.testing.assert_close(model.eval().sample(2, steps=3, seed=0), first, rtol=0, atol=0)
 
 
 def test_bad_training_images_raise():
