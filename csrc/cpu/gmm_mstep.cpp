@@ -9,7 +9,8 @@
 namespace lgm {
 namespace {
 
-// Bishop, PRML eqs. 9.24-9.27 from the raw moments, scikit-learn's conventions (nk' = nk + 10 eps).
+// Bishop, PRML eqs. 9.24-9.27 from the raw moments, scikit-learn's conventions (nk' = nk + 10 eps),
+// the covariances about the means (gmm/em.py m_step: (sxx - (nk' + 10 eps) mu^2) / nk').
 struct MStepCPU {
   int64_t k, d;
   bool spherical;
@@ -40,6 +41,7 @@ struct MStepCPU {
     double* mu = means + j * d;
     const bool keep_mean = is_empty && prev_means != nullptr;
     const bool keep_cov = is_empty && prev_cov != nullptr;
+    const double ck = nk + 10.0 * eps;  // 2 nk' - nk_raw
     double mu_sq = 0.0;
     for (int64_t i = 0; i < d; ++i) {
       const double m = s1[i] / nk;  // the new mean, also where the covariance is computed from it
@@ -48,12 +50,12 @@ struct MStepCPU {
         mu_sq += m * m;
       } else {
         double* c = cov + j * d + i;
-        *c = keep_cov ? prev_cov[j * d + i] : sxx[j * d + i] / nk - m * m + reg;
+        *c = keep_cov ? prev_cov[j * d + i] : (sxx[j * d + i] - ck * (m * m)) / nk + reg;
         prec_chol[j * d + i] = 1.0 / std::sqrt(*c);
       }
     }
     if (spherical) {
-      cov[j] = keep_cov ? prev_cov[j] : (sxx[j] / nk - mu_sq) / static_cast<double>(d) + reg;
+      cov[j] = keep_cov ? prev_cov[j] : (sxx[j] - ck * mu_sq) / nk / static_cast<double>(d) + reg;
       prec_chol[j] = 1.0 / std::sqrt(cov[j]);
     }
   }

@@ -74,9 +74,15 @@ def m_step(
     As scikit-learn's ``_estimate_gaussian_parameters``, every count gets ``10 · eps`` so that
     no weight is exactly 0 (nk' = nk + 10 eps):
 
-        weights = nk' / Σ nk'         means = sx / nk'
-        full  = sxx / nk' − μ μᵀ + reg I          diag = sxx / nk' − μ² + reg
-        tied  = (sxx − Σ_k nk' μ_k μ_kᵀ) / Σ nk' + reg I      spherical = mean_d(diag)
+        weights = nk' / Σ nk'         means μ = sx / nk'
+        full  = Σ_n r_nk (x_n − μ)(x_n − μ)ᵀ / nk' + reg I = (sxx − c μ μᵀ) / nk' + reg I
+        diag  = (sxx − c μ²) / nk' + reg         spherical = mean_d(diag)
+        tied  = (sxx − Σ_k c_k μ_k μ_kᵀ) / Σ nk' + reg I
+
+    with c = 2 nk' − nk = nk' + 10 eps: the covariances about μ, as scikit-learn's full. The raw
+    form sxx / nk' − μ² (scikit-learn's diag and tied) adds 10 eps μ² / nk': in float32 (eps
+    1.2e-7) at a component seeded by one point, as k-means++ and random_from_data seed them,
+    1.2e-6 μ², which is 0.012 for a feature near 100 where the covariance should be reg_covar.
 
     Empty-component policy: a component whose count nk is below ``1e-10 · max(Σ nk, 1)`` (it lost
     all its points) keeps ``prev_means`` / ``prev_covariances`` when given (so it does not
@@ -100,17 +106,18 @@ def m_step(
     total = nk.sum()
     weights = nk / total
     means = sx / nk[:, None]
-    # 2. covariances from raw moments
+    # 2. covariances about the means, from raw moments
+    c = nk + 10.0 * eps
     if covariance_type == "full":
-        cov = sxx / nk[:, None, None] - means[:, :, None] * means[:, None, :]
+        cov = (sxx - c[:, None, None] * means[:, :, None] * means[:, None, :]) / nk[:, None, None]
         cov = _add_to_diagonal(cov, reg_covar)
     elif covariance_type == "tied":
-        cov = (sxx - torch.einsum("k,ki,kj->ij", nk, means, means)) / total
+        cov = (sxx - torch.einsum("k,ki,kj->ij", c, means, means)) / total
         cov = _add_to_diagonal(cov, reg_covar)
     elif covariance_type == "diag":
-        cov = sxx / nk[:, None] - means.square() + reg_covar
+        cov = (sxx - c[:, None] * means.square()) / nk[:, None] + reg_covar
     else:
-        cov = (sxx / nk - means.square().sum(1)) / sx.shape[1] + reg_covar
+        cov = (sxx - c * means.square().sum(1)) / nk / sx.shape[1] + reg_covar
     # 3. empty components keep their previous mean and covariance
     empty = nk_raw < 1e-10 * max(float(nk_raw.sum()), 1.0)
     if bool(empty.any()):
