@@ -10,20 +10,34 @@ rows get sample weight 0 so each data point counts once across ranks.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 
 # A zero-argument callable that starts one pass over the (rank-local) data, yielding
 # ``(x [B, D], sample_weight [B] or None)``; called once per pass.
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor | None]]]
 
 
+# The world size of the Trainer running a GaussianMixture fit (set by its setup hook, None outside
+# one): a process group left open by an earlier DDP fit must not join a single-process fit.
+_trainer_world: list[int | None] = [None]
+
+
+def set_trainer_world(world_size: int | None) -> None:
+    _trainer_world[0] = world_size
+
+
 def is_distributed() -> bool:
-    """Whether a torch.distributed process group with more than one rank is running."""
+    """Whether the collectives run: a torch.distributed process group with more than one rank,
+    and, inside a fit, a Trainer of more than one rank."""
+    world = _trainer_world[0]
+    if world is not None and world <= 1:
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -100,23 +114,44 @@ def all_finite(x: Tensor) -> bool:
 
 
 def loader_batches(
-    loader: Iterable[Any], sampler: Any, device: torch.device, dtype: torch.dtype, check_finite: bool = True
+    loader: Iterable[Any], sampler: Any, device: torch.device, dtype: torch.dtype, check_finite: bool = True,
+    max_batches: int | None = None, order_seed: int | None = None,
 ) -> Batches:
     """A :data:`Batches` over a DataLoader: rows flattened to [B, D], moved to device/dtype, with
     the padding weights of ``sampler`` (the loader's, possibly a DistributedSampler); each batch
-    is checked for NaN/inf unless ``check_finite`` is False (data checked once beforehand)."""
+    is checked for NaN/inf unless ``check_finite`` is False (data checked once beforehand).
+    ``max_batches``: the first batches only (the Trainer's ``limit_train_batches``).
+    ``order_seed``: a shuffling ``RandomSampler`` draws every pass's order from this seed, so that
+    every pass reads the same rows in the same order whatever torch's global generator holds."""
 
     def passes() -> Iterator[tuple[Tensor, Tensor | None]]:
         seen = 0
-        for batch in loader:
-            x = batch_tensor(batch).to(device=device, dtype=dtype)
-            if check_finite and not all_finite(x):
-                raise ValueError("the data contain NaN or infinite values")
-            w = padding_weights(sampler, seen, x.shape[0], device)
-            seen += x.shape[0]
-            yield x, (None if w is None else w.to(dtype))
+        with _fixed_order(sampler, order_seed):
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x = batch_tensor(batch).to(device=device, dtype=dtype)
+                if check_finite and not all_finite(x):
+                    raise ValueError("the data contain NaN or infinite values")
+                w = padding_weights(sampler, seen, x.shape[0], device)
+                seen += x.shape[0]
+                yield x, (None if w is None else w.to(dtype))
 
     return passes
+
+
+@contextmanager
+def _fixed_order(sampler: Any, seed: int | None) -> Iterator[None]:
+    """A RandomSampler's generator seeded by ``seed`` inside the block, its own restored after."""
+    if seed is None or not isinstance(sampler, RandomSampler):
+        yield
+        return
+    saved = sampler.generator
+    sampler.generator = torch.Generator().manual_seed(seed)
+    try:
+        yield
+    finally:
+        sampler.generator = saved
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

@@ -41,12 +41,20 @@ class ScikitLearnMixin:
         return dict(self._sk_params)
 
     def set_params(self, **params: Any) -> "ScikitLearnMixin":
-        """Change constructor arguments; the model is re-created unfitted with them."""
+        """Change constructor arguments. As in scikit-learn, a fitted model stays fitted (so
+        ``warm_start`` continues from it) unless ``n_components`` or ``covariance_type`` change."""
         unknown = sorted(set(params) - set(self._sk_params))
         if unknown:
             raise ValueError(f"invalid parameters {unknown} for {type(self).__name__}; "
                              f"valid: {sorted(self._sk_params)}")
+        shape_kept = all(params.get(k, self._sk_params[k]) == self._sk_params[k]
+                         for k in ("n_components", "covariance_type"))
+        fitted = self.state_dict() if self.fitted and shape_kept else None
+        device, dtype = self.device, self.dtype
         self.__init__(**{**self._sk_params, **params})
+        if fitted is not None:
+            self.to(device=device, dtype=dtype)
+            self.load_state_dict(fitted)
         return self
 
     def __sklearn_tags__(self) -> Any:
@@ -81,12 +89,13 @@ class ScikitLearnMixin:
             y: ignored (scikit-learn's signature).
             trainer: a Trainer to use instead of the one built from the arguments below.
             accelerator: the built Trainer's accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
-            devices: its devices (2 or more: DDP with ``strategy="ddp"``).
+            devices: its devices (2 or more: DDP, ``"ddp_em"``, under ``strategy="auto"``).
             strategy: its strategy (``"ddp"`` means ``"ddp_em"``, DDP without gradient sync).
             batch_size: rows per E-step batch (views of X, so no memory cost; the result does not
                 depend on it but for float rounding). Fewer, larger calls of the op cost less:
                 65536 rather than 8192 saves ~15% per EM iteration at K=100, D=784.
-            **trainer_kwargs: further ``Trainer`` arguments.
+            **trainer_kwargs: further ``Trainer`` arguments; they override the built Trainer's
+                (``max_epochs``, ``logger``, ``enable_progress_bar``, ...).
 
         Returns:
             self, fitted.
@@ -95,12 +104,10 @@ class ScikitLearnMixin:
             ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; or a
                 covariance is singular (increase ``reg_covar``).
         """
-        x = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
+        x = _real(X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X)))
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float64 if not isinstance(X, Tensor) else torch.get_default_dtype())
-        x = x.detach().cpu().contiguous()
-        if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-            raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
+        x = _rows(x.detach().cpu().contiguous())
         if not all_finite(x):
             raise ValueError("X contains NaN or infinite values")
         self._check_enough_samples(x.shape[0])
@@ -114,13 +121,15 @@ class ScikitLearnMixin:
             if trainer is None:
                 stack.enter_context(_quiet_lightning())
                 epochs = self.hparams.max_iter * (1 if warm else self.hparams.n_init)
-                trainer = Trainer(
-                    max_epochs=max(1, epochs), accelerator=accelerator, devices=devices,
-                    strategy=_EM_STRATEGIES.get(strategy, strategy) if isinstance(strategy, str) else strategy,
-                    logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                if strategy == "auto" and _several(devices):
+                    strategy = "ddp"
+                trainer = Trainer(**{
+                    "max_epochs": max(1, epochs), "accelerator": accelerator, "devices": devices,
+                    "strategy": _EM_STRATEGIES.get(strategy, strategy) if isinstance(strategy, str) else strategy,
+                    "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                    "enable_model_summary": False, "limit_val_batches": 0, "num_sanity_val_steps": 0,
                     **trainer_kwargs,
-                )
+                })
             self._data_finite, self._log_bound = True, not own_trainer
             try:
                 trainer.fit(self, datamodule=TensorDataModule(x, batch_size))
@@ -164,9 +173,7 @@ class ScikitLearnMixin:
     def _input(self, X: ArrayLike) -> Tensor:
         """X as a [N, D] tensor on the module's device and dtype, validated against the fit."""
         self._check_fitted()
-        x = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
-        if x.dim() != 2:
-            raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
+        x = _rows(_real(X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))))
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
         x = x.to(device=self.device, dtype=self.dtype)
@@ -244,6 +251,31 @@ class ScikitLearnMixin:
         return x.to(self.dtype), labels
 
 
+def _real(x: Tensor) -> Tensor:
+    if x.is_complex():
+        raise ValueError(f"X must hold real numbers, got dtype {x.dtype}")
+    return x
+
+
+def _rows(x: Tensor) -> Tensor:
+    """x if it is [N, D] with N, D >= 1, else ValueError naming the shape."""
+    if x.dim() != 2:
+        raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"X needs at least one sample and one feature, got shape {tuple(x.shape)}")
+    return x
+
+
+def _several(devices: Any) -> bool:
+    """Whether a Trainer's ``devices`` names more than one device (``"auto"`` and -1: unknown here)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if isinstance(devices, str):
+        parts = [p for p in devices.split(",") if p.strip()]
+        return len(parts) > 1 or (len(parts) == 1 and parts[0].strip().isdigit() and int(parts[0]) > 1)
+    return isinstance(devices, int) and devices > 1
+
+
 def _device_of(X: ArrayLike) -> torch.device:
     """Where results for X go: a tensor's device, else the CPU."""
     return X.device if isinstance(X, Tensor) else torch.device("cpu")
@@ -272,7 +304,7 @@ def _quiet_lightning():
 
 def check_options(
     covariance_type: str, init_params: str, impl: str, n_components: int, tol: float,
-    reg_covar: float, max_iter: int, n_init: int,
+    reg_covar: float, max_iter: int, n_init: int, random_state: Any = None, verbose_interval: int = 10,
 ) -> None:
     """Raise ValueError with the allowed values for an invalid constructor option."""
     for name, value, allowed in (
@@ -283,6 +315,16 @@ def check_options(
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     for name, value, low in (("n_components", n_components, 1), ("n_init", n_init, 1),
-                             ("max_iter", max_iter, 0), ("tol", tol, 0.0), ("reg_covar", reg_covar, 0.0)):
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+                             ("max_iter", max_iter, 0), ("verbose_interval", verbose_interval, 1)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("tol", tol), ("reg_covar", reg_covar)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if random_state is not None and not _is_int(random_state):
+        raise ValueError(f"random_state must be an int seed or None, got {random_state!r}")
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

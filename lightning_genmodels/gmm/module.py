@@ -31,7 +31,9 @@ from ..metrics.em import EMStatistics
 from ..ops.build import Impl
 from ..ops.gmm import gmm_em_stats, gmm_log_prob, gmm_m_step
 from . import em
-from .batches import batch_tensor, broadcast_, loader_batches, padding_weights, shared_seed
+from .batches import (
+    batch_tensor, broadcast_, is_distributed, loader_batches, padding_weights, set_trainer_world, shared_seed,
+)
 from .em import CovarianceType, GMMStats
 from .estimator import PARAMS as _PARAMS
 from .estimator import ArrayLike, ScikitLearnMixin, check_options
@@ -86,9 +88,9 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         kmeans_max_iter: Lloyd passes of the ``kmeans`` initialisation at most.
         kmeans_tol: relative tolerance of those passes.
         impl: E-step op implementation (``"auto"``, ``"ref"``, ``"ext"``).
-        verbose: 0 silent; 1 prints each initialisation and its end; 2 also every
-            ``verbose_interval`` iterations with the time and lower-bound change (scikit-learn's).
-        verbose_interval: iterations between verbose=2 reports.
+        verbose: 0 silent; 1 prints each initialisation, every ``verbose_interval``-th iteration
+            and the end; 2 adds the time and lower-bound change to them (scikit-learn's lines).
+        verbose_interval: iterations between the iteration lines.
     """
 
     input_format = "dequantized_flat"
@@ -117,9 +119,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         # The arguments as given, for get_params (scikit-learn's clone checks identity).
         self._sk_params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
-        check_options(covariance_type, init_params, impl, n_components, tol, reg_covar, max_iter, n_init)
-        for note in DATALOADER_ITER_NOTES:
-            warnings.filterwarnings("ignore", message=note)
+        check_options(covariance_type, init_params, impl, n_components, tol, reg_covar, max_iter, n_init,
+                      random_state, verbose_interval)
         self._init = {
             "weights": em.as_float64(weights_init, "weights_init"),
             "means": em.as_float64(means_init, "means_init"),
@@ -168,7 +169,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             if tuple(self._buffers[name].shape) != shape:
                 self._buffers[name] = torch.zeros(shape, dtype=self.dtype, device=self.device)
         if self.em_stats is None or self.n_features_in_ != n_features:
-            self.em_stats = EMStatistics(k, n_features, cov).to(self.device)
+            self.em_stats = EMStatistics(k, n_features, cov, distributed_available_fn=is_distributed).to(self.device)
         self.n_features_in_ = n_features
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -206,7 +207,16 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return EMStep()
 
+    def configure_callbacks(self) -> list:
+        """No callbacks; called as a Trainer starts, before Lightning's checks of the step's
+        signature: the place to hide its notes on the ``dataloader_iter`` flavour (inside ``fit(X)``
+        only for the fit, under its own ``catch_warnings``)."""
+        for note in DATALOADER_ITER_NOTES:
+            warnings.filterwarnings("ignore", message=note)
+        return []
+
     def setup(self, stage: str) -> None:
+        set_trainer_world(self.trainer.world_size)
         strategy = self.trainer.strategy
         if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, EMDDPStrategy):
             raise ValueError(
@@ -215,18 +225,26 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
                 "DistributedDataParallel to reduce; EMStatistics sums the statistics across ranks"
             )
 
+    def teardown(self, stage: str) -> None:
+        set_trainer_world(None)
+
     def _train_batches(self):
+        """The initialisation's passes: the batches EM reads (``limit_train_batches`` too), in
+        one order drawn from the shared seed (a shuffling loader's otherwise follows torch's global
+        generator, and would differ from pass to pass and from run to run)."""
         loader = self.trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
-        return loader_batches(loader, sampler, self.device, self.dtype, check_finite=not self._data_finite)
+        limit = self.trainer.num_training_batches
+        return loader_batches(loader, sampler, self.device, self.dtype, check_finite=not self._data_finite,
+                              max_batches=None if math.isinf(limit) else int(limit), order_seed=self._seed)
 
     def on_train_start(self) -> None:
-        batches = self._train_batches()
         if self.n_features_in_ is None:
-            x, _ = next(iter(batches()))
+            x, _ = next(iter(self._train_batches()()))
             self._allocate(x.shape[1])
-        if self._in_progress and self.trainer.ckpt_path is not None:
-            return  # resuming an interrupted fit from a checkpoint
+        if self.trainer.ckpt_path is not None and (self._in_progress or self.fitted):
+            self._resume()
+            return
         warm = self.hparams.warm_start and self.fitted
         prev_bound = self.lower_bound_
         self._reset_fit_state()
@@ -235,9 +253,22 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         if warm:
             self._n_restarts, self.lower_bound_ = 1, prev_bound
         else:
-            self._initialize(batches)
+            self._initialize(self._train_batches())
         if self.hparams.max_iter == 0:
             self._end_restart(converged=False)
+
+    def _resume(self) -> None:
+        """Trainer.fit(..., ckpt_path=...): an interrupted fit goes on where it was; a fit the
+        Trainer stopped (max_epochs) continues EM from its parameters, counting on from its
+        iterations; one that converged or reached max_iter has nothing left (a warning)."""
+        if self._in_progress:
+            return
+        if self.converged_ or self.n_iter_ >= self.hparams.max_iter:
+            rank_zero_warn("GaussianMixture: the checkpoint holds a fit that already ended (converged or at "
+                           "max_iter): nothing to resume, its parameters are kept")
+            self.trainer.should_stop = True
+            return
+        self._restart, self._n_restarts, self._best, self._in_progress = 0, 1, None, True
 
     def training_step(self, dataloader_iter: Iterator[Any]) -> None:
         """One EM iteration: the E-step over every batch of the epoch, then the M-step as the

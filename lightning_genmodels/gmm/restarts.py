@@ -15,9 +15,12 @@ class RestartsMixin:
 
     def _report_iteration(self, change: float) -> None:
         hp = self.hparams
-        if hp.verbose >= 2 and self.n_iter_ % hp.verbose_interval == 0:
+        if hp.verbose and self.n_iter_ % hp.verbose_interval == 0:  # scikit-learn's lines
             now = time.perf_counter()
-            _say(f"  Iteration {self.n_iter_}\t time lapse {now - self._tick:.5f}s\t ll change {change:.5f}")
+            if hp.verbose >= 2:
+                _say(f"  Iteration {self.n_iter_}\t time lapse {now - self._tick:.5f}s\t ll change {change:.5f}")
+            else:
+                _say(f"  Iteration {self.n_iter_}")
             self._tick = now
 
     def _candidate(self, converged: bool) -> dict[str, Any]:
@@ -50,11 +53,14 @@ class RestartsMixin:
             setattr(self, key, best[key])
         n_restarts = self._n_restarts
         self._best, self._in_progress, self.fitted = None, False, True
-        if not self.converged_ and self.hparams.max_iter > 0:
+        max_iter = self.hparams.max_iter
+        if not self.converged_ and max_iter > 0:
+            within = (f"within max_iter={max_iter} iterations" if self.n_iter_ >= max_iter else
+                      f"in {self.n_iter_} iterations: the Trainer stopped it first (max_epochs, max_steps or "
+                      f"max_time) before max_iter={max_iter}")
             rank_zero_warn(
-                f"GaussianMixture: the best of {n_restarts} initialisation(s) did not converge "
-                f"within max_iter={self.hparams.max_iter} iterations. Try different init parameters, "
-                "or increase max_iter, tol, or check for degenerate data.",
+                f"GaussianMixture: the best of {n_restarts} initialisation(s) did not converge {within}. "
+                "Try different init parameters, or increase max_iter, tol, or check for degenerate data.",
                 category=ConvergenceWarning,
             )
 

@@ -24,8 +24,8 @@ class EMStatistics(Metric):
 
     full_state_update = False
 
-    def __init__(self, n_components: int, n_features: int, covariance_type: str) -> None:
-        super().__init__()
+    def __init__(self, n_components: int, n_features: int, covariance_type: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # torchmetrics' options (distributed_available_fn, process_group, ...)
         k, d = n_components, n_features
         shapes = zip(STATES, [(k,), (k, d), covariance_shape(covariance_type, k, d), (), (), ()])
         for name, shape in shapes:

@@ -5,9 +5,10 @@ command for rank 1; every rank writes its fitted parameters to OUT_DIR/{case}.ra
 
 - ``loader``: Trainer.fit on a user DataLoader (shuffled), where Lightning inserts a padding
   DistributedSampler; the padded rows must get sample weight 0.
-- ``fit``: GaussianMixture.fit(X, devices=2), whose own loader does not pad.
+- ``fit``: GaussianMixture.fit(X, devices=2) (strategy "auto": ddp_em), whose own loader does not pad.
 - ``kmeans``: the streamed k-means initialisation under DDP (ranks must agree).
 - ``kmeanspp``: fit(X)'s greedy k-means++ start over shards of unequal length (scikit-learn's).
+- ``after``: a one-process fit(X) on each rank, with the process group still open.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def main(inp: str, out_dir: str) -> None:
     trainer.fit(model, train_dataloaders=loader)
     _save(model, out, "loader", trainer.global_rank)
 
-    model = GaussianMixture(**kwargs, impl="ext").fit(x, batch_size=batch_size, **flags)
+    # strategy "auto" on 2 devices: fit(X) takes ddp_em itself
+    model = GaussianMixture(**kwargs, impl="ext").fit(x, batch_size=batch_size, accelerator="cpu", devices=2)
     _save(model, out, "fit", trainer.global_rank)
 
     k = kwargs["n_components"]
@@ -54,6 +56,11 @@ def main(inp: str, out_dir: str) -> None:
     model = GaussianMixture(k, covariance_type="diag", init_params="k-means++", max_iter=0, random_state=5, impl="ext")
     model.fit(x, batch_size=batch_size, **flags)
     _save(model, out, "kmeanspp", trainer.global_rank)
+
+    # a one-process fit on each rank after them: the process group they leave open must not join it
+    model = GaussianMixture(k, covariance_type="diag", init_params="k-means++", max_iter=3, random_state=5)
+    model.fit(x, batch_size=batch_size, accelerator="cpu")
+    _save(model, out, "after", trainer.global_rank)
     # torch's recommended teardown (Lightning leaves the group open after fit). One run in about
     # 25 of this script aborted ("terminate called without an active exception", rank 0, after
     # the second fit) without it; whether this call removes that is not measured.

@@ -41,7 +41,66 @@ def test_stopping_at_max_iter_warns_once() -> None:
     assert "max_iter=2" in str(caught[0].message)
 
 
+def test_fit_is_quiet_when_the_model_was_built_under_other_warning_filters(capfd: pytest.CaptureFixture) -> None:
+    with warnings.catch_warnings():
+        model = GaussianMixture(3, covariance_type="diag", random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(blobs())
+    assert [str(w.message) for w in caught] == [] and capfd.readouterr().err == ""
+
+
+def test_a_trainer_that_stops_first_says_so() -> None:
+    model = GaussianMixture(3, covariance_type="full", max_iter=100, tol=0.0, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="in 2 iterations: the Trainer stopped it first"):
+        model.fit(blobs(), max_epochs=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_components": 2.5}, "n_components must be an integer >= 1, got 2.5"),
+        ({"n_components": "3"}, "n_components must be an integer >= 1, got '3'"),
+        ({"tol": float("nan")}, "tol must be a finite number >= 0, got nan"),
+        ({"reg_covar": float("nan")}, "reg_covar must be a finite number >= 0, got nan"),
+        ({"reg_covar": -1.0}, "reg_covar must be a finite number >= 0, got -1.0"),
+        ({"verbose_interval": 0}, "verbose_interval must be an integer >= 1, got 0"),
+        ({"max_iter": -1}, "max_iter must be an integer >= 0, got -1"),
+        ({"random_state": np.random.RandomState(0)}, "random_state must be an int seed or None"),
+    ],
+)
+def test_bad_options_name_the_value(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(**({"n_components": 2} | kwargs))
+
+
+def test_empty_and_complex_data_name_the_problem() -> None:
+    x = blobs()
+    model = GaussianMixture(3, random_state=0).fit(x)
+    for method in (model.fit, model.predict, model.score, model.bic, model.score_samples):
+        with pytest.raises(ValueError, match=r"at least one sample and one feature, got shape \(0, 3\)"):
+            method(x[:0])
+    with pytest.raises(ValueError, match="X must hold real numbers, got dtype torch.complex128"):
+        GaussianMixture(3).fit(x.astype(np.complex128))
+
+
+def test_set_params_keeps_the_fit_for_a_warm_start() -> None:
+    x = blobs()
+    model = GaussianMixture(3, warm_start=True, max_iter=2, tol=1e-8, init_params="k-means++", random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        model.fit(x)
+    means = model.means_.clone()
+    model.set_params(max_iter=200)
+    assert model.fitted and torch.equal(model.means_, means) and model.hparams.max_iter == 200
+    model.fit(x)  # continues from the 2 iterations: scikit-learn counts only the new ones
+    assert model.converged_ and model.n_iter_ < 20
+    assert not model.set_params(n_components=2).fitted  # a new shape: unfitted
+
+
 def test_verbose_reports_progress(capsys: pytest.CaptureFixture) -> None:
+    GaussianMixture(3, random_state=0, verbose=1, verbose_interval=1).fit(blobs())
+    out = capsys.readouterr().out  # scikit-learn's verbose=1 lines
+    assert "Initialization 0" in out and "  Iteration 1\n" in out and "Initialization converged." in out
     GaussianMixture(3, random_state=0, verbose=2, verbose_interval=1).fit(blobs())
     out = capsys.readouterr().out
     assert "Initialization 0" in out and "Iteration 1\t" in out and "Initialization converged" in out
@@ -142,6 +201,23 @@ def test_impl_reaches_the_seeding(impl: str, init_params: str, monkeypatch: pyte
     monkeypatch.setattr(kmeans, "seeding_distances", recording)
     GaussianMixture(3, init_params=init_params, impl=impl, random_state=0).fit(blobs())
     assert seen and set(seen) == {impl}
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("init_params", ["k-means++", "random_from_data"])
+def test_float32_start_from_single_rows_has_reg_covar(covariance_type: str, init_params: str) -> None:
+    """Both seedings start each component from one row: its covariance is reg_covar in float32
+    as in float64 (the raw-moment formula gave ~0.012 for features near 100)."""
+    x = (np.random.default_rng(0).normal(size=(200, 2)) + 100).astype(np.float32)
+    gm = GaussianMixture(2, covariance_type=covariance_type, init_params=init_params, max_iter=0,
+                         random_state=0, reg_covar=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter=0: the start alone
+        gm.fit(x)
+    cov = gm.covariances_.double()
+    eye = torch.eye(2, dtype=torch.float64)
+    want = {"full": 1e-3 * eye.expand(2, 2, 2), "tied": 1e-3 * eye}.get(covariance_type, torch.full_like(cov, 1e-3))
+    torch.testing.assert_close(cov, want, rtol=1e-3, atol=1e-7)
 
 
 @pytest.mark.parametrize("init_params", ["k-means++", "random_from_data"])

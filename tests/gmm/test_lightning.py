@@ -63,6 +63,49 @@ def test_resume_from_a_mid_fit_checkpoint(tmp_path: Path) -> None:
     assert partial.n_iter_ == 3 and partial.predict(x).shape == (500,)
 
 
+def test_resume_a_fit_the_trainer_stopped_continues_em(tmp_path: Path) -> None:
+    x = torch.from_numpy(blobs(seed=9))
+    kwargs = {"n_components": 3, "max_iter": 50, "tol": 0.0, **given_init(x.numpy(), 3, "full")}
+    loader = DataLoader(TensorDataset(x), batch_size=128)
+    straight = GaussianMixture(**kwargs).double()
+    Trainer(max_epochs=6, **QUIET).fit(straight, loader)
+    first = GaussianMixture(**kwargs).double()
+    trainer = Trainer(max_epochs=3, **QUIET)
+    trainer.fit(first, loader)
+    trainer.save_checkpoint(tmp_path / "stopped.ckpt")
+    resumed = GaussianMixture(**kwargs).double()
+    Trainer(max_epochs=6, **QUIET).fit(resumed, loader, ckpt_path=tmp_path / "stopped.ckpt")
+    assert resumed.n_iter_ == 6 and resumed.lower_bounds_ == straight.lower_bounds_
+    for name in PARAMS:
+        assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
+    done = GaussianMixture(**{**kwargs, "max_iter": 3}).double()  # nothing left to do: a warning, kept
+    with pytest.warns(UserWarning, match="nothing to resume"):
+        Trainer(max_epochs=6, **QUIET).fit(done, loader, ckpt_path=tmp_path / "stopped.ckpt")
+    assert done.n_iter_ == 3 and torch.equal(done.means_, first.means_)
+
+
+def test_initialisation_reads_limited_batches_in_one_order(tmp_path: Path) -> None:
+    class Counted(TensorDataset):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return super().__getitem__(i)
+
+    x = torch.from_numpy(blobs(n=600, seed=3))
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the shuffle's order: the start must not depend on it
+        Counted.reads = 0
+        model = GaussianMixture(3, covariance_type="diag", init_params="kmeans", max_iter=0, random_state=0,
+                                kmeans_max_iter=3).double()
+        loader = DataLoader(Counted(x), batch_size=50, shuffle=True)
+        Trainer(max_epochs=1, limit_train_batches=2, **QUIET).fit(model, loader)
+        runs.append(model.means_.clone())
+        assert Counted.reads <= 1000  # 950: some 9 passes over the 2 batches (of all 600 rows: ~5,000)
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
 def test_mnist_diag_through_trainer_and_datamodule(mnist_dir: Path) -> None:
     from lightning_genmodels.data import MNISTDataModule
 
@@ -113,6 +156,12 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
                 assert rel_err(ranks[0][name], getattr(single, name).cpu().numpy()) < 1e-8, (case, name)
         if case not in ("kmeans", "kmeanspp"):
             assert ranks[0]["lower_bound_"] == pytest.approx(single.lower_bound_, rel=1e-8)
+    alone = GaussianMixture(3, covariance_type="diag", init_params="k-means++", max_iter=3, random_state=5)
+    alone.fit(x, batch_size=64, accelerator="cpu")
+    for r in (0, 1):  # each rank's one-process fit saw all the rows, and only its own
+        after = torch.load(tmp_path / f"after.rank{r}.pt")
+        for name in PARAMS[:4]:
+            assert rel_err(after[name], getattr(alone, name).cpu().numpy()) < 1e-10, (r, name)
     centres = sk_kmeans_plusplus(x.numpy(), 3, random_state=5)[0]
     means = torch.load(tmp_path / "kmeanspp.rank0.pt")["means_"]  # the rows over nk + 10 eps, as scikit-learn's
     torch.testing.assert_close(means, torch.from_numpy(centres), rtol=1e-14, atol=0)
