@@ -187,6 +187,22 @@ class LatentInterpolation(_GridCallback):
 # ---------------------------------------------------------------------------- FID tracking
 
 
+def _check_fid_options(every_n_epochs: int, num_samples: int, batch_size: int, num_real: int | None,
+                       kid_subset_size: int) -> None:
+    """Raise ValueError at construction for what would fail only at the first evaluation."""
+    from .metrics.quality import KID_MIN_SUBSET, min_samples
+
+    least = min_samples()
+    why = f" (precision/recall's k = {least - 1} nearest neighbours need {least} images)"
+    options = [("every_n_epochs", every_n_epochs, 1, ""), ("batch_size", batch_size, 1, ""),
+               ("num_samples", num_samples, least, why), ("kid_subset_size", kid_subset_size, KID_MIN_SUBSET, "")]
+    if num_real is not None:
+        options.append(("num_real", num_real, least, why))
+    for name, value, low, note in options:
+        if value < low:
+            raise ValueError(f"FIDCallback: {name} must be >= {low}{note}, got {value}")
+
+
 class FIDCallback(Callback):
     """Every ``every_n_epochs`` validation epochs, generate ``num_samples`` images with the
     module's ``sample_images(n, seed)`` and log ``val/fid``, ``val/kid``, ``val/precision``,
@@ -203,15 +219,16 @@ class FIDCallback(Callback):
     Args:
         data_dir: MNIST IDX folder for the real images (None: ``$LGM_DATA_DIR``).
         every_n_epochs: evaluate every N epochs.
-        num_samples: generated images per evaluation, over all ranks.
+        num_samples: generated images per evaluation, over all ranks; at least 4, as
+            precision/recall's k = 3 nearest neighbours need k + 1 points.
         batch_size: images per ``sample_images`` call.
         seed: base seed of the samples.
         split: real reference set; its features are cached on disk.
-        num_real: a seeded subset of the real split (None: all of it).
+        num_real: a seeded subset of the real split (None: all of it); at least 4 as well.
         feature: "mnist" or an Inception layer (see SampleQuality).
         weights_path: feature-network weights (None: shipped MNIST weights).
         cache_dir: real-feature cache folder (None: the default in metrics/real.py).
-        kid_subset_size: KID subset size (capped by the sample counts).
+        kid_subset_size: KID subset size, >= 2 (capped by the sample counts).
     """
 
     def __init__(
@@ -229,10 +246,7 @@ class FIDCallback(Callback):
         kid_subset_size: int = 1000,
     ) -> None:
         super().__init__()
-        options = (("every_n_epochs", every_n_epochs), ("num_samples", num_samples), ("batch_size", batch_size))
-        for name, value in options:
-            if value < 1:
-                raise ValueError(f"FIDCallback: {name} must be >= 1, got {value}")
+        _check_fid_options(every_n_epochs, num_samples, batch_size, num_real, kid_subset_size)
         self.data_dir, self.every_n_epochs, self.num_samples = data_dir, every_n_epochs, num_samples
         self.batch_size, self.seed, self.split, self.num_real = batch_size, seed, split, num_real
         self.feature, self.weights_path, self.cache_dir = feature, weights_path, cache_dir

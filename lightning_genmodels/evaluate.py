@@ -30,13 +30,16 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from lightning_genmodels.data import IDXFormatError
 from lightning_genmodels.metrics import SampleQuality, dequantized_bits_per_dim, load_real_images
-from lightning_genmodels.metrics.quality import sample_chunks
+from lightning_genmodels.metrics.quality import KID_MIN_SUBSET, min_samples, sample_chunks
+from lightning_genmodels.metrics.real import seeded_subset
 
-COLUMNS = (("fid", "FID ↓", "{:.3f}"), ("kid", "KID ↓", "{:.4g}"), ("precision", "precision ↑", "{:.3f}"),
-           ("recall", "recall ↑", "{:.3f}"), ("coverage", "mode coverage ↑", "{:.0%}"),
-           ("missing_digits", "missing digits", "{}"), ("confidence", "confidence ↑", "{:.3f}"),
-           ("nll_bits_per_dim", "NLL bits/dim ↓", "{:.3f}"), ("sample_s", "sampling s", "{:.1f}"))
+COLUMNS = (("fid", "FID ↓", "{:.3f}"), ("kid", "KID ↓", "{:.4g}"), ("kid_subset_size", "KID subset", "{}"),
+           ("precision", "precision ↑", "{:.3f}"), ("recall", "recall ↑", "{:.3f}"),
+           ("coverage", "mode coverage ↑", "{:.0%}"), ("missing_digits", "missing digits", "{}"),
+           ("confidence", "confidence ↑", "{:.3f}"), ("nll_bits_per_dim", "NLL bits/dim ↓", "{:.3f}"),
+           ("sample_s", "sampling s", "{:.1f}"))
 
 
 def parse_model(spec: str) -> tuple[str, str, Path]:
@@ -48,18 +51,23 @@ def parse_model(spec: str) -> tuple[str, str, Path]:
     return name, cls, Path(ckpt)
 
 
-def load_model(cls_path: str, ckpt: Path, device: str) -> torch.nn.Module:
-    """``Class.load_from_checkpoint(ckpt)`` in eval mode on ``device``."""
+def resolve_class(cls_path: str) -> type:
+    """``package.module.Class`` -> the class, which must have ``sample_images(n, seed)``."""
     module, _, cls_name = cls_path.rpartition(".")
     cls = getattr(importlib.import_module(module), cls_name, None)
     if cls is None:
         raise ValueError(f"{module} has no class {cls_name!r}")
+    if not hasattr(cls, "sample_images"):
+        raise TypeError(f"{cls_path} has no sample_images(n, seed); it cannot be evaluated")
+    return cls
+
+
+def load_model(cls_path: str, ckpt: Path, device: str) -> torch.nn.Module:
+    """``Class.load_from_checkpoint(ckpt)`` in eval mode on ``device``."""
+    cls = resolve_class(cls_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} not found")
-    model = cls.load_from_checkpoint(str(ckpt), map_location=device, weights_only=False).eval()
-    if not hasattr(model, "sample_images"):
-        raise TypeError(f"{cls_path} has no sample_images(n, seed); it cannot be evaluated")
-    return model
+    return cls.load_from_checkpoint(str(ckpt), map_location=device, weights_only=False).eval()
 
 
 def nll_bits_per_dim(model: torch.nn.Module, data_dir: str, seed: int) -> tuple[float | None, str]:
@@ -91,16 +99,18 @@ def evaluate_model(model, quality: SampleQuality, num_samples: int, batch_size: 
         if sum(len(f) for f in first) < 64:
             first.append(images)
     sample_s = time.perf_counter() - start
+    return {**_row(quality), "sample_s": sample_s}, torch.cat(first)[:64]
+
+
+def _row(quality: SampleQuality) -> dict:
+    """Compute and reset ``quality``: its metrics as plain numbers for the table, with the KID
+    subset size this row used (the requested one capped by the row's image count)."""
     out = quality.compute()
     quality.reset()
-    return {**_row(out, quality.classes.min_share), "sample_s": sample_s}, torch.cat(first)[:64]
-
-
-def _row(out: dict, min_share: float) -> dict:
-    """SampleQuality.compute()'s output as plain numbers for the table."""
-    hist = out["histogram"].tolist()
+    hist, min_share = out["histogram"].tolist(), quality.classes.min_share
     return {
         "fid": float(out["fid"]), "kid": float(out["kid"]), "kid_std": float(out["kid_std"]),
+        "kid_subset_size": int(quality.kid.subset_size),
         "precision": float(out["precision"]), "recall": float(out["recall"]),
         "coverage": float(out["coverage"]), "confidence": float(out["confidence"]),
         "missing_digits": ",".join(str(d) for d, h in enumerate(hist) if h < min_share) or "none",
@@ -108,15 +118,12 @@ def _row(out: dict, min_share: float) -> dict:
     }
 
 
-def real_floor(quality: SampleQuality, data_dir: str | None, num: int) -> dict:
-    """Metrics of ``num`` real training images (a seeded subset) in place of samples, through
-    the same path as samples: the best values a model can expect (the real-vs-real floor)."""
-    images = load_real_images(data_dir, "train", num)
+def real_floor(quality: SampleQuality, images: torch.Tensor) -> dict:
+    """Metrics of real training images uint8 [N, 28, 28] in place of samples, through the same
+    path as samples: the best values a model can expect (the real-vs-real floor)."""
     for i in range(0, len(images), 1000):
         quality.update(images[i : i + 1000].float().div(255).unsqueeze(1))
-    out = quality.compute()
-    quality.reset()
-    return _row(out, quality.classes.min_share)
+    return _row(quality)
 
 
 def read_fid_log(path: Path) -> tuple[list[float], list[float]]:
@@ -160,7 +167,8 @@ def write_report(out: Path, results: dict, floor: dict, meta: dict, has_plot: bo
         f"Generated {meta['date']} on {meta['machine']} by:", "", f"```\n{meta['command']}\n```", "",
         f"{meta['num_samples']} samples per model (seeds {meta['seed']}…) against the MNIST test set "
         f"(10,000 images) in the 128 features of the shipped MNIST network (sha256 {meta['weights'][:12]}…). "
-        f"KID: polynomial-kernel MMD², mean over 100 subsets of {meta['kid_subset_size']} (our features are not "
+        "KID: polynomial-kernel MMD², mean over 100 subsets of the row's KID subset size (the requested "
+        f"{meta['kid_subset_size']}, capped by the row's image count; our features are not "
         "normalised, so its scale differs from Inception KID). Precision/recall: Kynkäänniemi et al. 2019, k=3. "
         f"Mode coverage: digits the classifier assigns to at least 2% of the samples. Confidence: mean max "
         f"softmax probability. The floor row is {meta['floor_num']} real training images in place of samples.", "",
@@ -183,8 +191,74 @@ def write_report(out: Path, results: dict, floor: dict, meta: dict, has_plot: bo
     (out / "report.md").write_text("\n".join(lines))
 
 
+# Every option is checked before any heavy work; parser.error exits with status 2 and the message.
+
+
+def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The counts, sizes and device."""
+    least = min_samples()
+    why = f"precision/recall's k = {least - 1} nearest neighbours need {least}"
+    if args.num_samples < least:
+        parser.error(f"--num-samples must be >= {least} ({why} generated samples), got {args.num_samples}")
+    if args.floor_num < least:
+        parser.error(f"--floor-num must be >= {least} ({why} real training images), got {args.floor_num}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.kid_subset_size < KID_MIN_SUBSET:
+        parser.error(f"--kid-subset-size must be >= {KID_MIN_SUBSET}, got {args.kid_subset_size}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device {args.device!r}: {exc}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device!r}: CUDA is not available")
+
+
+def _check_models(parser: argparse.ArgumentParser, specs: list[str]) -> list[tuple[str, str, Path]]:
+    """Each ``--model``: its form, its class (imported) and that its checkpoint file exists."""
+    models = []
+    for spec in specs:
+        try:
+            name, cls_path, ckpt = parse_model(spec)
+        except ValueError as exc:
+            parser.error(str(exc))
+        try:
+            resolve_class(cls_path)
+        except (ImportError, ValueError, TypeError) as exc:
+            parser.error(f"--model {spec!r}: {exc}")
+        if not ckpt.is_file():
+            parser.error(f"--model {spec!r}: checkpoint {ckpt} not found")
+        if name in [m[0] for m in models]:
+            parser.error(f"--model {spec!r}: the name {name!r} is given twice")
+        models.append((name, cls_path, ckpt))
+    return models
+
+
+def _check_logs(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, Path]:
+    """Each ``--log NAME=metrics.csv`` names an existing file."""
+    logs = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            parser.error(f"--log {spec!r}: expected NAME=path/to/metrics.csv of an existing file")
+        logs[name] = Path(path)
+    return logs
+
+
+def _floor_images(parser: argparse.ArgumentParser, data_dir: str | None, num: int) -> torch.Tensor:
+    """The floor row's ``num`` real training images, uint8 [num, 28, 28] (a seeded subset)."""
+    try:
+        train = load_real_images(data_dir, "train")
+    except IDXFormatError as exc:
+        parser.error(f"--data-dir: {exc}")
+    if num > len(train):
+        parser.error(f"--floor-num must be at most {len(train)} (the real training images), got {num}")
+    return seeded_subset(train, num)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lightning_genmodels.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, metavar="NAME=pkg.Class:CKPT")
     parser.add_argument("--log", action="append", default=[], metavar="NAME=metrics.csv")
     parser.add_argument("--data-dir", default=None, help="MNIST IDX folder (default $LGM_DATA_DIR)")
@@ -198,19 +272,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="real-feature cache (default ~/.cache/lightning_genmodels/fid)")
     args = parser.parse_args(argv)
-    models = [parse_model(s) for s in args.model]
-    logs = {}
-    for spec in args.log:
-        name, sep, path = spec.partition("=")
-        if not sep or not Path(path).is_file():
-            raise ValueError(f"--log {spec!r}: expected NAME=path/to/metrics.csv of an existing file")
-        logs[name] = Path(path)
+    _check_numbers(parser, args)
+    models = _check_models(parser, args.model)
+    logs = _check_logs(parser, args.log)
+    floor_images = _floor_images(parser, args.data_dir, args.floor_num)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     quality = SampleQuality(kid_subset_size=args.kid_subset_size, seed=args.seed)
     quality.set_real_from_data(args.data_dir, "test", cache_dir=args.cache_dir)
-    floor = real_floor(quality, args.data_dir, args.floor_num)
+    floor = real_floor(quality, floor_images)
     print(f"real floor ({args.floor_num} train vs test): FID {floor['fid']:.4g}", flush=True)
     results = {}
     for name, cls_path, ckpt in models:
@@ -228,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             "command": "python -m lightning_genmodels.evaluate "
                        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
             "num_samples": args.num_samples, "seed": args.seed, "weights": quality.extractor.sha256,
-            "kid_subset_size": min(args.kid_subset_size, args.num_samples), "floor_num": args.floor_num,
+            "kid_subset_size": args.kid_subset_size, "floor_num": args.floor_num,
             "logs": {name: str(path) for name, path in logs.items()}}
     write_report(out, results, floor, meta, bool(logs))
     (out / "results.json").write_text(json.dumps({"meta": meta, "floor": floor, "models": results}, indent=1))

@@ -2,7 +2,7 @@
 space for FID, KID and precision/recall on 28×28 digits (Inception features fit them poorly and
 need weights downloaded at run time).
 
-The weights ship in ``weights/mnist_features.pt`` (a float32 state dict, ~0.6 MB), rebuilt by
+The weights ship in ``weights/mnist_features.pt`` (a float32 state dict, ~0.98 MB), rebuilt by
 ``python -m lightning_genmodels.metrics.train_features`` (seeded). They are loaded with
 ``torch.load(weights_only=True)`` after their SHA-256 is checked against ``WEIGHTS_SHA256``.
 """

@@ -24,7 +24,15 @@ from .features import check_images, load_feature_net
 from .precision_recall import PrecisionRecall
 from .real import load_real_images, real_features
 
-__all__ = ["SampleQuality", "sample_chunks"]
+__all__ = ["KID_MIN_SUBSET", "SampleQuality", "min_samples", "sample_chunks"]
+
+KID_MIN_SUBSET = 2  # KID's unbiased MMD² divides by m (m - 1): a subset of 1 gives NaN
+
+
+def min_samples(k: int = 3) -> int:
+    """Fewest images of either set that SampleQuality scores: precision/recall's k-th
+    neighbour radii need k + 1 (FID's covariance and KID need only 2)."""
+    return k + 1
 
 
 def sample_chunks(num_samples: int, batch_size: int, seed: int, rank: int = 0,
@@ -54,7 +62,7 @@ class SampleQuality(nn.Module):
             torch-fidelity and ``weights_path``).
         weights_path: weights of the feature network (None: the shipped MNIST weights).
         kid_subsets: KID subsets (torchmetrics' ``subsets``).
-        kid_subset_size: KID subset size, capped at the sample counts at compute time.
+        kid_subset_size: KID subset size (>= 2), capped at the sample counts at compute time.
         k: neighbours for the precision/recall radii.
         min_class_share: share below which a digit counts as missing.
         seed: seed of KID's random subsets, so ``compute()`` is repeatable.
@@ -71,6 +79,8 @@ class SampleQuality(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if kid_subset_size < KID_MIN_SUBSET:
+            raise ValueError(f"kid_subset_size must be >= {KID_MIN_SUBSET}, got {kid_subset_size}")
         if feature == "mnist":
             self.extractor = build_extractor("mnist", weights_path)
             classifier = Logits(self.extractor)  # the class histogram reuses the feature pass

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["default_cache_dir", "load_real_images", "real_features"]
+__all__ = ["default_cache_dir", "load_real_images", "real_features", "seeded_subset"]
 
 
 def default_cache_dir() -> Path:
@@ -45,9 +45,15 @@ def load_real_images(
     images = (dm.data_train if split == "train" else dm.data_test).images
     if num is not None:
         if not 2 <= num <= len(images):
-            raise ValueError(f"num={num} real images requested; the {split} split has {len(images)}")
-        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num]]
+            raise ValueError(f"num={num} real {split} images requested; give 2 (FID's minimum) to "
+                             f"{len(images)} (the size of the {split} split)")
+        images = seeded_subset(images, num, seed)
     return images
+
+
+def seeded_subset(images: Tensor, num: int, seed: int = 0) -> Tensor:
+    """``num`` rows of ``images`` drawn without replacement with ``seed`` (load_real_images' subset)."""
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num]]
 
 
 @torch.no_grad()

@@ -12,7 +12,18 @@ import time
 
 import torch
 
-from .build import ExtensionBuildError, cache_dir, load_library, resolve_cuda_home, source_dir
+from .build import NAMESPACE, ExtensionBuildError, cache_dir, load_library, resolve_cuda_home, source_dir
+
+# Dispatch keys the report checks. A CompositeExplicitAutograd kernel serves every device (ours
+# there: gmm_cpu_isa, unet_sample_forward); a CompositeImplicitAutograd one comes with the schema.
+KERNEL_KEYS = ("CPU", "CUDA", "CompositeExplicitAutograd", "CompositeImplicitAutograd")
+
+
+def op_kernels(namespace: str = NAMESPACE) -> dict[str, list[str]]:
+    """{op name: the KERNEL_KEYS it has a kernel for} of every op in ``namespace``."""
+    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith(f"{namespace}::"))
+    return {n.split("::")[1]: [k for k in KERNEL_KEYS if torch._C._dispatch_has_kernel_for_dispatch_key(n, k)]
+            for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,11 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     cuda_home = resolve_cuda_home()
-    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("lightning_genmodels::"))
-    ops = {
-        n.split("::")[1]: [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(n, k)]
-        for n in names
-    }
     report = {
         "library": str(info.library),
         "cached": info.cached,
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_cuda": torch.version.cuda,
         "sources": str(source_dir()),
         "cache": str(cache_dir()),
-        "ops": ops,
+        "ops": op_kernels(),
     }
     if args.json:
         print(json.dumps(report, indent=2))

@@ -1,17 +1,20 @@
-"""The evaluation command on a small GMM checkpoint: report folder, NLL, FID-over-training plot."""
+"""The evaluation command on a small GMM checkpoint: report folder, NLL, FID-over-training plot,
+and its options checked before any heavy work."""
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_genmodels import GaussianMixture
+from lightning_genmodels import GaussianMixture, evaluate
 from lightning_genmodels.data import MNISTDataModule
 from lightning_genmodels.evaluate import main, parse_model
+from lightning_genmodels.metrics import load_real_images
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def test_report_folder(mnist_dir: Path, gmm_ckpt: Path, tmp_path: Path, fid_cach
     out = tmp_path / "report"
     main(["--model", f"gmm=lightning_genmodels.GaussianMixture:{gmm_ckpt}", "--log", f"gmm={log}",
           "--data-dir", str(mnist_dir), "--out", str(out), "--num-samples", "300", "--floor-num", "500",
-          "--kid-subset-size", "100", "--cache-dir", str(fid_cache)])
+          "--kid-subset-size", "400", "--cache-dir", str(fid_cache)])
     for name in ("report.md", "results.json", "samples_gmm.png", "fid_over_training.png"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
@@ -41,6 +44,13 @@ def test_report_folder(mnist_dir: Path, gmm_ckpt: Path, tmp_path: Path, fid_cach
     assert row["fid"] > floor["fid"] > 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
     report = (out / "report.md").read_text()
     assert "| gmm | " in report and f"{row['fid']:.3f}" in report and "samples_gmm.png" in report
+    # each row states the KID subset size it used: 400 of the floor's 500 images, all 300 samples
+    assert (floor["kid_subset_size"], row["kid_subset_size"]) == (400, 300)
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| model | FID"))
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start : start + 4]]
+    col = table[0].index("KID subset")
+    assert {r[0]: r[col] for r in table[2:]} == {"real floor (train 500)": "400", "gmm": "300"}
 
     # NLL: the dequantisation bound from the GMM's exact density, recomputed here
     model = GaussianMixture.load_from_checkpoint(gmm_ckpt, weights_only=False)
@@ -74,3 +84,36 @@ def test_nll_uses_the_models_own_method_else_nothing(mnist_dir: Path) -> None:
 
     assert nll_bits_per_dim(WithNLL(), str(mnist_dir), seed=0) == (1.25, "model.nll_bits_per_dim")
     assert nll_bits_per_dim(nn.Linear(2, 2), str(mnist_dir), seed=0) == (None, "not defined")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--num-samples", "0"], "--num-samples must be >= 4 .*need 4 generated samples.*got 0"),
+    (["--num-samples", "3"], "--num-samples must be >= 4 .*got 3"),
+    (["--floor-num", "3"], "--floor-num must be >= 4 .*need 4 real training images.*got 3"),
+    (["--floor-num", "1"], "--floor-num must be >= 4 .*got 1"),
+    (["--floor-num", "60001"], "--floor-num must be at most 60000 .*got 60001"),
+    (["--kid-subset-size", "1"], "--kid-subset-size must be >= 2, got 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--model", "b=lightning_genmodels.GaussianMixture:/no/such.ckpt"], "checkpoint /no/such.ckpt not found"),
+    (["--model", "b=lightning_genmodels.NoSuchModel:{ckpt}"], "has no class 'NoSuchModel'"),
+    (["--model", "a=lightning_genmodels.VAE:{ckpt}"], "the name 'a' is given twice"),
+    (["--log", "a=/no/such.csv"], "--log 'a=/no/such.csv'"),
+    (["--data-dir", "{tmp}"], "--data-dir: mnist IDX files not found"),
+])
+def test_bad_options_fail_before_any_heavy_work(args: list[str], match: str, mnist_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.touch()  # existence is all the checks look at
+    monkeypatch.setattr(evaluate, "SampleQuality", lambda *a, **k: pytest.fail("heavy work started"))
+    base = ["--model", f"a=lightning_genmodels.GaussianMixture:{ckpt}", "--data-dir", str(mnist_dir),
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exc:
+        main(base + [a.format(ckpt=ckpt, tmp=tmp_path) for a in args])
+    assert exc.value.code == 2
+    assert re.search(match, capsys.readouterr().err), match
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_real_images_name_the_range(mnist_dir: Path) -> None:
+    with pytest.raises(ValueError, match="num=1 real train images requested; give 2 .* to 60000"):
+        load_real_images(mnist_dir, "train", 1)

@@ -1,21 +1,24 @@
 """The shipped MNIST feature network: accuracy, size, hash check, input checks."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from lightning_genmodels.metrics import FeatureWeightsError, MNISTFeatures, load_feature_net
+from lightning_genmodels.metrics import FeatureWeightsError, MNISTFeatures, features, load_feature_net
 from lightning_genmodels.metrics.features import DEFAULT_WEIGHTS, WEIGHTS_SHA256, file_sha256
 from lightning_genmodels.metrics.real import load_real_images
 from lightning_genmodels.metrics.train_features import accuracy
 
 
-def test_shipped_weights_are_small_and_match_their_hash() -> None:
+def test_shipped_weights_are_small_match_their_hash_and_stated_size() -> None:
     assert DEFAULT_WEIGHTS.stat().st_size < 2_000_000
     assert file_sha256(DEFAULT_WEIGHTS) == WEIGHTS_SHA256
+    stated = float(re.search(r"~([\d.]+) MB", features.__doc__).group(1))  # the docstring's size
+    assert stated == pytest.approx(DEFAULT_WEIGHTS.stat().st_size / 1e6, abs=0.01)
 
 
 def test_test_set_accuracy_at_least_99_3_percent(test_set, test_features: torch.Tensor) -> None:

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_genmodels.callbacks import FIDCallback
+from lightning_genmodels.metrics import SampleQuality
 from lightning_genmodels.metrics.quality import sample_chunks
 
 from .ddp_fid_script import NoisyBank, loader, run
@@ -39,8 +42,10 @@ def test_two_process_ddp_equals_one_process(mnist_dir: Path, tmp_path: Path) -> 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     _, single = run(str(mnist_dir), str(cache), devices=1)
     assert ranks[0]["last"] == ranks[1]["last"]  # every rank logs the synchronised values
+    # the same images; their float32 features may round differently per process (threads, batch
+    # sizes): on a 2-core Xeon (2026-11-29) FID and confidence differed by 1.4e-9 and 2e-9 relative
     for name in ("fid", "precision", "recall", "mode_coverage", "confidence"):
-        assert ranks[0]["last"][name] == pytest.approx(single.last[name], rel=1e-9, abs=1e-12), name
+        assert ranks[0]["last"][name] == pytest.approx(single.last[name], rel=1e-7, abs=1e-12), name
         assert ranks[0]["logged"][f"val/{name}"] == pytest.approx(single.last[name], rel=1e-6), name
     # KID draws random subsets of the gathered features, whose order depends on the ranks
     assert ranks[0]["last"]["kid"] == pytest.approx(single.last["kid"], rel=0.5, abs=1e-3)
@@ -58,11 +63,35 @@ def test_drives_model_checkpoint_on_best_fid(mnist_dir: Path, tmp_path: Path) ->
     assert float(ckpt.best_model_score) == pytest.approx(fid.last["fid"])  # same samples each time
 
 
-def test_bad_arguments_are_rejected() -> None:
-    with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
-        FIDCallback(num_samples=0)
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_samples": 0}, "num_samples must be >= 4 .*nearest neighbours need 4 images.*got 0"),
+    ({"num_samples": 3}, "num_samples must be >= 4 .*got 3"),
+    ({"num_real": 3}, "num_real must be >= 4 .*got 3"),
+    ({"kid_subset_size": 1}, "kid_subset_size must be >= 2, got 1"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"every_n_epochs": 0}, "every_n_epochs must be >= 1, got 0"),
+])
+def test_bad_arguments_are_rejected_at_construction(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FIDCallback(**kwargs)
+
+
+def test_module_without_sample_images_is_rejected() -> None:
     with pytest.raises(TypeError, match="no sample_images"):
         FIDCallback().setup(None, object(), "fit")
+
+
+def test_the_smallest_accepted_counts_evaluate(mnist_dir: Path, tmp_path: Path) -> None:
+    """4 samples against 4 real images give finite metrics; 3 would not (k = 3 neighbours)."""
+    fid = FIDCallback(data_dir=str(mnist_dir), cache_dir=str(tmp_path), num_samples=4, batch_size=3, num_real=4)
+    module = NoisyBank(str(mnist_dir))
+    fid.setup(SimpleNamespace(global_rank=0, world_size=1), module, "fit")
+    assert all(math.isfinite(v) for v in fid.evaluate(module).values())
+    fid.quality.update(module.sample_images(3))
+    with pytest.raises(RuntimeError, match="needs more than 3 generated samples"):
+        fid.quality.compute()
+    with pytest.raises(ValueError, match="kid_subset_size must be >= 2"):
+        SampleQuality(kid_subset_size=1)
 
 
 @pytest.mark.filterwarnings("ignore::lightning_genmodels.ConvergenceWarning")  # 2 iterations on purpose

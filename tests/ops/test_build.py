@@ -277,3 +277,35 @@ def test_a_cxx_with_a_static_runtime_is_replaced_with_a_warning(tmp_path, monkey
     monkeypatch.setattr(toolchain.shutil, "which", lambda name: None)  # no other compiler on PATH
     with pytest.raises(toolchain.ExtensionBuildError, match="set CXX to a compiler that links it as a shared"):
         toolchain.checked_cxx()
+
+
+def test_op_kernels_lists_every_kernel_key() -> None:
+    import torch
+
+    from lightning_genmodels.ops.__main__ import op_kernels
+
+    lib = torch.library.Library("lgm_report_test", "DEF")
+    try:
+        for name, key in (("on_cpu", "CPU"), ("composite", "CompositeExplicitAutograd"), ("schema_only", None)):
+            lib.define(f"{name}(Tensor x) -> Tensor")
+            if key:
+                lib.impl(name, torch.clone, key)
+        assert op_kernels("lgm_report_test") == {
+            "composite": ["CompositeExplicitAutograd"], "on_cpu": ["CPU"], "schema_only": []}
+    finally:
+        lib._destroy()
+
+
+def test_build_report_lists_the_composite_kernels(capsys: pytest.CaptureFixture) -> None:
+    """`python -m lightning_genmodels.ops build`: ops registered under CompositeExplicitAutograd
+    (they run on the CPU) are listed with that key, not as having no kernels."""
+    import json
+
+    from lightning_genmodels.ops.__main__ import main
+
+    assert main(["build", "--json"]) == 0
+    ops = json.loads(capsys.readouterr().out)["ops"]
+    for name in ("gmm_cpu_isa", "unet_sample_forward"):
+        assert "CompositeExplicitAutograd" in ops[name], (name, ops[name])
+    assert "CPU" in ops["gmm_log_prob"]
+    assert all(ops.values()), ops  # every op has a kernel somewhere
