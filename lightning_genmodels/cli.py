@@ -9,18 +9,57 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import sys
 import warnings
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule
+import yaml
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 import lightning_genmodels  # noqa: F401  (registers our classes for short names)
 
 
+# Trainer options where an int and a float mean different things (1: one batch; 1.0: all of them).
+# jsonargparse reads ``Union[int, float]`` values as floats, from the command line and from YAML.
+INT_OR_FLOAT = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                "overfit_batches", "val_check_interval")
+
+
+def integer_trainer_options(argv: list[str]) -> dict[str, int]:
+    """The :data:`INT_OR_FLOAT` options written as integers in ``argv`` or in its ``--config``
+    files, the last one given winning, as the parser takes them."""
+    found: dict[str, int] = {}
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if name in ("--config", "-c") and Path(value).is_file():
+            trainer = (yaml.safe_load(Path(value).read_text()) or {}).get("trainer") or {}
+            found.update({k: v for k, v in trainer.items() if k in INT_OR_FLOAT and type(v) is int})
+        elif name.startswith("--trainer.") and name[10:] in INT_OR_FLOAT:
+            if re.fullmatch(r"[+-]?\d+", value.strip()):
+                found[name[10:]] = int(value)
+            else:
+                found.pop(name[10:], None)
+    return found
+
+
 class GenModelsCLI(LightningCLI):
-    """LightningCLI that prints the final metrics after each subcommand."""
+    """LightningCLI that prints the final metrics after each subcommand, and passes the Trainer's
+    batch limits written as integers as ints (``--trainer.limit_val_batches 1``: one batch)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        argv = kwargs.get("args")
+        argv = sys.argv[1:] if argv is None else argv
+        self._int_options = integer_trainer_options(list(argv)) if isinstance(argv, (list, tuple)) else {}
+        super().__init__(*args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        return super().instantiate_trainer(**{**self._int_options, **kwargs})
 
     def _print_metrics(self) -> None:
         if not self.trainer.is_global_zero:

@@ -104,6 +104,25 @@ def test_user_subclass_by_import_path(mnist_dir: Path, tmp_path: Path) -> None:
     check_grid(tmp_path / "samples.png")
 
 
+@pytest.mark.parametrize("given, want", [
+    (["--trainer.limit_val_batches", "1"], 1),  # one batch (jsonargparse alone makes it 1.0: all)
+    (["--trainer.limit_val_batches=2", "--trainer.val_check_interval", "1"], 2),
+    (["--trainer.limit_val_batches", "0.5"], 0.5),
+    (["--trainer.limit_val_batches", "1.0"], 1.0),
+    (["--config", "LIMIT"], 1),  # YAML `limit_val_batches: 1`
+    (["--config", "LIMIT", "--trainer.limit_val_batches", "0.25"], 0.25),
+])
+def test_integer_batch_limits_stay_integers(mnist_dir: Path, tmp_path: Path, given: list, want) -> None:
+    limit = tmp_path / "limit.yaml"
+    limit.write_text("trainer:\n  limit_val_batches: 1\n")
+    given = [str(limit) if a == "LIMIT" else a for a in given]
+    cli = main(args=["--config", str(CONFIG), "--data.data_dir", str(mnist_dir),
+                     "--trainer.default_root_dir", str(tmp_path), *given], run=False)
+    assert cli.trainer.limit_val_batches == want and type(cli.trainer.limit_val_batches) is type(want)
+    if "val_check_interval" in given:
+        assert cli.trainer.val_check_interval == 1 and type(cli.trainer.val_check_interval) is int
+
+
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(args=["--help"])
