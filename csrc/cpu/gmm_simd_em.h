@@ -233,13 +233,13 @@ void resp_dot(const T* r, int64_t ldr, int64_t K, int64_t rows, const double* v,
   }
 }
 
-// out[n] = ||x_n||^2 in float64; rows read in whole vectors of x's dtype, lanes past D masked.
+// out[n] = ||x_n||^2 in float64; rows read in whole vectors of x's dtype, the last D mod W values
+// of a row copied to a zeroed vector (a whole load there read past the end of x: a segfault where
+// x's storage ends at a page boundary).
 template <typename T>
 void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
   using V = Vec<T>;
-  using VM = typename VecOf<int64_t, kBytes>::type;
   constexpr int64_t W = width<T>();
-  const V tail_mask = tail_mask_of<T>(D);
   for (int64_t n = 0; n < rows; ++n) {
     const T* row = x + n * ldx;
     VD a0 = {}, a1 = {};
@@ -254,7 +254,11 @@ void sq_norms(const T* x, int64_t ldx, int64_t rows, int64_t D, double* out) {
     };
     int64_t d = 0;
     for (; d + W <= D; d += W) add(load<V>(row + d));
-    if (d < D) add((V)((VM)load<V>(row + d) & (VM)tail_mask));
+    if (d < D) {
+      alignas(64) T tail[W] = {};
+      for (int64_t i = 0; d + i < D; ++i) tail[i] = row[d + i];
+      add(load<V>(tail));
+    }
     out[n] = hsum<double>(a0 + a1);
   }
 }
