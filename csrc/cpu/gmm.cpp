@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <string_view>
 #include <vector>
 
@@ -55,6 +56,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
   const int64_t N = x.size(0), K = plan.K, D = plan.D, tile = plan.tile();
   const at::Tensor sw = sample_weight.has_value() ? sample_weight->contiguous() : at::Tensor();
   const T* swp = sw.defined() ? sw.template data_ptr<T>() : nullptr;
+  for (int64_t n = 0; swp && n < N; ++n) {  // as the Python wrapper checks (not under torch.compile)
+    TORCH_CHECK_VALUE(swp[n] >= T(0) && swp[n] < std::numeric_limits<T>::infinity(),
+                      "gmm_em_stats: sample_weight must be finite and >= 0, got ", swp[n], " at row ", n);
+  }
   // Chunks of tiles: boundaries depend only on the problem, never on the thread count.
   const int64_t n_tiles = (N + tile - 1) / tile, size = plan.stats_size();
   const int64_t max_chunks = std::max<int64_t>(1, kChunkBudget / (size * 8));

@@ -100,6 +100,8 @@ def m_step(
     Returns:
         MStep(weights [K], means [K, D], covariances, empty [K]) in float64.
     """
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
     nk_raw, sx, sxx = stats.nk.double(), stats.sx.double(), stats.sxx.double()
     # 1. counts, weights and means
     nk = nk_raw + 10.0 * eps

@@ -28,7 +28,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -285,6 +285,8 @@ def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
 def load_library() -> BuildInfo:
     """Build and load once per process; later calls return the same info or re-raise."""
     global _info, _error
+    if _info is not None:  # loaded: no lock to take (torch.compile traces through this)
+        return _info
     with _lock:
         if _info is None and _error is None:
             try:
@@ -306,17 +308,23 @@ def register_on_load(fn: Callable[[], None]) -> None:
         fn()
 
 
-def use_ext(impl: str, device: torch.device | str | None = None) -> bool:
+def use_ext(impl: str, device: torch.device | str | None = None, inputs: Sequence[Any] = ()) -> bool:
     """Whether an op call should take the compiled kernel (True) or the reference (False).
 
     ``ref`` (or ``LGM_OPS_IMPL=ref``) takes the reference; ``ext`` builds and raises on
     failure; ``auto`` builds and, on failure, warns once and takes the reference. Per device:
     a CUDA ``device`` needs a library built with CUDA (``auto`` falls back with one warning,
-    ``ext`` raises).
+    ``ext`` raises). The kernels have no backward: where grad mode is on and one of ``inputs``
+    requires grad, ``auto`` takes the reference (which has one) and ``ext`` raises.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "ref" or os.environ.get("LGM_OPS_IMPL") == "ref":
+        return False
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+        if impl == "ext":
+            raise ValueError(f"impl='ext': the {NAMESPACE} kernels have no backward, and an input requires grad "
+                             "(impl='auto' or 'ref' differentiates through the PyTorch reference)")
         return False
     cuda = device is not None and torch.device(device).type == "cuda"
     if impl == "ext":

@@ -132,7 +132,7 @@ def diffusion_step(
         check_timesteps = not (torch.compiler.is_compiling() or _capturing(x))
     if check_timesteps:
         _check_timestep_range(timestep, coef.shape[0])
-    if use_ext(impl):
+    if use_ext(impl, None, (x, model_output, coef)):
         return torch.ops.lightning_genmodels.diffusion_step(x, model_output, timestep, coef, seed_offset, clip_range)
     return _diffusion_step_ref(x, model_output, timestep, coef, seed_offset, clip_range)
 

@@ -82,7 +82,7 @@ def _check_inputs(
         )
     if sample_weight is not None and tuple(sample_weight.shape) != (n,):
         raise ValueError(f"sample_weight must be [N] = [{n}], got shape {tuple(sample_weight.shape)}")
-    if sample_weight is not None:
+    if sample_weight is not None and not torch.compiler.is_compiling():  # (the CPU kernel checks too)
         bad = ~(torch.isfinite(sample_weight) & (sample_weight >= 0))
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
@@ -195,7 +195,7 @@ def gmm_em_stats(
         responsibility, counts as 0 there.
     """
     _check_inputs(x, log_weights, means, prec_chol, covariance_type, sample_weight)
-    if use_ext(impl, x.device):
+    if use_ext(impl, x.device, (x, log_weights, means, prec_chol, sample_weight)):
         out = torch.ops.lightning_genmodels.gmm_em_stats(
             x, sample_weight, log_weights, means, prec_chol, covariance_type
         )
@@ -221,7 +221,7 @@ def gmm_log_prob(
         [N, K] in x's dtype; ``torch.logsumexp(out, 1)`` is scikit-learn's ``score_samples``.
     """
     _check_inputs(x, log_weights, means, prec_chol, covariance_type)
-    if use_ext(impl, x.device):
+    if use_ext(impl, x.device, (x, log_weights, means, prec_chol)):
         return torch.ops.lightning_genmodels.gmm_log_prob(x, log_weights, means, prec_chol, covariance_type)
     return _gmm_log_prob_ref(x, log_weights, means, prec_chol, covariance_type)
 
@@ -247,7 +247,9 @@ def gmm_m_step(
     Raises:
         ValueError: a covariance is not positive definite (advice: increase ``reg_covar``).
     """
-    if covariance_type in ("diag", "spherical") and stats.nk.device.type == "cpu" and use_ext(impl):
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+    if covariance_type in ("diag", "spherical") and stats.nk.device.type == "cpu" and use_ext(impl, None, stats):
         try:
             weights, means, cov, prec_chol, empty = torch.ops.lightning_genmodels.gmm_m_step(
                 stats.nk, stats.sx, stats.sxx, covariance_type, reg_covar, eps, prev_means, prev_covariances

@@ -60,7 +60,7 @@ def _check_rows(op: str, x: Tensor, c: Tensor | None, impl: Impl) -> bool:
         if impl == "ext":
             raise ValueError(f"{op}: the kernel is CPU only, got tensors on {x.device}")
         return False
-    return use_ext(impl, x.device)
+    return use_ext(impl, x.device, (x, c))
 
 
 def rows_dot(x: Tensor, c: Tensor, *, impl: Impl = "auto") -> Tensor:

@@ -17,6 +17,7 @@ from lightning_genmodels.ops.gmm import (
     _gmm_log_prob_ref,
     gmm_em_stats,
     gmm_log_prob,
+    gmm_m_step,
 )
 from tests.ops.gmm_cases import DTYPES, assert_compiles, assert_stats_close, make_params, make_x, sample_inputs
 from tests.utils import DEVICES
@@ -218,3 +219,60 @@ def test_mixed_devices_raise(impl):
 def test_invalid_impl_raises():
     with pytest.raises(ValueError, match="impl"):
         gmm_log_prob(**OK_ARGS, impl="fast")
+
+
+def test_raw_kernel_checks_sample_weight_values():
+    load_library()
+    a = {**OK_ARGS}
+    for bad in (-1.0, float("nan"), float("inf")):
+        w = torch.ones(10)
+        w[3] = bad
+        with pytest.raises(ValueError, match="sample_weight must be finite and >= 0, got .* at row 3"):
+            torch.ops.lightning_genmodels.gmm_em_stats(a["x"], w, a["log_weights"], a["means"], a["prec_chol"], "diag")
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+def test_m_step_rejects_an_unknown_covariance_type(impl):
+    stats = gmm_em_stats(**{**OK_ARGS, "covariance_type": "spherical", "prec_chol": torch.ones(3)}, impl="ref")
+    for bad in ("diagonal", "Full", None):
+        with pytest.raises(ValueError, match="covariance_type must be one of"):
+            gmm_m_step(stats, bad, 1e-6, 1e-7, impl=impl)
+
+
+def test_public_functions_compile_whole():
+    """The Python wrappers, not only the raw ops, trace without a graph break (fullgraph)."""
+    from lightning_genmodels.ops import rows_dot
+
+    load_library()
+    lw, mu, pc = OK_ARGS["log_weights"], OK_ARGS["means"], OK_ARGS["prec_chol"]
+    x, w = OK_ARGS["x"], torch.rand(10)
+    calls = {
+        "log_prob": lambda x: gmm_log_prob(x, lw, mu, pc, "diag"),
+        "em_stats": lambda x: gmm_em_stats(x, lw, mu, pc, "diag", w).nk,
+        "rows_dot": lambda x: rows_dot(x, mu),
+    }
+    for name, fn in calls.items():
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(fn, backend="eager", fullgraph=True)(x), fn(x), msg=name)
+
+
+@pytest.mark.parametrize("impl", ["auto", "ext"])
+def test_gradients_come_from_the_reference_or_an_error(impl):
+    """The kernels have no backward: "auto" differentiates through the reference, "ext" says so."""
+    from lightning_genmodels.ops import rows_dot
+
+    lw, pc, x = OK_ARGS["log_weights"], OK_ARGS["prec_chol"], OK_ARGS["x"]
+    mu = OK_ARGS["means"].clone().requires_grad_()
+    calls = [lambda: gmm_log_prob(x, lw, mu, pc, "diag", impl=impl).sum(),
+             lambda: gmm_em_stats(x, lw, mu, pc, "diag", impl=impl).loglik,
+             lambda: rows_dot(x, mu, impl=impl).sum()]
+    for call in calls:
+        if impl == "ext":
+            with pytest.raises(ValueError, match="no backward"):
+                call()
+            with torch.no_grad():
+                call()  # no grad mode: the kernel runs
+        else:
+            mu.grad = None
+            call().backward()
+            assert mu.grad is not None and torch.isfinite(mu.grad).all()
