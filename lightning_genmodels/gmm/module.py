@@ -257,19 +257,6 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         if self.hparams.max_iter == 0:
             self._end_restart(converged=False)
 
-    def _resume(self) -> None:
-        """Trainer.fit(..., ckpt_path=...): an interrupted fit goes on where it was; a fit the
-        Trainer stopped (max_epochs) continues EM from its parameters, counting on from its
-        iterations; one that converged or reached max_iter has nothing left (a warning)."""
-        if self._in_progress:
-            return
-        if self.converged_ or self.n_iter_ >= self.hparams.max_iter:
-            rank_zero_warn("GaussianMixture: the checkpoint holds a fit that already ended (converged or at "
-                           "max_iter): nothing to resume, its parameters are kept")
-            self.trainer.should_stop = True
-            return
-        self._restart, self._n_restarts, self._best, self._in_progress = 0, 1, None, True
-
     def training_step(self, dataloader_iter: Iterator[Any]) -> None:
         """One EM iteration: the E-step over every batch of the epoch, then the M-step as the
         step of the :class:`~.strategy.EMStep` optimizer (one optimizer step per epoch)."""

@@ -1,5 +1,6 @@
 """scikit-learn's fit bookkeeping for :class:`~.module.GaussianMixture`: ``n_init`` restarts
-(the best final lower bound wins), the convergence warning and ``verbose`` progress lines."""
+(the best final lower bound wins), resuming from a checkpoint, the convergence warning and
+``verbose`` progress lines."""
 from __future__ import annotations
 
 import time
@@ -22,6 +23,19 @@ class RestartsMixin:
             else:
                 _say(f"  Iteration {self.n_iter_}")
             self._tick = now
+
+    def _resume(self) -> None:
+        """Trainer.fit(..., ckpt_path=...): an interrupted fit goes on where it was; a fit the
+        Trainer stopped (max_epochs) continues EM from its parameters, counting on from its
+        iterations; one that converged or reached max_iter has nothing left (a warning)."""
+        if self._in_progress:
+            return
+        if self.converged_ or self.n_iter_ >= self.hparams.max_iter:
+            rank_zero_warn("GaussianMixture: the checkpoint holds a fit that already ended (converged or at "
+                           "max_iter): nothing to resume, its parameters are kept")
+            self.trainer.should_stop = True
+            return
+        self._restart, self._n_restarts, self._best, self._in_progress = 0, 1, None, True
 
     def _candidate(self, converged: bool) -> dict[str, Any]:
         return {"params": self._params(), "n_iter_": self.n_iter_, "lower_bound_": self.lower_bound_,
