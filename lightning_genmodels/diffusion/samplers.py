@@ -223,6 +223,10 @@ def sample_loop(
 ) -> Tensor:
     """Denoise samples ``first .. first + shape[0] - 1`` of a seed's batch from pure noise.
 
+    Runs in the caller's grad mode (``Diffusion.sample`` holds inference mode; the threads of
+    ``threads > 1`` enter it themselves): with grad on and a model whose output requires grad,
+    ``impl="auto"`` steps by the differentiable reference and ``"ext"`` raises (no backward).
+
     Args:
         model: ``model(x [N, ...], t [N]) -> [N, ...]`` (the UNet).
         shape: [N, ...] of this share.

@@ -131,11 +131,12 @@ def test_rank_shares_equal_the_single_process_batch():
     batch one process draws: the loop DDP ranks run, without the gather."""
     model = tiny()
     timesteps, table = model.coefficient_table(5, "ddpm", 0.0)
-    whole = S.sample_loop(model.unet, (7, 1, 28, 28), 0, timesteps, table, 11, 1.0, "ext")
-    parts = []
-    for rank in range(3):
-        first, count = S.shard(7, rank, 3)
-        parts.append(S.sample_loop(model.unet, (count, 1, 28, 28), first, timesteps, table, 11, 1.0, "ext"))
+    with torch.inference_mode():  # as Diffusion.sample runs the loop (the op has no backward)
+        whole = S.sample_loop(model.unet, (7, 1, 28, 28), 0, timesteps, table, 11, 1.0, "ext")
+        parts = []
+        for rank in range(3):
+            first, count = S.shard(7, rank, 3)
+            parts.append(S.sample_loop(model.unet, (count, 1, 28, 28), first, timesteps, table, 11, 1.0, "ext"))
     torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-4, atol=1e-4)
 
 
