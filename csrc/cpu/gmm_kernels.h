@@ -239,6 +239,13 @@ struct Plan {
   std::vector<int32_t> first_order;
   int64_t first_ld = 0;
   bool fuse = false;  // fused_softmax, but for the weights
+  // The dot form cancels p^2 (||y||^2 + ||m||^2 - 2 y.m) in float32: at most ~4 p^2 ||m||^2 2^-24
+  // in a joint log-probability (rows near their means: ||y|| ~ ||m||). Where that bound passes
+  // kDotFormError, float32 spherical takes the distance kernels instead: sigma << the spread of the
+  // means (K = 3, D = 4, means ~1 apart, sigma = 1e-3: bound 0.3, off by 2.9e-3 per row). The
+  // tests' clustered data (bounds to 9e-4) and MNIST's PCA features keep the dot form.
+  static constexpr double kDotFormError = 1e-2;
+  bool dot_ok = true;
 
   Plan(const SimdKernels<T>& simd_, CovType cov, const at::Tensor& log_weights, const at::Tensor& means,
        const at::Tensor& prec_chol)
@@ -261,6 +268,7 @@ struct Plan {
         for (int64_t d = 0; d < D; ++d) o[d * ldk + k] = src[k * lds + d];
       return out;
     };
+    if (cov == CovType::kSpherical && rows_form()) dot_ok = dot_form_is_exact(mp, pc);
     if (dot_form()) {  // nu_t = (mu - c)^T, the centre and the float64 coefficients
       nu_t = at::zeros({D, ldk}, opts);
       centre = at::zeros({ldt}, opts);
@@ -305,6 +313,20 @@ struct Plan {
            !(fuse_env != nullptr && std::strcmp(fuse_env, "0") == 0);
   }
 
+  // max_k 4 p_k^2 ||mu_k - c||^2 2^-24 <= kDotFormError, c the mean of the means (as below).
+  bool dot_form_is_exact(const T* mp, const T* pc) const {
+    std::vector<double> c(D, 0.0);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t d = 0; d < D; ++d) c[d] += static_cast<double>(mp[k * D + d]) / static_cast<double>(K);
+    double worst = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+      double sq = 0.0;
+      for (int64_t d = 0; d < D; ++d) sq += (mp[k * D + d] - c[d]) * (mp[k * D + d] - c[d]);
+      worst = std::max(worst, static_cast<double>(pc[k]) * pc[k] * sq);
+    }
+    return 4.0 * worst * 0x1p-24 <= kDotFormError;
+  }
+
   static int64_t padded(int64_t d, int bytes) {
     const int64_t w = bytes / static_cast<int64_t>(sizeof(T));
     return (d + w - 1) / w * w;
@@ -316,7 +338,7 @@ struct Plan {
   // at K = 60 and 100 (spherical) and 16-byte vectors up to 13% (diag); rows won everywhere once
   // their norms stayed in registers (2026-11-26).
   bool rows_form() const {
-    return simd.maha_rows && D <= kSmallD && (tab.cov == CovType::kDiag || tab.cov == CovType::kSpherical);
+    return simd.maha_rows && D <= kSmallD && (tab.cov == CovType::kDiag || (tab.cov == CovType::kSpherical && dot_ok));
   }
   // rows_form with 32- or 64-byte vectors: the features of a last vector along d that is at most half
   // used (D = 50: 2 on AVX-512 and AVX2), whose moments take moments_tail (0: none). The dense
