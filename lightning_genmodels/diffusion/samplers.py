@@ -58,24 +58,29 @@ def check_steps(steps: int, num_train_timesteps: int) -> int:
     return int(steps)
 
 
-def check_count(name: str, value: int) -> int:
-    """``value`` as an int if it is a positive integer (not a float or bool), else ValueError."""
+def _integer(value: object) -> int | None:
+    """``value`` as an int if it is an integer (Python's, NumPy's, a 0-d integer tensor), not a
+    bool or a float (which would be truncated silently); else None."""
+    if isinstance(value, bool):
+        return None
     try:
-        count = operator.index(value) if not isinstance(value, bool) else 0
+        return operator.index(value)
     except TypeError:
-        count = 0
-    if count < 1:
+        return None
+
+
+def check_count(name: str, value: int) -> int:
+    """``value`` as an int if it is a positive integer, else ValueError naming ``name``."""
+    count = _integer(value)
+    if count is None or count < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return count
 
 
 def check_seed(seed: int) -> int:
-    """``seed`` as an int if it is an integer in [0, 2**64) (not a float, which would be truncated)."""
-    try:
-        value = operator.index(seed) if not isinstance(seed, bool) else -1
-    except TypeError:
-        value = -1
-    if not 0 <= value < 1 << 64:
+    """``seed`` as an int if it is an integer in [0, 2**64), else ValueError."""
+    value = _integer(seed)
+    if value is None or not 0 <= value < 1 << 64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     return value
 
@@ -203,8 +208,7 @@ def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def seed_offset_tensor(seed: int, offset: int, device: torch.device) -> Tensor:
     """(seed, offset) as the int64 [2] the op reads; the seed's 64 bits as signed."""
-    if not 0 <= int(seed) < (1 << 64):
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    seed = check_seed(seed)
     signed = seed - (1 << 64) if seed >= (1 << 63) else seed
     return torch.tensor([signed, offset], dtype=torch.int64, device=device)
 

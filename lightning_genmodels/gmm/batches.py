@@ -9,6 +9,7 @@ rows get sample weight 0 so each data point counts once across ranks.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
@@ -127,9 +128,7 @@ def loader_batches(
     def passes() -> Iterator[tuple[Tensor, Tensor | None]]:
         seen = 0
         with _fixed_order(sampler, order_seed):
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
+            for batch in itertools.islice(loader, max_batches):  # None: all of them
                 x = batch_tensor(batch).to(device=device, dtype=dtype)
                 if check_finite and not all_finite(x):
                     raise ValueError("the data contain NaN or infinite values")
