@@ -12,6 +12,8 @@
 
 namespace lgm {
 
+void check_stream_range(const char* op, int64_t offset, int64_t numel);  // cpu/philox.cpp
+
 void check_diffusion_step(const at::Tensor& x, const at::Tensor& model_output, const at::Tensor& timestep,
                           const at::Tensor& coef, const at::Tensor& seed_offset, double clip_range) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "diffusion_step: x must be float32, got ", x.scalar_type());
@@ -55,6 +57,7 @@ at::Tensor diffusion_step_cpu(const at::Tensor& x, const at::Tensor& model_outpu
     TORCH_CHECK(t[i] >= 0 && t[i] < num_t, "diffusion_step: timestep[", i, "] = ", t[i], " is outside [0, ",
                 num_t, ") (the rows of coef)");
   }
+  check_stream_range("diffusion_step", so.data_ptr<int64_t>()[1], xc.numel());
   if (xc.numel() == 0) return result;
   const uint64_t seed = static_cast<uint64_t>(so.data_ptr<int64_t>()[0]);
   const uint64_t offset = static_cast<uint64_t>(so.data_ptr<int64_t>()[1]);

@@ -11,6 +11,13 @@
 
 namespace lgm {
 
+// TORCH_CHECK that values offset .. offset + numel - 1 lie in the stream [0, 2^62) (ops/philox.py).
+void check_stream_range(const char* op, int64_t offset, int64_t numel) {
+  constexpr int64_t kStreamLength = int64_t{1} << 62;
+  TORCH_CHECK(offset >= 0 && offset <= kStreamLength - numel, op, ": offset must be in [0, 2**62 - numel] (numel = ",
+              numel, "), got ", offset);
+}
+
 void check_seed_offset(const at::Tensor& seed_offset, c10::SymIntArrayRef size) {
   TORCH_CHECK(seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2,
               "philox_normal: seed_offset must be an int64 tensor of 2 elements (seed, offset), got ",
@@ -25,9 +32,10 @@ at::Tensor philox_normal_cpu(const at::Tensor& seed_offset, c10::SymIntArrayRef 
   TORCH_CHECK(seed_offset.device().is_cpu(), "philox_normal: seed_offset must be on the CPU");
   const auto so = seed_offset.contiguous();
   const uint64_t seed = static_cast<uint64_t>(so.data_ptr<int64_t>()[0]);
-  const uint64_t offset = static_cast<uint64_t>(so.data_ptr<int64_t>()[1]);
   at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(size), so.options().dtype(at::kFloat));
   const int64_t n = out.numel();
+  check_stream_range("philox_normal", so.data_ptr<int64_t>()[1], n);
+  const uint64_t offset = static_cast<uint64_t>(so.data_ptr<int64_t>()[1]);
   if (n == 0) return out;
   float* data = out.data_ptr<float>();
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {

@@ -19,7 +19,6 @@ with six scalars per timestep. :func:`step_coefficients` computes them in float6
 from __future__ import annotations
 
 import math
-import operator
 import threading
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
@@ -30,7 +29,7 @@ from torch import Tensor
 
 from ..ops.build import Impl, use_ext
 from ..ops.diffusion import diffusion_step
-from ..ops.philox import philox_normal
+from ..ops.philox import as_integer, check_seed, philox_normal, seed_offset_tensor
 
 SamplerName = Literal["ddpm", "ddim"]
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
@@ -58,31 +57,12 @@ def check_steps(steps: int, num_train_timesteps: int) -> int:
     return int(steps)
 
 
-def _integer(value: object) -> int | None:
-    """``value`` as an int if it is an integer (Python's, NumPy's, a 0-d integer tensor), not a
-    bool or a float (which would be truncated silently); else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 def check_count(name: str, value: int) -> int:
     """``value`` as an int if it is a positive integer, else ValueError naming ``name``."""
-    count = _integer(value)
+    count = as_integer(value)
     if count is None or count < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return count
-
-
-def check_seed(seed: int) -> int:
-    """``seed`` as an int if it is an integer in [0, 2**64), else ValueError."""
-    value = _integer(seed)
-    if value is None or not 0 <= value < 1 << 64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return value
 
 
 def check_eta(eta: float) -> float:
@@ -204,13 +184,6 @@ def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
     the first ``n % world_size`` ranks taking one more."""
     base, extra = divmod(n, world_size)
     return rank * base + min(rank, extra), base + (rank < extra)
-
-
-def seed_offset_tensor(seed: int, offset: int, device: torch.device) -> Tensor:
-    """(seed, offset) as the int64 [2] the op reads; the seed's 64 bits as signed."""
-    seed = check_seed(seed)
-    signed = seed - (1 << 64) if seed >= (1 << 63) else seed
-    return torch.tensor([signed, offset], dtype=torch.int64, device=device)
 
 
 def sample_loop(

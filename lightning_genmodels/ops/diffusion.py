@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .build import Impl, register_on_load, use_ext
-from .philox import _philox_normal_ref
+from .philox import _philox_normal_ref, check_offset
 
 NUM_COEFFICIENTS = 6
 
@@ -63,6 +63,12 @@ def _check_timestep_range(timestep: Tensor, n_train: int) -> None:
         raise ValueError(f"timestep[{i}] = {int(timestep[i])} is outside [0, {n_train})")
 
 
+def _check_noise_range(seed_offset: Tensor, numel: int) -> int:
+    """The offset, if the step's noise ``offset .. offset + numel - 1`` lies in the stream, else
+    ValueError (reads seed_offset on the host)."""
+    return check_offset(int(seed_offset[1]), numel)
+
+
 def _step_math(
     x: Tensor, model_output: Tensor, timestep: Tensor, coef: Tensor, seed: int, offset: int, clip_range: float,
     draw_noise: bool = True,
@@ -88,6 +94,7 @@ def _diffusion_step_ref(
     """Pure-PyTorch reference: the specification the kernels are held to (reads seed_offset and
     checks the timesteps on the host)."""
     _check_timestep_range(timestep, coef.shape[0])
+    _check_noise_range(seed_offset, x.numel())
     seed, offset = (int(v) for v in seed_offset.tolist())
     draw_noise = bool(coef[timestep, NUM_COEFFICIENTS - 1].ne(0).any())  # as the kernels: only where σ != 0
     return _step_math(x, model_output, timestep, coef, seed, offset, clip_range, draw_noise)
@@ -115,11 +122,12 @@ def diffusion_step(
         clip_range: clip x̂_0 to [-clip_range, clip_range]; 0 turns clipping off.
         impl: ``"ext"`` the compiled kernel, ``"ref"`` the reference, ``"auto"`` the kernel when
             it builds.
-        check_timesteps: read ``timestep`` on the host and raise ValueError for a value outside
-            [0, T) (on CUDA one synchronisation). ``None`` (default): check, except while a CUDA
-            graph is captured or torch.compile traces. ``False``: only the kernel checks (CPU: a
-            RuntimeError; CUDA: a device-side assertion); the sampling loop passes it, as its
-            timesteps come from the schedule.
+        check_timesteps: read ``timestep`` and ``seed_offset`` on the host and raise ValueError
+            for a timestep outside [0, T) or an offset outside [0, 2**62 - x.numel()] (on CUDA
+            one synchronisation). ``None`` (default): check, except while a CUDA graph is
+            captured or torch.compile traces. ``False``: only the kernel checks (CPU: a
+            RuntimeError; CUDA: a device-side assertion for the timesteps); the sampling loop
+            passes it, as its timesteps and offsets come from the schedule.
 
     Returns:
         x_{t'} [N, ...] float32, a new tensor.
@@ -132,6 +140,7 @@ def diffusion_step(
         check_timesteps = not (torch.compiler.is_compiling() or _capturing(x))
     if check_timesteps:
         _check_timestep_range(timestep, coef.shape[0])
+        _check_noise_range(seed_offset, x.numel())
     if use_ext(impl, None, (x, model_output, coef)):
         return torch.ops.lightning_genmodels.diffusion_step(x, model_output, timestep, coef, seed_offset, clip_range)
     return _diffusion_step_ref(x, model_output, timestep, coef, seed_offset, clip_range)

@@ -9,6 +9,7 @@ lanes ``(x, y)`` and ``(z, w)`` each giving two normals by Box-Muller.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor
 from .build import Impl, register_on_load, use_ext
 
 M32 = 0xFFFFFFFF
+STREAM_LENGTH = 1 << 62  # offsets addressable by (block index, lane)
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 
@@ -72,8 +74,52 @@ def _philox_normal_ref(seed: int, offset: int, size: Sequence[int], device: torc
     return stream[start : start + n].reshape(tuple(size))
 
 
-def _seed_offset(seed: int, offset: int, device: torch.device) -> Tensor:
-    """(seed, offset) as the int64 [2] tensor the kernels read; the seed's bits as signed."""
+def as_integer(value: object) -> int | None:
+    """``value`` as an int if it is an integer (Python's, NumPy's, a 0-d integer tensor), not a
+    bool or a float (which would be truncated silently); else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an int if it is an integer in [0, 2**64), else ValueError."""
+    value = as_integer(seed)
+    if value is None or not 0 <= value < 1 << 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return value
+
+
+def check_offset(offset: object, numel: int) -> int:
+    """``offset`` as an int if values ``offset .. offset + numel - 1`` lie in the stream
+    [0, 2**62), else ValueError."""
+    value = as_integer(offset)
+    if value is None or not 0 <= value <= STREAM_LENGTH - numel:
+        raise ValueError(
+            f"offset must be an integer in [0, 2**62 - numel] (numel = {numel}: the values must lie in "
+            f"the stream [0, 2**62)), got {offset!r}"
+        )
+    return value
+
+
+def _check_size(size: object) -> list[int]:
+    """``size`` (an int or a sequence of ints) as a list of non-negative ints, else ValueError."""
+    dims = [size] if as_integer(size) is not None else size
+    try:
+        out = [as_integer(s) for s in dims]  # type: ignore[union-attr]
+    except TypeError:
+        out = [None]
+    if any(s is None or s < 0 for s in out):
+        raise ValueError(f"size must be a sequence of non-negative integers, got {size!r}")
+    return out  # type: ignore[return-value]
+
+
+def seed_offset_tensor(seed: object, offset: object, device: torch.device | str) -> Tensor:
+    """(seed, offset) as the int64 [2] tensor the kernels read; the seed's 64 bits as signed."""
+    seed, offset = check_seed(seed), check_offset(offset, 0)
     signed_seed = seed - (1 << 64) if seed >= (1 << 63) else seed
     return torch.tensor([signed_seed, offset], dtype=torch.int64, device=device)
 
@@ -90,9 +136,10 @@ def philox_normal(
     """Standard normals ``stream(seed)[offset : offset + prod(size)]`` shaped ``size``.
 
     Args:
-        seed: stream key, ``0 <= seed < 2**64``.
-        offset: position of the first value in the stream, ``0 <= offset < 2**62``.
-        size: output shape.
+        seed: stream key, an integer ``0 <= seed < 2**64``.
+        offset: position of the first value in the stream, an integer with
+            ``0 <= offset <= 2**62 - prod(size)``.
+        size: output shape (a sequence of integers, or one integer).
         device: output device (default: the current default device).
         dtype: floating output dtype; values are computed in float32 and cast.
         impl: ``"ext"`` the compiled kernel, ``"ref"`` the PyTorch reference, ``"auto"`` the
@@ -102,20 +149,16 @@ def philox_normal(
         Tensor of ``size`` with i.i.d. N(0, 1) values, bit-identical for the same seed and
         offset on every device (the kernels; the reference agrees to within a float32 ulp).
     """
-    if not 0 <= int(seed) < (1 << 64):
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    if not 0 <= int(offset) < (1 << 62):
-        raise ValueError(f"offset must be in [0, 2**62), got {offset}")
-    size = [int(s) for s in size]
-    if any(s < 0 for s in size):
-        raise ValueError(f"size must be non-negative, got {size}")
+    seed = check_seed(seed)
+    size = _check_size(size)
+    offset = check_offset(offset, math.prod(size))
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be floating point, got {dtype}")
     device = torch.device(device) if device is not None else torch.empty(0).device
     if use_ext(impl, device):
-        out = torch.ops.lightning_genmodels.philox_normal(_seed_offset(seed, offset, device), size)
+        out = torch.ops.lightning_genmodels.philox_normal(seed_offset_tensor(seed, offset, device), size)
     else:
-        out = _philox_normal_ref(int(seed), int(offset), size, device)
+        out = _philox_normal_ref(seed, offset, size, device)
     return out.to(dtype)
 
 

@@ -166,6 +166,18 @@ def test_out_of_range_timesteps_raise(bad_t):
         diffusion_step(**args, impl="ext", check_timesteps=False)
 
 
+@pytest.mark.parametrize("offset", [-4, 2**62 - 16])
+def test_noise_beyond_the_stream_raises(offset):
+    """A negative offset used to give numbers from ext (stream position 2**64 - 4) that the
+    reference did not; x has 32 values, so 2**62 - 16 runs past the stream's end."""
+    args = _good() | {"seed_offset": torch.tensor([1, offset])}
+    for impl in ("ext", "ref"):
+        with pytest.raises(ValueError, match=r"offset must be an integer in \[0, 2\*\*62 - numel\]"):
+            diffusion_step(**args, impl=impl)
+    with pytest.raises(RuntimeError, match=r"offset must be in \[0, 2\*\*62 - numel\] \(numel = 32\)"):
+        diffusion_step(**args, impl="ext", check_timesteps=False)
+
+
 def test_sampling_loop_never_reads_timesteps_on_the_host(monkeypatch):
     """The loop's steps skip the host check (a CUDA sync per step); its timesteps come from the schedule."""
     import lightning_genmodels.ops.diffusion as D
@@ -174,6 +186,7 @@ def test_sampling_loop_never_reads_timesteps_on_the_host(monkeypatch):
         raise AssertionError("the sampling loop read its timesteps on the host")
 
     monkeypatch.setattr(D, "_check_timestep_range", no_host_read)
+    monkeypatch.setattr(D, "_check_noise_range", no_host_read)
     timesteps, table = make_table("ddim")
     model = lambda x, t: torch.zeros_like(x)  # noqa: E731
     out = S.sample_loop(model, [2, 1, 4, 4], 0, timesteps[:3], table, 0, 1.0, "ext")

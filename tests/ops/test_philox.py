@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 from lightning_genmodels.ops import load_library, philox_normal
-from lightning_genmodels.ops.philox import _philox4x32_10, _seed_offset
+from lightning_genmodels.ops.philox import _philox4x32_10, seed_offset_tensor
 from tests.utils import DEVICES
 
 SEEDS = [0, 1, 2**32 - 1, 2**32 + 5, 2**63 + 12345, 2**64 - 1]
@@ -195,7 +195,7 @@ def test_opcheck():
     load_library()
     for seed, offset, size in sample_inputs("cpu"):
         torch.library.opcheck(
-            torch.ops.lightning_genmodels.philox_normal.default, (_seed_offset(seed, offset, "cpu"), size)
+            torch.ops.lightning_genmodels.philox_normal.default, (seed_offset_tensor(seed, offset, "cpu"), size)
         )
 
 
@@ -206,7 +206,7 @@ def test_works_under_torch_compile():
         return x + torch.ops.lightning_genmodels.philox_normal(seed_offset, list(x.shape))
 
     compiled = torch.compile(noisy, backend="aot_eager", fullgraph=True)
-    x, so = torch.zeros(3, 8), _seed_offset(9, 4, "cpu")
+    x, so = torch.zeros(3, 8), seed_offset_tensor(9, 4, "cpu")
     torch.testing.assert_close(compiled(x, so), philox_normal(9, 4, [3, 8]))
 
 
@@ -216,7 +216,13 @@ def test_works_under_torch_compile():
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": 2**64}, ValueError, "seed"),
         ({"offset": -3}, ValueError, "offset"),
+        ({"seed": 1.7}, ValueError, "seed must be an integer"),  # was truncated to 1
+        ({"seed": True}, ValueError, "seed must be an integer"),
+        ({"offset": 2.5}, ValueError, "offset must be an integer"),  # was truncated to 2
+        ({"offset": 2**62 - 2}, ValueError, r"2\*\*62 - numel"),  # values 2**62 - 2 .. 2**62: past the end
         ({"size": [2, -1]}, ValueError, "size"),
+        ({"size": [4.5]}, ValueError, "size must be a sequence of non-negative integers"),
+        ({"size": "ab"}, ValueError, "size must be a sequence of non-negative integers"),
         ({"dtype": torch.int32}, TypeError, "dtype"),
         ({"impl": "fast"}, ValueError, "impl"),
     ],
@@ -228,9 +234,22 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, match):
         philox_normal(args.pop("seed"), args.pop("offset"), args.pop("size"), impl=impl, **args)
 
 
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+def test_integer_arguments_may_be_numpy_or_0d_tensors(impl):
+    """Any integer type is taken whole (a 0-d tensor seed raised OverflowError); one int is a size."""
+    want = philox_normal(3, 5, [4], impl=impl)
+    torch.testing.assert_close(philox_normal(torch.tensor(3), np.int64(5), 4, impl=impl), want, rtol=0, atol=0)
+    big = 2**64 - 1
+    torch.testing.assert_close(philox_normal(np.uint64(big), 0, (2,), impl=impl), philox_normal(big, 0, [2], impl=impl))
+    assert philox_normal(1, 2**62 - 3, [3], impl=impl).shape == (3,)  # the stream's last values
+
+
 def test_kernel_checks_its_state_tensor():
     load_library()
     with pytest.raises(RuntimeError, match="seed_offset must be an int64 tensor of 2 elements"):
         torch.ops.lightning_genmodels.philox_normal(torch.zeros(2, dtype=torch.int32), [3])
     with pytest.raises(RuntimeError, match="seed_offset must be an int64 tensor of 2 elements"):
         torch.ops.lightning_genmodels.philox_normal(torch.zeros(3, dtype=torch.int64), [3])
+    for offset in (-4, 2**62 - 2):  # a negative offset used to read stream position 2**64 - 4
+        with pytest.raises(RuntimeError, match=r"offset must be in \[0, 2\*\*62 - numel\]"):
+            torch.ops.lightning_genmodels.philox_normal(torch.tensor([1, offset]), [3])
