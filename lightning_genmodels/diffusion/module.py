@@ -175,7 +175,7 @@ class Diffusion(LightningModule):
         """The EMA of the weights (no buffers: ours are constants)."""
         if self.hparams.ema_decay == 0:
             return []
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay, use_buffers=False)]
+        return [_EMA(decay=self.hparams.ema_decay, use_buffers=False)]
 
     # ------------------------------------------------------------------ sampling
 
@@ -300,6 +300,25 @@ class Diffusion(LightningModule):
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
         """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings."""
         return self.sample(n, seed=seed)
+
+
+class _EMA(EMAWeightAveraging):
+    """Lightning's EMA, which also leaves the average in the model when a fit resumed from a
+    checkpoint has no step left (the fit loop then skips on_train_end, where the average is
+    copied, and the model kept the checkpoint's raw weights)."""
+
+    def on_train_start(self, trainer: Any, pl_module: LightningModule) -> None:
+        self._copied = False
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._copied = True
+
+    def on_fit_end(self, trainer: Any, pl_module: LightningModule) -> None:
+        if not getattr(self, "_copied", False) and self._average_model is not None:
+            self._copy_average_to_current(pl_module)
+        super().on_fit_end(trainer, pl_module)
 
 
 def _check_compile_unet(value: bool | None) -> bool | None:

@@ -190,6 +190,10 @@ def gmm_em_stats(
         GMMStats(nk [K], sx [K, D], sxx, loglik []) in float64; sxx is [K, D, D] (full),
         [D, D] (tied, Σ s_n x_n x_nᵀ), [K, D] (diag) or [K] (spherical). A row with a NaN
         feature makes them NaN, loglik included (the modules reject NaN input before this op).
+        The kernels compute distances in x's dtype: float32 data whose squared distances pass
+        float32's range (features beyond about 1.8e19) give loglik -inf where the float64
+        reference stays finite; the estimator and module stop there with an error that says
+        to scale the data.
         The CPU kernel runs with subnormal floats flushed to zero (the float mode is restored
         after the call): a value below the dtype's smallest normal, in x or in a
         responsibility, counts as 0 there.

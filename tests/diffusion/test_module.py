@@ -156,7 +156,7 @@ def test_min_snr_weights(prediction):
 def test_fit_keeps_an_ema_used_for_checkpoints_and_sampling(mnist_dir, tmp_path):
     model = Diffusion(**TINY, ema_decay=0.5, lr=1e-2, sample_steps=2)
     data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=16, val_split=32)
-    every = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    every = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="{step}")
     trainer = Trainer(max_steps=3, limit_val_batches=1, val_check_interval=3, logger=False, callbacks=[every],
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, data)
@@ -177,6 +177,16 @@ def test_fit_keeps_an_ema_used_for_checkpoints_and_sampling(mnist_dir, tmp_path)
                                model.unet.conv_in.weight)
     loaded = Diffusion.load_from_checkpoint(ckpt, map_location="cpu")
     torch.testing.assert_close(loaded.sample(2, seed=0), model.sample(2, seed=0))
+    last = tmp_path / "step=3.ckpt"  # saved at the last step, before the average was copied
+    # resuming from the last step's checkpoint (no step left) ends with the average in the model
+    # too: the fit loop skips on_train_end, and the model kept the checkpoint's raw weights
+    again = Diffusion(**TINY, ema_decay=0.5, lr=1e-2, sample_steps=2)
+    Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            enable_checkpointing=False, default_root_dir=tmp_path).fit(again, data, ckpt_path=last)
+    last_state = torch.load(last, weights_only=False, map_location="cpu")
+    assert not torch.equal(last_state["current_model_state"][key], last_state["state_dict"][key])
+    for name, p in again.named_parameters():
+        torch.testing.assert_close(p.cpu(), last_state["state_dict"][name])
 
 
 def test_cli_fit_with_the_config(mnist_dir, tmp_path, capsys):
