@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import lightning_genmodels  # noqa: F401  (registers our classes for short names)
 
@@ -48,6 +49,26 @@ def integer_trainer_options(argv: list[str]) -> dict[str, int]:
     return found
 
 
+class IntegerLimitsSaveConfig(SaveConfigCallback):
+    """SaveConfigCallback whose config.yaml keeps the :data:`INT_OR_FLOAT` options that are ints
+    in the parsed config as ints (the parser's dump writes ``Union[float, int]`` 1 as 1.0: a
+    rerun from the file would then take every batch instead of one)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        first = not self.already_saved
+        super().setup(trainer, pl_module, stage)
+        if not (first and self.save_to_log_dir):
+            return
+        path = os.path.join(trainer.log_dir, self.config_filename)  # (broadcasts: every rank)
+        ints = {k: v for k, v in (self.config.get("trainer") or {}).items() if k in INT_OR_FLOAT and type(v) is int}
+        if trainer.is_global_zero and ints and os.path.isfile(path):
+            with open(path) as f:
+                saved = yaml.safe_load(f)
+            saved["trainer"].update(ints)
+            with open(path, "w") as f:
+                yaml.safe_dump(saved, f, sort_keys=False)
+
+
 class GenModelsCLI(LightningCLI):
     """LightningCLI that prints the final metrics after each subcommand, and passes the Trainer's
     batch limits written as integers as ints (``--trainer.limit_val_batches 1``: one batch)."""
@@ -60,6 +81,12 @@ class GenModelsCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         return super().instantiate_trainer(**{**self._int_options, **kwargs})
+
+    def before_instantiate_classes(self) -> None:
+        # in the parsed config too, which IntegerLimitsSaveConfig writes
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for name, value in self._int_options.items():
+            config[f"trainer.{name}"] = value
 
     def _print_metrics(self) -> None:
         if not self.trainer.is_global_zero:
@@ -116,15 +143,9 @@ def main(args: list[str] | None = None, **kwargs: Any) -> GenModelsCLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks). Prints the
     final metrics and what the callbacks write, and no Lightning chatter (:func:`quiet`)."""
     with quiet():
-        return GenModelsCLI(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            **kwargs,
-        )
+        options = {"subclass_mode_model": True, "subclass_mode_data": True,
+                   "save_config_callback": IntegerLimitsSaveConfig, "save_config_kwargs": {"overwrite": True}}
+        return GenModelsCLI(LightningModule, LightningDataModule, args=args, **(options | kwargs))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from lightning_genmodels import GaussianMixture
@@ -121,6 +122,15 @@ def test_integer_batch_limits_stay_integers(mnist_dir: Path, tmp_path: Path, giv
     assert cli.trainer.limit_val_batches == want and type(cli.trainer.limit_val_batches) is type(want)
     if "val_check_interval" in given:
         assert cli.trainer.val_check_interval == 1 and type(cli.trainer.val_check_interval) is int
+
+
+def test_saved_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path) -> None:
+    """config.yaml said ``limit_val_batches: 1.0`` (all batches) for ``1`` (one batch)."""
+    main(args=fit_args(mnist_dir, tmp_path) + ["--trainer.limit_val_batches", "1",
+                                               "--trainer.limit_train_batches", "0.5"])
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]
+    assert saved["limit_val_batches"] == 1 and type(saved["limit_val_batches"]) is int
+    assert saved["limit_train_batches"] == 0.5
 
 
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture) -> None:
