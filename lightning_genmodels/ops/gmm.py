@@ -182,7 +182,8 @@ def gmm_em_stats(
         means: [K, D].
         prec_chol: Cholesky factors of the precisions, scikit-learn layout (module docstring).
         covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
-        sample_weight: [N] non-negative row weights (0 drops a padding row); None means ones.
+        sample_weight: [N] non-negative finite row weights (0 drops a padding row from loglik and,
+            when its features are finite, from every statistic: 0 x NaN is NaN); None means ones.
         impl: ``"ext"`` the compiled kernel, ``"ref"`` the PyTorch reference, ``"auto"`` the
             kernel when it builds, else the reference.
 
