@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..module_utils import eval_mode
 from ..ops.build import IMPLS, Impl
+from ..ops.philox import check_seed
 from . import samplers as S
 from .schedules import BETA_SCHEDULES, BetaSchedule, alphas_cumprod, make_betas
 from .unet import UNet
@@ -237,7 +238,7 @@ class Diffusion(LightningModule):
                 (``threads`` is ignored).
         """
         hp = self.hparams
-        n, seed = S.check_count("n", n), S.check_seed(seed)
+        n, seed = S.check_count("n", n), check_seed(seed)
         sampler = S.check_option("sampler", hp.sampler if sampler is None else sampler, S.SAMPLERS)
         eta = S.check_eta(hp.eta if eta is None else eta)
         steps = S.check_steps(hp.sample_steps if steps is None else steps, hp.num_train_timesteps)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..ops.build import Impl, use_ext
 from ..ops.diffusion import diffusion_step
-from ..ops.philox import as_integer, check_seed, philox_normal, seed_offset_tensor
+from ..ops.philox import as_integer, philox_normal, seed_offset_tensor
 
 SamplerName = Literal["ddpm", "ddim"]
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
