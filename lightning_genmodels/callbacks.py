@@ -6,6 +6,7 @@ and, when the trainer has a logger that takes images, sent to it as well (``_log
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -213,7 +214,8 @@ class FIDCallback(Callback):
     The samples are chunks of ``batch_size`` images, chunk j drawn with seed ``seed + j`` (the
     same seeds every time, so epochs are compared on the same noise). Under DDP rank r draws the
     chunks j = r, r + W, ... and torchmetrics sums the statistics across ranks, so any number of
-    processes evaluates exactly the same samples as one. Runs at the end of validation on epochs
+    processes evaluates exactly the same samples as one (a module whose ``sample_images`` takes
+    ``distributed``, as Diffusion's, is asked to draw each chunk alone). Runs at the end of validation on epochs
     where ``(epoch + 1) % every_n_epochs == 0`` (ModelCheckpoint's rule for ``every_n_epochs``).
 
     Args:
@@ -271,8 +273,11 @@ class FIDCallback(Callback):
         from .metrics.quality import sample_chunks
 
         self.quality.to(pl_module.device)
+        # each rank draws its own chunks: a module whose sampling can be collective draws alone
+        alone = {"distributed": False} if "distributed" in inspect.signature(pl_module.sample_images).parameters \
+            else {}
         for seed, size in sample_chunks(self.num_samples, self.batch_size, self.seed, rank, world_size):
-            self.quality.update(pl_module.sample_images(size, seed=seed).float().clamp(0, 1))
+            self.quality.update(pl_module.sample_images(size, seed=seed, **alone).float().clamp(0, 1))
         out = self.quality.compute(num_generated=self.num_samples)
         self.quality.reset()
         return {name: float(out[key]) for name, key in (

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
 from ..module_utils import eval_mode
@@ -141,7 +142,8 @@ class Diffusion(LightningModule):
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
         x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
-        self.unet.check_input(x0)
+        if hasattr(self.unet, "check_input"):  # (a subclass's own denoiser may not have it)
+            self.unet.check_input(x0)
         n = x0.shape[0]
         if stage == "train":
             t = torch.randint(0, self.hparams.num_train_timesteps, (n,), device=x0.device)
@@ -167,7 +169,7 @@ class Diffusion(LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        opt = torch.optim.AdamW(self.unet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)  # a subclass's too
         warmup = max(int(hp.warmup_steps), 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -209,6 +211,7 @@ class Diffusion(LightningModule):
         cuda_graph: bool = True,
         threads: int | None = None,
         compile_unet: bool | None = None,
+        distributed: bool | None = None,
     ) -> Tensor:
         """Draw ``n`` images [n, C, S, S] in [0, 1] by DDPM or DDIM from pure noise.
 
@@ -236,6 +239,11 @@ class Diffusion(LightningModule):
                 compiling fails there, one RuntimeWarning and the eager UNet from then on (an
                 explicit True raises). The compiled UNet runs on one intra-op thread team
                 (``threads`` is ignored).
+            distributed: split the images over the ranks of the default process group and gather
+                them (a collective: every rank must call it with the same arguments). None
+                (default): while the module's Trainer runs with more than one process (its
+                hooks and callbacks, e.g. SampleGrid), not otherwise (a script's
+                ``if trainer.is_global_zero: model.sample(...)`` after fit draws alone).
         """
         hp = self.hparams
         n, seed = S.check_count("n", n), check_seed(seed)
@@ -243,8 +251,7 @@ class Diffusion(LightningModule):
         eta = S.check_eta(hp.eta if eta is None else eta)
         steps = S.check_steps(hp.sample_steps if steps is None else steps, hp.num_train_timesteps)
         timesteps, table = self.coefficient_table(steps, sampler, eta, timestep_spacing, variance_type)
-        distributed = dist.is_available() and dist.is_initialized()
-        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        world, rank = self._sampling_world(distributed)
         first, count = S.shard(int(n), rank, world)
         shape = (count, hp.in_channels, hp.image_size, hp.image_size)
         clip = float(hp.clip_sample_range) if hp.clip_sample else 0.0
@@ -253,6 +260,9 @@ class Diffusion(LightningModule):
             return S.sample_loop(model, shape, first, timesteps, table, seed, clip, hp.impl,
                                  cuda_graph and self.device.type == "cuda", threads if self.device.type == "cpu" else 1)
 
+        if count == 0:  # n < world: this rank only joins the gather
+            images = torch.empty(shape, device=self.device)
+            return _gather_shares(images, n, world)
         frozen = self.unet.frozen(hp.impl) if isinstance(self.unet, UNet) else contextlib.nullcontext()
         with eval_mode(self.unet), frozen:
             op = isinstance(self.unet, UNet) and self.unet.runs_op(self.device)
@@ -260,6 +270,19 @@ class Diffusion(LightningModule):
             x = self._sample_with(loop, threads, compile_unet)
         images = ((x + 1) / 2).clamp(0, 1)
         return _gather_shares(images, n, world) if world > 1 else images
+
+    def _sampling_world(self, distributed: bool | None) -> tuple[int, int]:
+        """(world size, rank) that ``sample`` splits over: (1, 0) unless ``distributed`` says so
+        or, for None, the module's Trainer is running with more than one process."""
+        if distributed is None:
+            trainer = self._trainer
+            distributed = (trainer is not None and trainer.state.status == TrainerStatus.RUNNING
+                           and trainer.world_size > 1)
+        if not distributed:
+            return 1, 0
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("Diffusion.sample(distributed=True) needs an initialised default process group")
+        return dist.get_world_size(), dist.get_rank()
 
     def _sample_with(self, loop: Callable[[torch.nn.Module, int], Tensor], threads: int,
                      compile_unet: bool | None) -> Tensor:
@@ -298,9 +321,10 @@ class Diffusion(LightningModule):
     def _compiled_unet(self) -> torch.nn.Module:
         return torch.compile(self.unet, dynamic=False)  # compiled code is cached on UNet.forward
 
-    def sample_images(self, n: int, seed: int = 0) -> Tensor:
-        """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings."""
-        return self.sample(n, seed=seed)
+    def sample_images(self, n: int, seed: int = 0, distributed: bool | None = None) -> Tensor:
+        """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings
+        (``distributed`` as :meth:`sample`'s)."""
+        return self.sample(n, seed=seed, distributed=distributed)
 
 
 class _EMA(EMAWeightAveraging):

@@ -189,6 +189,38 @@ def test_fit_keeps_an_ema_used_for_checkpoints_and_sampling(mnist_dir, tmp_path)
         torch.testing.assert_close(p.cpu(), last_state["state_dict"][name])
 
 
+class _Denoiser(torch.nn.Module):
+    """A user's own network: no UNet methods (check_input, frozen, runs_op)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x)
+
+
+class _OwnDenoiser(Diffusion):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.unet = _Denoiser()
+        self.scale = torch.nn.Parameter(torch.ones(1))  # outside the network, trained too
+
+    def forward(self, x, t):
+        return self.scale * self.unet(x, t)
+
+
+def test_subclass_with_its_own_denoiser_trains_all_its_parameters(mnist_dir):
+    """Training called UNet.check_input (AttributeError), and the optimiser took only
+    self.unet's parameters: a subclass's own stayed put with no warning."""
+    model = _OwnDenoiser(**TINY, ema_decay=0.0, lr=0.1, sample_steps=2)
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=8, val_split=16)
+    Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False).fit(model, data)
+    assert float(model.scale) != 1.0
+    assert model.sample(2, seed=0).shape == (2, 1, 28, 28)
+
+
 def test_cli_fit_with_the_config(mnist_dir, tmp_path, capsys):
     png = tmp_path / "grid.png"
     main([
