@@ -5,7 +5,9 @@ Lightning writes training metrics to the logger every ``log_every_n_steps`` batc
 which is 5-10% of a small CPU model's step. The VAE and GAN modules therefore log
 their training metrics only on the batches whose metrics Lightning writes, and on the last
 batch of each epoch and of the run (so ``callback_metrics`` hold the epoch's final values for checkpointing
-and early stopping). ``Trainer(log_every_n_steps=1)`` logs every batch.
+and early stopping), and on every batch while a checkpoint callback monitors a metric within
+the epoch (``every_n_train_steps`` or ``train_time_interval``: it ranks the current values).
+``Trainer(log_every_n_steps=1)`` logs every batch.
 """
 from __future__ import annotations
 
@@ -21,7 +23,17 @@ def log_this_step(module: LightningModule, batch_idx: int) -> bool:
         return True
     if 0 <= trainer.max_steps <= trainer.global_step + 1:  # the run's last batch (or one before)
         return True
+    if any(_monitors_within_epochs(cb) for cb in trainer.checkpoint_callbacks):
+        return True
     # Lightning's own test (every log_every_n_steps-th batch that stepped), private but read-only;
     # without it, log every batch.
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
+
+
+def _monitors_within_epochs(callback: object) -> bool:
+    """A ModelCheckpoint that ranks by a metric and may save between epochs (an attribute it
+    lacks counts as yes: logging every batch is only slower)."""
+    if getattr(callback, "monitor", None) is None:
+        return False
+    return getattr(callback, "_every_n_train_steps", 1) >= 1 or getattr(callback, "_train_time_interval", None) is not None

@@ -8,6 +8,7 @@ import lightning
 import pytest
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -73,3 +74,24 @@ def test_a_run_cut_by_max_steps_still_logs_its_last_batch(family) -> None:
     trainer.fit(tiny(family), train_dataloaders=loader(family))
     assert trainer.fit_loop.epoch_loop.batch_idx + 1 < BATCHES  # stopped inside the epoch
     assert "train/loss" in trainer.callback_metrics or "train/d_loss" in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_step_checkpoints_rank_by_the_current_values(family, tmp_path, monkeypatch) -> None:
+    """A ModelCheckpoint monitoring a training metric every 2 steps skipped the steps whose
+    metric had not been logged, or ranked them by a stale one: it must save the files, with the
+    scores, of a run that logs every batch."""
+    def saved(name: str) -> dict[str, float]:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / name, monitor=monitor, every_n_train_steps=2, save_top_k=-1,
+                               filename="{step}")
+        trainer = lightning.Trainer(accelerator="cpu", max_epochs=1, log_every_n_steps=50, limit_val_batches=0,
+                                    logger=False, callbacks=[ckpt], enable_progress_bar=False,
+                                    enable_model_summary=False)
+        trainer.fit(tiny(family), train_dataloaders=loader(family))
+        return {Path(p).name: float(v) for p, v in ckpt.best_k_models.items()}
+
+    monitor = "train/loss" if family == "vae" else "train/d_loss"
+    ours = saved("ours")
+    monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
+    every = saved("every")
+    assert len(every) >= 3 and ours == every
