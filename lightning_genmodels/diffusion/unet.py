@@ -28,13 +28,15 @@ from ..ops.build import IMPLS, Impl, use_ext
 from ..ops.unet import unet_sample_forward
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [N, dim] of timesteps t [N] (Vaswani et al. 2017, §3.5)."""
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0,
+                       dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sinusoidal embedding [N, dim] of timesteps t [N] (Vaswani et al. 2017, §3.5), computed in
+    float32 (bf16 angles of t ~ 1000 would be off by several radians) and returned as ``dtype``."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
-    return F.pad(emb, (0, dim % 2))
+    return F.pad(emb, (0, dim % 2)).to(dtype)
 
 
 def _silu(x: Tensor) -> Tensor:
@@ -353,11 +355,18 @@ class UNet(nn.Module):
         """x: [N, C, S, S] noisy images, t: [N] timesteps -> [N, C, S, S] prediction.
 
         ``t`` of one element, or [N] expanded from one (stride 0), is one timestep for the batch.
+        x in another dtype than the weights (a float32 sampler, bf16-true weights) is run in the
+        weights' dtype and the prediction returned in x's.
         """
         self.check_input(x)
+        dtype = self.conv_in.weight.dtype
+        if x.dtype != dtype:
+            return self.forward(x.to(dtype), t).to(x.dtype)
         t = t.reshape(-1)
         shared = t.numel() == 1 or t.stride(0) == 0
-        emb = self.time_mlp(timestep_embedding(t[:1] if shared else t.expand(x.shape[0]), self.base_channels))
+        t_emb = timestep_embedding(t[:1] if shared else t.expand(x.shape[0]), self.base_channels,
+                                   dtype=self.time_mlp[0].weight.dtype)
+        emb = self.time_mlp(t_emb)
         # each block's conditioning, in the order the blocks run
         conds: Iterator[Tensor] = itertools.repeat(emb)
         if shared and not torch.is_grad_enabled():

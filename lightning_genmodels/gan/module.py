@@ -70,7 +70,7 @@ class GAN(LightningModule):
                        ema_decay)
         save_hparams_keeping_configs(self, ("generator", "discriminator"), inspect.currentframe())
         self.automatic_optimization = False
-        self.latent_dim = latent_dim
+        self.latent_dim, self.ema_decay = latent_dim, ema_decay
         self.image_shape = (channels, IMAGE_SIZE, IMAGE_SIZE)
         self.generator = generator if generator is not None else Generator(latent_dim, channels, features)
         self.discriminator = (
@@ -78,14 +78,9 @@ class GAN(LightningModule):
         )
         self._check_networks()
         self._g_loss: Tensor | None = None  # the latest generator loss, logged with d_loss
-        # The EMA copy is a submodule, so it is saved in checkpoints and moved with the module;
-        # its parameters never get gradients (DDP must not wait for them).
         self.generator_ema: AveragedModel | None = None
         if ema_decay is not None:
-            self.generator_ema = AveragedModel(
-                self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
-            )
-            self.generator_ema.requires_grad_(False)
+            self._build_ema()
 
     # ----- networks -------------------------------------------------------------------------
     def _check_networks(self) -> None:
@@ -101,12 +96,38 @@ class GAN(LightningModule):
             if tuple(logits.shape) != (2,):
                 raise ValueError(f"discriminator maps [2, ...] images to shape {tuple(logits.shape)}, expected (2,)")
 
+    # ----- the EMA generator -----------------------------------------------------------------
+    def _build_ema(self) -> None:
+        """A fresh EMA copy of the current generator. It is a submodule, so it is saved in
+        checkpoints and moved with the module; its parameters never get gradients (DDP must not
+        wait for them)."""
+        self.generator_ema = AveragedModel(
+            self.generator, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True
+        )
+        self.generator_ema.requires_grad_(False)
+
+    def _refresh_ema(self) -> None:
+        """Rebuild the EMA copy where it no longer has the generator's parameter and buffer names
+        and shapes: a subclass may assign ``self.generator`` after ``super().__init__()``."""
+        def layout(net: nn.Module) -> list[tuple[str, torch.Size]]:
+            return [(name, t.shape) for name, t in (*net.named_parameters(), *net.named_buffers())]
+
+        if self.generator_ema is not None and layout(self.generator_ema.module) != layout(self.generator):
+            self._build_ema()
+
+    def setup(self, stage: str) -> None:
+        self._refresh_ema()  # before the Trainer restores a checkpoint (resume) or wraps in DDP
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._refresh_ema()  # before the checkpoint's EMA weights are loaded into it
+
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """z ~ N(0, I), [n, latent_dim] on the module's device; drawn on the CPU when a
-        ``generator`` (CPU) is given, so seeded noise is the same on every device."""
+        """z ~ N(0, I), [n, latent_dim] on the module's device in its dtype (bf16 after a
+        bf16-true fit); drawn on the CPU in float32 when a ``generator`` (CPU) is given, so
+        seeded noise is the same on every device."""
         if generator is None:
-            return torch.randn(n, self.latent_dim, device=self.device)
-        return torch.randn(n, self.latent_dim, generator=generator).to(self.device)
+            return torch.randn(n, self.latent_dim, device=self.device, dtype=self.dtype)
+        return torch.randn(n, self.latent_dim, generator=generator).to(self.device, self.dtype)
 
     # ----- losses (override these to change the game) ---------------------------------------
     def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
@@ -226,16 +247,19 @@ class GAN(LightningModule):
     # ----- sampling ---------------------------------------------------------------------------
     @property
     def sampler(self) -> nn.Module:
-        """The network ``sample`` uses: the EMA generator when there is one."""
+        """The network ``sample`` uses: the EMA generator when there is one (rebuilt first if
+        the generator was replaced)."""
+        self._refresh_ema()
         return self.generator_ema.module if self.generator_ema is not None else self.generator
 
     @torch.no_grad()
     def decode_latents(self, z: Tensor) -> Tensor:
-        """Images [n, C, 28, 28] in [0, 1] from latents z [n, latent_dim] (eval mode, EMA)."""
+        """Images [n, C, 28, 28] in [0, 1] from latents z [n, latent_dim] (eval mode, EMA); z is
+        cast to the module's dtype (float32 latents for a bf16-true model)."""
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"decode_latents needs z [n, {self.latent_dim}], got shape {tuple(z.shape)}")
         with eval_mode(self.sampler):
-            images = self.sampler(z.to(self.device))
+            images = self.sampler(z.to(self.device, self.dtype))
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def sample(self, n: int, seed: int | None = None) -> Tensor:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Union
 
@@ -33,21 +35,24 @@ class MNISTFeatures(nn.Module):
         self.net = load_feature_net() if net is None else net
         self.num_features = self.net.num_features
         self.sha256 = getattr(self.net, "sha256", "unhashed")
-        self._memo: tuple[Tensor, int, Tensor] | None = None
+        self._memo: tuple[Tensor, Tensor] | None = None
+        self._remembering = False
 
     @torch.no_grad()
     def forward(self, imgs: Tensor) -> Tensor:
         """imgs [N, 1, 28, 28] in [0, 1] -> features float64 [N, 128].
 
-        The features of the last batch are remembered: FID, KID, precision/recall and the class
-        histogram all call this on the same tensor, and only the first call runs the network.
+        Inside :meth:`remembering` the features of the last batch are kept: FID, KID,
+        precision/recall and the class histogram all call this on the same tensor, and only the
+        first call runs the network.
         """
         memo = self._memo
-        if memo is not None and memo[0] is imgs and memo[1] == imgs._version:
-            return memo[2]
+        if memo is not None and memo[0] is imgs:
+            return memo[1]
         check_images(imgs)
         feats = self.net.features(imgs.float()).double()
-        self._memo = (imgs, imgs._version, feats)
+        if self._remembering:
+            self._memo = (imgs, feats)
         return feats
 
     @torch.no_grad()
@@ -55,9 +60,16 @@ class MNISTFeatures(nn.Module):
         """Class logits [N, 10] from the (remembered) features of imgs [N, 1, 28, 28]."""
         return self.net.head(self.forward(imgs).float())
 
-    def forget(self) -> None:
-        """Drop the remembered batch."""
-        self._memo = None
+    @contextmanager
+    def remembering(self) -> Iterator[None]:
+        """Remember the features of the last batch until the scope ends. The batch is matched by
+        identity only (inference tensors have no version counter), so the caller must not change
+        it in place inside the scope."""
+        self._remembering = True
+        try:
+            yield
+        finally:
+            self._remembering, self._memo = False, None
 
 
 class Logits(nn.Module):

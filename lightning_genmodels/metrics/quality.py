@@ -10,6 +10,7 @@ all against one cached set of real features, all synchronised across DDP ranks b
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities import dim_zero_cat
 
 from .classes import ClassCoverage
 from .extractors import FeatureName, Logits, build_extractor
@@ -42,6 +44,22 @@ def sample_chunks(num_samples: int, batch_size: int, seed: int, rank: int = 0,
     the union over ranks is the same set of samples for any number of processes."""
     starts = range(0, num_samples, batch_size)
     return [(seed + j, min(batch_size, num_samples - s)) for j, s in enumerate(starts) if j % world_size == rank]
+
+
+def canonical_order(x: Tensor) -> Tensor:
+    """Rows of x [N, F] sorted by a fixed random projection: the same order for any permutation."""
+    w = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return x[torch.argsort(x.double() @ w.to(x.device), stable=True)]
+
+
+class OrderFreeKID(KernelInceptionDistance):
+    """torchmetrics' KID, with the features put in a canonical order before its random subsets
+    are drawn: DDP gathers them rank by rank, so without it KID would depend on the world size."""
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        self.real_features = [canonical_order(dim_zero_cat(self.real_features))]
+        self.fake_features = [canonical_order(dim_zero_cat(self.fake_features))]
+        return super().compute()
 
 
 class SampleQuality(nn.Module):
@@ -88,9 +106,10 @@ class SampleQuality(nn.Module):
             self.extractor = build_extractor(feature, weights_path)
             classifier = load_feature_net()
         self.fid = FrechetInceptionDistance(feature=self.extractor, reset_real_features=False, normalize=True)
+        self.fid.orig_dtype = torch.float64  # update() sets it (our features are float64): a rank with none needs it
         with warnings.catch_warnings():  # we keep 10k features, not a large dataset
             warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all")
-            self.kid = KernelInceptionDistance(
+            self.kid = OrderFreeKID(
                 feature=self.extractor, subsets=kid_subsets, subset_size=kid_subset_size,
                 reset_real_features=False, normalize=True,
             )
@@ -136,12 +155,11 @@ class SampleQuality(nn.Module):
         """Add generated images [B, 1, 28, 28] in [0, 1]."""
         check_images(imgs, "generated images")
         imgs = imgs.to(self.device, torch.float32)
-        self.fid.update(imgs, real=False)
-        self.kid.update(imgs, real=False)
-        self.pr.update(self.extractor(imgs), real=False)
-        self.classes.update(imgs)
-        if hasattr(self.extractor, "forget"):
-            self.extractor.forget()
+        with getattr(self.extractor, "remembering", nullcontext)():  # one feature pass for all
+            self.fid.update(imgs, real=False)
+            self.kid.update(imgs, real=False)
+            self.pr.update(self.extractor(imgs), real=False)
+            self.classes.update(imgs)
 
     def compute(self, num_generated: int | None = None) -> dict[str, Tensor]:
         """All metrics (synchronised across DDP ranks).
@@ -154,12 +172,11 @@ class SampleQuality(nn.Module):
             raise RuntimeError("SampleQuality has no real features: call set_real or set_real_from_data first")
         n_fake = num_generated if num_generated is not None else int(self.fid.fake_features_num_samples)
         self.kid.subset_size = min(self.kid_subset_size, n_fake, self.num_real)
-        # KID's list states have dist_reduce_fx=None: torchmetrics gathers them element by element,
-        # so ranks with different update counts would deadlock. One tensor per rank keeps them even.
-        feats = self.kid.fake_features
-        width = self.extractor.num_features
-        fake = torch.cat(feats) if feats else torch.empty(0, width, dtype=torch.float64, device=self.device)
-        self.kid.fake_features = [fake]
+        # torchmetrics gathers KID's list states (dist_reduce_fx=None) element by element, and turns
+        # an empty list state of P&R into a 1-D tensor: ranks with different update counts (or
+        # none) would deadlock or fail. One [n, F] tensor per rank keeps them even.
+        self.kid.fake_features = [self._fake_rows(self.kid.fake_features)]
+        self.pr.fake_features = [self._fake_rows(self.pr.fake_features)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             kid_mean, kid_std = self.kid.compute()
@@ -167,6 +184,12 @@ class SampleQuality(nn.Module):
         out.update(self.pr.compute())
         out.update(self.classes.compute())
         return out
+
+    def _fake_rows(self, feats: list[Tensor]) -> Tensor:
+        """A list state of generated features as one float64 tensor [n, F] (n may be 0)."""
+        if feats:
+            return torch.cat(feats)
+        return torch.empty(0, self.extractor.num_features, dtype=torch.float64, device=self.device)
 
     def reset(self) -> None:
         """Forget the generated samples; the real features stay."""

@@ -163,8 +163,9 @@ class VAE(LightningModule):
         return out
 
     def decode(self, z: Tensor) -> Tensor:
-        """Mean images E[x | z] in [0, 1], [B, C, S, S], for latents z [B, L]."""
-        return mean_image(self.decoder_output(z), self.likelihood)
+        """Mean images E[x | z] in [0, 1], [B, C, S, S], for latents z [B, L], cast to the
+        module's device and dtype (float32 latents for a bf16-true model)."""
+        return mean_image(self.decoder_output(z.to(self.device, self.dtype)), self.likelihood)
 
     def decode_latents(self, z: Tensor) -> Tensor:
         """Alias of :meth:`decode` (the latent-interpolation protocol)."""

@@ -1,12 +1,17 @@
 """The UNet's sampling path (in place, shared timestep folded into biases, low-resolution
-upsampling convolutions) equals its training path."""
+upsampling convolutions) equals its training path; bf16 weights train and sample."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Trainer
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_genmodels import Diffusion
 from lightning_genmodels.diffusion.unet import UNet, UpsampleConv
 
 
@@ -99,3 +104,30 @@ def test_frozen_derives_the_weights_tensors_once_and_drops_them_at_exit() -> Non
         assert unet._stacked is None and up._phases is None and not up.keep_phases
         for p in unet.parameters():
             p.data.mul_(1.1)
+
+
+def test_bf16_weights_train_and_take_float32_input() -> None:
+    """precision="bf16-true" converts the weights and the batch: the timestep embedding follows
+    the weights' dtype, and a float32 sampler's x is run in bf16 and answered in float32."""
+    unet = randomised(UNet(base_channels=8, channel_mults=(1, 2), groups=4)).to(torch.bfloat16)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([3, 500, 999])
+    out = unet(x.bfloat16(), t)  # the training path, autograd on
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
+    assert unet.time_mlp[0].weight.grad is not None and unet.time_mlp[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        from_float = unet(x, t)
+        assert from_float.dtype == torch.float32
+        torch.testing.assert_close(from_float, unet(x.bfloat16(), t).float(), rtol=0, atol=0)
+
+
+def test_diffusion_fits_and_samples_in_bf16_true(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Diffusion(base_channels=8, channel_mults=(1, 2), groups=4, attention_heads=2, num_train_timesteps=100,
+                      sample_steps=2)
+    data = DataLoader(TensorDataset(torch.rand(8, 1, 28, 28) * 2 - 1, torch.zeros(8, dtype=torch.long)), batch_size=4)
+    Trainer(accelerator="cpu", fast_dev_run=2, precision="bf16-true", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path).fit(model, data, data)
+    assert model.unet.conv_in.weight.dtype == torch.bfloat16
+    images = model.sample(2, seed=0)
+    assert images.shape == (2, 1, 28, 28) and torch.isfinite(images.float()).all()

@@ -157,6 +157,49 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert not torch.equal(GAN(**TINY, loss="hinge", spectral_norm=True, ema_decay=0.5).sample(8, seed=3), before)
 
 
+def test_bf16_true_fit_then_sample_and_decode_float32_latents() -> None:
+    """After a bf16-true fit the weights are bf16; sample() and decode_latents() of float32
+    latents (as LatentInterpolation passes them) run in bf16."""
+    model = GAN(**TINY)
+    fit(model, batches=2, precision="bf16-true")
+    assert model.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in model.generator_ema.module.parameters())
+    assert model.noise(3).dtype == torch.bfloat16
+    images = model.sample(3, seed=0)
+    assert images.shape == (3, 1, 28, 28) and images.dtype == torch.bfloat16
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    decoded = model.decode_latents(z)
+    assert torch.equal(decoded, images)  # sample(seed) draws the same float32 z, then casts
+    assert decoded.min() >= 0 and decoded.max() <= 1
+
+
+class AssignedGenerator(GAN):
+    """Sets its own generator after ``super().__init__()`` (a common Lightning pattern)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__(**TINY)
+        self.generator = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 784), nn.Tanh(),
+                                       nn.Unflatten(1, (1, 28, 28)))
+
+
+def test_generator_assigned_after_init_gets_its_own_ema(tmp_path: Path) -> None:
+    model = AssignedGenerator()
+    assert isinstance(model.sampler, nn.Sequential)  # sample() before any fit uses the new network
+    trainer = fit(model, batches=2)
+    ema = model.generator_ema
+    assert int(ema.n_averaged) == 2
+    assert [n for n, _ in ema.module.named_parameters()] == [n for n, _ in model.generator.named_parameters()]
+    assert not torch.equal(ema.module[0].weight, model.generator[0].weight)  # an average, not a copy
+    path = tmp_path / "assigned.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = AssignedGenerator.load_from_checkpoint(path)
+    torch.testing.assert_close(loaded.sample(4, seed=0), model.sample(4, seed=0), rtol=0, atol=0)
+    resumed = AssignedGenerator()  # resuming keeps the checkpoint's EMA and goes on averaging
+    lightning.Trainer(**QUIET, max_epochs=2, limit_train_batches=2, limit_val_batches=0).fit(
+        resumed, train_dataloaders=loader(), ckpt_path=path)
+    assert int(resumed.generator_ema.n_averaged) == 4
+
+
 # ----- bad input ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "match"),

@@ -1,7 +1,8 @@
 """Run FIDCallback on 2 CPU processes with DDP; run by tests/metrics/test_fid_callback.py.
 
-Usage: python ddp_fid_script.py DATA_DIR CACHE_DIR OUT_DIR. Lightning's DDP launcher re-executes
-this command for rank 1; every rank writes the logged metrics to OUT_DIR/rank{r}.json.
+Usage: python ddp_fid_script.py DATA_DIR CACHE_DIR OUT_DIR [CALLBACK_ARGS_JSON]. Lightning's DDP
+launcher re-executes this command for rank 1; every rank writes the logged metrics to
+OUT_DIR/rank{r}.json. The JSON overrides entries of CALLBACK_ARGS.
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(torch.randn(16, 1)), batch_size=4)
 
 
-def run(data_dir: str, cache_dir: str, devices: int) -> tuple[Trainer, FIDCallback]:
-    callback = FIDCallback(data_dir=data_dir, cache_dir=cache_dir, **CALLBACK_ARGS)
+def run(data_dir: str, cache_dir: str, devices: int, **overrides) -> tuple[Trainer, FIDCallback]:
+    callback = FIDCallback(data_dir=data_dir, cache_dir=cache_dir, **{**CALLBACK_ARGS, **overrides})
     flags = {"strategy": "ddp"} if devices > 1 else {}
     trainer = Trainer(accelerator="cpu", devices=devices, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -56,11 +57,11 @@ def run(data_dir: str, cache_dir: str, devices: int) -> tuple[Trainer, FIDCallba
     return trainer, callback
 
 
-def main(data_dir: str, cache_dir: str, out_dir: str) -> None:
-    trainer, callback = run(data_dir, cache_dir, devices=2)
+def main(data_dir: str, cache_dir: str, out_dir: str, overrides: str = "{}") -> None:
+    trainer, callback = run(data_dir, cache_dir, devices=2, **json.loads(overrides))
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps({"last": callback.last, "logged": logged}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -118,3 +118,28 @@ def test_compute_without_real_features_is_an_error() -> None:
     q.update(torch.rand(8, 1, 28, 28))
     with pytest.raises(RuntimeError, match="no real features"):
         q.compute()
+
+
+def test_update_in_inference_mode_equals_no_grad(quality: SampleQuality, train_images: torch.Tensor,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference tensors (Trainer.validate) have no version counter: update() still works, runs
+    the feature network once per batch, and gives the values it gives under no_grad."""
+    net, calls = quality.extractor.net, []
+
+    def counted_features(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return type(net).features(net, x)
+
+    monkeypatch.setattr(net, "features", counted_features)
+    out = {}
+    for mode in (torch.no_grad, torch.inference_mode):
+        quality.reset()
+        with mode():
+            quality.update(train_images[:100] * 1.0)
+            quality.update(train_images[100:200] * 1.0)
+            out[mode] = quality.compute()
+    quality.reset()
+    assert calls == [100] * 4
+    assert set(out[torch.no_grad]) == set(out[torch.inference_mode])
+    for name, value in out[torch.no_grad].items():
+        torch.testing.assert_close(out[torch.inference_mode][name], value, rtol=0, atol=0, msg=name)

@@ -199,6 +199,20 @@ def test_fit_every_likelihood(mnist_dir: Path, tmp_path: Path, likelihood: str, 
         assert test_metrics["test/bpd"] == pytest.approx(test_metrics["test/nll_iwae"] / (784 * math.log(2)), rel=1e-5)
 
 
+def test_bf16_true_fit_then_decode_float32_latents(mnist_dir: Path, tmp_path: Path) -> None:
+    """After a bf16-true fit, decode_latents takes float32 latents (as LatentInterpolation passes)."""
+    model = tiny_vae(val_iwae_k=2)
+    data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=8)
+    trainer(tmp_path, fast_dev_run=2, precision="bf16-true").fit(model, data)
+    assert model.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in model.decoder.parameters())
+    z = torch.randn(3, L)
+    images = model.decode_latents(z)
+    assert images.shape == (3, 1, 28, 28) and images.dtype == torch.bfloat16
+    assert images.min() >= 0 and images.max() <= 1
+    torch.testing.assert_close(images, model.decode(z.bfloat16()), rtol=0, atol=0)
+    assert model.sample(2, seed=0).shape == (2, 1, 28, 28)
+
+
 def test_checkpoint_round_trip(mnist_dir: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = VAE(latent_dim=8, likelihood="continuous_bernoulli", val_iwae_k=2)
