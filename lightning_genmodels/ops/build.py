@@ -284,9 +284,18 @@ def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
 
 def load_library() -> BuildInfo:
     """Build and load once per process; later calls return the same info or re-raise."""
-    global _info, _error
-    if _info is not None:  # loaded: no lock to take (torch.compile traces through this)
+    if torch.compiler.is_compiling():  # loaded (or built) at trace time, its globals never read
+        fields = _load_while_tracing()
+        if fields is None:
+            raise ExtensionBuildError(f"the {NAMESPACE} ops failed to build (an eager call's error says why)")
+        return BuildInfo(Path(fields[0]), fields[1], list(fields[2]), fields[3])
+    if _info is not None:  # loaded: no lock to take
         return _info
+    return _load()
+
+
+def _load() -> BuildInfo:
+    global _info, _error
     with _lock:
         if _info is None and _error is None:
             try:
@@ -299,6 +308,17 @@ def load_library() -> BuildInfo:
         if _error is not None:
             raise _error
         return _info
+
+
+@torch.compiler.assume_constant_result
+def _load_while_tracing() -> tuple[str, bool, tuple[str, ...], bool] | None:
+    """_load run by Dynamo at trace time, not traced (its lock is not), its BuildInfo's fields
+    a constant (Dynamo takes no dataclass there); None where the build failed."""
+    try:
+        info = _load()
+    except ExtensionBuildError:
+        return None
+    return str(info.library), info.with_cuda, tuple(info.archs), info.cached
 
 
 def register_on_load(fn: Callable[[], None]) -> None:

@@ -309,3 +309,25 @@ def test_build_report_lists_the_composite_kernels(capsys: pytest.CaptureFixture)
         assert "CompositeExplicitAutograd" in ops[name], (name, ops[name])
     assert "CPU" in ops["gmm_log_prob"]
     assert all(ops.values()), ops  # every op has a kernel somewhere
+
+
+COLD_COMPILE = """
+import torch
+from lightning_genmodels.ops import gmm_log_prob, philox_normal
+x, lw, mu, pc = torch.randn(10, 4), torch.full((3,), -1.0986), torch.randn(3, 4), torch.ones(3, 4)
+draw = torch.compile(lambda: philox_normal(3, 1, [64], impl="IMPL"), fullgraph=True)
+joint = torch.compile(lambda x: gmm_log_prob(x, lw, mu, pc, "diag", impl="IMPL"), fullgraph=True)
+torch.testing.assert_close(draw(), philox_normal(3, 1, [64], impl="ref"))
+torch.testing.assert_close(joint(x), gmm_log_prob(x, lw, mu, pc, "diag", impl="ref"))
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("impl", ["auto", "ext"])
+def test_first_use_inside_torch_compile_fullgraph(impl):
+    """The library loads while Dynamo traces (its lock is not traceable: 'Dynamo does not know
+    how to enter a lock context manager' where no eager call came first)."""
+    from lightning_genmodels.ops.build import cache_dir
+
+    result = _run(COLD_COMPILE.replace("IMPL", impl), cache_dir())
+    assert "OK" in result.stdout, result.stderr[-3000:]
