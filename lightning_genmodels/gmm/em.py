@@ -155,15 +155,41 @@ def precision_cholesky_from_precisions(precisions: Tensor, covariance_type: str)
     """Upper-triangular ``U`` with ``P = U Uᵀ`` (scikit-learn's flip trick: chol(J P J) = L,
     U = J L J with J the exchange matrix); ``√P`` for diag/spherical."""
     prec = precisions.double()
+    check_precisions(prec, covariance_type)
     if covariance_type in ("full", "tied"):
-        flipped = prec.flip(-1, -2)
-        chol, info = torch.linalg.cholesky_ex(flipped)
-        if bool((info != 0).any()):
-            raise ValueError(f"precisions_init must be symmetric positive definite ({covariance_type})")
+        chol, info = torch.linalg.cholesky_ex(prec.flip(-1, -2))
+        if bool((info != 0).any()):  # positive definite, yet too ill-conditioned for float64
+            raise ValueError(f"precisions_init ({covariance_type!r}) is too ill-conditioned for a Cholesky factor")
         return chol.flip(-1, -2)
-    if bool((prec <= 0).any()):
-        raise ValueError(f"precisions_init must be positive ({covariance_type})")
     return prec.sqrt()
+
+
+def check_precisions(precisions: Tensor, covariance_type: str) -> None:
+    """Raise ValueError naming the component unless every precision is symmetric positive definite
+    (full/tied; symmetric as scikit-learn's ``np.allclose(P, Pᵀ)``) or positive (diag/spherical)."""
+    prec = precisions.double()
+    if covariance_type in ("full", "tied"):
+        mats = prec.reshape(-1, *prec.shape[-2:])
+        name = "precisions_init" if covariance_type == "tied" else "precisions_init[{}]"
+        transposed = mats.transpose(-1, -2)
+        asym = (mats - transposed).abs()
+        not_sym = (asym > 1e-8 + 1e-5 * transposed.abs()).flatten(1).any(1)
+        if bool(not_sym.any()):
+            i = int(not_sym.nonzero()[0])
+            raise ValueError(f"{name.format(i)} ({covariance_type!r}) must be symmetric, but "
+                             f"max |P - Pᵀ| = {float(asym[i].max()):.6g}")
+        _, info = torch.linalg.cholesky_ex(mats)
+        if bool((info != 0).any()):
+            i = int((info != 0).nonzero()[0])
+            low = float(torch.linalg.eigvalsh(mats[i]).min())
+            raise ValueError(f"{name.format(i)} ({covariance_type!r}) must be positive definite, but "
+                             f"its smallest eigenvalue is {low:.6g}")
+        return
+    bad = (prec <= 0).nonzero()
+    if bad.numel():
+        i = tuple(bad[0].tolist())
+        raise ValueError(f"precisions_init ({covariance_type!r}) must be positive, but "
+                         f"precisions_init[{', '.join(map(str, i))}] = {float(prec[i]):.6g}")
 
 
 def precisions_from_cholesky(prec_chol: Tensor, covariance_type: str) -> Tensor:
@@ -273,3 +299,4 @@ def check_given_init(given: dict[str, Tensor | None], covariance_type: str, k: i
             raise ValueError(
                 f"precisions_init must have shape {shape} for {covariance_type!r}, got {tuple(p.shape)}"
             )
+        check_precisions(p, covariance_type)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..ops.build import IMPLS
 from ..ops.gmm import gmm_log_prob
+from ..ops.philox import as_integer
 from . import em
 from .batches import all_finite, batch_tensor
 from .init import INIT_PARAMS
@@ -111,6 +112,7 @@ class ScikitLearnMixin:
         if not all_finite(x):
             raise ValueError("X contains NaN or infinite values")
         self._check_enough_samples(x.shape[0])
+        self._check_n_features(x.shape[1])
         warm = self.hparams.warm_start and self.fitted
         if warm and x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
@@ -150,6 +152,11 @@ class ScikitLearnMixin:
                 f"Expected n_samples >= n_components but got n_components = "
                 f"{self.hparams.n_components}, n_samples = {n_total:g}"
             )
+
+    def _check_n_features(self, n_features: int) -> None:
+        expected = self.hparams.n_features
+        if expected is not None and n_features != expected:
+            raise ValueError(f"X has {n_features} features, but the model was built with n_features={expected}")
 
     # ------------------------------------------------------------------ inference
 
@@ -227,19 +234,21 @@ class ScikitLearnMixin:
         the model was fitted.
 
         Args:
-            n_samples: rows to draw (>= 1).
-            generator: a torch.Generator (its device draws), an int seed for a CPU generator, or
-                None for torch's global CPU generator.
+            n_samples: rows to draw, an integer >= 1 (Python's, NumPy's or a 0-d integer tensor).
+            generator: a torch.Generator (its device draws), an integer seed of any of those kinds
+                in [-2**63, 2**64) (``torch.Generator.manual_seed``'s range) for a CPU generator,
+                or None for torch's global CPU generator.
 
         Returns:
             (X [n_samples, D] in the model's dtype, labels [n_samples] int64), grouped by
             component in increasing order as scikit-learn's ``sample``.
         """
         self._check_fitted()
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        if isinstance(generator, int):
-            generator = torch.Generator().manual_seed(generator)
+        n = as_integer(n_samples)
+        if n is None or n < 1:
+            raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+        n_samples = n
+        generator = _generator(generator)
         device = generator.device if generator is not None else torch.device("cpu")
         d = self.means_.shape[1]
         weights, means, covariances = (t.to(device, torch.float64)
@@ -249,6 +258,18 @@ class ScikitLearnMixin:
         z = torch.randn(n_samples, d, generator=generator, device=device, dtype=torch.float64)
         x = em.sample_from_normals(z, labels, means, covariances, self.hparams.covariance_type)
         return x.to(self.dtype), labels
+
+
+def _generator(generator: Any) -> torch.Generator | None:
+    """sample's ``generator``: a torch.Generator or None as given, an integer seed as a CPU generator."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    seed = as_integer(generator)
+    if seed is None:
+        raise ValueError(f"generator must be a torch.Generator, an integer seed or None, got {generator!r}")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"generator seed must lie in [-2**63, 2**64), got {seed}")
+    return torch.Generator().manual_seed(seed)
 
 
 def _real(x: Tensor) -> Tensor:
@@ -305,6 +326,8 @@ def _quiet_lightning():
 def check_options(
     covariance_type: str, init_params: str, impl: str, n_components: int, tol: float,
     reg_covar: float, max_iter: int, n_init: int, random_state: Any = None, verbose_interval: int = 10,
+    n_features: Any = None, kmeans_max_iter: int = 300, kmeans_tol: float = 1e-4, verbose: int = 0,
+    warm_start: bool = False,
 ) -> None:
     """Raise ValueError with the allowed values for an invalid constructor option."""
     for name, value, allowed in (
@@ -315,14 +338,21 @@ def check_options(
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     for name, value, low in (("n_components", n_components, 1), ("n_init", n_init, 1),
-                             ("max_iter", max_iter, 0), ("verbose_interval", verbose_interval, 1)):
+                             ("max_iter", max_iter, 0), ("verbose_interval", verbose_interval, 1),
+                             ("kmeans_max_iter", kmeans_max_iter, 1)):
         if not _is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name, value in (("tol", tol), ("reg_covar", reg_covar)):
+    for name, value in (("tol", tol), ("reg_covar", reg_covar), ("kmeans_tol", kmeans_tol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if random_state is not None and not _is_int(random_state):
         raise ValueError(f"random_state must be an int seed or None, got {random_state!r}")
+    if n_features is not None and (not _is_int(n_features) or n_features < 1):
+        raise ValueError(f"n_features must be an integer >= 1 or None, got {n_features!r}")
+    if not isinstance(verbose, (bool, np.bool_)) and (not _is_int(verbose) or verbose < 0):
+        raise ValueError(f"verbose must be an integer >= 0 or a bool, got {verbose!r}")  # scikit-learn's rule
+    if not isinstance(warm_start, (bool, np.bool_)):
+        raise ValueError(f"warm_start must be a bool, got {warm_start!r}")
 
 
 def _is_int(value: Any) -> bool:

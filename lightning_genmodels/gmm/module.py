@@ -84,7 +84,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             ``fit(X)`` and ``init_params`` ``"k-means++"`` or ``"random_from_data"``, scikit-learn's
             start for the same int.
         warm_start: a fitted model continues from its parameters (one initialisation).
-        n_features: D, to allocate the buffers before seeing data.
+        n_features: D, to allocate the buffers before seeing data (a fit checks the data's D).
         kmeans_max_iter: Lloyd passes of the ``kmeans`` initialisation at most.
         kmeans_tol: relative tolerance of those passes.
         impl: E-step op implementation (``"auto"``, ``"ref"``, ``"ext"``).
@@ -120,7 +120,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         self._sk_params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
         check_options(covariance_type, init_params, impl, n_components, tol, reg_covar, max_iter, n_init,
-                      random_state, verbose_interval)
+                      random_state, verbose_interval, n_features, kmeans_max_iter, kmeans_tol, verbose, warm_start)
         self._init = {
             "weights": em.as_float64(weights_init, "weights_init"),
             "means": em.as_float64(means_init, "means_init"),
@@ -142,7 +142,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         self.fitted = False
         self.n_features_in_: int | None = None
         if n_features is not None:
-            self._allocate(n_features)
+            self._allocate(int(n_features))
 
     # ------------------------------------------------------------------ state
 
@@ -239,8 +239,9 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
                               max_batches=None if math.isinf(limit) else int(limit), order_seed=self._seed)
 
     def on_train_start(self) -> None:
-        if self.n_features_in_ is None:
-            x, _ = next(iter(self._train_batches()()))
+        if self.n_features_in_ is None or self.hparams.n_features is not None:
+            x, _ = next(iter(self._train_batches()()))  # D from the data, or checked against n_features
+            self._check_n_features(x.shape[1])
             self._allocate(x.shape[1])
         if self.trainer.ckpt_path is not None and (self._in_progress or self.fitted):
             self._resume()
@@ -377,7 +378,9 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         ``{stage}/log_likelihood`` (Lightning weights batches by size: the data set's mean).
         Within fit, validation scores the parameters after the epoch's M-step."""
         if not (self.fitted or self._in_progress):
-            return None  # the sanity check before initialisation
+            if self._trainer is not None and self._trainer.sanity_checking:
+                return None  # fit's sanity check, before initialisation
+            self._check_fitted()  # Trainer.validate/test of an unfitted model
         x = batch_tensor(batch).to(self.dtype)
         log_prob = torch.logsumexp(
             gmm_log_prob(x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,

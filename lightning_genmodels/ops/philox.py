@@ -77,7 +77,7 @@ def _philox_normal_ref(seed: int, offset: int, size: Sequence[int], device: torc
 def as_integer(value: object) -> int | None:
     """``value`` as an int if it is an integer (Python's, NumPy's, a 0-d integer tensor), not a
     bool or a float (which would be truncated silently); else None."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dim() != 0):  # (torch indexes [3] as 3)
         return None
     try:
         return operator.index(value)

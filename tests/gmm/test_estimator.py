@@ -2,6 +2,7 @@
 verbose, views as batches, and the DDP strategy it needs."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -67,11 +68,33 @@ def test_a_trainer_that_stops_first_says_so() -> None:
         ({"verbose_interval": 0}, "verbose_interval must be an integer >= 1, got 0"),
         ({"max_iter": -1}, "max_iter must be an integer >= 0, got -1"),
         ({"random_state": np.random.RandomState(0)}, "random_state must be an int seed or None"),
+        ({"n_features": 0}, "n_features must be an integer >= 1 or None, got 0"),
+        ({"n_features": -1}, "n_features must be an integer >= 1 or None, got -1"),
+        ({"n_features": 2.5}, "n_features must be an integer >= 1 or None, got 2.5"),
+        ({"kmeans_max_iter": -1}, "kmeans_max_iter must be an integer >= 1, got -1"),
+        ({"kmeans_max_iter": 1.5}, "kmeans_max_iter must be an integer >= 1, got 1.5"),
+        ({"kmeans_tol": -1.0}, "kmeans_tol must be a finite number >= 0, got -1.0"),
+        ({"kmeans_tol": float("nan")}, "kmeans_tol must be a finite number >= 0, got nan"),
+        ({"verbose": -1}, "verbose must be an integer >= 0 or a bool, got -1"),
+        ({"verbose": "x"}, "verbose must be an integer >= 0 or a bool, got 'x'"),
+        ({"warm_start": "no"}, "warm_start must be a bool, got 'no'"),
+        ({"warm_start": 1}, "warm_start must be a bool, got 1"),
     ],
 )
 def test_bad_options_name_the_value(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         GaussianMixture(**({"n_components": 2} | kwargs))
+
+
+def test_n_features_must_match_the_data() -> None:
+    x = blobs()  # D = 3
+    with pytest.raises(ValueError, match="X has 3 features, but the model was built with n_features=5"):
+        GaussianMixture(3, n_features=5).fit(x)
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="X has 3 features, but the model was built with n_features=5"):
+        trainer.fit(GaussianMixture(3, n_features=5).double(), DataLoader(TensorDataset(torch.from_numpy(x))))
+    model = GaussianMixture(3, n_features=np.int64(3), verbose=False, warm_start=np.bool_(False), random_state=0)
+    assert model.means_.shape == (3, 3) and model.fit(x).converged_
 
 
 def test_empty_and_complex_data_name_the_problem() -> None:
@@ -238,3 +261,20 @@ def test_same_random_state_fits_as_sklearn(init_params: str) -> None:
     np.testing.assert_allclose(ours.means_.cpu().numpy(), theirs.means_, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(ours.weights_.cpu().numpy(), theirs.weights_, rtol=1e-10, atol=1e-12)
     assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=1e-12)
+
+
+def test_sample_arguments_are_checked() -> None:
+    model = GaussianMixture(2, covariance_type="diag", random_state=0).fit(blobs(k=2))
+    for bad in (0, -1, 2.5, True, "3", None, np.float64(3.0), torch.tensor([3]), torch.tensor(3.0)):
+        with pytest.raises(ValueError, match=f"n_samples must be an integer >= 1, got {re.escape(repr(bad))}"):
+            model.sample(bad)
+    for bad in (1.5, "a", True, np.float32(0.0)):
+        with pytest.raises(ValueError, match="generator must be a torch.Generator, an integer seed or None"):
+            model.sample(3, generator=bad)
+    with pytest.raises(ValueError, match=r"generator seed must lie in \[-2\*\*63, 2\*\*64\), got 18446744073709551616"):
+        model.sample(3, generator=2**64)
+    x, labels = model.sample(5, generator=7)
+    for n, seed in ((np.int64(5), np.int64(7)), (torch.tensor(5), torch.tensor(7)), (np.uint8(5), np.int32(7))):
+        x2, labels2 = model.sample(n, generator=seed)  # integers of any kind: the same draw
+        assert torch.equal(x, x2) and torch.equal(labels, labels2)
+    assert model.sample(3, generator=2**64 - 1)[0].shape == (3, 3)

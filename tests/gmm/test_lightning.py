@@ -44,6 +44,22 @@ def test_trainer_fit_logs_and_checkpoint_round_trips(tmp_path: Path) -> None:
         assert torch.equal(loaded.predict(x), model.predict(x))
 
 
+def test_validate_and_test_need_a_fitted_model(tmp_path: Path) -> None:
+    """Unfitted, validate and test raise as predict does (they returned [{}]); fit's sanity check
+    before the initialisation still passes, and a fitted model validates and tests."""
+    loader = DataLoader(TensorDataset(torch.from_numpy(blobs())), batch_size=128)
+    trainer = Trainer(default_root_dir=tmp_path, **QUIET)
+    for run in (trainer.validate, trainer.test, trainer.predict):
+        with pytest.raises(RuntimeError, match="GaussianMixture is not fitted yet"):
+            run(GaussianMixture(3, covariance_type="diag").double(), loader)
+    model = GaussianMixture(3, covariance_type="diag", max_iter=3, tol=0.0, random_state=0).double()
+    fit = Trainer(max_epochs=3, num_sanity_val_steps=2, default_root_dir=tmp_path, **QUIET)
+    fit.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    assert model.n_iter_ == 3 and "val/log_likelihood" in fit.callback_metrics
+    (result,) = trainer.test(model, loader, verbose=False)
+    assert result["test/log_likelihood"] == pytest.approx(model.score(blobs()), rel=1e-6)
+
+
 def test_resume_from_a_mid_fit_checkpoint(tmp_path: Path) -> None:
     x = torch.from_numpy(blobs(seed=9))
     kwargs = {"n_components": 3, "max_iter": 6, "tol": 0.0, **given_init(x.numpy(), 3, "full")}

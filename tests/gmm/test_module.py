@@ -239,6 +239,36 @@ def test_clear_errors() -> None:
         GaussianMixture(2, means_init=np.zeros((2, 3))).fit(x)
 
 
+NOT_SYMMETRIC = np.array([[2.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+
+
+@pytest.mark.parametrize(
+    "covariance_type, precisions, match",
+    [
+        ("full", np.stack([np.eye(3), NOT_SYMMETRIC]), r"precisions_init\[1\] \('full'\) must be symmetric, "
+         r"but max \|P - Pᵀ\| = 1"),
+        ("tied", NOT_SYMMETRIC, r"precisions_init \('tied'\) must be symmetric"),
+        ("full", np.stack([np.eye(3), -np.eye(3)]), r"precisions_init\[1\] \('full'\) must be positive definite, "
+         "but its smallest eigenvalue is -1"),
+        ("tied", np.diag([1.0, 0.0, 1.0]), r"precisions_init \('tied'\) must be positive definite, but its "
+         "smallest eigenvalue is 0"),
+        ("diag", np.array([[1.0, 1.0, 1.0], [1.0, -2.0, 1.0]]), r"must be positive, but precisions_init\[1, 1\] = -2"),
+        ("spherical", np.array([1.0, 0.0]), r"must be positive, but precisions_init\[1\] = 0"),
+    ],
+)
+def test_precisions_init_must_be_symmetric_positive_definite(covariance_type: str, precisions, match: str) -> None:
+    """scikit-learn refuses these too ("'full precision' should be symmetric, positive-definite");
+    a non-symmetric one used to be fitted from the matrix its upper triangle makes."""
+    x = blobs(n=60, d=3, k=2)
+    init = {"means_init": x[:2], "precisions_init": precisions}
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(2, covariance_type=covariance_type, max_iter=1, **init).fit(x)
+    with pytest.raises(ValueError, match="precision"):
+        SkGaussianMixture(2, covariance_type=covariance_type, max_iter=1, **init).fit(x)
+    near = np.stack([np.eye(3), np.eye(3) + 1e-9 * NOT_SYMMETRIC])  # within np.allclose, as scikit-learn
+    assert GaussianMixture(2, max_iter=1, means_init=x[:2], precisions_init=near).fit(x).fitted
+
+
 def test_streamed_dataloader_errors() -> None:
     x = torch.from_numpy(blobs(n=100))
     with pytest.raises(ValueError, match="n_components"):  # K > N seen in the init pass
