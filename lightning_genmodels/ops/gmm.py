@@ -82,11 +82,14 @@ def _check_inputs(
         )
     if sample_weight is not None and tuple(sample_weight.shape) != (n,):
         raise ValueError(f"sample_weight must be [N] = [{n}], got shape {tuple(sample_weight.shape)}")
-    if sample_weight is not None and not torch.compiler.is_compiling():  # (the CPU kernel checks too)
-        bad = ~(torch.isfinite(sample_weight) & (sample_weight >= 0))
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"sample_weight must be finite and >= 0, got {float(sample_weight[i])} at row {i}")
+    if sample_weight is None:
+        return
+    bad = ~(torch.isfinite(sample_weight) & (sample_weight >= 0))
+    if torch.compiler.is_compiling():  # no data-dependent raise in a graph: a check when it runs
+        torch._assert_async(~bad.any(), "sample_weight must be finite and >= 0")
+    elif bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"sample_weight must be finite and >= 0, got {float(sample_weight[i])} at row {i}")
 
 
 # --- reference: the specification --------------------------------------------------------
@@ -252,8 +255,7 @@ def gmm_m_step(
     Raises:
         ValueError: a covariance is not positive definite (advice: increase ``reg_covar``).
     """
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+    _check_m_step_inputs(stats, covariance_type, reg_covar, eps)
     if covariance_type in ("diag", "spherical") and stats.nk.device.type == "cpu" and use_ext(impl, None, stats):
         try:
             weights, means, cov, prec_chol, empty = torch.ops.lightning_genmodels.gmm_m_step(
@@ -264,6 +266,22 @@ def gmm_m_step(
         return MStep(weights, means, cov, empty), prec_chol
     step = m_step(stats, covariance_type, reg_covar, eps, prev_means, prev_covariances)
     return step, precision_cholesky(step.covariances, covariance_type)
+
+
+def _check_m_step_inputs(stats: GMMStats, covariance_type: str, reg_covar: float, eps: float) -> None:
+    """Raise ValueError naming a bad option or statistic shape (not the covariance check's advice)."""
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+    for name, value in (("reg_covar", reg_covar), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    nk, sx, sxx = stats.nk, stats.sx, stats.sxx
+    if nk.dim() != 1 or sx.dim() != 2 or sx.shape[0] != nk.shape[0]:
+        raise ValueError(f"stats must have nk [K] and sx [K, D], got {tuple(nk.shape)} and {tuple(sx.shape)}")
+    want = prec_chol_shape(covariance_type, *sx.shape)
+    if tuple(sxx.shape) != want:
+        raise ValueError(f"stats.sxx must be {list(want)} for covariance_type={covariance_type!r}, "
+                         f"got {tuple(sxx.shape)}")
 
 
 def _register_fake() -> None:

@@ -87,6 +87,25 @@ def test_a_covariance_that_is_not_positive_raises_the_advice(impl, cov, bad):
         gmm_m_step(stats._replace(sxx=sxx), cov, 0.0, EPS32, impl=impl)
 
 
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+@pytest.mark.parametrize("cov", ["diag", "spherical", "full"])
+@pytest.mark.parametrize("change, match", [
+    ({"reg_covar": -1.0}, "reg_covar must be a finite number >= 0, got -1.0"),  # was: the covariance advice
+    ({"reg_covar": float("nan")}, "reg_covar must be a finite number >= 0, got nan"),
+    ({"eps": float("inf")}, "eps must be a finite number >= 0, got inf"),
+    ({"sxx": "short"}, r"stats.sxx must be \["),  # the reference broadcast or raised deep inside
+])
+def test_bad_options_and_statistics_are_named(impl, cov, change, match):
+    stats = stats_of(4, 3, "diag" if cov == "full" else cov)
+    if cov == "full":
+        stats = stats._replace(sxx=torch.eye(3, dtype=torch.float64).expand(4, 3, 3) * stats.nk[:, None, None])
+    args = {"reg_covar": 1e-6, "eps": EPS32} | {k: v for k, v in change.items() if k != "sxx"}
+    if "sxx" in change:
+        stats = stats._replace(sxx=stats.sxx[..., :2] if cov != "spherical" else stats.sxx[:3])
+    with pytest.raises(ValueError, match=match):
+        gmm_m_step(stats, cov, args["reg_covar"], args["eps"], impl=impl)
+
+
 def test_bad_shapes_name_the_argument():
     load_library()
     stats = stats_of(4, 3, "diag")

@@ -256,6 +256,19 @@ def test_public_functions_compile_whole():
         torch.testing.assert_close(torch.compile(fn, backend="eager", fullgraph=True)(x), fn(x), msg=name)
 
 
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+def test_compiled_calls_still_check_sample_weight(impl):
+    """Under torch.compile the host check cannot raise; a check runs in the graph instead (with
+    impl="ref" a negative weight gave a negative nk, a NaN weight NaN statistics)."""
+    lw, mu, pc, x = OK_ARGS["log_weights"], OK_ARGS["means"], OK_ARGS["prec_chol"], OK_ARGS["x"]
+    fn = torch.compile(lambda x, w: gmm_em_stats(x, lw, mu, pc, "diag", w, impl=impl).nk, fullgraph=True)
+    n = x.shape[0]
+    torch.testing.assert_close(fn(x, torch.ones(n)), gmm_em_stats(x, lw, mu, pc, "diag", torch.ones(n), impl=impl).nk)
+    for bad in (-torch.ones(n), torch.full((n,), float("nan"))):
+        with pytest.raises(RuntimeError, match="sample_weight must be finite and >= 0"):
+            fn(x, bad)
+
+
 @pytest.mark.parametrize("impl", ["auto", "ext"])
 def test_gradients_come_from_the_reference_or_an_error(impl):
     """The kernels have no backward: "auto" differentiates through the reference, "ext" says so."""
