@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..module_utils import eval_mode, save_hparams_keeping_configs
+from ..ops.philox import as_integer, check_seed
 from ..train_log import log_this_step
 from . import losses
 from .losses import LOSSES, Loss
@@ -263,11 +264,17 @@ class GAN(LightningModule):
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def sample(self, n: int, seed: int | None = None) -> Tensor:
-        """``n`` images [n, C, 28, 28] in [0, 1]; the same ``seed`` gives the same images."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        """``n`` images [n, C, 28, 28] in [0, 1]; the same ``seed`` gives the same images.
+
+        Args:
+            n: number of images, an integer >= 1 of any kind (Python, NumPy, 0-d tensor).
+            seed: an integer in [0, 2**64) (every state ``torch.Generator.manual_seed`` has; it
+                would wrap negative seeds to seed + 2**64); None uses the global generator.
+        """
+        if (count := as_integer(n)) is None or count < 1:
             raise ValueError(f"n={n!r} must be an integer >= 1")
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        return self.decode_latents(self.noise(n, generator))
+        generator = None if seed is None else torch.Generator().manual_seed(check_seed(seed))
+        return self.decode_latents(self.noise(count, generator))
 
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
         """``sample(n, seed)``, for the SampleGrid callback."""

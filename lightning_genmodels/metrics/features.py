@@ -101,7 +101,8 @@ def load_feature_net(path: str | Path | None = None, sha256: str | None = None) 
             check for a file of your own.
 
     Raises:
-        FeatureWeightsError: the file is missing or its SHA-256 differs from the expected one.
+        FeatureWeightsError: the file is missing, its SHA-256 differs from the expected one, or
+            it is not a state dict of :class:`MNISTFeatureNet`.
     """
     path = Path(DEFAULT_WEIGHTS if path is None else path)
     if sha256 is None and path.resolve() == DEFAULT_WEIGHTS:
@@ -117,8 +118,16 @@ def load_feature_net(path: str | Path | None = None, sha256: str | None = None) 
             f"MNIST feature-network weights {path} have SHA-256 {digest}, expected {sha256}; the file "
             f"is corrupt or from another training run: reinstall the package or pass its own hash"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling, zip or EOF errors (torch's text would advise weights_only=False)
+        raise FeatureWeightsError(f"MNIST feature-network weights {path} are not a file torch.load can read "
+                                  f"({type(err).__name__}); pass the file train_features.py wrote") from err
     net = MNISTFeatureNet()
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:  # wrong keys or shapes, or not a dict
+        raise FeatureWeightsError(f"MNIST feature-network weights {path} are not an MNISTFeatureNet "
+                                  f"state dict: {str(err)[:300]}") from err
     net.sha256 = digest
     return net.eval().requires_grad_(False)

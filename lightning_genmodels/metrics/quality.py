@@ -20,6 +20,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
+from ..ops.philox import as_integer
 from .classes import ClassCoverage
 from .extractors import FeatureName, Logits, build_extractor
 from .features import check_images, load_feature_net
@@ -50,6 +51,34 @@ def canonical_order(x: Tensor) -> Tensor:
     """Rows of x [N, F] sorted by a fixed random projection: the same order for any permutation."""
     w = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return x[torch.argsort(x.double() @ w.to(x.device), stable=True)]
+
+
+class FiniteFID(FrechetInceptionDistance):
+    """torchmetrics' FID, refusing statistics that would make Σ_real Σ_fake non-finite: the
+    matrix square root (LAPACK's DGEBAL in torch.linalg.eigvals) kills the process on NaN/inf
+    instead of raising. Checked after the DDP sync, so every rank raises together."""
+
+    def compute(self) -> Tensor:
+        bounds = [_covariance_bound(self, which) for which in ("real", "fake")]
+        # |(Σ_r Σ_f)_ij| <= F max_i Σ_r,ii max_i Σ_f,ii (Cauchy-Schwarz), Σ_ii <= cov_sum_ii / (n - 1)
+        if not bounds[0] * bounds[1] * len(self.real_features_sum) < 1e300:
+            raise ValueError(
+                f"FID statistics are too large (largest feature variances: real {bounds[0]:.3g}, generated "
+                f"{bounds[1]:.3g}): Σ_real Σ_fake would overflow float64; rescale the features"
+            )
+        return super().compute()
+
+
+def _covariance_bound(fid: FrechetInceptionDistance, which: str) -> float:
+    """max_i cov_sum_ii / (n - 1) of the ``which`` ("real"/"fake") features; ValueError if a
+    statistic is NaN or infinite."""
+    total, cov_sum = getattr(fid, f"{which}_features_sum"), getattr(fid, f"{which}_features_cov_sum")
+    if not (torch.isfinite(total).all() and torch.isfinite(cov_sum).all()):
+        name = "real" if which == "real" else "generated"
+        raise ValueError(f"FID statistics of the {name} features contain NaN or inf: check the {name} "
+                         f"features (or the feature network's output) for NaN, inf or huge values")
+    n = int(getattr(fid, f"{which}_features_num_samples"))
+    return cov_sum.diagonal().max().item() / max(n - 1, 1) if n else 0.0
 
 
 class OrderFreeKID(KernelInceptionDistance):
@@ -105,7 +134,7 @@ class SampleQuality(nn.Module):
         else:
             self.extractor = build_extractor(feature, weights_path)
             classifier = load_feature_net()
-        self.fid = FrechetInceptionDistance(feature=self.extractor, reset_real_features=False, normalize=True)
+        self.fid = FiniteFID(feature=self.extractor, reset_real_features=False, normalize=True)
         self.fid.orig_dtype = torch.float64  # update() sets it (our features are float64): a rank with none needs it
         with warnings.catch_warnings():  # we keep 10k features, not a large dataset
             warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all")
@@ -124,10 +153,17 @@ class SampleQuality(nn.Module):
         return self.fid.real_features_sum.device
 
     def set_real(self, features: Tensor, rank: int = 0, world_size: int = 1) -> None:
-        """Use real features [N, F] (this rank keeps rows ``rank::world_size``)."""
+        """Use real features [N, F] (this rank keeps rows ``rank::world_size``); ValueError if
+        any is NaN or inf, or so large that their float64 second moments overflow."""
         n_feat = self.extractor.num_features
         if features.dim() != 2 or features.shape[1] != n_feat:
             raise ValueError(f"real features must be [N, {n_feat}], got {list(features.shape)}")
+        if not torch.isfinite(features).all():
+            bad = int((~torch.isfinite(features)).any(dim=1).sum())
+            raise ValueError(f"real features contain NaN or inf ({bad} of {len(features)} rows)")
+        if not torch.isfinite(features.double().square().sum(dim=0)).all():  # the diagonal of f^T f
+            raise ValueError(f"real features are too large for FID (max |value| {features.abs().max().item():.3g}): "
+                             f"their float64 sum of squares overflows")
         self.num_real = len(features)
         f = features[rank::world_size].to(self.device, torch.float64)
         self.fid.real_features_sum = f.sum(dim=0)
@@ -165,12 +201,15 @@ class SampleQuality(nn.Module):
         """All metrics (synchronised across DDP ranks).
 
         Args:
-            num_generated: generated samples over all ranks, which caps KID's subset size;
-                None takes this process's count (right on one process).
+            num_generated: generated samples over all ranks (an integer >= 1 of any kind), which
+                caps KID's subset size; None takes this process's count (right on one process).
         """
         if self.num_real == 0:
             raise RuntimeError("SampleQuality has no real features: call set_real or set_real_from_data first")
-        n_fake = num_generated if num_generated is not None else int(self.fid.fake_features_num_samples)
+        if num_generated is None:
+            n_fake = int(self.fid.fake_features_num_samples)
+        elif (n_fake := as_integer(num_generated)) is None or n_fake < 1:
+            raise ValueError(f"num_generated={num_generated!r} must be None or an integer >= 1")
         self.kid.subset_size = min(self.kid_subset_size, n_fake, self.num_real)
         # torchmetrics gathers KID's list states (dist_reduce_fx=None) element by element, and turns
         # an empty list state of P&R into a 1-D tensor: ranks with different update counts (or

@@ -3,13 +3,16 @@
 The cache file is ``<cache_dir>/real_<network sha256[:16]>_<data sha256[:16]>.pt`` holding the
 features [N, F] float64; ``cache_dir`` defaults to ``$LGM_CACHE_DIR/fid`` or
 ``~/.cache/lightning_genmodels/fid``. The data key hashes the uint8 image bytes themselves, so
-another split, subset or dataset gets its own entry.
+another split, subset or dataset gets its own entry. A cache file that cannot be read or does
+not hold finite float64 features [N, F] of these images is stale: it is recomputed and
+overwritten, with a warning naming it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -66,8 +69,13 @@ def real_features(
         extractor: a feature module with ``sha256`` (see extractors.py); features run on its device.
         images: uint8 [N, 28, 28].
         cache_dir: cache folder; None: :func:`default_cache_dir`. Written atomically, so DDP ranks
-            computing the same entry at once do not clash.
+            computing the same entry at once do not clash. An unreadable or invalid entry
+            (truncated, empty, not a tensor, wrong shape or dtype, NaN/inf) is treated as stale:
+            a warning names the file, and it is recomputed and overwritten.
         batch_size: images per forward pass.
+
+    Raises:
+        ValueError: the freshly computed features contain NaN or inf (nothing is cached).
     """
     if images.dtype != torch.uint8 or images.dim() != 3:
         raise ValueError(f"real images must be uint8 [N, H, W], got {images.dtype} {list(images.shape)}")
@@ -78,14 +86,37 @@ def real_features(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"real_{net_key[:16]}_{data_key}.pt"
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        feats, problem = _read_cache(path, len(images), getattr(extractor, "num_features", None))
+        if problem is None:
+            return feats
+        warnings.warn(f"real-feature cache {path} is unusable ({problem}); recomputing and overwriting it",
+                      stacklevel=2)
     device = next(extractor.parameters()).device
     feats = torch.cat([
         extractor(images[i : i + batch_size].to(device).float().div(255).unsqueeze(1)).cpu()
         for i in range(0, len(images), batch_size)
     ])
+    if not torch.isfinite(feats).all():
+        raise ValueError(f"{type(extractor).__name__} returned NaN or inf features for the real images "
+                         f"(not cached to {path}): check the feature network's weights")
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache, suffix=".tmp", delete=False) as tmp:
         torch.save(feats, tmp)
     os.replace(tmp.name, path)
     return feats
+
+
+def _read_cache(path: Path, rows: int, cols: int | None) -> tuple[Tensor | None, str | None]:
+    """(features, None) if ``path`` holds finite float64 features [rows, cols] (cols None: any),
+    else (None, why)."""
+    try:
+        feats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure to read a cache entry makes it stale: pickle, zip, EOF, OS
+        return None, f"unreadable: {type(err).__name__}"
+    if not isinstance(feats, Tensor):
+        return None, f"holds a {type(feats).__name__}, not a tensor"
+    if feats.dtype != torch.float64 or feats.dim() != 2 or feats.shape[0] != rows or cols not in (None, feats.shape[1]):
+        return None, f"holds {feats.dtype} {list(feats.shape)}, expected torch.float64 [{rows}, {cols or 'F'}]"
+    if not torch.isfinite(feats).all():
+        return None, "holds NaN or inf"
+    return feats, None

@@ -21,9 +21,11 @@ from typing import Iterable
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
 from ..module_utils import save_hparams_keeping_configs
+from ..ops.philox import as_integer, check_seed
 from ..train_log import log_this_step
 from .likelihoods import (
     INPUT_FORMATS,
@@ -38,7 +40,8 @@ from .nets import ConvDecoder, ConvEncoder, check_image_shape
 __all__ = ["VAE"]
 
 _LOG_2PI = math.log(2 * math.pi)
-
+# likelihoods defined only for data in [0, 1] (the Gaussian is a density on all reals)
+_UNIT_RANGE = ("bernoulli", "continuous_bernoulli")
 
 
 class VAE(LightningModule):
@@ -126,21 +129,38 @@ class VAE(LightningModule):
 
     # ----- the model -----------------------------------------------------------------------
 
-    def _check_images(self, x: Tensor) -> None:
+    def _images(self, x: Tensor) -> Tensor:
+        """``x`` checked (shape, floating dtype, [0, 1] for Bernoulli likelihoods) and cast to the
+        module's dtype (float64 images for a float32 model)."""
         check_image_shape(x, *self.image_shape[:2], who=type(self).__name__)
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects floating-point images, got dtype {x.dtype}")
+        if self.likelihood in _UNIT_RANGE and x.numel() and self._check_range():
+            lo, hi = (v.item() for v in torch.aminmax(x.detach()))
+            if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
+                raise ValueError(f"likelihood={self.likelihood!r} needs images in [0, 1], "
+                                 f"got values in [{lo:.4g}, {hi:.4g}]")
+        return x.to(self.dtype)
+
+    def _check_range(self) -> bool:
+        """Whether to read the images' range (a host sync on a GPU): not under torch.compile, and
+        in a running Trainer only until its first optimizer step (its batches come alike)."""
+        if torch.compiler.is_compiling():
+            return False
+        trainer = self._trainer
+        return trainer is None or trainer.state.status != TrainerStatus.RUNNING or trainer.global_step == 0
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z | x).
 
         Args:
-            x: images [B, C, S, S] in the likelihood's convention.
+            x: images [B, C, S, S] in the likelihood's convention (in [0, 1] for the Bernoulli
+                likelihoods, else ValueError), any floating dtype (cast to the module's).
 
         Returns:
             mean [B, L], log_var [B, L].
         """
-        self._check_images(x)
+        x = self._images(x)
         h = self.encoder(x)
         if h.shape != (x.shape[0], 2 * self.latent_dim):
             raise ValueError(
@@ -183,14 +203,15 @@ class VAE(LightningModule):
         """Mean images of n latents drawn from the prior: [n, C, S, S] in [0, 1].
 
         Args:
-            n: number of images.
-            seed: seeds a generator on the module's device (same seed, same images); None uses
-                the global generator.
+            n: number of images, an integer of any kind (Python, NumPy, 0-d tensor).
+            seed: an integer in [0, 2**64) (every state ``torch.Generator.manual_seed`` has; it
+                would wrap negative seeds to seed + 2**64), seeding a generator on the module's
+                device (same seed, same images); None uses the global generator.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        if (count := as_integer(n)) is None or count < 0:
             raise ValueError(f"n={n!r} must be an integer >= 0")
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device, dtype=self.dtype)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(check_seed(seed))
+        z = torch.randn(count, self.latent_dim, generator=generator, device=self.device, dtype=self.dtype)
         return self.decode(z)
 
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
@@ -212,6 +233,7 @@ class VAE(LightningModule):
             latent dimension, 0.5 (mean^2 + var - 1 - log var) (Kingma & Welling appendix B).
         """
         mean, log_var = self.encode(x)
+        x = x.to(self.dtype)  # as encode casts it
         z = mean + (0.5 * log_var).exp() * torch.randn_like(mean)
         rec = self.log_likelihood(x, self.decoder_output(z))
         kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var)
@@ -225,7 +247,7 @@ class VAE(LightningModule):
     def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
         """log p(x, z_i) - log q(z_i | x) for k posterior samples z_i per image: [k, B]."""
         mean, log_var = self.encode(x)
-        return self._log_weights(x, mean, log_var, k)
+        return self._log_weights(x.to(self.dtype), mean, log_var, k)
 
     def _log_weights(self, x: Tensor, mean: Tensor, log_var: Tensor, k: int) -> Tensor:
         eps = torch.randn(k, *mean.shape, device=mean.device, dtype=mean.dtype)
@@ -239,9 +261,11 @@ class VAE(LightningModule):
     def iwae_bound(self, x: Tensor, k: int) -> Tensor:
         """The importance-weighted bound L_k [B] in nats (Burda et al. 2016, eq. 8), decoding at
         most ``iwae_batch`` images at once."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if (k_int := as_integer(k)) is None or k_int < 1:
             raise ValueError(f"k={k!r} must be an integer >= 1")
+        k = k_int
         mean, log_var = self.encode(x)
+        x = x.to(self.dtype)
         chunk = max(1, self.hparams.iwae_batch // max(1, x.shape[0]))
         parts = [torch.logsumexp(self._log_weights(x, mean, log_var, min(chunk, k - i)), dim=0)
                  for i in range(0, k, chunk)]

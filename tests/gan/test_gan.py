@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -52,6 +53,31 @@ def test_sample_shapes_ranges_and_seed() -> None:
     assert model.sample(3).shape == (3, 1, 28, 28)  # global RNG
     assert torch.equal(model.sample_images(6, seed=1), a)
     assert model.decode_latents(torch.zeros(2, 8)).shape == (2, 1, 28, 28)
+
+
+def test_sample_takes_any_integer_kind_for_n_and_seed() -> None:
+    model = GAN(**TINY)
+    a = model.sample(2, seed=3)
+    for n, seed in ((np.int64(2), np.int64(3)), (torch.tensor(2), torch.tensor(3)), (2, np.uint64(3))):
+        assert torch.equal(model.sample(n, seed=seed), a)
+    assert model.sample(1, seed=2**64 - 1).shape == (1, 1, 28, 28)  # the largest seed manual_seed takes
+    z = torch.randn(2, 8, dtype=torch.float64)
+    assert torch.equal(model.decode_latents(z), model.decode_latents(z.float()))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*64\), got 1.5"),
+    ({"seed": 2**64}, "got 18446744073709551616"),
+    ({"seed": -1}, "got -1"),
+    ({"seed": True}, "got True"),
+    ({"seed": "3"}, "got '3'"),
+    ({"n": 2.0}, "n=2.0 must be an integer >= 1"),
+    ({"n": True}, "n=True"),
+    ({"n": np.int64(0)}, r"n=np.int64\(0\)"),
+])
+def test_sample_names_a_bad_n_or_seed(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GAN(**TINY).sample(**{"n": 2, **kwargs})
 
 
 # ----- gradient penalty ----------------------------------------------------------------------

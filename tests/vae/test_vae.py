@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -279,3 +280,59 @@ def test_other_bad_input_is_named() -> None:
         model.iwae_bound(torch.zeros(2, 1, 28, 28), 0)
     with pytest.raises(ValueError, match="n=-1"):
         model.sample(-1)
+
+
+def test_sample_takes_any_integer_kind_for_n_and_seed() -> None:
+    model = tiny_vae()
+    a = model.sample(2, seed=3)
+    for n, seed in ((np.int64(2), np.int64(3)), (torch.tensor(2), torch.tensor(3)), (2, np.uint64(3))):
+        assert torch.equal(model.sample(n, seed=seed), a)
+    assert model.sample(1, seed=2**64 - 1).shape == (1, 1, 28, 28)  # the largest seed manual_seed takes
+    x = data_like("bernoulli", 3)
+    assert model.iwae_bound(x, np.int64(2)).shape == (3,)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*64\), got 1.5"),
+    ({"seed": 2**64}, "got 18446744073709551616"),
+    ({"seed": -1}, "got -1"),
+    ({"seed": True}, "got True"),
+    ({"n": 2.0}, "n=2.0 must be an integer >= 0"),
+    ({"n": True}, "n=True"),
+])
+def test_sample_names_a_bad_n_or_seed(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tiny_vae().sample(**{"n": 2, **kwargs})
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_float64_images_are_cast_to_the_module_dtype(likelihood: str) -> None:
+    model, x = tiny_vae(likelihood), data_like(likelihood, 3)
+    for a, b in zip(model.encode(x.double()), model.encode(x)):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+    torch.manual_seed(0)
+    elbo64 = model.elbo(x.double())
+    torch.manual_seed(0)
+    torch.testing.assert_close(elbo64, model.elbo(x), rtol=0, atol=0)
+    assert model.iwae_bound(x.double(), 2).dtype == torch.float32
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+@pytest.mark.parametrize("scale, shift, seen", [(255.0, 0.0, r"\[0, 255\]"), (1.0, -1.0, r"\[-1, 0\]")])
+def test_images_outside_the_unit_interval_are_named(likelihood: str, scale: float, shift: float, seen: str) -> None:
+    model = tiny_vae(likelihood)
+    x = torch.zeros(2, 1, 28, 28)
+    x[0, 0, 0, 0] = 1.0
+    x = x * scale + shift
+    named = rf"likelihood='{likelihood}' needs images in \[0, 1\], got values in {seen}"
+    for call in (model.encode, model.elbo, lambda y: model.iwae_bound(y, 2), model.reconstruct):
+        with pytest.raises(ValueError, match=named):
+            call(x)
+
+
+def test_the_gaussian_takes_any_real_images_and_compile_skips_the_range_check(monkeypatch) -> None:
+    x = torch.zeros(2, 1, 28, 28)
+    x[0, 0, 0, 0] = 255.0
+    assert torch.isfinite(tiny_vae("gaussian").elbo(x)).all()  # a density on all reals
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # no data-dependent branch
+    assert tiny_vae("bernoulli").elbo(x).shape == (2,)
