@@ -14,6 +14,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from .module_utils import check_integer
+
 
 def _log_grid(trainer: Trainer, tag: str, grid: Tensor) -> None:
     """Send an image grid [C, H, W] in [0, 1] to every logger that takes images: one with
@@ -119,6 +121,10 @@ class SampleGrid(_GridCallback):
         seed: int = 0,
         log_to_logger: bool = True,
     ) -> None:
+        # checked now: they would fail only when fit ends
+        check_integer("num_samples", num_samples, 1)
+        check_integer("nrow", nrow, 1)
+        check_integer("seed", seed, 0, 2**64 - 1)
         super().__init__(path, nrow, every_n_epochs, log_to_logger)
         self.num_samples = num_samples
         self.seed = seed

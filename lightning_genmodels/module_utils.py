@@ -1,6 +1,7 @@
 """Helpers shared by the families' LightningModules."""
 from __future__ import annotations
 
+import operator
 import re
 import warnings
 from collections.abc import Iterator
@@ -8,7 +9,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from lightning.pytorch import LightningModule
-from torch import nn
+from torch import Tensor, nn
 
 
 def save_hparams_keeping_configs(module: LightningModule, networks: tuple[str, ...], frame: FrameType) -> None:
@@ -37,3 +38,24 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def as_integer(value: object) -> int | None:
+    """``value`` as an int if it is an integer (Python's, NumPy's, a 0-d integer tensor), not a
+    bool or a float (which would be truncated silently); else None."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dim() != 0):  # (torch indexes [3] as 3)
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def check_integer(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` as an int if it is an integer (:func:`as_integer`) in [low, high], else a
+    ValueError naming ``name``."""
+    v = as_integer(value)
+    if v is None or v < low or (high is not None and v > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}={value!r} must be an integer {bounds}")
+    return v

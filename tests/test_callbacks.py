@@ -234,3 +234,15 @@ def test_latent_interpolation_needs_latents_and_checks_options(tmp_path: Path) -
         LatentInterpolation(mode="cubic")
     with pytest.raises(ValueError, match="num_steps=1"):
         LatentInterpolation(num_steps=1)
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("num_samples", 0, "num_samples=0 must be an integer >= 1"),  # each failed only when fit ended
+    ("nrow", 0, "nrow=0 must be an integer >= 1"),
+    ("nrow", -1, "nrow=-1 must be"),
+    ("num_samples", 2.5, "num_samples=2.5 must be an integer"),
+    ("seed", -1, r"seed=-1 must be an integer in \[0, 18446744073709551615\]"),
+])
+def test_sample_grid_checks_its_options_when_built(option, value, match):
+    with pytest.raises(ValueError, match=match):
+        SampleGrid(**{option: value})

@@ -91,6 +91,8 @@ def read_idx(path: str | Path, magic: int) -> Tensor:
             f"{path}: {what}: header declares shape {list(shape)} = {declared} bytes of data "
             f"but the file holds {present}; {_FIX}"
         )
+    if declared == 0:  # (frombuffer refuses an offset at the buffer's end)
+        return torch.zeros(shape, dtype=torch.uint8)
     # bytearray: torch.frombuffer needs a writable buffer; one copy, ~20 ms for 47 MB
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).reshape(shape)
 
@@ -110,11 +112,13 @@ def read_images_labels(
         images: uint8 [N, rows, cols]; labels: uint8 [N].
 
     Raises:
-        IDXFormatError: either file is corrupt, the image size is wrong, the counts differ, or a
-            label is out of range.
+        IDXFormatError: either file is corrupt, holds no images, the image size is wrong, the
+            counts differ, or a label is out of range.
     """
     images = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
+    if images.shape[0] == 0:
+        raise IDXFormatError(f"{images_path}: the header declares no images; {_FIX}")
     if tuple(images.shape[1:]) != tuple(image_shape):
         raise IDXFormatError(
             f"{images_path}: images are {list(images.shape[1:])}, expected {list(image_shape)}"

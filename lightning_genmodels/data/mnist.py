@@ -25,6 +25,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..module_utils import check_integer
 from .idx import (
     SPLIT_FILES,
     TORCHVISION_CLASSES,
@@ -197,6 +198,9 @@ class MNISTDataModule(LightningDataModule):
             or (isinstance(val_split, float) and 0.0 <= val_split < 1.0)
         ):
             raise ValueError(f"val_split={val_split!r}: give a count >= 0 or a fraction in [0, 1)")
+        check_integer("seed", seed, 0, 2**63 - 1)  # 2 seed + 1 seeds the test file's noise
+        check_integer("batch_size", batch_size, 1)
+        check_integer("num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir if data_dir is not None else os.environ.get("LGM_DATA_DIR", "data"))
         # the format in use: the argument, or after setup the one adopted from the model

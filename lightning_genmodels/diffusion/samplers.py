@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..module_utils import as_integer
 from ..ops.build import Impl, use_ext
 from ..ops.diffusion import diffusion_step
-from ..ops.philox import as_integer, philox_normal, seed_offset_tensor
+from ..ops.philox import philox_normal, seed_offset_tensor
 
 SamplerName = Literal["ddpm", "ddim"]
 PredictionType = Literal["epsilon", "sample", "v_prediction"]

@@ -19,8 +19,8 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..module_utils import eval_mode, save_hparams_keeping_configs
-from ..ops.philox import as_integer, check_seed
+from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
+from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from . import losses
 from .losses import LOSSES, Loss

@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
+from ..module_utils import as_integer
 from ..ops.build import IMPLS
 from ..ops.gmm import gmm_log_prob
-from ..ops.philox import as_integer
 from . import em
 from .batches import all_finite, batch_tensor
 from .init import INIT_PARAMS

@@ -20,7 +20,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
-from ..ops.philox import as_integer
+from ..module_utils import as_integer
 from .classes import ClassCoverage
 from .extractors import FeatureName, Logits, build_extractor
 from .features import check_images, load_feature_net

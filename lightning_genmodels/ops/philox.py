@@ -9,12 +9,12 @@ lanes ``(x, y)`` and ``(z, w)`` each giving two normals by Box-Muller.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from ..module_utils import as_integer
 from .build import Impl, register_on_load, use_ext
 
 M32 = 0xFFFFFFFF
@@ -72,17 +72,6 @@ def _philox_normal_ref(seed: int, offset: int, size: Sequence[int], device: torc
     stream = torch.stack([n0, n1, n2, n3], dim=1).reshape(-1)
     start = offset - first * 4
     return stream[start : start + n].reshape(tuple(size))
-
-
-def as_integer(value: object) -> int | None:
-    """``value`` as an int if it is an integer (Python's, NumPy's, a 0-d integer tensor), not a
-    bool or a float (which would be truncated silently); else None."""
-    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dim() != 0):  # (torch indexes [3] as 3)
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def check_seed(seed: object) -> int:

@@ -24,8 +24,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
-from ..module_utils import save_hparams_keeping_configs
-from ..ops.philox import as_integer, check_seed
+from ..module_utils import as_integer, save_hparams_keeping_configs
+from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from .likelihoods import (
     INPUT_FORMATS,

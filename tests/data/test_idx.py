@@ -124,6 +124,19 @@ def test_label_out_of_range(test_pair: tuple[Path, Path]) -> None:
     assert str(labels) in str(err.value)
 
 
+def test_files_declaring_no_items(test_pair: tuple[Path, Path]) -> None:
+    """A valid header with count 0 (or a 0 dimension) raised torch.frombuffer's offset error,
+    naming no file; the reader returns the empty tensor, and a data set of no images is named."""
+    images, labels = test_pair
+    labels.write_bytes(struct.pack(">II", 2049, 0))
+    assert read_idx(labels, 2049).shape == (0,)
+    images.write_bytes(struct.pack(">IIII", 2051, 0, 28, 28))
+    assert read_idx(images, 2051).shape == (0, 28, 28)
+    with pytest.raises(IDXFormatError, match="the header declares no images") as err:
+        read_pair(images, labels)
+    assert str(images) in str(err.value)
+
+
 def test_wrong_image_size(test_pair: tuple[Path, Path]) -> None:
     with pytest.raises(IDXFormatError, match=r"images are \[28, 28\], expected \[32, 32\]"):
         read_images_labels(*test_pair, (32, 32), 10)

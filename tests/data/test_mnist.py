@@ -102,6 +102,19 @@ def test_split_fraction(mnist_dir: Path) -> None:
     assert len(dm.data_val) == 6_000 and len(dm.data_train) == 54_000
 
 
+@pytest.mark.parametrize("option, value, match", [
+    ("seed", -1, r"seed=-1 must be an integer in \[0, 9223372036854775807\]"),  # failed at the first batch as -2
+    ("seed", 2**63, "seed=9223372036854775808 must be"),
+    ("seed", 1.5, "seed=1.5 must be an integer"),
+    ("seed", None, "seed=None must be an integer"),
+    ("batch_size", 0, "batch_size=0 must be an integer >= 1"),  # failed inside torch's BatchSampler
+    ("num_workers", -1, "num_workers=-1 must be an integer >= 0"),
+])
+def test_bad_integer_options_are_named_when_built(option: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MNISTDataModule(**{option: value})
+
+
 @pytest.mark.parametrize("val_split", [-1, 1.0, 1.5, True])
 def test_bad_val_split(val_split: float) -> None:
     with pytest.raises(ValueError, match="val_split"):
