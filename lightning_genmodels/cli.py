@@ -70,14 +70,18 @@ class IntegerLimitsSaveConfig(SaveConfigCallback):
 
 
 class GenModelsCLI(LightningCLI):
-    """LightningCLI that prints the final metrics after each subcommand, and passes the Trainer's
-    batch limits written as integers as ints (``--trainer.limit_val_batches 1``: one batch)."""
+    """LightningCLI that prints the final metrics after each subcommand, takes MNISTDataModule
+    when ``--data`` is not given, and passes the Trainer's batch limits written as integers as
+    ints (``--trainer.limit_val_batches 1``: one batch)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         argv = kwargs.get("args")
         argv = sys.argv[1:] if argv is None else argv
         self._int_options = integer_trainer_options(list(argv)) if isinstance(argv, (list, tuple)) else {}
         super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.set_defaults({"data": {"class_path": "lightning_genmodels.MNISTDataModule"}})
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         return super().instantiate_trainer(**{**self._int_options, **kwargs})

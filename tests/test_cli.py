@@ -133,6 +133,13 @@ def test_saved_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path) -> N
     assert saved["limit_train_batches"] == 0.5
 
 
+def test_data_defaults_to_mnist(mnist_dir: Path, tmp_path: Path) -> None:
+    """The docs promised MNISTDataModule without --data; --data.batch_size alone was an error."""
+    cli = main(args=["--model", "GaussianMixture", "--model.n_components", "3", "--data.data_dir", str(mnist_dir),
+                     "--data.batch_size", "100", "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert type(cli.datamodule).__name__ == "MNISTDataModule" and cli.datamodule.hparams.batch_size == 100
+
+
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(args=["--help"])
