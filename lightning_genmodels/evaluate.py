@@ -22,7 +22,10 @@ import argparse
 import csv
 import importlib
 import json
+import os
 import platform
+import re
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,12 +37,15 @@ from lightning_genmodels.data import IDXFormatError
 from lightning_genmodels.metrics import SampleQuality, dequantized_bits_per_dim, load_real_images
 from lightning_genmodels.metrics.quality import KID_MIN_SUBSET, min_samples, sample_chunks
 from lightning_genmodels.metrics.real import seeded_subset
+from lightning_genmodels.ops.philox import check_seed
 
 COLUMNS = (("fid", "FID ↓", "{:.3f}"), ("kid", "KID ↓", "{:.4g}"), ("kid_subset_size", "KID subset", "{}"),
            ("precision", "precision ↑", "{:.3f}"), ("recall", "recall ↑", "{:.3f}"),
            ("coverage", "mode coverage ↑", "{:.0%}"), ("missing_digits", "missing digits", "{}"),
            ("confidence", "confidence ↑", "{:.3f}"), ("nll_bits_per_dim", "NLL bits/dim ↓", "{:.3f}"),
            ("sample_s", "sampling s", "{:.1f}"))
+NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")  # a model's name is part of its samples_<name>.png
+SAMPLE_TOL = 1e-6  # sample values this far outside [0, 1] are float rounding, clamped
 
 
 def parse_model(spec: str) -> tuple[str, str, Path]:
@@ -88,13 +94,34 @@ def nll_bits_per_dim(model: torch.nn.Module, data_dir: str, seed: int) -> tuple[
     return dequantized_bits_per_dim(model.score_samples, batches), "exact density, dequantisation bound"
 
 
+def checked_samples(images: object, name: str, n: int, seed: int) -> torch.Tensor:
+    """``images`` from model ``name``'s ``sample_images(n, seed)`` as float [n, 1, 28, 28] in
+    [0, 1], else ValueError saying what it returned (values within ``SAMPLE_TOL`` of [0, 1] are
+    clamped: float rounding)."""
+    call = f"model {name!r}: sample_images({n}, seed={seed}) returned"
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{call} a {type(images).__name__}, expected a tensor [{n}, 1, 28, 28] in [0, 1]")
+    if tuple(images.shape) != (n, 1, 28, 28):
+        got = f"{len(images)} images" if images.dim() == 4 and images.shape[1:] == (1, 28, 28) else "shape"
+        raise ValueError(f"{call} {got} {list(images.shape)}, expected [{n}, 1, 28, 28]")
+    images = images.float()
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{call} {int((~torch.isfinite(images)).sum())} NaN or infinite values")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -SAMPLE_TOL or hi > 1 + SAMPLE_TOL:
+        raise ValueError(f"{call} values in [{lo:.4g}, {hi:.4g}], expected [0, 1] (rescale images in "
+                         "[0, 255] or [-1, 1] in its sample_images)")
+    return images.clamp(0, 1)
+
+
 @torch.no_grad()
 def evaluate_model(model, quality: SampleQuality, num_samples: int, batch_size: int,
-                   seed: int) -> tuple[dict, torch.Tensor]:
-    """Metrics of ``num_samples`` samples (chunks as FIDCallback) and the first 64 images."""
+                   seed: int, name: str = "model") -> tuple[dict, torch.Tensor]:
+    """Metrics of ``num_samples`` samples (chunks as FIDCallback) and the first 64 images; a
+    chunk that is not [size, 1, 28, 28] in [0, 1] raises ValueError naming model ``name``."""
     start, first = time.perf_counter(), []
     for chunk_seed, size in sample_chunks(num_samples, batch_size, seed):
-        images = model.sample_images(size, seed=chunk_seed).float().clamp(0, 1).cpu()
+        images = checked_samples(model.sample_images(size, seed=chunk_seed), name, size, chunk_seed).cpu()
         quality.update(images)
         if sum(len(f) for f in first) < 64:
             first.append(images)
@@ -176,6 +203,8 @@ def write_report(out: Path, results: dict, floor: dict, meta: dict, has_plot: bo
         "| --- |" + " --- |" * len(COLUMNS),
         fmt_row(f"real floor (train {meta['floor_num']})", floor),
     ]
+    if meta.get("failed"):
+        lines[2:2] = [f"**Incomplete:** model {meta['failed']}; the models before it are below.", ""]
     lines += [fmt_row(name, r) for name, r in results.items()]
     lines += ["", "NLL (MNIST test set, bits per dimension, upper bounds): "
               + "; ".join(f"{n}: {r['nll_method']}" for n, r in results.items()) + ".", "",
@@ -191,7 +220,8 @@ def write_report(out: Path, results: dict, floor: dict, meta: dict, has_plot: bo
     (out / "report.md").write_text("\n".join(lines))
 
 
-# Every option is checked before any heavy work; parser.error exits with status 2 and the message.
+# Every option is checked, and every model loaded, before any heavy work (the floor, sampling);
+# parser.error exits with status 2 and the message.
 
 
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -212,16 +242,25 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(f"--device {args.device!r}: {exc}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device!r}: CUDA is not available")
+    chunks = len(sample_chunks(args.num_samples, args.batch_size, 0))
+    try:  # chunk j of the samples has seed + j
+        check_seed(args.seed), check_seed(args.seed + chunks - 1)
+    except ValueError:
+        parser.error(f"--seed must be an integer in [0, 2**64 - {chunks}] (chunk j of the {chunks} "
+                     f"sample chunks has seed + j), got {args.seed}")
 
 
 def _check_models(parser: argparse.ArgumentParser, specs: list[str]) -> list[tuple[str, str, Path]]:
-    """Each ``--model``: its form, its class (imported) and that its checkpoint file exists."""
+    """Each ``--model``: its form, a name fit for a file name, its class (imported), its checkpoint file."""
     models = []
     for spec in specs:
         try:
             name, cls_path, ckpt = parse_model(spec)
         except ValueError as exc:
             parser.error(str(exc))
+        if not NAME.fullmatch(name):
+            parser.error(f"--model {spec!r}: the name {name!r} must be 1 to 100 letters, digits, '.', '_' "
+                         "or '-' (it names the file samples_<name>.png)")
         try:
             resolve_class(cls_path)
         except (ImportError, ValueError, TypeError) as exc:
@@ -235,14 +274,44 @@ def _check_models(parser: argparse.ArgumentParser, specs: list[str]) -> list[tup
 
 
 def _check_logs(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, Path]:
-    """Each ``--log NAME=metrics.csv`` names an existing file."""
+    """Each ``--log NAME=metrics.csv`` names an existing file with ``val/fid`` values."""
     logs = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not Path(path).is_file():
             parser.error(f"--log {spec!r}: expected NAME=path/to/metrics.csv of an existing file")
+        try:
+            read_fid_log(Path(path))
+        except (OSError, ValueError, csv.Error) as exc:  # ValueError: no val/fid, a non-number, not text
+            parser.error(f"--log {spec!r}: {exc}")
         logs[name] = Path(path)
     return logs
+
+
+def _check_out(parser: argparse.ArgumentParser, out: str) -> Path:
+    """``--out`` is a folder or can be made one: its nearest existing path is a writable folder."""
+    path = Path(out)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        parser.error(f"--out {out!r}: {existing} exists and is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"--out {out!r}: the folder {existing} is not writable")
+    return path
+
+
+def _load_models(parser: argparse.ArgumentParser, models: list[tuple[str, str, Path]],
+                 device: str) -> dict[str, tuple[str, Path, torch.nn.Module]]:
+    """Every model loaded from its checkpoint before any sampling: name -> (class, checkpoint,
+    model). A checkpoint that does not load (corrupt, of another class) is a parser error."""
+    loaded = {}
+    for name, cls_path, ckpt in models:
+        try:
+            loaded[name] = cls_path, ckpt, load_model(cls_path, ckpt, device)
+        except Exception as exc:  # anything the checkpoint's bytes or hyperparameters can raise
+            text = " ".join(str(exc).split())  # a missing-keys message lists every key: its start
+            parser.error(f"--model {name}={cls_path}:{ckpt}: the checkpoint does not load as {cls_path} "
+                         f"({type(exc).__name__}: {text[:300]}{' …' if len(text) > 300 else ''})")
+    return loaded
 
 
 def _floor_images(parser: argparse.ArgumentParser, data_dir: str | None, num: int) -> torch.Tensor:
@@ -275,35 +344,46 @@ def main(argv: list[str] | None = None) -> None:
     _check_numbers(parser, args)
     models = _check_models(parser, args.model)
     logs = _check_logs(parser, args.log)
+    out = _check_out(parser, args.out)
     floor_images = _floor_images(parser, args.data_dir, args.floor_num)
-    out = Path(args.out)
+    loaded = _load_models(parser, models, args.device)
     out.mkdir(parents=True, exist_ok=True)
 
     quality = SampleQuality(kid_subset_size=args.kid_subset_size, seed=args.seed)
     quality.set_real_from_data(args.data_dir, "test", cache_dir=args.cache_dir)
     floor = real_floor(quality, floor_images)
     print(f"real floor ({args.floor_num} train vs test): FID {floor['fid']:.4g}", flush=True)
-    results = {}
-    for name, cls_path, ckpt in models:
-        model = load_model(cls_path, ckpt, args.device)
-        row, grid = evaluate_model(model, quality, args.num_samples, args.batch_size, args.seed)
-        row["nll_bits_per_dim"], row["nll_method"] = nll_bits_per_dim(model, args.data_dir, args.seed)
-        row.update({"class": cls_path, "checkpoint": str(ckpt)})
-        save_image(grid, out / f"samples_{name}.png", nrow=8, padding=2)
-        results[name] = row
-        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    results, failed = {}, None
+    try:  # a model failing midway still leaves the report of the models before it
+        for name, (cls_path, ckpt, model) in loaded.items():
+            row, grid = evaluate_model(model, quality, args.num_samples, args.batch_size, args.seed, name)
+            row["nll_bits_per_dim"], row["nll_method"] = nll_bits_per_dim(model, args.data_dir, args.seed)
+            row.update({"class": cls_path, "checkpoint": str(ckpt)})
+            save_image(grid, out / f"samples_{name}.png", nrow=8, padding=2)
+            results[name] = row
+            print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    except (Exception, KeyboardInterrupt) as exc:
+        failed = f"{name!r} failed ({type(exc).__name__}: {exc})"
+        raise
+    finally:
+        _write_outputs(out, args, argv, quality, floor, results, logs, failed)
+
+
+def _write_outputs(out: Path, args: argparse.Namespace, argv: list[str] | None, quality: SampleQuality,
+                   floor: dict, results: dict, logs: dict[str, Path], failed: str | None) -> None:
+    """report.md, results.json and the FID plot; ``failed``: the model that stopped the run, if any."""
     if logs:
         plot_fid_logs(logs, out / "fid_over_training.png")
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "command": "python -m lightning_genmodels.evaluate "
-                       + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+            "command": "python -m lightning_genmodels.evaluate " + " ".join(argv if argv is not None else sys.argv[1:]),
             "num_samples": args.num_samples, "seed": args.seed, "weights": quality.extractor.sha256,
             "kid_subset_size": args.kid_subset_size, "floor_num": args.floor_num,
-            "logs": {name: str(path) for name, path in logs.items()}}
+            "logs": {name: str(path) for name, path in logs.items()}, "failed": failed}
     write_report(out, results, floor, meta, bool(logs))
     (out / "results.json").write_text(json.dumps({"meta": meta, "floor": floor, "models": results}, indent=1))
-    print(f"wrote {out / 'report.md'}")
+    print(f"wrote {out / 'report.md'}" + (f" (incomplete: model {failed})" if failed else ""),
+          file=sys.stderr if failed else sys.stdout)
 
 
 def _cpu_name() -> str:
