@@ -49,6 +49,28 @@ def integer_trainer_options(argv: list[str]) -> dict[str, int]:
     return found
 
 
+def constructor_error(report: str) -> str | None:
+    """``Class: message`` from jsonargparse's "Does not validate against any of the Union
+    subtypes" report of a constructor that raised (its other entries only say the value is not
+    None); None for any other text."""
+    lines = report.splitlines()
+    if "Errors:" not in lines:
+        return None
+    reasons = []
+    for line in lines[lines.index("Errors:") + 1:]:
+        if line.startswith("  - "):
+            reasons.append(line[4:])
+        elif line.startswith("    ") and reasons:
+            reasons[-1] += " " + line.strip()
+        else:
+            break
+    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
+    if not reasons:
+        return None
+    found = re.search(r"class_path='([^']+)'", report)
+    return (f"{found.group(1)}: " if found else "") + "; ".join(reasons)
+
+
 class IntegerLimitsSaveConfig(SaveConfigCallback):
     """SaveConfigCallback whose config.yaml keeps the :data:`INT_OR_FLOAT` options that are ints
     in the parsed config as ints (the parser's dump writes ``Union[float, int]`` 1 as 1.0: a
@@ -79,6 +101,18 @@ class GenModelsCLI(LightningCLI):
         argv = sys.argv[1:] if argv is None else argv
         self._int_options = integer_trainer_options(list(argv)) if isinstance(argv, (list, tuple)) else {}
         super().__init__(*args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as exc:  # a constructor's check, buried in jsonargparse's union report
+            reason = constructor_error(str(exc))
+            if reason is None:
+                raise
+            parser, action = self.parser, getattr(self.parser, "_subcommands_action", None)
+            if self.subcommand and action is not None:  # the subcommand's usage line
+                parser = action._name_parser_map.get(self.subcommand, parser)
+            parser.error(reason)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.set_defaults({"data": {"class_path": "lightning_genmodels.MNISTDataModule"}})

@@ -133,6 +133,21 @@ def test_saved_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path) -> N
     assert saved["limit_train_batches"] == 0.5
 
 
+@pytest.mark.parametrize("option, want", [
+    (["--model.n_components", "-1"], "error: lightning_genmodels.GaussianMixture: n_components must be an integer >= 1, got -1"),
+    (["--data.val_split", "2.0"], "error: lightning_genmodels.MNISTDataModule: val_split=2.0: give a count"),
+])
+def test_a_constructor_error_is_one_line(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         option: list, want: str) -> None:
+    """It was a 75-line traceback ending in jsonargparse's union report."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=["fit", "--model", "GaussianMixture", "--data.data_dir", str(mnist_dir),
+                   "--trainer.default_root_dir", str(tmp_path), *option])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert want in err and "Traceback" not in err and "Given value" not in err
+
+
 def test_data_defaults_to_mnist(mnist_dir: Path, tmp_path: Path) -> None:
     """The docs promised MNISTDataModule without --data; --data.batch_size alone was an error."""
     cli = main(args=["--model", "GaussianMixture", "--model.n_components", "3", "--data.data_dir", str(mnist_dir),
