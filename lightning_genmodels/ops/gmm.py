@@ -183,10 +183,14 @@ def gmm_em_stats(
         x: [N, D] float32 or float64 (any strides).
         log_weights: [K] log mixture weights.
         means: [K, D].
-        prec_chol: Cholesky factors of the precisions, scikit-learn layout (module docstring).
+        prec_chol: Cholesky factors of the precisions, scikit-learn layout (module docstring),
+            with positive entries (diag, spherical) or diagonals (full, tied): log det takes
+            their logarithm, so others give NaN or -inf, unchecked (as scikit-learn's).
         covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
         sample_weight: [N] non-negative finite row weights (0 drops a padding row from loglik and,
             when its features are finite, from every statistic: 0 x NaN is NaN); None means ones.
+            The float32 kernels multiply in float32: weights near float32's maximum (3e38)
+            overflow there, where the float64 reference does not.
         impl: ``"ext"`` the compiled kernel, ``"ref"`` the PyTorch reference, ``"auto"`` the
             kernel when it builds, else the reference.
 
