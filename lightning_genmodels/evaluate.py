@@ -284,6 +284,8 @@ def _check_logs(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, 
             read_fid_log(Path(path))
         except (OSError, ValueError, csv.Error) as exc:  # ValueError: no val/fid, a non-number, not text
             parser.error(f"--log {spec!r}: {exc}")
+        if name in logs:
+            parser.error(f"--log {spec!r}: the name {name!r} is given twice")
         logs[name] = Path(path)
     return logs
 

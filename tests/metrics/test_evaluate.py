@@ -104,6 +104,7 @@ def test_nll_uses_the_models_own_method_else_nothing(mnist_dir: Path) -> None:
     (["--data-dir", "{tmp}"], "--data-dir: mnist IDX files not found"),
     (["--log", "a={tmp}/no_fid.csv"], "--log 'a=.*no_fid.csv': .*no_fid.csv has no val/fid values"),
     (["--log", "a={tmp}/bad_fid.csv"], "--log 'a=.*bad_fid.csv': could not convert string to float: 'x'"),
+    (["--log", "a={tmp}/fid.csv", "--log", "a={tmp}/fid.csv"], "--log 'a=.*fid.csv': the name 'a' is given twice"),
     (["--model", "a/b=lightning_genmodels.VAE:{ckpt}"], "the name 'a/b' must be 1 to 100 letters, digits"),
     (["--model", "a b=lightning_genmodels.VAE:{ckpt}"], "the name 'a b' must be"),
     (["--seed", "-1"], r"--seed must be an integer in \[0, 2\*\*64 - 20\] .*20 sample chunks.*got -1"),
@@ -119,6 +120,7 @@ def test_bad_options_fail_before_any_heavy_work(args: list[str], match: str, mni
     ckpt.touch()  # existence is all the checks before loading look at
     (tmp_path / "no_fid.csv").write_text("epoch,step,train/loss\n0,1,2.0\n")
     (tmp_path / "bad_fid.csv").write_text("epoch,step,val/fid\n0,1,x\n")
+    (tmp_path / "fid.csv").write_text("epoch,step,val/fid\n0,1,5.0\n")
     monkeypatch.setattr(evaluate, "SampleQuality", lambda *a, **k: pytest.fail("heavy work started"))
     base = ["--model", f"a=lightning_genmodels.GaussianMixture:{ckpt}", "--data-dir", str(mnist_dir),
             "--out", str(tmp_path / "out")]
