@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..module_utils import eval_mode
 from ..ops.build import IMPLS, Impl
-from ..ops.philox import check_seed
+from ..ops.philox import check_seed, philox_normal_rows
 from . import samplers as S
 from .schedules import BETA_SCHEDULES, BetaSchedule, alphas_cumprod, make_betas
 from .unet import UNet
@@ -148,10 +148,8 @@ class Diffusion(LightningModule):
         if stage == "train":
             t = torch.randint(0, self.hparams.num_train_timesteps, (n,), device=x0.device)
             noise = torch.randn_like(x0)
-        else:  # fixed draws, so that validation losses of different epochs compare
-            gen = torch.Generator().manual_seed(1234 + n)
-            t = torch.randint(0, self.hparams.num_train_timesteps, (n,), generator=gen).to(x0.device)
-            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        else:  # fixed draws per image, so that validation losses of different epochs compare
+            t, noise = validation_draws(x0, self.hparams.num_train_timesteps)
         target, weight = self._target_and_weight(x0, noise, t)
         mse = F.mse_loss(self(self.q_sample(x0, t, noise), t), target, reduction="none").flatten(1).mean(1)
         loss = (weight * mse).mean()
@@ -325,6 +323,23 @@ class Diffusion(LightningModule):
         """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings
         (``distributed`` as :meth:`sample`'s)."""
         return self.sample(n, seed=seed, distributed=distributed)
+
+
+VALIDATION_SEED = 1234
+
+
+def validation_draws(x0: Tensor, num_train_timesteps: int) -> tuple[Tensor, Tensor]:
+    """The fixed timestep [N] and noise (x0's shape) of each image of a validation batch, keyed
+    by its pixels quantised to 8 bits: an image gets the same draws in any batch, batch size or
+    number of processes (they depended on the batch size, so on the last batch and the world
+    size). Keys hash the pixels with fixed random int64 weights; the noise is Philox row
+    ``key mod 2**40`` of :func:`~..ops.philox.philox_normal_rows`."""
+    flat = x0.detach().flatten(1)
+    pixels = ((flat.float() + 1) * 127.5).round().clamp(0, 255).long()
+    weights = torch.randint(1, 2**31, (flat.shape[1],), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    key = (pixels * weights.to(x0.device)).sum(1)  # < 255 D 2^31: no overflow below D ~ 1.6e7
+    noise = philox_normal_rows(VALIDATION_SEED, key % 2**40, flat.shape[1]).view_as(x0).to(x0.dtype)
+    return key % num_train_timesteps, noise
 
 
 class _EMA(EMAWeightAveraging):

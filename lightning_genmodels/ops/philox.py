@@ -64,14 +64,32 @@ def _philox_normal_ref(seed: int, offset: int, size: Sequence[int], device: torc
     if n == 0:
         return torch.empty(tuple(size), dtype=torch.float32, device=device)
     first, last = offset // 4, (offset + n - 1) // 4
-    block = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+    stream = _block_normals(torch.arange(first, last + 1, dtype=torch.int64, device=device), seed).reshape(-1)
+    start = offset - first * 4
+    return stream[start : start + n].reshape(tuple(size))
+
+
+def _block_normals(block: Tensor, seed: int) -> Tensor:
+    """The four normals [..., 4] of each Philox block index in ``block`` (int64, any shape)."""
     zero = torch.zeros_like(block)
     x, y, z, w = _philox4x32_10([block & M32, block >> 32, zero, zero], seed)
     n0, n1 = _box_muller(x, y)
     n2, n3 = _box_muller(z, w)
-    stream = torch.stack([n0, n1, n2, n3], dim=1).reshape(-1)
-    start = offset - first * 4
-    return stream[start : start + n].reshape(tuple(size))
+    return torch.stack([n0, n1, n2, n3], dim=-1)
+
+
+def philox_normal_rows(seed: int, keys: Tensor, numel: int) -> Tensor:
+    """Row i: ``numel`` normals at stream position ``keys[i] * 4 * ceil(numel / 4)``, i.e.
+    ``philox_normal(seed, keys[i] * 4 * ceil(numel / 4), [numel])`` for every key at once
+    (float32 [len(keys), numel] on keys' device; pure PyTorch, any device). Keys: int64 >= 0 with
+    every row inside the stream [0, 2**62)."""
+    seed, blocks = check_seed(seed), -(-numel // 4)
+    if keys.dtype != torch.int64 or keys.dim() != 1:
+        raise ValueError(f"keys must be int64 [N], got {keys.dtype} of shape {tuple(keys.shape)}")
+    if keys.numel() and not (0 <= int(keys.min()) and int(keys.max()) < STREAM_LENGTH // (4 * max(blocks, 1))):
+        raise ValueError(f"keys must lie in [0, 2**62 / {4 * max(blocks, 1)}) (rows inside the stream)")
+    block = keys[:, None] * blocks + torch.arange(blocks, dtype=torch.int64, device=keys.device)
+    return _block_normals(block, seed).reshape(len(keys), 4 * blocks)[:, :numel]
 
 
 def check_seed(seed: object) -> int:

@@ -221,6 +221,24 @@ def test_subclass_with_its_own_denoiser_trains_all_its_parameters(mnist_dir):
     assert model.sample(2, seed=0).shape == (2, 1, 28, 28)
 
 
+def test_validation_draws_belong_to_the_image_not_the_batch():
+    """Validation's fixed timesteps and noise were seeded by the batch size: the last batch, another
+    batch size or another world size drew other ones. Now the loss of a batch is the mean of its
+    halves' losses, and an image's draws do not depend on its neighbours."""
+    from lightning_genmodels.diffusion.module import validation_draws
+
+    model = tiny()
+    x0 = torch.randint(0, 256, (8, 1, 28, 28), generator=torch.Generator().manual_seed(3)).float() / 127.5 - 1
+    t, noise = validation_draws(x0, TINY["num_train_timesteps"])
+    t2, noise2 = validation_draws(x0[5:], TINY["num_train_timesteps"])
+    assert torch.equal(t[5:], t2) and torch.equal(noise[5:], noise2)
+    assert len(set(t.tolist())) > 4 and abs(float(noise.std()) - 1) < 0.05
+    with torch.no_grad():
+        whole = model._shared_step((x0,), "val")
+        halves = (model._shared_step((x0[:4],), "val") + model._shared_step((x0[4:],), "val")) / 2
+    torch.testing.assert_close(whole, halves)
+
+
 def test_cli_fit_with_the_config(mnist_dir, tmp_path, capsys):
     png = tmp_path / "grid.png"
     main([

@@ -253,3 +253,19 @@ def test_kernel_checks_its_state_tensor():
     for offset in (-4, 2**62 - 2):  # a negative offset used to read stream position 2**64 - 4
         with pytest.raises(RuntimeError, match=r"offset must be in \[0, 2\*\*62 - numel\]"):
             torch.ops.lightning_genmodels.philox_normal(torch.tensor([1, offset]), [3])
+
+
+@pytest.mark.parametrize("numel", [1, 10, 784])
+def test_rows_are_the_stream_at_their_keys(numel):
+    """philox_normal_rows(seed, keys, numel)[i] == philox_normal(seed, keys[i] * 4 ceil(numel / 4), [numel])."""
+    from lightning_genmodels.ops.philox import philox_normal_rows
+
+    keys = torch.tensor([0, 3, 2**40 - 1, 987654321])
+    rows = philox_normal_rows(11, keys, numel)
+    stride = 4 * -(-numel // 4)
+    for i, key in enumerate(keys.tolist()):
+        torch.testing.assert_close(rows[i], philox_normal(11, key * stride, [numel], impl="ext"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="keys must lie in"):
+        philox_normal_rows(11, torch.tensor([-1]), numel)
+    with pytest.raises(ValueError, match="keys must be int64"):
+        philox_normal_rows(11, keys.int(), numel)
