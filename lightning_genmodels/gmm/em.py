@@ -283,6 +283,19 @@ def as_float64(value: Any, name: str) -> Tensor | None:
     return t
 
 
+def given_n_features(given: dict[str, Tensor | None], covariance_type: str, n_features: int | None) -> int:
+    """D for checking the given initial parameters before any data: ``n_features``, else the
+    means' or the precisions' last dimension (1 where none tells: spherical or nothing given)."""
+    m, p = given["means"], given["precisions"]
+    if n_features is not None:
+        return int(n_features)
+    if m is not None and m.dim() >= 1:
+        return m.shape[-1]
+    if p is not None and covariance_type != "spherical" and p.dim() >= 1:
+        return p.shape[-1]
+    return 1
+
+
 def check_given_init(given: dict[str, Tensor | None], covariance_type: str, k: int, d: int) -> None:
     """Validate weights_init, means_init and precisions_init against K and D (scikit-learn's rules)."""
     w, m, p = given["weights"], given["means"], given["precisions"]

@@ -126,6 +126,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             "means": em.as_float64(means_init, "means_init"),
             "precisions": em.as_float64(precisions_init, "precisions_init"),
         }
+        em.check_given_init(self._init, covariance_type, n_components,
+                            em.given_n_features(self._init, covariance_type, n_features))  # (fit checks D too)
         self.save_hyperparameters(ignore=["weights_init", "means_init", "precisions_init"])
         # Plain lists in the hyper-parameters: YAML- and weights_only-checkpoint-friendly.
         self.hparams.update({f"{k}_init": None if v is None else v.tolist() for k, v in self._init.items()})

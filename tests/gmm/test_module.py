@@ -341,3 +341,17 @@ def test_padding_weights_cancel_distributed_sampler_padding() -> None:
             assert torch.equal(w.float(), w2.float())
             seen += [i for i, wi in zip(idx, w.tolist()) if wi == 1.0]
         assert sorted(seen) == list(range(n))  # every sample exactly once
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"precisions_init": np.stack([np.eye(4), -np.eye(4)])}, r"precisions_init\[1\] \('full'\) must be positive definite"),
+    ({"weights_init": [0.3, 0.3]}, "weights_init must lie in"),
+    ({"means_init": np.zeros((3, 4))}, r"means_init must have shape \(2, 4\)"),
+    ({"means_init": np.zeros((2, 4)), "precisions_init": np.ones((2, 3)), "covariance_type": "diag"},
+     r"precisions_init must have shape \(2, 4\)"),
+    ({"n_features": 5, "means_init": np.zeros((2, 4))}, r"means_init must have shape \(2, 5\)"),
+])
+def test_initial_parameters_are_checked_when_built(kwargs, match):
+    """They were checked only at fit, though the README says each option is checked when built."""
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(n_components=2, **kwargs)
