@@ -150,9 +150,7 @@ class Diffusion(LightningModule):
             noise = torch.randn_like(x0)
         else:  # fixed draws per image, so that validation losses of different epochs compare
             t, noise = validation_draws(x0, self.hparams.num_train_timesteps)
-        target, weight = self._target_and_weight(x0, noise, t)
-        mse = F.mse_loss(self(self.q_sample(x0, t, noise), t), target, reduction="none").flatten(1).mean(1)
-        loss = (weight * mse).mean()
+        loss = self._image_losses(x0, t, noise).mean()
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", sync_dist=stage != "train", batch_size=n)
         return loss
 
@@ -164,6 +162,18 @@ class Diffusion(LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """``Trainer.predict``: each image's weighted denoising loss [B] at its validation draws
+        (:func:`validation_draws`), a per-image score; images come from :meth:`sample`."""
+        x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return {"loss": self._image_losses(x0, *validation_draws(x0, self.hparams.num_train_timesteps))}
+
+    def _image_losses(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The weighted MSE [N] of each image's prediction at timesteps t with noise."""
+        target, weight = self._target_and_weight(x0, noise, t)
+        mse = F.mse_loss(self(self.q_sample(x0, t, noise), t), target, reduction="none").flatten(1).mean(1)
+        return weight * mse
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

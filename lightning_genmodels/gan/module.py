@@ -245,6 +245,11 @@ class GAN(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "test")
 
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """``Trainer.predict``: the discriminator's logits [B] of the batch's images (how real
+        it finds them); images come from :meth:`sample`."""
+        return {"logits": self.discriminator(self._real_images(batch))}
+
     # ----- sampling ---------------------------------------------------------------------------
     @property
     def sampler(self) -> nn.Module:

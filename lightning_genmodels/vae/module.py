@@ -348,5 +348,12 @@ class VAE(LightningModule):
     def test_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "test")
 
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """``Trainer.predict``: the batch's latent codes (``mean``, ``log_var`` [B, L]) and mean
+        reconstructions [B, C, S, S]."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        mean, log_var = self.encode(x)
+        return {"mean": mean, "log_var": log_var, "reconstruction": self.decode(mean)}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
