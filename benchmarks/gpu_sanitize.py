@@ -81,7 +81,12 @@ def check_diffusion() -> None:
 
 
 if __name__ == "__main__":
-    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    import argparse
+    import sys
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_sanitize.py: needs a CUDA GPU")
     check_gmm()
     check_diffusion()
     torch.cuda.synchronize()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
@@ -43,8 +44,10 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 def as_integer(value: object) -> int | None:
     """``value`` as an int if it is an integer (Python's, NumPy's, a 0-d integer tensor), not a
     bool or a float (which would be truncated silently); else None."""
-    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dim() != 0):  # (torch indexes [3] as 3)
-        return None
+    if isinstance(value, bool) or (isinstance(value, Tensor) and (value.dim() != 0 or value.dtype == torch.bool)):
+        return None  # (torch indexes [3] as 3, and True as 1)
+    if isinstance(value, Tensor) and value.dtype == torch.uint64:  # (__index__ goes through int64)
+        return int(value.item())
     try:
         return operator.index(value)
     except TypeError:

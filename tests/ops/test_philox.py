@@ -269,3 +269,14 @@ def test_rows_are_the_stream_at_their_keys(numel):
         philox_normal_rows(11, torch.tensor([-1]), numel)
     with pytest.raises(ValueError, match="keys must be int64"):
         philox_normal_rows(11, keys.int(), numel)
+
+
+def test_as_integer_takes_every_integer_kind_and_no_other():
+    from lightning_genmodels.module_utils import as_integer
+
+    big = 2**63 + 5  # a uint64 tensor's __index__ went through int64: RuntimeError
+    assert as_integer(torch.tensor(big, dtype=torch.uint64)) == big
+    assert as_integer(np.uint64(big)) == big and as_integer(torch.tensor(-3)) == -3
+    for bad in (True, torch.tensor(True), torch.tensor([3]), 2.0, torch.tensor(2.0), "3", None):
+        assert as_integer(bad) is None, bad
+    assert philox_normal(torch.tensor(big, dtype=torch.uint64), 0, 2).shape == (2,)
