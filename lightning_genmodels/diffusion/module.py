@@ -12,6 +12,7 @@ replay.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -346,10 +347,16 @@ def validation_draws(x0: Tensor, num_train_timesteps: int) -> tuple[Tensor, Tens
     ``key mod 2**40`` of :func:`~..ops.philox.philox_normal_rows`."""
     flat = x0.detach().flatten(1)
     pixels = ((flat.float() + 1) * 127.5).round().clamp(0, 255).long()
-    weights = torch.randint(1, 2**31, (flat.shape[1],), generator=torch.Generator().manual_seed(VALIDATION_SEED))
-    key = (pixels * weights.to(x0.device)).sum(1)  # < 255 D 2^31: no overflow below D ~ 1.6e7
+    key = (pixels * _pixel_weights(flat.shape[1], x0.device)).sum(1)  # < 255 D 2^31: no overflow below D ~ 1.6e7
     noise = philox_normal_rows(VALIDATION_SEED, key % 2**40, flat.shape[1]).view_as(x0).to(x0.dtype)
     return key % num_train_timesteps, noise
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_weights(d: int, device: torch.device) -> Tensor:
+    """validation_draws' fixed random hash weights [d] int64, made once per (d, device)."""
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    return torch.randint(1, 2**31, (d,), generator=generator).to(device)
 
 
 class _EMA(EMAWeightAveraging):

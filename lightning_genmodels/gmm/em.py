@@ -153,9 +153,9 @@ def precision_cholesky(covariances: Tensor, covariance_type: str) -> Tensor:
 
 def precision_cholesky_from_precisions(precisions: Tensor, covariance_type: str) -> Tensor:
     """Upper-triangular ``U`` with ``P = U Uᵀ`` (scikit-learn's flip trick: chol(J P J) = L,
-    U = J L J with J the exchange matrix); ``√P`` for diag/spherical."""
+    U = J L J with J the exchange matrix); ``√P`` for diag/spherical. ``precisions`` as
+    :func:`check_precisions` (run by :func:`check_given_init`) passed them."""
     prec = precisions.double()
-    check_precisions(prec, covariance_type)
     if covariance_type in ("full", "tied"):
         chol, info = torch.linalg.cholesky_ex(prec.flip(-1, -2))
         if bool((info != 0).any()):  # positive definite, yet too ill-conditioned for float64
