@@ -7,6 +7,7 @@ from .gmm import ConvergenceWarning, GaussianMixture  # isort: skip
 from .diffusion import Diffusion
 from .gan import GAN
 from .metrics import SampleQuality
+from .predictions import PredictionWriter
 from .vae import VAE
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "IDXFormatError",
     "LatentInterpolation",
     "MNISTDataModule",
+    "PredictionWriter",
     "SampleGrid",
     "SampleQuality",
     "VAE",

@@ -19,9 +19,11 @@ from typing import Any, Iterator
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import lightning_genmodels  # noqa: F401  (registers our classes for short names)
+from lightning_genmodels.predictions import PredictionWriter
 
 
 # Trainer options where an int and a float mean different things (1: one batch; 1.0: all of them).
@@ -92,7 +94,8 @@ class IntegerLimitsSaveConfig(SaveConfigCallback):
 
 
 class GenModelsCLI(LightningCLI):
-    """LightningCLI that prints the final metrics after each subcommand, takes MNISTDataModule
+    """LightningCLI that prints the final metrics after each subcommand, saves ``predict``'s
+    outputs (:class:`PredictionWriter`, unless the config names a writer), takes MNISTDataModule
     when ``--data`` is not given, and passes the Trainer's batch limits written as integers as
     ints (``--trainer.limit_val_batches 1``: one batch)."""
 
@@ -118,7 +121,10 @@ class GenModelsCLI(LightningCLI):
         parser.set_defaults({"data": {"class_path": "lightning_genmodels.MNISTDataModule"}})
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        return super().instantiate_trainer(**{**self._int_options, **kwargs})
+        trainer = super().instantiate_trainer(**{**self._int_options, **kwargs})
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+            trainer.callbacks.append(PredictionWriter())  # else the predictions are dropped
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         # in the parsed config too, which IntegerLimitsSaveConfig writes
@@ -145,6 +151,12 @@ class GenModelsCLI(LightningCLI):
 
     def after_test(self) -> None:
         self._print_metrics()
+
+    def after_predict(self) -> None:
+        if self.trainer.is_global_zero:
+            for writer in self.trainer.callbacks:
+                if isinstance(writer, PredictionWriter) and writer.path:
+                    print(f"wrote {writer.path}")
 
 
 # Notices that a quickstart user cannot act on, silenced by name (nothing else is): Lightning

@@ -187,3 +187,21 @@ def test_python_dash_m_fit_prints_the_table_and_the_png_only(mnist_dir: Path, tm
     assert lines == ["wrote", "metric", "train/lower_bound", "val/log_likelihood"], result.stdout
     assert str(tmp_path / "samples.png") in result.stdout
     check_grid(tmp_path / "samples.png")
+
+
+def test_predict_saves_the_outputs_and_prints_the_path(mnist_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """`predict` computed every batch's outputs and dropped them: nothing was written or printed."""
+    cli = main(args=fit_args(mnist_dir, tmp_path))
+    ckpt = tmp_path / "gmm.ckpt"
+    cli.trainer.save_checkpoint(ckpt)
+    capsys.readouterr()
+    main(args=["predict", "--config", str(CONFIG), "--data.data_dir", str(mnist_dir), "--data.batch_size", "100",
+               "--model.n_components", str(K), "--trainer.limit_predict_batches", "2",
+               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt)])
+    path = tmp_path / "predictions.pt"
+    assert capsys.readouterr().out.splitlines() == [f"wrote {path}"]
+    saved = torch.load(path)
+    torch.testing.assert_close(saved["index"], torch.arange(200))
+    assert saved["labels"].shape == saved["log_prob"].shape == (200,)
+    assert ((saved["labels"] >= 0) & (saved["labels"] < K)).all() and saved["log_prob"].isfinite().all()
