@@ -176,6 +176,8 @@ class UNet(nn.Module):
             )
         if in_channels < 1 or image_size < 1:
             raise ValueError(f"need in_channels >= 1 and image_size >= 1, got {in_channels} and {image_size}")
+        if groups < 1 or attention_heads < 1:  # (0 divided the channels: ZeroDivisionError; < 0 passed)
+            raise ValueError(f"need groups >= 1 and attention_heads >= 1, got {groups} and {attention_heads}")
         if image_size % 2 ** (len(mults) - 1):
             raise ValueError(f"image_size={image_size} must be divisible by 2**(len(channel_mults) - 1)")
         chans = [base_channels * m for m in mults]
