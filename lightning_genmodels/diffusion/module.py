@@ -206,7 +206,6 @@ class Diffusion(LightningModule):
         )
         return timesteps.to(self.device), table.float().to(self.device)
 
-    @torch.inference_mode()
     def sample(
         self,
         n: int,
@@ -226,7 +225,9 @@ class Diffusion(LightningModule):
 
         Deterministic for a seed: image i depends only on (seed, i), so under DDP each rank draws
         its own contiguous share (:func:`.samplers.shard`) and the shares are gathered: n images
-        over R ranks equal the n images of one process (to float rounding).
+        over R ranks equal the n images of one process (to float rounding). The loop runs under
+        ``torch.inference_mode``; the images come back as an ordinary tensor (not an inference
+        tensor, which refuses in-place edits outside inference mode).
 
         Args:
             n: number of images.
@@ -273,11 +274,11 @@ class Diffusion(LightningModule):
             images = torch.empty(shape, device=self.device)
             return _gather_shares(images, n, world)
         frozen = self.unet.frozen(hp.impl) if isinstance(self.unet, UNet) else contextlib.nullcontext()
-        with eval_mode(self.unet), frozen:
+        with eval_mode(self.unet), frozen, torch.inference_mode():
             op = isinstance(self.unet, UNet) and self.unet.runs_op(self.device)
             threads = S.cpu_threads(count, threads, 1 if op else S.MIN_IMAGES_PER_THREAD)
             x = self._sample_with(loop, threads, compile_unet)
-        images = ((x + 1) / 2).clamp(0, 1)
+        images = ((x + 1) / 2).clamp(0, 1)  # outside inference mode: an ordinary tensor, not an inference tensor
         return _gather_shares(images, n, world) if world > 1 else images
 
     def _sampling_world(self, distributed: bool | None) -> tuple[int, int]:

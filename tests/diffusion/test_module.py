@@ -117,6 +117,16 @@ def test_sample_range_determinism_and_ext_equals_ref(sampler, eta):
     torch.testing.assert_close(model.sample(3, steps=3, sampler=sampler, eta=eta, seed=3), a, rtol=1e-4, atol=1e-4)
 
 
+def test_sampled_images_are_an_ordinary_tensor():
+    """sample ran under @torch.inference_mode and returned an inference tensor: images.mul_(255)
+    or images.requires_grad_() outside inference mode raised RuntimeError."""
+    images = tiny().sample(2, steps=2, seed=0)
+    assert not images.is_inference()
+    expected = images.clone()
+    images.mul_(255)
+    torch.testing.assert_close(images, expected * 255)
+
+
 def test_sample_images_uses_the_defaults():
     model = tiny(sample_steps=3)
     torch.testing.assert_close(model.sample_images(2, seed=1), model.sample(2, seed=1, steps=3, sampler="ddim"))
