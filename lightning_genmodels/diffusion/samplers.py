@@ -312,7 +312,9 @@ def _share_loop(
     t_all = timesteps.to(device).view(-1, 1).expand(-1, shape[0])
 
     def step(x: Tensor, t: Tensor) -> Tensor:
-        out = diffusion_step(x, model(x, t), t, table, seed_offset, clip_range, impl=impl, check_timesteps=False)
+        # float32, as x: under torch.autocast the model answers in bf16 or fp16
+        out = diffusion_step(x, model(x, t).float(), t, table, seed_offset, clip_range, impl=impl,
+                             check_timesteps=False)
         seed_offset.add_(stride)
         return out
 

@@ -127,6 +127,19 @@ def test_sampled_images_are_an_ordinary_tensor():
     torch.testing.assert_close(images, expected * 255)
 
 
+def test_sampling_under_autocast_draws_float32_images():
+    """Under torch.autocast the UNet answers in bf16 and the step op refused it (TypeError:
+    model_output must be float32); the images now come out float32, near the float32 ones."""
+    model = tiny()
+    plain = model.sample(2, steps=3, sampler="ddpm", seed=1)
+    for impl in ("auto", "ref"):  # the UNet op and the Python UNet
+        model.hparams.impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            images = model.sample(2, steps=3, sampler="ddpm", seed=1)
+        assert images.dtype == torch.float32
+        torch.testing.assert_close(images, plain, rtol=0, atol=0.05)
+
+
 def test_sample_images_uses_the_defaults():
     model = tiny(sample_steps=3)
     torch.testing.assert_close(model.sample_images(2, seed=1), model.sample(2, seed=1, steps=3, sampler="ddim"))
