@@ -115,6 +115,20 @@ class Diffusion(LightningModule):
         self.register_buffer("betas", betas.float(), persistent=False)  # [T]
         self.register_buffer("alphas_cumprod", alphas_cumprod(betas).float(), persistent=False)  # [T]
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Diffusion:
+        """``nn.Module._apply`` (``.to``, ``.half()``, Lightning's ``bf16-true``), except that the
+        schedule stays at least float32: in bf16 ᾱ_t rounds to 1 for the first 10 timesteps of
+        the linear schedule (trained without noise) and 1 - ᾱ_t is off by up to 100% below t = 100,
+        while sampling uses the exact schedule."""
+        schedule = {name: self._buffers[name] for name in ("betas", "alphas_cumprod") if name in self._buffers}
+        super()._apply(fn, recurse)
+        for name, old in schedule.items():
+            new = self._buffers[name]
+            if new is not None and old is not None and new.is_floating_point() \
+                    and torch.finfo(new.dtype).eps > torch.finfo(torch.float32).eps:
+                self._buffers[name] = old.float().to(new.device)
+        return self
+
     # ------------------------------------------------------------------ training
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

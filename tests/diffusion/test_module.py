@@ -140,6 +140,21 @@ def test_sampling_under_autocast_draws_float32_images():
         torch.testing.assert_close(images, plain, rtol=0, atol=0.05)
 
 
+def test_schedule_stays_float32_when_the_weights_go_bf16():
+    """precision="bf16-true" (module.to(torch.bfloat16)) also converted the schedule's buffers:
+    ᾱ_t rounded to 1 for t < 10 of the linear schedule (those timesteps trained without noise)
+    while sampling used the exact schedule."""
+    model = tiny(num_train_timesteps=1000)
+    exact = model.alphas_cumprod.clone()
+    model = model.to(torch.bfloat16)
+    assert model.unet.conv_in.weight.dtype == torch.bfloat16
+    assert model.alphas_cumprod.dtype == torch.float32 and model.betas.dtype == torch.float32
+    torch.testing.assert_close(model.alphas_cumprod, exact, rtol=0, atol=0)
+    x0 = torch.zeros(2, 1, 28, 28, dtype=torch.bfloat16)
+    assert (model.q_sample(x0, torch.tensor([0, 5]), torch.ones_like(x0)) > 0).all()  # noise at t = 0 and 5
+    assert model.double().alphas_cumprod.dtype == torch.float64  # wider dtypes are kept
+
+
 def test_sample_images_uses_the_defaults():
     model = tiny(sample_steps=3)
     torch.testing.assert_close(model.sample_images(2, seed=1), model.sample(2, seed=1, steps=3, sampler="ddim"))
