@@ -152,7 +152,10 @@ class Diffusion(LightningModule):
         # min-SNR-γ (Hang et al. 2023, eq. 9 and §3.4 for ε and v targets)
         snr = abar / (1 - abar)
         clipped = snr.clamp(max=gamma)
-        weight = clipped / snr if kind == "epsilon" else clipped if kind == "sample" else clipped / (snr + 1)
+        # ε: min(snr, γ) / snr written as min(γ / snr, 1), its limit 1 where ᾱ_t underflows to 0
+        # in float32 (0 / 0 made the loss NaN; diffusers sets these weights to 1 too)
+        weight = (gamma / snr).clamp(max=1.0) if kind == "epsilon" else clipped if kind == "sample" \
+            else clipped / (snr + 1)
         return target, weight
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:

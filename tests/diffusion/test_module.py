@@ -195,6 +195,20 @@ def test_min_snr_weights(prediction):
     assert weight[0] < (1.0 if prediction != "sample" else math.inf)
 
 
+@pytest.mark.parametrize("prediction", S.PREDICTION_TYPES)
+def test_min_snr_loss_is_finite_where_alphas_cumprod_underflows(prediction):
+    """With beta_end=0.2 the float32 ᾱ_t of the last 16 of 1000 timesteps is 0: the ε weight
+    min(snr, γ) / snr was 0 / 0, a NaN training loss; its limit is 1."""
+    model = tiny(num_train_timesteps=1000, beta_end=0.2, prediction_type=prediction, min_snr_gamma=5.0)
+    assert model.alphas_cumprod[-1] == 0
+    x0 = torch.rand(2, 1, 28, 28) * 2 - 1
+    t = torch.tensor([500, 999])
+    _, weight = model._target_and_weight(x0, torch.randn_like(x0), t)
+    assert torch.isfinite(weight).all() and float(weight[1]) == (1.0 if prediction == "epsilon" else 0.0)
+    with torch.no_grad():
+        assert torch.isfinite(model._image_losses(x0, t, torch.randn_like(x0))).all()
+
+
 def test_fit_keeps_an_ema_used_for_checkpoints_and_sampling(mnist_dir, tmp_path):
     model = Diffusion(**TINY, ema_decay=0.5, lr=1e-2, sample_steps=2)
     data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=16, val_split=32)
