@@ -215,11 +215,12 @@ class Diffusion(LightningModule):
         """(visited timesteps [steps] int64, coefficient table [T, 6] float32) on the device."""
         hp = self.hparams
         steps = S.check_steps(steps, hp.num_train_timesteps)
-        timesteps = S.inference_timesteps(hp.num_train_timesteps, steps, timestep_spacing or hp.timestep_spacing)
+        spacing = hp.timestep_spacing if timestep_spacing is None else timestep_spacing  # ("" is refused, not the default)
+        timesteps = S.inference_timesteps(hp.num_train_timesteps, steps, spacing)
         betas = make_betas(hp.beta_schedule, hp.num_train_timesteps, hp.beta_start, hp.beta_end)
         table = S.step_coefficients(
             alphas_cumprod(betas), timesteps, sampler, hp.prediction_type,
-            variance_type or hp.variance_type, eta, hp.set_alpha_to_one,
+            hp.variance_type if variance_type is None else variance_type, eta, hp.set_alpha_to_one,
         )
         return timesteps.to(self.device), table.float().to(self.device)
 

@@ -80,6 +80,8 @@ def test_bad_options_name_the_value(kwargs, match):
         ({"seed": -1}, "seed must be an integer in"),
         ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*64\), got 1.5"),
         ({"sampler": ""}, "sampler must be one of .* got ''"),
+        ({"timestep_spacing": ""}, "timestep_spacing must be one of .* got ''"),  # "" took the default
+        ({"variance_type": ""}, "variance_type must be one of .* got ''"),
         ({"threads": 0}, "threads must be a positive integer or None, got 0"),
         ({"threads": 1.5}, "threads must be a positive integer or None, got 1.5"),
         ({"compile_unet": 1}, "compile_unet must be True, False or None, got 1"),
