@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
-from ..module_utils import eval_mode
+from ..module_utils import check_integer, eval_mode
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from . import samplers as S
@@ -105,6 +105,7 @@ class Diffusion(LightningModule):
             raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        check_integer("warmup_steps", warmup_steps, 0)  # (a negative count warmed up nothing, silently)
         if not clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
         _check_compile_unet(compile_unet)

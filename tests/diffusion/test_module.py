@@ -56,6 +56,8 @@ def test_unet_shapes_and_bad_images():
         ({"compile_unet": "yes"}, "compile_unet must be True, False or None, got 'yes'"),
         ({"num_train_timesteps": 0}, "num_train_timesteps must be a positive integer, got 0"),
         ({"in_channels": 0}, "need in_channels >= 1 and image_size >= 1, got 0 and 28"),
+        ({"warmup_steps": -3}, r"warmup_steps=-3 must be an integer >= 0"),
+        ({"warmup_steps": 2.5}, r"warmup_steps=2.5 must be an integer >= 0"),
         ({"groups": 0}, "need groups >= 1 and attention_heads >= 1, got 0 and 2"),
         ({"attention_heads": 0}, "need groups >= 1 and attention_heads >= 1, got 4 and 0"),
         ({"attention_heads": -2}, "need groups >= 1 and attention_heads >= 1, got 4 and -2"),
