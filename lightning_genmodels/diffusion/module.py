@@ -3,8 +3,9 @@
 Training minimises the (optionally min-SNR weighted) MSE between the UNet's output and the
 target of its prediction type at a uniformly drawn timestep. An exponential moving average of
 the weights (Lightning's ``EMAWeightAveraging``, added by ``configure_callbacks``) is used for
-validation, is what a checkpoint's ``state_dict`` holds, and is copied into the model when
-fitting ends, so sampling uses it. Sampling runs the fused step op (:mod:`.samplers`,
+validation and for the images callbacks draw while fitting (``sample_images``), is what a
+checkpoint's ``state_dict`` holds, and is copied into the model when fitting ends, so sampling
+uses it. Sampling runs the fused step op (:mod:`.samplers`,
 :func:`lightning_genmodels.ops.diffusion_step`) under inference mode; on CUDA the UNet runs
 compiled by ``torch.compile`` (``compile_unet``) and each step after a warm-up is one CUDA-graph
 replay.
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
@@ -352,8 +353,30 @@ class Diffusion(LightningModule):
 
     def sample_images(self, n: int, seed: int = 0, distributed: bool | None = None) -> Tensor:
         """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings
-        (``distributed`` as :meth:`sample`'s)."""
-        return self.sample(n, seed=seed, distributed=distributed)
+        (``distributed`` as :meth:`sample`'s), what callbacks draw: while fitting, from the
+        averaged weights of the Trainer's weight averaging (our EMA), as validation and the model
+        after fit use them (a SampleGrid written at a training epoch's end drew from the raw
+        weights)."""
+        with self._averaged_weights():
+            return self.sample(n, seed=seed, distributed=distributed)
+
+    @contextlib.contextmanager
+    def _averaged_weights(self) -> Any:
+        """Swap the weight average in for the block while the Trainer trains (validation and the
+        end of fit already hold it; swapping twice restores the raw weights)."""
+        trainer = self._trainer
+        average = None
+        if trainer is not None and trainer.training:
+            average = next((c for c in trainer.callbacks
+                            if isinstance(c, WeightAveraging) and c._average_model is not None), None)
+        if average is None:
+            yield
+            return
+        average._swap_models(self)
+        try:
+            yield
+        finally:
+            average._swap_models(self)
 
 
 VALIDATION_SEED = 1234

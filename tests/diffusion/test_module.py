@@ -249,6 +249,32 @@ def test_fit_keeps_an_ema_used_for_checkpoints_and_sampling(mnist_dir, tmp_path)
         torch.testing.assert_close(p.cpu(), last_state["state_dict"][name])
 
 
+def test_samples_drawn_at_a_training_epochs_end_come_from_the_ema():
+    """SampleGrid(every_n_epochs=...) samples at on_train_epoch_end, outside validation's swap:
+    its grids came from the raw weights, not the EMA that validation and the final model use."""
+    from lightning.pytorch import Callback
+    from torch.utils.data import DataLoader
+
+    class Capture(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging))
+            self.raw = [p.detach().clone() for p in pl_module.parameters()]
+            self.images = pl_module.sample_images(2, seed=0)
+            self.after = [p.detach().clone() for p in pl_module.parameters()]
+            self.average = {k: v.detach().clone() for k, v in ema._average_model.module.state_dict().items()}
+
+    model = Diffusion(**TINY, ema_decay=0.5, lr=1e-2, sample_steps=2)
+    capture = Capture()
+    data = DataLoader(torch.rand(8, 1, 28, 28) * 2 - 1, batch_size=4)
+    Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[capture]).fit(model, data)
+    for before, after in zip(capture.raw, capture.after):  # the raw weights are back
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    twin = Diffusion(**TINY, ema_decay=0.5, sample_steps=2)
+    twin.load_state_dict(capture.average)
+    torch.testing.assert_close(capture.images, twin.sample(2, seed=0))
+
+
 class _Denoiser(torch.nn.Module):
     """A user's own network: no UNet methods (check_input, frozen, runs_op)."""
 
