@@ -91,9 +91,7 @@ class Diffusion(LightningModule):
         compile_unet: bool | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_train_timesteps, bool) or int(num_train_timesteps) != num_train_timesteps \
-                or num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be a positive integer, got {num_train_timesteps!r}")
+        S.check_count("num_train_timesteps", num_train_timesteps)  # (100.0 failed in torch.linspace)
         S.check_option("beta_schedule", beta_schedule, BETA_SCHEDULES)
         S.check_option("prediction_type", prediction_type, S.PREDICTION_TYPES)
         S.check_option("sampler", sampler, S.SAMPLERS)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..module_utils import as_integer
 from ..ops.build import IMPLS, Impl, use_ext
 from ..ops.unet import unet_sample_forward
 
@@ -168,6 +169,11 @@ class UNet(nn.Module):
         groups: int = 8,
     ) -> None:
         super().__init__()
+        sizes = dict(in_channels=in_channels, image_size=image_size, base_channels=base_channels,
+                     num_res_blocks=num_res_blocks, attention_heads=attention_heads, groups=groups)
+        for name, value in [*sizes.items(), *(("each of channel_mults", m) for m in channel_mults)]:
+            if as_integer(value) is None:  # (floats failed deep inside torch, or were truncated: 2.5 -> 2)
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         mults = [int(m) for m in channel_mults]
         if not mults or min(mults) < 1 or base_channels < 1 or num_res_blocks < 1:
             raise ValueError(

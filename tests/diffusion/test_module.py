@@ -58,6 +58,11 @@ def test_unet_shapes_and_bad_images():
         ({"in_channels": 0}, "need in_channels >= 1 and image_size >= 1, got 0 and 28"),
         ({"warmup_steps": -3}, r"warmup_steps=-3 must be an integer >= 0"),
         ({"warmup_steps": 2.5}, r"warmup_steps=2.5 must be an integer >= 0"),
+        ({"num_train_timesteps": 100.0}, "num_train_timesteps must be a positive integer, got 100.0"),
+        ({"in_channels": 1.0}, "in_channels must be an integer, got 1.0"),  # (floats failed inside torch)
+        ({"base_channels": 8.0}, "base_channels must be an integer, got 8.0"),
+        ({"num_res_blocks": 1.0}, "num_res_blocks must be an integer, got 1.0"),
+        ({"channel_mults": (1, 2.5)}, "each of channel_mults must be an integer, got 2.5"),  # (was truncated to 2)
         ({"groups": 0}, "need groups >= 1 and attention_heads >= 1, got 0 and 2"),
         ({"attention_heads": 0}, "need groups >= 1 and attention_heads >= 1, got 4 and 0"),
         ({"attention_heads": -2}, "need groups >= 1 and attention_heads >= 1, got 4 and -2"),
