@@ -359,10 +359,11 @@ class UNet(nn.Module):
                 f"(in_channels={self.in_channels}, image_size={self.image_size}), got shape {tuple(x.shape)}"
             )
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """x: [N, C, S, S] noisy images, t: [N] timesteps -> [N, C, S, S] prediction.
 
-        ``t`` of one element, or [N] expanded from one (stride 0), is one timestep for the batch.
+        ``t`` of one element (a Python number too, as diffusers' ``UNet2DModel`` takes), or [N]
+        expanded from one (stride 0), is one timestep for the batch.
         x in another dtype than the weights (a float32 sampler, bf16-true weights) is run in the
         weights' dtype and the prediction returned in x's.
         """
@@ -370,6 +371,8 @@ class UNet(nn.Module):
         dtype = self.conv_in.weight.dtype
         if x.dtype != dtype:
             return self.forward(x.to(dtype), t).to(x.dtype)
+        if not isinstance(t, Tensor):  # (an int or float raised AttributeError: no reshape)
+            t = torch.as_tensor(t, device=x.device)
         t = t.reshape(-1)
         shared = t.numel() == 1 or t.stride(0) == 0
         t_emb = timestep_embedding(t[:1] if shared else t.expand(x.shape[0]), self.base_channels,

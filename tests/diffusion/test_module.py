@@ -32,6 +32,9 @@ def test_unet_shapes_and_bad_images():
     x = torch.randn(3, 1, 28, 28)
     assert net(x, torch.tensor([0, 5, 999])).shape == x.shape
     assert net(x, torch.tensor(7)).shape == x.shape  # one timestep for all
+    # a Python number, as diffusers' UNet2DModel takes (AttributeError: 'int' object has no attribute 'reshape')
+    torch.testing.assert_close(net(x, 7), net(x, torch.tensor(7)), rtol=0, atol=0)
+    torch.testing.assert_close(net(x, 7.0), net(x, torch.tensor(7)), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"built for images \[N, 1, 28, 28\].*got shape \(3, 3, 28, 28\)"):
         net(torch.randn(3, 3, 28, 28), torch.zeros(3))
     with pytest.raises(ValueError, match=r"got shape \(2, 1, 32, 32\)"):
