@@ -275,7 +275,7 @@ def test_samples_drawn_at_a_training_epochs_end_come_from_the_ema():
     capture = Capture()
     data = DataLoader(torch.rand(8, 1, 28, 28) * 2 - 1, batch_size=4)
     Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, callbacks=[capture]).fit(model, data)
+            enable_model_summary=False, callbacks=[capture]).fit(model, data, data)
     for before, after in zip(capture.raw, capture.after):  # the raw weights are back
         torch.testing.assert_close(after, before, rtol=0, atol=0)
     twin = Diffusion(**TINY, ema_decay=0.5, sample_steps=2)
