@@ -3,8 +3,9 @@
 Training minimises the (optionally min-SNR weighted) MSE between the UNet's output and the
 target of its prediction type at a uniformly drawn timestep. An exponential moving average of
 the weights (Lightning's ``EMAWeightAveraging``, added by ``configure_callbacks``) is used for
-validation, is what a checkpoint's ``state_dict`` holds, and is copied into the model when
-fitting ends, so sampling uses it. Sampling runs the fused step op (:mod:`.samplers`,
+validation and for the images callbacks draw while fitting (``sample_images``), is what a
+checkpoint's ``state_dict`` holds, and is copied into the model when fitting ends, so sampling
+uses it. Sampling runs the fused step op (:mod:`.samplers`,
 :func:`lightning_genmodels.ops.diffusion_step`) under inference mode; on CUDA the UNet runs
 compiled by ``torch.compile`` (``compile_unet``) and each step after a warm-up is one CUDA-graph
 replay.
@@ -21,11 +22,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
-from ..module_utils import eval_mode
+from ..module_utils import check_integer, eval_mode
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from . import samplers as S
@@ -90,9 +91,7 @@ class Diffusion(LightningModule):
         compile_unet: bool | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_train_timesteps, bool) or int(num_train_timesteps) != num_train_timesteps \
-                or num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be a positive integer, got {num_train_timesteps!r}")
+        S.check_count("num_train_timesteps", num_train_timesteps)  # (100.0 failed in torch.linspace)
         S.check_option("beta_schedule", beta_schedule, BETA_SCHEDULES)
         S.check_option("prediction_type", prediction_type, S.PREDICTION_TYPES)
         S.check_option("sampler", sampler, S.SAMPLERS)
@@ -105,6 +104,7 @@ class Diffusion(LightningModule):
             raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        check_integer("warmup_steps", warmup_steps, 0)  # (a negative count warmed up nothing, silently)
         if not clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
         _check_compile_unet(compile_unet)
@@ -114,6 +114,20 @@ class Diffusion(LightningModule):
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
         self.register_buffer("betas", betas.float(), persistent=False)  # [T]
         self.register_buffer("alphas_cumprod", alphas_cumprod(betas).float(), persistent=False)  # [T]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Diffusion:
+        """``nn.Module._apply`` (``.to``, ``.half()``, Lightning's ``bf16-true``), except that the
+        schedule stays at least float32: in bf16 ᾱ_t rounds to 1 for the first 10 timesteps of
+        the linear schedule (trained without noise) and 1 - ᾱ_t is off by up to 100% below t = 100,
+        while sampling uses the exact schedule."""
+        schedule = {name: self._buffers[name] for name in ("betas", "alphas_cumprod") if name in self._buffers}
+        super()._apply(fn, recurse)
+        for name, old in schedule.items():
+            new = self._buffers[name]
+            if new is not None and old is not None and new.is_floating_point() \
+                    and torch.finfo(new.dtype).eps > torch.finfo(torch.float32).eps:
+                self._buffers[name] = old.float().to(new.device)
+        return self
 
     # ------------------------------------------------------------------ training
 
@@ -138,7 +152,10 @@ class Diffusion(LightningModule):
         # min-SNR-γ (Hang et al. 2023, eq. 9 and §3.4 for ε and v targets)
         snr = abar / (1 - abar)
         clipped = snr.clamp(max=gamma)
-        weight = clipped / snr if kind == "epsilon" else clipped if kind == "sample" else clipped / (snr + 1)
+        # ε: min(snr, γ) / snr written as min(γ / snr, 1), its limit 1 where ᾱ_t underflows to 0
+        # in float32 (0 / 0 made the loss NaN; diffusers sets these weights to 1 too)
+        weight = (gamma / snr).clamp(max=1.0) if kind == "epsilon" else clipped if kind == "sample" \
+            else clipped / (snr + 1)
         return target, weight
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
@@ -198,15 +215,15 @@ class Diffusion(LightningModule):
         """(visited timesteps [steps] int64, coefficient table [T, 6] float32) on the device."""
         hp = self.hparams
         steps = S.check_steps(steps, hp.num_train_timesteps)
-        timesteps = S.inference_timesteps(hp.num_train_timesteps, steps, timestep_spacing or hp.timestep_spacing)
+        spacing = hp.timestep_spacing if timestep_spacing is None else timestep_spacing  # ("" is refused, not the default)
+        timesteps = S.inference_timesteps(hp.num_train_timesteps, steps, spacing)
         betas = make_betas(hp.beta_schedule, hp.num_train_timesteps, hp.beta_start, hp.beta_end)
         table = S.step_coefficients(
             alphas_cumprod(betas), timesteps, sampler, hp.prediction_type,
-            variance_type or hp.variance_type, eta, hp.set_alpha_to_one,
+            hp.variance_type if variance_type is None else variance_type, eta, hp.set_alpha_to_one,
         )
         return timesteps.to(self.device), table.float().to(self.device)
 
-    @torch.inference_mode()
     def sample(
         self,
         n: int,
@@ -226,7 +243,9 @@ class Diffusion(LightningModule):
 
         Deterministic for a seed: image i depends only on (seed, i), so under DDP each rank draws
         its own contiguous share (:func:`.samplers.shard`) and the shares are gathered: n images
-        over R ranks equal the n images of one process (to float rounding).
+        over R ranks equal the n images of one process (to float rounding). The loop runs under
+        ``torch.inference_mode``; the images come back as an ordinary tensor (not an inference
+        tensor, which refuses in-place edits outside inference mode).
 
         Args:
             n: number of images.
@@ -273,11 +292,11 @@ class Diffusion(LightningModule):
             images = torch.empty(shape, device=self.device)
             return _gather_shares(images, n, world)
         frozen = self.unet.frozen(hp.impl) if isinstance(self.unet, UNet) else contextlib.nullcontext()
-        with eval_mode(self.unet), frozen:
+        with eval_mode(self.unet), frozen, torch.inference_mode():
             op = isinstance(self.unet, UNet) and self.unet.runs_op(self.device)
             threads = S.cpu_threads(count, threads, 1 if op else S.MIN_IMAGES_PER_THREAD)
             x = self._sample_with(loop, threads, compile_unet)
-        images = ((x + 1) / 2).clamp(0, 1)
+        images = ((x + 1) / 2).clamp(0, 1)  # outside inference mode: an ordinary tensor, not an inference tensor
         return _gather_shares(images, n, world) if world > 1 else images
 
     def _sampling_world(self, distributed: bool | None) -> tuple[int, int]:
@@ -332,8 +351,30 @@ class Diffusion(LightningModule):
 
     def sample_images(self, n: int, seed: int = 0, distributed: bool | None = None) -> Tensor:
         """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings
-        (``distributed`` as :meth:`sample`'s)."""
-        return self.sample(n, seed=seed, distributed=distributed)
+        (``distributed`` as :meth:`sample`'s), what callbacks draw: while fitting, from the
+        averaged weights of the Trainer's weight averaging (our EMA), as validation and the model
+        after fit use them (a SampleGrid written at a training epoch's end drew from the raw
+        weights)."""
+        with self._averaged_weights():
+            return self.sample(n, seed=seed, distributed=distributed)
+
+    @contextlib.contextmanager
+    def _averaged_weights(self) -> Any:
+        """Swap the weight average in for the block while the Trainer trains (validation and the
+        end of fit already hold it; swapping twice restores the raw weights)."""
+        trainer = self._trainer
+        average = None
+        if trainer is not None and trainer.training:
+            average = next((c for c in trainer.callbacks
+                            if isinstance(c, WeightAveraging) and c._average_model is not None), None)
+        if average is None:
+            yield
+            return
+        average._swap_models(self)
+        try:
+            yield
+        finally:
+            average._swap_models(self)
 
 
 VALIDATION_SEED = 1234

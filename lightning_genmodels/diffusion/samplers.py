@@ -261,11 +261,13 @@ def run_in_threads(part: Callable[[int, int, threading.Event], Tensor], count: i
     outs: list[Tensor | None] = [None] * threads
     errors: list[BaseException] = []
     stop = threading.Event()
+    # autocast is per thread: the caller's, else the other parts ran in float32 under torch.autocast("cpu")
+    autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 
     def work(r: int) -> None:
         try:
             torch.set_num_threads(1)  # this thread's OpenMP team (and the default for new ones)
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
                 offset, c = shard(count, r, threads)
                 outs[r] = part(offset, c, stop) if c > 0 else None
         except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
@@ -312,7 +314,9 @@ def _share_loop(
     t_all = timesteps.to(device).view(-1, 1).expand(-1, shape[0])
 
     def step(x: Tensor, t: Tensor) -> Tensor:
-        out = diffusion_step(x, model(x, t), t, table, seed_offset, clip_range, impl=impl, check_timesteps=False)
+        # float32, as x: under torch.autocast the model answers in bf16 or fp16
+        out = diffusion_step(x, model(x, t).float(), t, table, seed_offset, clip_range, impl=impl,
+                             check_timesteps=False)
         seed_offset.add_(stride)
         return out
 

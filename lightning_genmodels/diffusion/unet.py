@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..module_utils import as_integer
 from ..ops.build import IMPLS, Impl, use_ext
 from ..ops.unet import unet_sample_forward
 
@@ -168,6 +169,11 @@ class UNet(nn.Module):
         groups: int = 8,
     ) -> None:
         super().__init__()
+        sizes = dict(in_channels=in_channels, image_size=image_size, base_channels=base_channels,
+                     num_res_blocks=num_res_blocks, attention_heads=attention_heads, groups=groups)
+        for name, value in [*sizes.items(), *(("each of channel_mults", m) for m in channel_mults)]:
+            if as_integer(value) is None:  # (floats failed deep inside torch, or were truncated: 2.5 -> 2)
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         mults = [int(m) for m in channel_mults]
         if not mults or min(mults) < 1 or base_channels < 1 or num_res_blocks < 1:
             raise ValueError(
@@ -176,6 +182,8 @@ class UNet(nn.Module):
             )
         if in_channels < 1 or image_size < 1:
             raise ValueError(f"need in_channels >= 1 and image_size >= 1, got {in_channels} and {image_size}")
+        if groups < 1 or attention_heads < 1:  # (0 divided the channels: ZeroDivisionError; < 0 passed)
+            raise ValueError(f"need groups >= 1 and attention_heads >= 1, got {groups} and {attention_heads}")
         if image_size % 2 ** (len(mults) - 1):
             raise ValueError(f"image_size={image_size} must be divisible by 2**(len(channel_mults) - 1)")
         chans = [base_channels * m for m in mults]
@@ -351,10 +359,11 @@ class UNet(nn.Module):
                 f"(in_channels={self.in_channels}, image_size={self.image_size}), got shape {tuple(x.shape)}"
             )
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """x: [N, C, S, S] noisy images, t: [N] timesteps -> [N, C, S, S] prediction.
 
-        ``t`` of one element, or [N] expanded from one (stride 0), is one timestep for the batch.
+        ``t`` of one element (a Python number too, as diffusers' ``UNet2DModel`` takes), or [N]
+        expanded from one (stride 0), is one timestep for the batch.
         x in another dtype than the weights (a float32 sampler, bf16-true weights) is run in the
         weights' dtype and the prediction returned in x's.
         """
@@ -362,6 +371,8 @@ class UNet(nn.Module):
         dtype = self.conv_in.weight.dtype
         if x.dtype != dtype:
             return self.forward(x.to(dtype), t).to(x.dtype)
+        if not isinstance(t, Tensor):  # (an int or float raised AttributeError: no reshape)
+            t = torch.as_tensor(t, device=x.device)
         t = t.reshape(-1)
         shared = t.numel() == 1 or t.stride(0) == 0
         t_emb = timestep_embedding(t[:1] if shared else t.expand(x.shape[0]), self.base_channels,

@@ -32,6 +32,9 @@ def test_unet_shapes_and_bad_images():
     x = torch.randn(3, 1, 28, 28)
     assert net(x, torch.tensor([0, 5, 999])).shape == x.shape
     assert net(x, torch.tensor(7)).shape == x.shape  # one timestep for all
+    # a Python number, as diffusers' UNet2DModel takes (AttributeError: 'int' object has no attribute 'reshape')
+    torch.testing.assert_close(net(x, 7), net(x, torch.tensor(7)), rtol=0, atol=0)
+    torch.testing.assert_close(net(x, 7.0), net(x, torch.tensor(7)), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"built for images \[N, 1, 28, 28\].*got shape \(3, 3, 28, 28\)"):
         net(torch.randn(3, 3, 28, 28), torch.zeros(3))
     with pytest.raises(ValueError, match=r"got shape \(2, 1, 32, 32\)"):
@@ -56,6 +59,17 @@ def test_unet_shapes_and_bad_images():
         ({"compile_unet": "yes"}, "compile_unet must be True, False or None, got 'yes'"),
         ({"num_train_timesteps": 0}, "num_train_timesteps must be a positive integer, got 0"),
         ({"in_channels": 0}, "need in_channels >= 1 and image_size >= 1, got 0 and 28"),
+        ({"warmup_steps": -3}, r"warmup_steps=-3 must be an integer >= 0"),
+        ({"warmup_steps": 2.5}, r"warmup_steps=2.5 must be an integer >= 0"),
+        ({"num_train_timesteps": 100.0}, "num_train_timesteps must be a positive integer, got 100.0"),
+        ({"in_channels": 1.0}, "in_channels must be an integer, got 1.0"),  # (floats failed inside torch)
+        ({"base_channels": 8.0}, "base_channels must be an integer, got 8.0"),
+        ({"num_res_blocks": 1.0}, "num_res_blocks must be an integer, got 1.0"),
+        ({"channel_mults": (1, 2.5)}, "each of channel_mults must be an integer, got 2.5"),  # (was truncated to 2)
+        ({"groups": 0}, "need groups >= 1 and attention_heads >= 1, got 0 and 2"),
+        ({"attention_heads": 0}, "need groups >= 1 and attention_heads >= 1, got 4 and 0"),
+        ({"attention_heads": -2}, "need groups >= 1 and attention_heads >= 1, got 4 and -2"),
+        ({"groups": -4}, "need groups >= 1 and attention_heads >= 1, got -4 and 2"),
     ],
 )
 def test_bad_options_name_the_value(kwargs, match):
@@ -76,6 +90,8 @@ def test_bad_options_name_the_value(kwargs, match):
         ({"seed": -1}, "seed must be an integer in"),
         ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*64\), got 1.5"),
         ({"sampler": ""}, "sampler must be one of .* got ''"),
+        ({"timestep_spacing": ""}, "timestep_spacing must be one of .* got ''"),  # "" took the default
+        ({"variance_type": ""}, "variance_type must be one of .* got ''"),
         ({"threads": 0}, "threads must be a positive integer or None, got 0"),
         ({"threads": 1.5}, "threads must be a positive integer or None, got 1.5"),
         ({"compile_unet": 1}, "compile_unet must be True, False or None, got 1"),
@@ -111,6 +127,44 @@ def test_sample_range_determinism_and_ext_equals_ref(sampler, eta):
     assert not torch.equal(model.sample(3, steps=3, sampler=sampler, eta=eta, seed=4), a)
     model.hparams.impl = "ref"
     torch.testing.assert_close(model.sample(3, steps=3, sampler=sampler, eta=eta, seed=3), a, rtol=1e-4, atol=1e-4)
+
+
+def test_sampled_images_are_an_ordinary_tensor():
+    """sample ran under @torch.inference_mode and returned an inference tensor: images.mul_(255)
+    or images.requires_grad_() outside inference mode raised RuntimeError."""
+    images = tiny().sample(2, steps=2, seed=0)
+    assert not images.is_inference()
+    expected = images.clone()
+    images.mul_(255)
+    torch.testing.assert_close(images, expected * 255)
+
+
+def test_sampling_under_autocast_draws_float32_images():
+    """Under torch.autocast the UNet answers in bf16 and the step op refused it (TypeError:
+    model_output must be float32); the images now come out float32, near the float32 ones."""
+    model = tiny()
+    plain = model.sample(2, steps=3, sampler="ddpm", seed=1)
+    for impl in ("auto", "ref"):  # the UNet op and the Python UNet
+        model.hparams.impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            images = model.sample(2, steps=3, sampler="ddpm", seed=1)
+        assert images.dtype == torch.float32
+        torch.testing.assert_close(images, plain, rtol=0, atol=0.05)
+
+
+def test_schedule_stays_float32_when_the_weights_go_bf16():
+    """precision="bf16-true" (module.to(torch.bfloat16)) also converted the schedule's buffers:
+    ᾱ_t rounded to 1 for t < 10 of the linear schedule (those timesteps trained without noise)
+    while sampling used the exact schedule."""
+    model = tiny(num_train_timesteps=1000)
+    exact = model.alphas_cumprod.clone()
+    model = model.to(torch.bfloat16)
+    assert model.unet.conv_in.weight.dtype == torch.bfloat16
+    assert model.alphas_cumprod.dtype == torch.float32 and model.betas.dtype == torch.float32
+    torch.testing.assert_close(model.alphas_cumprod, exact, rtol=0, atol=0)
+    x0 = torch.zeros(2, 1, 28, 28, dtype=torch.bfloat16)
+    assert (model.q_sample(x0, torch.tensor([0, 5]), torch.ones_like(x0)) > 0).all()  # noise at t = 0 and 5
+    assert model.double().alphas_cumprod.dtype == torch.float64  # wider dtypes are kept
 
 
 def test_sample_images_uses_the_defaults():
@@ -153,6 +207,20 @@ def test_min_snr_weights(prediction):
     assert weight[0] < (1.0 if prediction != "sample" else math.inf)
 
 
+@pytest.mark.parametrize("prediction", S.PREDICTION_TYPES)
+def test_min_snr_loss_is_finite_where_alphas_cumprod_underflows(prediction):
+    """With beta_end=0.2 the float32 ᾱ_t of the last 16 of 1000 timesteps is 0: the ε weight
+    min(snr, γ) / snr was 0 / 0, a NaN training loss; its limit is 1."""
+    model = tiny(num_train_timesteps=1000, beta_end=0.2, prediction_type=prediction, min_snr_gamma=5.0)
+    assert model.alphas_cumprod[-1] == 0
+    x0 = torch.rand(2, 1, 28, 28) * 2 - 1
+    t = torch.tensor([500, 999])
+    _, weight = model._target_and_weight(x0, torch.randn_like(x0), t)
+    assert torch.isfinite(weight).all() and float(weight[1]) == (1.0 if prediction == "epsilon" else 0.0)
+    with torch.no_grad():
+        assert torch.isfinite(model._image_losses(x0, t, torch.randn_like(x0))).all()
+
+
 def test_fit_keeps_an_ema_used_for_checkpoints_and_sampling(mnist_dir, tmp_path):
     model = Diffusion(**TINY, ema_decay=0.5, lr=1e-2, sample_steps=2)
     data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=16, val_split=32)
@@ -187,6 +255,32 @@ def test_fit_keeps_an_ema_used_for_checkpoints_and_sampling(mnist_dir, tmp_path)
     assert not torch.equal(last_state["current_model_state"][key], last_state["state_dict"][key])
     for name, p in again.named_parameters():
         torch.testing.assert_close(p.cpu(), last_state["state_dict"][name])
+
+
+def test_samples_drawn_at_a_training_epochs_end_come_from_the_ema():
+    """SampleGrid(every_n_epochs=...) samples at on_train_epoch_end, outside validation's swap:
+    its grids came from the raw weights, not the EMA that validation and the final model use."""
+    from lightning.pytorch import Callback
+    from torch.utils.data import DataLoader
+
+    class Capture(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging))
+            self.raw = [p.detach().clone() for p in pl_module.parameters()]
+            self.images = pl_module.sample_images(2, seed=0)
+            self.after = [p.detach().clone() for p in pl_module.parameters()]
+            self.average = {k: v.detach().clone() for k, v in ema._average_model.module.state_dict().items()}
+
+    model = Diffusion(**TINY, ema_decay=0.5, lr=1e-2, sample_steps=2)
+    capture = Capture()
+    data = DataLoader(torch.rand(8, 1, 28, 28) * 2 - 1, batch_size=4)
+    Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[capture]).fit(model, data, data)
+    for before, after in zip(capture.raw, capture.after):  # the raw weights are back
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    twin = Diffusion(**TINY, ema_decay=0.5, sample_steps=2)
+    twin.load_state_dict(capture.average)
+    torch.testing.assert_close(capture.images, twin.sample(2, seed=0))
 
 
 class _Denoiser(torch.nn.Module):
@@ -266,6 +360,19 @@ def test_cpu_threads_draw_the_same_images_and_restore_the_thread_count():
     assert S.cpu_threads(7, None) == 1  # fewer than 4 images per second thread: one thread
     assert S.cpu_threads(8, None) == min(before, 2)
     assert S.cpu_threads(64, None) == min(before, 64 // S.MIN_IMAGES_PER_THREAD)
+
+
+def test_threads_sample_under_the_callers_autocast():
+    """autocast is per thread: under torch.autocast("cpu") the sampling threads other than the
+    caller's ran the UNet in float32, so images 2 and 3 of 4 on two threads differed (by ~5e-3)
+    from those of one thread."""
+    model = tiny()
+    for impl in ("auto", "ref"):
+        model.hparams.impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            one = model.sample(4, steps=3, sampler="ddpm", seed=1, threads=1)
+            two = model.sample(4, steps=3, sampler="ddpm", seed=1, threads=2)
+        torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-4)
 
 
 def test_an_error_in_one_thread_is_raised_and_stops_the_others():
