@@ -112,8 +112,14 @@ class Diffusion(LightningModule):
         self.unet = UNet(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
                          attention_heads, dropout, groups)
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        abar = alphas_cumprod(betas)
+        if not torch.isfinite(abar.min().rsqrt().float()):  # x̂₀ = x / √ᾱ_t - ...: NaN images
+            raise ValueError(
+                f"beta_schedule={beta_schedule!r} with beta_end={beta_end} over {num_train_timesteps} timesteps "
+                f"drives alphas_cumprod down to {float(abar.min()):.3g}, where 1/sqrt(alphas_cumprod) overflows "
+                "float32 and sampling gives NaN: lower beta_end or num_train_timesteps")
         self.register_buffer("betas", betas.float(), persistent=False)  # [T]
-        self.register_buffer("alphas_cumprod", alphas_cumprod(betas).float(), persistent=False)  # [T]
+        self.register_buffer("alphas_cumprod", abar.float(), persistent=False)  # [T]
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Diffusion:
         """``nn.Module._apply`` (``.to``, ``.half()``, Lightning's ``bf16-true``), except that the
@@ -136,7 +142,14 @@ class Diffusion(LightningModule):
         return self.unet(x, t)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (Ho et al. 2020, eq. 4). Shapes [N, C, S, S], t [N]."""
+        """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (Ho et al. 2020, eq. 4). Shapes [N, C, S, S], t [N] in
+        [0, num_train_timesteps) (a negative t indexed from the end, silently: now an error, on
+        CUDA a device-side assertion, without a host synchronisation)."""
+        inside = ((t >= 0) & (t < self.hparams.num_train_timesteps)).all()
+        if t.device.type == "cpu" and not bool(inside):
+            raise ValueError(f"q_sample: timesteps must be in [0, {self.hparams.num_train_timesteps}), "
+                             f"got values in [{int(t.min())}, {int(t.max())}]")
+        torch._assert_async(inside, "q_sample: timesteps outside [0, num_train_timesteps)")
         abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 

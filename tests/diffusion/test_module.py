@@ -70,11 +70,24 @@ def test_unet_shapes_and_bad_images():
         ({"attention_heads": 0}, "need groups >= 1 and attention_heads >= 1, got 4 and 0"),
         ({"attention_heads": -2}, "need groups >= 1 and attention_heads >= 1, got 4 and -2"),
         ({"groups": -4}, "need groups >= 1 and attention_heads >= 1, got -4 and 2"),
+        # ᾱ_T ~ e^-744: 1/√ᾱ overflowed the float32 step table and sampling gave NaN images
+        ({"num_train_timesteps": 1000, "beta_end": 0.9}, "beta_end=0.9 over 1000 timesteps drives alphas_cumprod"),
     ],
 )
 def test_bad_options_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Diffusion(**(TINY | kwargs))
+
+
+def test_q_sample_refuses_timesteps_outside_the_schedule():
+    """t = -1 indexed ᾱ from the end (ᾱ_{T-1}), silently."""
+    model = tiny()
+    x = torch.zeros(2, 1, 28, 28)
+    for t in ([-1, 3], [0, 100]):
+        with pytest.raises(ValueError, match=r"timesteps must be in \[0, 100\), got values in"):
+            model.q_sample(x, torch.tensor(t), x)
+    torch.testing.assert_close(model.q_sample(x + 1, torch.tensor([0, 99]), x),
+                               model.alphas_cumprod[[0, 99]].sqrt().view(-1, 1, 1, 1).expand(2, 1, 28, 28))
 
 
 @pytest.mark.parametrize(
