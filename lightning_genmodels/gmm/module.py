@@ -187,7 +187,11 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         means = state_dict.get(prefix + "means_")
         if means is not None and means.dim() == 2:
-            self._allocate(means.shape[1])  # buffers of a fresh module take the saved shapes
+            # buffers of a fresh module take the saved shapes and dtype: a float64 fit (fit(X) on
+            # NumPy data) loaded into a float32 module would round its parameters and predictions
+            if means.is_floating_point():
+                self.to(dtype=means.dtype)
+            self._allocate(means.shape[1])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _set_params(self, weights: Tensor, means: Tensor, covariances: Tensor, prec_chol: Tensor) -> None:

@@ -44,6 +44,29 @@ def test_trainer_fit_logs_and_checkpoint_round_trips(tmp_path: Path) -> None:
         assert torch.equal(loaded.predict(x), model.predict(x))
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
+def test_float64_fit_loads_as_float64(tmp_path: Path, covariance_type: str) -> None:
+    """A float64 fit (fit(X) on NumPy data, or a .double() model under a Trainer) loads into a
+    fresh float32 module as float64: the parameters and predictions are the saved ones (they
+    were rounded to float32, score_samples off by ~1e-6)."""
+    x = blobs(seed=8)
+    model = GaussianMixture(3, covariance_type=covariance_type, max_iter=5, random_state=0).fit(x)
+    assert model.dtype == torch.float64
+    fresh = GaussianMixture(3, covariance_type=covariance_type)
+    fresh.load_state_dict(model.state_dict())
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="gmm")
+    trained = GaussianMixture(3, covariance_type=covariance_type, max_iter=5, random_state=0).double()
+    trainer = Trainer(max_epochs=5, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    trainer.fit(trained, DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=128))
+    loaded = GaussianMixture.load_from_checkpoint(tmp_path / "gmm.ckpt")
+    for saved, copy in ((model, fresh), (trained, loaded)):
+        assert copy.dtype == torch.float64
+        for name in PARAMS:
+            assert torch.equal(getattr(copy, name), getattr(saved, name)), name
+        assert torch.equal(copy.score_samples(x), saved.score_samples(x))
+
+
 def test_validate_and_test_need_a_fitted_model(tmp_path: Path) -> None:
     """Unfitted, validate and test raise as predict does (they returned [{}]); fit's sanity check
     before the initialisation still passes, and a fitted model validates and tests."""
