@@ -58,6 +58,11 @@ class ScikitLearnMixin:
             self.load_state_dict(fitted)
         return self
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """scikit-learn's ``check_is_fitted`` asks this; without it, it takes the attributes
+        ending in ``_`` that an unfitted model already holds (``converged_``, ``n_iter_``) for a fit."""
+        return bool(self.fitted)
+
     def __sklearn_tags__(self) -> Any:
         """scikit-learn >= 1.6 asks every estimator for its tags; only it calls this."""
         from sklearn.utils import Tags, TargetTags

@@ -150,6 +150,21 @@ def test_sklearn_clone_params_and_grid_search() -> None:
     assert search.best_params_ == {"n_components": 3}
 
 
+def test_sklearn_check_is_fitted_follows_the_fit() -> None:
+    """scikit-learn's check_is_fitted took an unfitted model for fitted (its ``converged_``,
+    ``n_iter_``, ... exist before any fit); a clone of a fitted model is unfitted."""
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    model = GaussianMixture(3, covariance_type="diag", random_state=0)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(model)
+    check_is_fitted(model.fit(blobs()))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(clone(model))
+
+
 def test_in_memory_batches_are_views() -> None:
     x = torch.randn(10, 4)
     batches = list(RowBatches(x, 4))
