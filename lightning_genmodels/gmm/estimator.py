@@ -110,7 +110,7 @@ class ScikitLearnMixin:
             ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; or a
                 covariance is singular (increase ``reg_covar``).
         """
-        x = _real(X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X)))
+        x = _as_tensor(X)
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float64 if not isinstance(X, Tensor) else torch.get_default_dtype())
         x = _rows(x.detach().cpu().contiguous())
@@ -185,7 +185,7 @@ class ScikitLearnMixin:
     def _input(self, X: ArrayLike) -> Tensor:
         """X as a [N, D] tensor on the module's device and dtype, validated against the fit."""
         self._check_fitted()
-        x = _rows(_real(X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))))
+        x = _rows(_as_tensor(X))
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
         x = x.to(device=self.device, dtype=self.dtype)
@@ -275,6 +275,22 @@ def _generator(generator: Any) -> torch.Generator | None:
     if not -(2**63) <= seed < 2**64:
         raise ValueError(f"generator seed must lie in [-2**63, 2**64), got {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+def _as_tensor(X: ArrayLike) -> Tensor:
+    """X as a real tensor: a NumPy object array of numbers (as scikit-learn accepts) as float64;
+    text and other non-numeric arrays refused, naming their dtype."""
+    if isinstance(X, Tensor):
+        return _real(X)
+    a = np.asarray(X)
+    if a.dtype.kind == "O":
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"X of dtype object must hold numbers: {e}") from None
+    elif a.dtype.kind not in "biufc":
+        raise ValueError(f"X must hold numbers, got a NumPy array of dtype {a.dtype}")
+    return _real(torch.as_tensor(a))
 
 
 def _real(x: Tensor) -> Tensor:

@@ -107,6 +107,23 @@ def test_empty_and_complex_data_name_the_problem() -> None:
         GaussianMixture(3).fit(x.astype(np.complex128))
 
 
+def test_object_arrays_of_numbers_are_accepted_and_text_refused() -> None:
+    """An object array of numbers (scikit-learn takes it as float64) fits and predicts as the
+    float64 array does (torch's TypeError before); text names its dtype."""
+    x = blobs()
+    model = GaussianMixture(3, random_state=0).fit(x.astype(object))
+    assert model.dtype == torch.float64
+    assert torch.equal(model.means_, GaussianMixture(3, random_state=0).fit(x).means_)
+    assert torch.equal(model.score_samples(x.astype(object)), model.score_samples(x))
+    assert model.bic(x.astype(object)) == model.bic(x)
+    with pytest.raises(ValueError, match="X of dtype object must hold numbers"):
+        model.predict(np.array([[1.0, "a", 2.0]], dtype=object))
+    with pytest.raises(ValueError, match="X contains NaN"):
+        model.predict(np.array([[1.0, None, 2.0]], dtype=object))
+    with pytest.raises(ValueError, match="X must hold numbers, got a NumPy array of dtype <U"):
+        model.predict(x.astype(str))
+
+
 def test_set_params_keeps_the_fit_for_a_warm_start() -> None:
     x = blobs()
     model = GaussianMixture(3, warm_start=True, max_iter=2, tol=1e-8, init_params="k-means++", random_state=0)
