@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import warnings
 from typing import Any, Sequence, Union
 
@@ -364,7 +365,7 @@ def check_options(
         if not _is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     for name, value in (("tol", tol), ("reg_covar", reg_covar), ("kmeans_tol", kmeans_tol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 <= value < math.inf:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if random_state is not None and not _is_int(random_state):
         raise ValueError(f"random_state must be an int seed or None, got {random_state!r}")

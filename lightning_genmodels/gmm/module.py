@@ -49,6 +49,11 @@ DATALOADER_ITER_NOTES = (
     r"Found `dataloader_iter` argument in the `training_step`",
 )
 
+# The numeric constructor options, whose hyper-parameters are kept as Python numbers
+_FLOATS = ("tol", "reg_covar", "kmeans_tol")
+_INTS = ("n_components", "max_iter", "n_init", "random_state", "n_features", "kmeans_max_iter", "verbose",
+         "verbose_interval")
+
 
 class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
     """Gaussian mixture model trained by EM, one epoch per iteration; scikit-learn compatible.
@@ -131,6 +136,12 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         self.save_hyperparameters(ignore=["weights_init", "means_init", "precisions_init"])
         # Plain lists in the hyper-parameters: YAML- and weights_only-checkpoint-friendly.
         self.hparams.update({f"{k}_init": None if v is None else v.tolist() for k, v in self._init.items()})
+        # Python numbers for NumPy scalars (np.float32 tol, np.int64 n_components): the ops take
+        # Python floats, YAML and weights_only checkpoints no NumPy types.
+        for k in _FLOATS + _INTS:
+            v = self.hparams[k]
+            if v is not None and not isinstance(v, bool):
+                self.hparams[k] = float(v) if k in _FLOATS else int(v)
         self.automatic_optimization = False
         # Parameters, in the model's dtype, empty until D is known (see _allocate):
         # weights_ [K], means_ [K, D]; covariances_, precisions_cholesky_, precisions_:

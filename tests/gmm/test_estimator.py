@@ -86,6 +86,25 @@ def test_bad_options_name_the_value(kwargs, match) -> None:
         GaussianMixture(**({"n_components": 2} | kwargs))
 
 
+def test_numpy_scalar_options_fit_as_python_numbers(tmp_path) -> None:
+    """NumPy scalars (a GridSearchCV grid's np.float32 tol, np.int64 n_components) are accepted as
+    scikit-learn accepts them (np.float32 was refused), fit as the Python numbers do, keep their
+    identity for clone, and leave a checkpoint that loads with weights_only (np.int64 failed)."""
+    x = blobs()
+    numpy = {"n_components": np.int64(3), "tol": np.float32(1e-3), "reg_covar": np.float32(1e-6),
+             "kmeans_tol": np.float32(1e-4), "max_iter": np.int64(20), "random_state": np.int64(0)}
+    model = GaussianMixture(**numpy).fit(x)
+    plain = GaussianMixture(**{k: v.item() for k, v in numpy.items()}).fit(x)
+    assert torch.equal(model.means_, plain.means_) and model.n_iter_ == plain.n_iter_
+    assert all(model.get_params()[k] is v for k, v in numpy.items())
+    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=300))
+    trainer.save_checkpoint(tmp_path / "gmm.ckpt")
+    saved = torch.load(tmp_path / "gmm.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["n_components"] == 3
+
+
 def test_n_features_must_match_the_data() -> None:
     x = blobs()  # D = 3
     with pytest.raises(ValueError, match="X has 3 features, but the model was built with n_features=5"):
