@@ -17,7 +17,6 @@ from torch import Tensor
 
 from ..module_utils import as_integer
 from ..ops.build import IMPLS
-from ..ops.gmm import gmm_log_prob
 from . import em
 from .batches import all_finite, batch_tensor
 from .init import INIT_PARAMS
@@ -196,11 +195,7 @@ class ScikitLearnMixin:
 
     @torch.no_grad()
     def _estimate_weighted_log_prob(self, X: ArrayLike) -> Tensor:
-        x = self._input(X)
-        return gmm_log_prob(
-            x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,
-            self.hparams.covariance_type, impl=self.hparams.impl,
-        )
+        return self._joint_log_prob(self._input(X))
 
     def _log_likelihoods(self, X: ArrayLike) -> Tensor:
         """log p(x_n) [N] on the module's device."""
