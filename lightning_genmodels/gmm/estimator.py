@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-from ..module_utils import as_integer
+from ..module_utils import as_integer, check_integer
 from ..ops.build import IMPLS
 from . import em
 from .batches import all_finite, batch_tensor
@@ -107,9 +107,10 @@ class ScikitLearnMixin:
             self, fitted.
 
         Raises:
-            ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; or a
-                covariance is singular (increase ``reg_covar``).
+            ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; batch_size is
+                not an integer >= 1; or a covariance is singular (increase ``reg_covar``).
         """
+        batch_size = check_integer("batch_size", batch_size, 1)  # (True and 100.0 reached the loader)
         x = _as_tensor(X)
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float64 if not isinstance(X, Tensor) else torch.get_default_dtype())

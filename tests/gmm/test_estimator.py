@@ -143,6 +143,17 @@ def test_object_arrays_of_numbers_are_accepted_and_text_refused() -> None:
         model.predict(x.astype(str))
 
 
+def test_fit_batch_size_must_be_an_integer() -> None:
+    """fit(X, batch_size=...) names a non-integer (a float or None raised TypeError deep in the
+    loader; True fitted in batches of one row)."""
+    x = blobs()
+    for bad in (100.0, True, None, "100", 0):
+        with pytest.raises(ValueError, match=f"batch_size={re.escape(repr(bad))} must be an integer >= 1"):
+            GaussianMixture(3, random_state=0).fit(x, batch_size=bad)
+    model = GaussianMixture(3, random_state=0).fit(x, batch_size=np.int64(100))
+    assert torch.equal(model.means_, GaussianMixture(3, random_state=0).fit(x, batch_size=100).means_)
+
+
 def test_set_params_keeps_the_fit_for_a_warm_start() -> None:
     x = blobs()
     model = GaussianMixture(3, warm_start=True, max_iter=2, tol=1e-8, init_params="k-means++", random_state=0)
