@@ -43,7 +43,8 @@ class ScikitLearnMixin:
 
     def set_params(self, **params: Any) -> "ScikitLearnMixin":
         """Change constructor arguments. As in scikit-learn, a fitted model stays fitted (so
-        ``warm_start`` continues from it) unless ``n_components`` or ``covariance_type`` change."""
+        ``warm_start`` continues from it) unless ``n_components`` or ``covariance_type`` change.
+        An invalid value raises and leaves the model as it was."""
         unknown = sorted(set(params) - set(self._sk_params))
         if unknown:
             raise ValueError(f"invalid parameters {unknown} for {type(self).__name__}; "
@@ -52,7 +53,13 @@ class ScikitLearnMixin:
                          for k in ("n_components", "covariance_type"))
         fitted = self.state_dict() if self.fitted and shape_kept else None
         device, dtype = self.device, self.dtype
-        self.__init__(**{**self._sk_params, **params})
+        before = dict(self.__dict__)  # __init__ replaces, not mutates, what it holds
+        try:
+            self.__init__(**{**self._sk_params, **params})
+        except Exception:  # (it raised after resetting the module: the fit was lost)
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         if fitted is not None:
             self.to(device=device, dtype=dtype)
             self.load_state_dict(fitted)

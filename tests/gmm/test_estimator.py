@@ -167,6 +167,20 @@ def test_set_params_keeps_the_fit_for_a_warm_start() -> None:
     assert not model.set_params(n_components=2).fitted  # a new shape: unfitted
 
 
+def test_invalid_set_params_leaves_the_model_as_it_was() -> None:
+    """set_params with an invalid value raises and keeps the params and the fit (it left the
+    invalid value in get_params and no weights_: predict raised AttributeError, fit KeyError)."""
+    x = blobs()
+    model = GaussianMixture(3, covariance_type="diag", random_state=0).fit(x)
+    labels, means = model.predict(x), model.means_.clone()
+    for bad in ({"tol": -1.0}, {"n_components": 0}, {"means_init": np.zeros((2, 3))}):
+        with pytest.raises(ValueError):
+            model.set_params(**bad)
+        assert model.get_params()["tol"] == 1e-3 and model.get_params()["n_components"] == 3
+        assert torch.equal(model.predict(x), labels) and torch.equal(model.means_, means)
+    assert model.set_params(warm_start=True, max_iter=5).fit(x).n_iter_ >= 1
+
+
 def test_verbose_reports_progress(capsys: pytest.CaptureFixture) -> None:
     GaussianMixture(3, random_state=0, verbose=1, verbose_interval=1).fit(blobs())
     out = capsys.readouterr().out  # scikit-learn's verbose=1 lines
