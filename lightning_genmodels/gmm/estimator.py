@@ -65,6 +65,22 @@ class ScikitLearnMixin:
             self.load_state_dict(fitted)
         return self
 
+    def __getattr__(self, name: str) -> Any:
+        """A constructor argument as an attribute, as scikit-learn's estimators keep them
+        (``gmm.covariance_type``, read by its examples); else nn.Module's lookup."""
+        params = self.__dict__.get("_sk_params")
+        if params is not None and name in params:
+            return params[name]
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Setting a constructor argument is ``set_params`` (it was silently ignored)."""
+        params = self.__dict__.get("_sk_params")
+        if params is not None and name in params:
+            self.set_params(**{name: value})
+        else:
+            super().__setattr__(name, value)
+
     def __sklearn_is_fitted__(self) -> bool:
         """scikit-learn's ``check_is_fitted`` asks this; without it, it takes the attributes
         ending in ``_`` that an unfitted model already holds (``converged_``, ``n_iter_``) for a fit."""

@@ -181,6 +181,26 @@ def test_invalid_set_params_leaves_the_model_as_it_was() -> None:
     assert model.set_params(warm_start=True, max_iter=5).fit(x).n_iter_ >= 1
 
 
+def test_constructor_arguments_are_attributes() -> None:
+    """As in scikit-learn, ``gmm.covariance_type`` reads the argument (AttributeError before) and
+    ``gmm.n_components = 2`` sets it as set_params does (it was silently ignored)."""
+    x = blobs()
+    means = np.zeros((3, 3))
+    model = GaussianMixture(3, covariance_type="diag", means_init=means, random_state=0)
+    assert (model.n_components, model.covariance_type, model.tol, model.random_state) == (3, "diag", 1e-3, 0)
+    assert model.means_init is means and model.warm_start is False and model.impl == "auto"
+    model.fit(x)
+    model.max_iter = 7  # a fit is kept, as by set_params
+    assert model.get_params()["max_iter"] == 7 and model.hparams.max_iter == 7 and model.fitted
+    with pytest.raises(ValueError, match="tol must be a finite number >= 0"):
+        model.tol = -1.0
+    assert model.tol == 1e-3 and model.fitted
+    model.means_init, model.n_components = None, 2
+    assert model.fit(x).means_.shape == (2, 3)
+    with pytest.raises(AttributeError):
+        model.no_such_thing
+
+
 def test_verbose_reports_progress(capsys: pytest.CaptureFixture) -> None:
     GaussianMixture(3, random_state=0, verbose=1, verbose_interval=1).fit(blobs())
     out = capsys.readouterr().out  # scikit-learn's verbose=1 lines
