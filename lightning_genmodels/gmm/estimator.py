@@ -298,8 +298,10 @@ def _generator(generator: Any) -> torch.Generator | None:
 
 
 def _as_tensor(X: ArrayLike) -> Tensor:
-    """X as a real tensor: a NumPy object array of numbers (as scikit-learn accepts) as float64;
-    text and other non-numeric arrays refused, naming their dtype."""
+    """X as a real tensor: a NumPy object array of numbers (as scikit-learn accepts) as float64,
+    a big-endian one in native byte order (torch refuses those), a read-only one without
+    torch's warning about writing to it (X is only read); text and other non-numeric arrays
+    refused, naming their dtype."""
     if isinstance(X, Tensor):
         return _real(X)
     a = np.asarray(X)
@@ -310,7 +312,11 @@ def _as_tensor(X: ArrayLike) -> Tensor:
             raise ValueError(f"X of dtype object must hold numbers: {e}") from None
     elif a.dtype.kind not in "biufc":
         raise ValueError(f"X must hold numbers, got a NumPy array of dtype {a.dtype}")
-    return _real(torch.as_tensor(a))
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    with warnings.catch_warnings():  # (np.load(..., mmap_mode="r"), np.broadcast_to: read-only)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return _real(torch.as_tensor(a))
 
 
 def _real(x: Tensor) -> Tensor:

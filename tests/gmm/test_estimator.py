@@ -154,6 +154,22 @@ def test_fit_batch_size_must_be_an_integer() -> None:
     assert torch.equal(model.means_, GaussianMixture(3, random_state=0).fit(x, batch_size=100).means_)
 
 
+def test_big_endian_and_read_only_arrays_fit_quietly() -> None:
+    """A big-endian array (scikit-learn takes it; torch raised "byte order different from the
+    native byte order") and a read-only one (np.load with mmap_mode="r": torch warned that
+    writing to it is undefined) fit and predict as the plain array, without a warning."""
+    x = blobs()
+    read_only = x.copy()
+    read_only.setflags(write=False)
+    plain = GaussianMixture(3, random_state=0).fit(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for data in (x.astype(">f8"), read_only):
+            model = GaussianMixture(3, random_state=0).fit(data)
+            assert torch.equal(model.means_, plain.means_)
+            assert torch.equal(model.score_samples(data), plain.score_samples(x))
+
+
 def test_set_params_keeps_the_fit_for_a_warm_start() -> None:
     x = blobs()
     model = GaussianMixture(3, warm_start=True, max_iter=2, tol=1e-8, init_params="k-means++", random_state=0)
