@@ -260,6 +260,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             x, _ = next(iter(self._train_batches()()))  # D from the data, or checked against n_features
             self._check_n_features(x.shape[1])
             self._allocate(x.shape[1])
+        # verbose's time lapses count from this fit (a resumed or warm fit has no earlier start)
+        self._tick = self._start = time.perf_counter()
         if self.trainer.ckpt_path is not None and (self._in_progress or self.fitted):
             self._resume()
             return
@@ -270,6 +272,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         self._seed = shared_seed(self.hparams.random_state, self.device)
         if warm:
             self._n_restarts, self.lower_bound_ = 1, prev_bound
+            if self.hparams.verbose:
+                _say("Initialization 0")  # scikit-learn's line for its one warm initialisation
         else:
             self._initialize(self._train_batches())
         if self.hparams.max_iter == 0:
