@@ -306,10 +306,21 @@ def n_parameters(covariance_type: str, n_components: int, n_features: int) -> in
 
 
 def as_float64(value: Any, name: str) -> Tensor | None:
-    """A user-given array (Tensor, NumPy array, nested lists) as a float64 tensor; None stays."""
+    """A user-given array (Tensor, NumPy array, nested lists) as a float64 tensor; None stays.
+    NumPy arrays as scikit-learn takes them: object arrays of numbers and big-endian ones too
+    (torch refuses both); text and complex numbers refused, naming the dtype."""
     if value is None:
         return None
-    t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value).double()
+    if isinstance(value, Tensor):
+        t = value.double()
+    else:
+        a = np.asarray(value)
+        if a.dtype.kind not in "biufO":
+            raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+        try:
+            t = torch.from_numpy(a.astype(np.float64))  # (native byte order)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} must hold real numbers: {e}") from None
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return t

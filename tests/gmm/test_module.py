@@ -377,3 +377,19 @@ def test_initial_parameters_are_checked_when_built(kwargs, match):
     """They were checked only at fit, though the README says each option is checked when built."""
     with pytest.raises(ValueError, match=match):
         GaussianMixture(n_components=2, **kwargs)
+
+
+def test_initial_parameters_take_numpy_arrays_as_scikit_learn() -> None:
+    """means_init etc. as big-endian or object arrays (scikit-learn takes them; torch raised
+    "byte order" ValueError or TypeError) give the float64 parameters; text and complex are named."""
+    x = blobs(n=120, d=4, k=2)
+    init = given_init(x, 2, "full")
+    plain = GaussianMixture(2, max_iter=0, **init).fit(x)
+    for convert in (lambda a: a.astype(">f8"), lambda a: a.astype(object)):
+        model = GaussianMixture(2, max_iter=0, **{k: convert(np.asarray(v)) for k, v in init.items()}).fit(x)
+        for name in PARAMS:
+            assert torch.equal(getattr(model, name), getattr(plain, name)), name
+    with pytest.raises(ValueError, match="means_init must hold real numbers, got dtype <U"):
+        GaussianMixture(2, means_init=np.zeros((2, 4)).astype(str))
+    with pytest.raises(ValueError, match="means_init must hold real numbers, got dtype complex128"):
+        GaussianMixture(2, means_init=np.zeros((2, 4), dtype=complex))
