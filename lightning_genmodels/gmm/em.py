@@ -68,6 +68,7 @@ def m_step(
     eps: float,
     prev_means: Tensor | None = None,
     prev_covariances: Tensor | None = None,
+    centre: Tensor | None = None,
 ) -> MStep:
     """Maximum-likelihood mixture parameters from the E-step's raw moments (PRML eqs. 9.24-9.27).
 
@@ -96,6 +97,9 @@ def m_step(
         eps: machine epsilon of the model's dtype (scikit-learn uses the data's).
         prev_means: [K, D] means before this step, kept for empty components.
         prev_covariances: covariances before this step, kept for empty components.
+        centre: [D], the point ``sxx`` was taken about (:func:`moments`; ``sx`` stays raw), for
+            data far from the origin, whose raw sxx loses the spread to cancellation; then the
+            scatter is sxx − d s_cᵀ − s_c dᵀ + nk d dᵀ with d = μ − centre, s_c = sx − nk centre.
 
     Returns:
         MStep(weights [K], means [K, D], covariances, empty [K]) in float64.
@@ -108,19 +112,28 @@ def m_step(
     total = nk.sum()
     weights = nk / total
     means = sx / nk[:, None]
-    # 2. covariances about the means, from raw moments
+    # 2. scatter Σ r (x − μ)(x − μ)ᵀ about the means, from sxx about ``centre`` or raw moments
     c = nk + 10.0 * eps
-    if covariance_type == "full":
-        cov = (sxx - c[:, None, None] * means[:, :, None] * means[:, None, :]) / nk[:, None, None]
-        cov = _add_to_diagonal(cov, reg_covar)
+    if centre is not None:
+        scatter = _scatter_about_centre(nk_raw, sx, sxx, means, centre.double(), covariance_type)
+    elif covariance_type == "full":
+        scatter = sxx - c[:, None, None] * means[:, :, None] * means[:, None, :]
     elif covariance_type == "tied":
-        cov = (sxx - torch.einsum("k,ki,kj->ij", c, means, means)) / total
-        cov = _add_to_diagonal(cov, reg_covar)
+        scatter = sxx - torch.einsum("k,ki,kj->ij", c, means, means)
     elif covariance_type == "diag":
-        cov = (sxx - c[:, None] * means.square()) / nk[:, None] + reg_covar
+        scatter = sxx - c[:, None] * means.square()
     else:
-        cov = (sxx - c * means.square().sum(1)) / nk / sx.shape[1] + reg_covar
-    # 3. empty components keep their previous mean and covariance
+        scatter = sxx - c * means.square().sum(1)
+    # 3. covariances
+    if covariance_type == "full":
+        cov = _add_to_diagonal(scatter / nk[:, None, None], reg_covar)
+    elif covariance_type == "tied":
+        cov = _add_to_diagonal(scatter / total, reg_covar)
+    elif covariance_type == "diag":
+        cov = scatter / nk[:, None] + reg_covar
+    else:
+        cov = scatter / nk / sx.shape[1] + reg_covar
+    # 4. empty components keep their previous mean and covariance
     empty = nk_raw < 1e-10 * max(float(nk_raw.sum()), 1.0)
     if bool(empty.any()):
         if prev_means is not None:
@@ -129,6 +142,22 @@ def m_step(
             shape = (-1,) + (1,) * (cov.dim() - 1)
             cov = torch.where(empty.reshape(shape), prev_covariances.double(), cov)
     return MStep(weights, means, cov, empty)
+
+
+def _scatter_about_centre(
+    nk: Tensor, sx: Tensor, sxx: Tensor, means: Tensor, centre: Tensor, covariance_type: str
+) -> Tensor:
+    """Σ_n r_nk (x_n − μ_k)(x_n − μ_k)ᵀ in the layout of the type (tied: summed over k) from
+    sxx about ``centre`` [D] and raw sx: sxx − d s_cᵀ − s_c dᵀ + nk d dᵀ, d = μ − c, s_c = sx − nk c."""
+    d = means - centre
+    s_c = sx - nk[:, None] * centre
+    if covariance_type == "full":
+        return sxx - d[:, :, None] * s_c[:, None, :] - s_c[:, :, None] * d[:, None, :] + (
+            nk[:, None, None] * d[:, :, None] * d[:, None, :])
+    if covariance_type == "tied":
+        return sxx - d.T @ s_c - s_c.T @ d + (nk[:, None] * d).T @ d
+    per_feature = nk[:, None] * d.square() - 2.0 * d * s_c
+    return sxx + (per_feature if covariance_type == "diag" else per_feature.sum(1))
 
 
 def precision_cholesky(covariances: Tensor, covariance_type: str) -> Tensor:
@@ -208,7 +237,7 @@ def covariances_from_precisions(precisions: Tensor, covariance_type: str) -> Ten
 
 
 def moments(
-    x: Tensor, resp: Tensor, covariance_type: str, sample_weight: Tensor | None = None
+    x: Tensor, resp: Tensor, covariance_type: str, sample_weight: Tensor | None = None, centre: Tensor | None = None
 ) -> GMMStats:
     """Raw moments of rows ``x`` under responsibilities ``resp`` (PRML eqs. 9.24-9.27 before
     dividing by N_k), float64, with row weights s (ones when None):
@@ -224,6 +253,7 @@ def moments(
         resp: [N, K] responsibilities (rows need not sum to 1: one-hot labels, random rows).
         covariance_type: selects the layout of ``sxx`` (:func:`covariance_shape`).
         sample_weight: [N] row weights; None means ones.
+        centre: [D]: ``sxx`` of x − centre instead (``sx`` stays raw; :func:`m_step`'s ``centre``).
 
     Returns:
         GMMStats in float64 with ``loglik`` = 0.
@@ -235,6 +265,8 @@ def moments(
         r = torch.where(s[:, None] != 0, r * s[:, None], 0.0)
     nk = r.sum(0)
     sx = r.T @ x64
+    if centre is not None:
+        x64 = x64 - centre.to(x64)
     if covariance_type == "full":
         sxx = torch.stack([(x64 * r[:, j : j + 1]).T @ x64 for j in range(r.shape[1])])
     elif covariance_type == "tied":
@@ -274,10 +306,21 @@ def n_parameters(covariance_type: str, n_components: int, n_features: int) -> in
 
 
 def as_float64(value: Any, name: str) -> Tensor | None:
-    """A user-given array (Tensor, NumPy array, nested lists) as a float64 tensor; None stays."""
+    """A user-given array (Tensor, NumPy array, nested lists) as a float64 tensor; None stays.
+    NumPy arrays as scikit-learn takes them: object arrays of numbers and big-endian ones too
+    (torch refuses both); text and complex numbers refused, naming the dtype."""
     if value is None:
         return None
-    t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value).double()
+    if isinstance(value, Tensor):
+        t = value.double()
+    else:
+        a = np.asarray(value)
+        if a.dtype.kind not in "biufO":
+            raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+        try:
+            t = torch.from_numpy(a.astype(np.float64))  # (native byte order)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} must hold real numbers: {e}") from None
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return t

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import warnings
 from typing import Any, Sequence, Union
 
@@ -14,9 +15,8 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-from ..module_utils import as_integer
+from ..module_utils import as_integer, check_integer
 from ..ops.build import IMPLS
-from ..ops.gmm import gmm_log_prob
 from . import em
 from .batches import all_finite, batch_tensor
 from .init import INIT_PARAMS
@@ -43,7 +43,8 @@ class ScikitLearnMixin:
 
     def set_params(self, **params: Any) -> "ScikitLearnMixin":
         """Change constructor arguments. As in scikit-learn, a fitted model stays fitted (so
-        ``warm_start`` continues from it) unless ``n_components`` or ``covariance_type`` change."""
+        ``warm_start`` continues from it) unless ``n_components`` or ``covariance_type`` change.
+        An invalid value raises and leaves the model as it was."""
         unknown = sorted(set(params) - set(self._sk_params))
         if unknown:
             raise ValueError(f"invalid parameters {unknown} for {type(self).__name__}; "
@@ -52,11 +53,38 @@ class ScikitLearnMixin:
                          for k in ("n_components", "covariance_type"))
         fitted = self.state_dict() if self.fitted and shape_kept else None
         device, dtype = self.device, self.dtype
-        self.__init__(**{**self._sk_params, **params})
+        before = dict(self.__dict__)  # __init__ replaces, not mutates, what it holds
+        try:
+            self.__init__(**{**self._sk_params, **params})
+        except Exception:  # (it raised after resetting the module: the fit was lost)
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         if fitted is not None:
             self.to(device=device, dtype=dtype)
             self.load_state_dict(fitted)
         return self
+
+    def __getattr__(self, name: str) -> Any:
+        """A constructor argument as an attribute, as scikit-learn's estimators keep them
+        (``gmm.covariance_type``, read by its examples); else nn.Module's lookup."""
+        params = self.__dict__.get("_sk_params")
+        if params is not None and name in params:
+            return params[name]
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Setting a constructor argument is ``set_params`` (it was silently ignored)."""
+        params = self.__dict__.get("_sk_params")
+        if params is not None and name in params:
+            self.set_params(**{name: value})
+        else:
+            super().__setattr__(name, value)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """scikit-learn's ``check_is_fitted`` asks this; without it, it takes the attributes
+        ending in ``_`` that an unfitted model already holds (``converged_``, ``n_iter_``) for a fit."""
+        return bool(self.fitted)
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn >= 1.6 asks every estimator for its tags; only it calls this."""
@@ -102,10 +130,11 @@ class ScikitLearnMixin:
             self, fitted.
 
         Raises:
-            ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; or a
-                covariance is singular (increase ``reg_covar``).
+            ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; batch_size is
+                not an integer >= 1; or a covariance is singular (increase ``reg_covar``).
         """
-        x = _real(X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X)))
+        batch_size = check_integer("batch_size", batch_size, 1)  # (True and 100.0 reached the loader)
+        x = _as_tensor(X)
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float64 if not isinstance(X, Tensor) else torch.get_default_dtype())
         x = _rows(x.detach().cpu().contiguous())
@@ -180,7 +209,7 @@ class ScikitLearnMixin:
     def _input(self, X: ArrayLike) -> Tensor:
         """X as a [N, D] tensor on the module's device and dtype, validated against the fit."""
         self._check_fitted()
-        x = _rows(_real(X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))))
+        x = _rows(_as_tensor(X))
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
         x = x.to(device=self.device, dtype=self.dtype)
@@ -190,11 +219,7 @@ class ScikitLearnMixin:
 
     @torch.no_grad()
     def _estimate_weighted_log_prob(self, X: ArrayLike) -> Tensor:
-        x = self._input(X)
-        return gmm_log_prob(
-            x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,
-            self.hparams.covariance_type, impl=self.hparams.impl,
-        )
+        return self._joint_log_prob(self._input(X))
 
     def _log_likelihoods(self, X: ArrayLike) -> Tensor:
         """log p(x_n) [N] on the module's device."""
@@ -272,6 +297,28 @@ def _generator(generator: Any) -> torch.Generator | None:
     return torch.Generator().manual_seed(seed)
 
 
+def _as_tensor(X: ArrayLike) -> Tensor:
+    """X as a real tensor: a NumPy object array of numbers (as scikit-learn accepts) as float64,
+    a big-endian one in native byte order (torch refuses those), a read-only one without
+    torch's warning about writing to it (X is only read); text and other non-numeric arrays
+    refused, naming their dtype."""
+    if isinstance(X, Tensor):
+        return _real(X)
+    a = np.asarray(X)
+    if a.dtype.kind == "O":
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"X of dtype object must hold numbers: {e}") from None
+    elif a.dtype.kind not in "biufc":
+        raise ValueError(f"X must hold numbers, got a NumPy array of dtype {a.dtype}")
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    with warnings.catch_warnings():  # (np.load(..., mmap_mode="r"), np.broadcast_to: read-only)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return _real(torch.as_tensor(a))
+
+
 def _real(x: Tensor) -> Tensor:
     if x.is_complex():
         raise ValueError(f"X must hold real numbers, got dtype {x.dtype}")
@@ -343,7 +390,7 @@ def check_options(
         if not _is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     for name, value in (("tol", tol), ("reg_covar", reg_covar), ("kmeans_tol", kmeans_tol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 <= value < math.inf:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if random_state is not None and not _is_int(random_state):
         raise ValueError(f"random_state must be an int seed or None, got {random_state!r}")

@@ -42,23 +42,28 @@ INIT_PARAMS: tuple[str, ...] = get_args(InitParams)
 
 
 class InitMoments(NamedTuple):
-    """Moments of the initial responsibilities, the centres they came from, the data's weight."""
+    """Moments of the initial responsibilities (sxx about ``centre``), the centres they came from,
+    the data's weight. Second moments about a point amid the data (the centres' mean) keep the
+    spread that raw ones of data far from the origin lose to cancellation."""
 
     stats: GMMStats
     centers: Tensor | None  # [K, D] float64, kept as means of components left empty
     n_total: float
+    centre: Tensor | None = None  # [D] float64, the point sxx is about (em.m_step's centre); None: raw
 
 
 def _sum_stats(a: GMMStats | None, b: GMMStats) -> GMMStats:
     return b if a is None else GMMStats(*(u + v for u, v in zip(a, b)))
 
 
-def _pass_statistics(batches: Batches, resp_fn, covariance_type: str) -> tuple[GMMStats, float]:
-    """Σ over one pass of :func:`moments` with resp = ``resp_fn(x)``, summed over ranks."""
+def _pass_statistics(
+    batches: Batches, resp_fn, covariance_type: str, centre: Tensor | None = None
+) -> tuple[GMMStats, float]:
+    """Σ over one pass of :func:`moments` (sxx about ``centre``) with resp = ``resp_fn(x)``, summed over ranks."""
     acc: GMMStats | None = None
     total = 0.0
     for x, s in batches():
-        acc = _sum_stats(acc, moments(x, resp_fn(x), covariance_type, s))
+        acc = _sum_stats(acc, moments(x, resp_fn(x), covariance_type, s, centre))
         total += x.shape[0] if s is None else float(s.sum())
     if acc is None:
         raise ValueError("the training data loader yielded no batches")
@@ -67,10 +72,11 @@ def _pass_statistics(batches: Batches, resp_fn, covariance_type: str) -> tuple[G
     return acc, float(n)
 
 
-def _one_per_component(rows: Tensor, covariance_type: str) -> GMMStats:
-    """Moments where component k owns exactly row k of ``rows`` [K, D]."""
-    k = rows.shape[0]
-    return moments(rows, torch.eye(k, dtype=torch.float64, device=rows.device), covariance_type)
+def _one_per_component(rows: Tensor, covariance_type: str, n_total: float) -> InitMoments:
+    """Moments where component k owns exactly row k of ``rows`` [K, D] (float64), sxx about their mean."""
+    k, centre = rows.shape[0], rows.mean(0)
+    stats = moments(rows, torch.eye(k, dtype=torch.float64, device=rows.device), covariance_type, centre=centre)
+    return InitMoments(stats, rows, n_total, centre)
 
 
 def initial_moments(
@@ -115,21 +121,22 @@ def initial_moments(
                 ids = rng.choice(n_all, size=k, replace=False)
             picked = rows_at(rows, ids, sizes).double()
         if picked is not None:
-            return InitMoments(_one_per_component(picked, covariance_type), picked, float(n_all))
+            return _one_per_component(picked, covariance_type, float(n_all))
     seed += restart
     if init_params == "kmeans":
         centers = kmeans(batches, k, seed, kmeans_max_iter, kmeans_tol, rows, impl).centers
         one_hot = lambda x: torch.nn.functional.one_hot(  # noqa: E731
             squared_distances(x, centers).argmin(1), k
         ).double()
-        stats, n = _pass_statistics(batches, one_hot, covariance_type)
-        return InitMoments(stats, centers, n)
+        centre = centers.mean(0)
+        stats, n = _pass_statistics(batches, one_hot, covariance_type, centre)
+        return InitMoments(stats, centers, n, centre)
     if init_params == "k-means++":
         centers, n = kmeans_plusplus(batches, k, seed)
-        return InitMoments(_one_per_component(centers, covariance_type), centers, n)
+        return _one_per_component(centers, covariance_type, n)
     if init_params == "random_from_data":
         rows, n = weighted_draw(batches, k, rank_generator(seed))
-        return InitMoments(_one_per_component(rows.double(), covariance_type), rows.double(), n)
+        return _one_per_component(rows.double(), covariance_type, n)
     if init_params == "random":
         g = rank_generator(seed)
 
@@ -137,6 +144,6 @@ def initial_moments(
             r = torch.rand(x.shape[0], k, generator=g, dtype=torch.float64).to(x.device)
             return r / r.sum(1, keepdim=True)
 
-        stats, n = _pass_statistics(batches, uniform, covariance_type)
+        stats, n = _pass_statistics(batches, uniform, covariance_type)  # each component: the data's spread
         return InitMoments(stats, None, n)
     raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {init_params!r}")

@@ -49,6 +49,11 @@ DATALOADER_ITER_NOTES = (
     r"Found `dataloader_iter` argument in the `training_step`",
 )
 
+# The numeric constructor options, whose hyper-parameters are kept as Python numbers
+_FLOATS = ("tol", "reg_covar", "kmeans_tol")
+_INTS = ("n_components", "max_iter", "n_init", "random_state", "n_features", "kmeans_max_iter", "verbose",
+         "verbose_interval")
+
 
 class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
     """Gaussian mixture model trained by EM, one epoch per iteration; scikit-learn compatible.
@@ -131,6 +136,12 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         self.save_hyperparameters(ignore=["weights_init", "means_init", "precisions_init"])
         # Plain lists in the hyper-parameters: YAML- and weights_only-checkpoint-friendly.
         self.hparams.update({f"{k}_init": None if v is None else v.tolist() for k, v in self._init.items()})
+        # Python numbers for NumPy scalars (np.float32 tol, np.int64 n_components): the ops take
+        # Python floats, YAML and weights_only checkpoints no NumPy types.
+        for k in _FLOATS + _INTS:
+            v = self.hparams[k]
+            if v is not None and not isinstance(v, bool):
+                self.hparams[k] = float(v) if k in _FLOATS else int(v)
         self.automatic_optimization = False
         # Parameters, in the model's dtype, empty until D is known (see _allocate):
         # weights_ [K], means_ [K, D]; covariances_, precisions_cholesky_, precisions_:
@@ -187,7 +198,11 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         means = state_dict.get(prefix + "means_")
         if means is not None and means.dim() == 2:
-            self._allocate(means.shape[1])  # buffers of a fresh module take the saved shapes
+            # buffers of a fresh module take the saved shapes and dtype: a float64 fit (fit(X) on
+            # NumPy data) loaded into a float32 module would round its parameters and predictions
+            if means.is_floating_point():
+                self.to(dtype=means.dtype)
+            self._allocate(means.shape[1])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _set_params(self, weights: Tensor, means: Tensor, covariances: Tensor, prec_chol: Tensor) -> None:
@@ -245,6 +260,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             x, _ = next(iter(self._train_batches()()))  # D from the data, or checked against n_features
             self._check_n_features(x.shape[1])
             self._allocate(x.shape[1])
+        # verbose's time lapses count from this fit (a resumed or warm fit has no earlier start)
+        self._tick = self._start = time.perf_counter()
         if self.trainer.ckpt_path is not None and (self._in_progress or self.fitted):
             self._resume()
             return
@@ -255,6 +272,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         self._seed = shared_seed(self.hparams.random_state, self.device)
         if warm:
             self._n_restarts, self.lower_bound_ = 1, prev_bound
+            if self.hparams.verbose:
+                _say("Initialization 0")  # scikit-learn's line for its one warm initialisation
         else:
             self._initialize(self._train_batches())
         if self.hparams.max_iter == 0:
@@ -270,22 +289,26 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         self.em_stats.reset()
         sampler = getattr(self.trainer.train_dataloader, "sampler", None)
         log_weights = torch.log(self.weights_)
+        centre = self._centre()
+        means = self.means_ if centre is None else self.means_ - centre
         sums: list[Tensor] | None = None  # nk, sx, sxx, loglik, n_rows, n_nonfinite: one update per epoch
         seen = 0
         for item in dataloader_iter:  # (batch, batch_idx, dataloader_idx)
             x = batch_tensor(item[0]).to(device=self.device, dtype=self.dtype)
             w = padding_weights(sampler, seen, x.shape[0], x.device)
             seen += x.shape[0]
-            batch = self._e_step(x, log_weights, None if w is None else w.to(x.dtype))
+            x = x if centre is None else x - centre
+            batch = self._e_step(x, log_weights, means, None if w is None else w.to(x.dtype))
             sums = batch if sums is None else [a.add_(b) for a, b in zip(sums, batch)]
         if sums is not None:
             self.em_stats.update(GMMStats(*sums[:4]), sums[4], sums[5])
         self.optimizers().step(closure=self._end_iteration)
 
-    def _e_step(self, x: Tensor, log_weights: Tensor, w: Tensor | None) -> list[Tensor]:
-        """One batch's float64 sufficient statistics, row count and non-finite flag."""
+    def _e_step(self, x: Tensor, log_weights: Tensor, means: Tensor, w: Tensor | None) -> list[Tensor]:
+        """One batch's float64 sufficient statistics, row count and non-finite flag (x and means
+        taken about :meth:`_centre`)."""
         stats = gmm_em_stats(
-            x, log_weights, self.means_, self.precisions_cholesky_,
+            x, log_weights, means, self.precisions_cholesky_,
             self.hparams.covariance_type, w, impl=self.hparams.impl,
         )
         if w is None:
@@ -325,11 +348,39 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
 
     # ------------------------------------------------------------------ EM
 
+    def _centre(self) -> Tensor | None:
+        """The mixture's mean c = Σ_k w_k μ_k [D] (model dtype) where the data lie far from the
+        origin, more than 10 standard deviations (the mixture's) in some feature; else None.
+        The ops then see x − c and μ − c: their float32 products and raw moments Σ r x xᵀ lose
+        the spread of such data to cancellation (a float32 fit of data offset by 1e3 failed with
+        "ill-defined covariance"; scikit-learn's full covariances are centred). Near the origin
+        the copy x − c would only cost time."""
+        w, means, cov = self.weights_.double(), self.means_.double(), self.covariances_.double()
+        if self.hparams.covariance_type in ("full", "tied"):
+            variances = cov.diagonal(dim1=-2, dim2=-1)  # [K, D] or [D]
+        else:
+            variances = cov if self.hparams.covariance_type == "diag" else cov[:, None]  # [K, D] or [K, 1]
+        centre = w @ means
+        spread = w @ (variances + means.square()) - centre.square()  # [D], the mixture's variance
+        return centre.to(self.dtype) if bool((centre.square() > 100.0 * spread).any()) else None
+
+    def _joint_log_prob(self, x: Tensor) -> Tensor:
+        """log w_k + log N(x_n | k) [N, K] of rows x [N, D] (model dtype), about :meth:`_centre`."""
+        centre, means = self._centre(), self.means_
+        if centre is not None:
+            x, means = x - centre, means - centre
+        return gmm_log_prob(x, torch.log(self.weights_), means, self.precisions_cholesky_,
+                            self.hparams.covariance_type, impl=self.hparams.impl)
+
     def _m_step(self, stats: GMMStats) -> None:
+        """The M-step on statistics taken about :meth:`_centre` (the parameters, so the centre,
+        are still those of the E-step)."""
         cov_type = self.hparams.covariance_type
+        centre = self._centre()
         step, prec_chol = gmm_m_step(
             stats, cov_type, self.hparams.reg_covar, torch.finfo(self.dtype).eps,
-            prev_means=self.means_, prev_covariances=self.covariances_, impl=self.hparams.impl,
+            prev_means=self.means_ if centre is None else self.means_ - centre,
+            prev_covariances=self.covariances_, impl=self.hparams.impl,
         )
         if bool(step.empty.any()):
             rank_zero_warn(
@@ -337,7 +388,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
                 "their points; they keep their previous mean and covariance with weight ~0",
                 category=RuntimeWarning,
             )
-        self._set_params(step.weights, step.means, step.covariances, prec_chol)
+        means = step.means if centre is None else step.means + centre.double()
+        self._set_params(step.weights, means, step.covariances, prec_chol)
 
     def _initialize(self, batches) -> None:
         """Starting parameters of restart ``self._restart``, identical on every rank."""
@@ -356,7 +408,9 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             )
             self._check_enough_samples(moments.n_total)
             centers = None if moments.centers is None else moments.centers.to(self.device)
-            step = em.m_step(moments.stats, cov_type, hp.reg_covar, torch.finfo(self.dtype).eps, centers)
+            centre = None if moments.centre is None else moments.centre.to(self.device)
+            step = em.m_step(moments.stats, cov_type, hp.reg_covar, torch.finfo(self.dtype).eps, centers,
+                             centre=centre)
             weights, means, cov = step.weights, step.means, step.covariances
         dev = {"device": self.device}
         if given["weights"] is not None:
@@ -384,11 +438,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
                 return None  # fit's sanity check, before initialisation
             self._check_fitted()  # Trainer.validate/test of an unfitted model
         x = batch_tensor(batch).to(self.dtype)
-        log_prob = torch.logsumexp(
-            gmm_log_prob(x, torch.log(self.weights_), self.means_, self.precisions_cholesky_,
-                         self.hparams.covariance_type, impl=self.hparams.impl),
-            dim=1,
-        )
+        log_prob = torch.logsumexp(self._joint_log_prob(x), dim=1)
         mean = log_prob.mean()
         self.log(f"{stage}/log_likelihood", mean, batch_size=x.shape[0], sync_dist=True)
         return mean

@@ -86,6 +86,25 @@ def test_bad_options_name_the_value(kwargs, match) -> None:
         GaussianMixture(**({"n_components": 2} | kwargs))
 
 
+def test_numpy_scalar_options_fit_as_python_numbers(tmp_path) -> None:
+    """NumPy scalars (a GridSearchCV grid's np.float32 tol, np.int64 n_components) are accepted as
+    scikit-learn accepts them (np.float32 was refused), fit as the Python numbers do, keep their
+    identity for clone, and leave a checkpoint that loads with weights_only (np.int64 failed)."""
+    x = blobs()
+    numpy = {"n_components": np.int64(3), "tol": np.float32(1e-3), "reg_covar": np.float32(1e-6),
+             "kmeans_tol": np.float32(1e-4), "max_iter": np.int64(20), "random_state": np.int64(0)}
+    model = GaussianMixture(**numpy).fit(x)
+    plain = GaussianMixture(**{k: v.item() for k, v in numpy.items()}).fit(x)
+    assert torch.equal(model.means_, plain.means_) and model.n_iter_ == plain.n_iter_
+    assert all(model.get_params()[k] is v for k, v in numpy.items())
+    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=300))
+    trainer.save_checkpoint(tmp_path / "gmm.ckpt")
+    saved = torch.load(tmp_path / "gmm.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["n_components"] == 3
+
+
 def test_n_features_must_match_the_data() -> None:
     x = blobs()  # D = 3
     with pytest.raises(ValueError, match="X has 3 features, but the model was built with n_features=5"):
@@ -107,6 +126,50 @@ def test_empty_and_complex_data_name_the_problem() -> None:
         GaussianMixture(3).fit(x.astype(np.complex128))
 
 
+def test_object_arrays_of_numbers_are_accepted_and_text_refused() -> None:
+    """An object array of numbers (scikit-learn takes it as float64) fits and predicts as the
+    float64 array does (torch's TypeError before); text names its dtype."""
+    x = blobs()
+    model = GaussianMixture(3, random_state=0).fit(x.astype(object))
+    assert model.dtype == torch.float64
+    assert torch.equal(model.means_, GaussianMixture(3, random_state=0).fit(x).means_)
+    assert torch.equal(model.score_samples(x.astype(object)), model.score_samples(x))
+    assert model.bic(x.astype(object)) == model.bic(x)
+    with pytest.raises(ValueError, match="X of dtype object must hold numbers"):
+        model.predict(np.array([[1.0, "a", 2.0]], dtype=object))
+    with pytest.raises(ValueError, match="X contains NaN"):
+        model.predict(np.array([[1.0, None, 2.0]], dtype=object))
+    with pytest.raises(ValueError, match="X must hold numbers, got a NumPy array of dtype <U"):
+        model.predict(x.astype(str))
+
+
+def test_fit_batch_size_must_be_an_integer() -> None:
+    """fit(X, batch_size=...) names a non-integer (a float or None raised TypeError deep in the
+    loader; True fitted in batches of one row)."""
+    x = blobs()
+    for bad in (100.0, True, None, "100", 0):
+        with pytest.raises(ValueError, match=f"batch_size={re.escape(repr(bad))} must be an integer >= 1"):
+            GaussianMixture(3, random_state=0).fit(x, batch_size=bad)
+    model = GaussianMixture(3, random_state=0).fit(x, batch_size=np.int64(100))
+    assert torch.equal(model.means_, GaussianMixture(3, random_state=0).fit(x, batch_size=100).means_)
+
+
+def test_big_endian_and_read_only_arrays_fit_quietly() -> None:
+    """A big-endian array (scikit-learn takes it; torch raised "byte order different from the
+    native byte order") and a read-only one (np.load with mmap_mode="r": torch warned that
+    writing to it is undefined) fit and predict as the plain array, without a warning."""
+    x = blobs()
+    read_only = x.copy()
+    read_only.setflags(write=False)
+    plain = GaussianMixture(3, random_state=0).fit(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for data in (x.astype(">f8"), read_only):
+            model = GaussianMixture(3, random_state=0).fit(data)
+            assert torch.equal(model.means_, plain.means_)
+            assert torch.equal(model.score_samples(data), plain.score_samples(x))
+
+
 def test_set_params_keeps_the_fit_for_a_warm_start() -> None:
     x = blobs()
     model = GaussianMixture(3, warm_start=True, max_iter=2, tol=1e-8, init_params="k-means++", random_state=0)
@@ -118,6 +181,40 @@ def test_set_params_keeps_the_fit_for_a_warm_start() -> None:
     model.fit(x)  # continues from the 2 iterations: scikit-learn counts only the new ones
     assert model.converged_ and model.n_iter_ < 20
     assert not model.set_params(n_components=2).fitted  # a new shape: unfitted
+
+
+def test_invalid_set_params_leaves_the_model_as_it_was() -> None:
+    """set_params with an invalid value raises and keeps the params and the fit (it left the
+    invalid value in get_params and no weights_: predict raised AttributeError, fit KeyError)."""
+    x = blobs()
+    model = GaussianMixture(3, covariance_type="diag", random_state=0).fit(x)
+    labels, means = model.predict(x), model.means_.clone()
+    for bad in ({"tol": -1.0}, {"n_components": 0}, {"means_init": np.zeros((2, 3))}):
+        with pytest.raises(ValueError):
+            model.set_params(**bad)
+        assert model.get_params()["tol"] == 1e-3 and model.get_params()["n_components"] == 3
+        assert torch.equal(model.predict(x), labels) and torch.equal(model.means_, means)
+    assert model.set_params(warm_start=True, max_iter=5).fit(x).n_iter_ >= 1
+
+
+def test_constructor_arguments_are_attributes() -> None:
+    """As in scikit-learn, ``gmm.covariance_type`` reads the argument (AttributeError before) and
+    ``gmm.n_components = 2`` sets it as set_params does (it was silently ignored)."""
+    x = blobs()
+    means = np.zeros((3, 3))
+    model = GaussianMixture(3, covariance_type="diag", means_init=means, random_state=0)
+    assert (model.n_components, model.covariance_type, model.tol, model.random_state) == (3, "diag", 1e-3, 0)
+    assert model.means_init is means and model.warm_start is False and model.impl == "auto"
+    model.fit(x)
+    model.max_iter = 7  # a fit is kept, as by set_params
+    assert model.get_params()["max_iter"] == 7 and model.hparams.max_iter == 7 and model.fitted
+    with pytest.raises(ValueError, match="tol must be a finite number >= 0"):
+        model.tol = -1.0
+    assert model.tol == 1e-3 and model.fitted
+    model.means_init, model.n_components = None, 2
+    assert model.fit(x).means_.shape == (2, 3)
+    with pytest.raises(AttributeError):
+        model.no_such_thing
 
 
 def test_verbose_reports_progress(capsys: pytest.CaptureFixture) -> None:
@@ -148,6 +245,21 @@ def test_sklearn_clone_params_and_grid_search() -> None:
     search = GridSearchCV(GaussianMixture(covariance_type="diag", random_state=0), {"n_components": [1, 3]}, cv=2)
     search.fit(x)
     assert search.best_params_ == {"n_components": 3}
+
+
+def test_sklearn_check_is_fitted_follows_the_fit() -> None:
+    """scikit-learn's check_is_fitted took an unfitted model for fitted (its ``converged_``,
+    ``n_iter_``, ... exist before any fit); a clone of a fitted model is unfitted."""
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    model = GaussianMixture(3, covariance_type="diag", random_state=0)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(model)
+    check_is_fitted(model.fit(blobs()))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(clone(model))
 
 
 def test_in_memory_batches_are_views() -> None:

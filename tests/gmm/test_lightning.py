@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,29 @@ def test_trainer_fit_logs_and_checkpoint_round_trips(tmp_path: Path) -> None:
         assert torch.equal(loaded.predict(x), model.predict(x))
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
+def test_float64_fit_loads_as_float64(tmp_path: Path, covariance_type: str) -> None:
+    """A float64 fit (fit(X) on NumPy data, or a .double() model under a Trainer) loads into a
+    fresh float32 module as float64: the parameters and predictions are the saved ones (they
+    were rounded to float32, score_samples off by ~1e-6)."""
+    x = blobs(seed=8)
+    model = GaussianMixture(3, covariance_type=covariance_type, max_iter=5, random_state=0).fit(x)
+    assert model.dtype == torch.float64
+    fresh = GaussianMixture(3, covariance_type=covariance_type)
+    fresh.load_state_dict(model.state_dict())
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="gmm")
+    trained = GaussianMixture(3, covariance_type=covariance_type, max_iter=5, random_state=0).double()
+    trainer = Trainer(max_epochs=5, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    trainer.fit(trained, DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=128))
+    loaded = GaussianMixture.load_from_checkpoint(tmp_path / "gmm.ckpt")
+    for saved, copy in ((model, fresh), (trained, loaded)):
+        assert copy.dtype == torch.float64
+        for name in PARAMS:
+            assert torch.equal(getattr(copy, name), getattr(saved, name)), name
+        assert torch.equal(copy.score_samples(x), saved.score_samples(x))
+
+
 def test_validate_and_test_need_a_fitted_model(tmp_path: Path) -> None:
     """Unfitted, validate and test raise as predict does (they returned [{}]); fit's sanity check
     before the initialisation still passes, and a fitted model validates and tests."""
@@ -77,6 +102,28 @@ def test_resume_from_a_mid_fit_checkpoint(tmp_path: Path) -> None:
         assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
     partial = GaussianMixture.load_from_checkpoint(mid)  # a mid-fit checkpoint is usable
     assert partial.n_iter_ == 3 and partial.predict(x).shape == (500,)
+
+
+def test_verbose_resumed_and_warm_fits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """verbose=2 on a fit resumed from a checkpoint (a fresh module: AttributeError '_tick'
+    before) and on a warm start, which prints scikit-learn's "Initialization 0" and times its
+    own fit (the time since the previous fit's start before)."""
+    x = torch.from_numpy(blobs(seed=9))
+    kwargs = {"n_components": 3, "max_iter": 6, "tol": 0.0, "random_state": 0}
+    loader = DataLoader(TensorDataset(x), batch_size=128)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1)
+    Trainer(max_epochs=3, callbacks=[every_epoch], logger=False, enable_progress_bar=False).fit(
+        GaussianMixture(**kwargs).double(), loader)
+    resumed = GaussianMixture(**kwargs, verbose=2, verbose_interval=1)
+    Trainer(max_epochs=6, **QUIET).fit(resumed, loader, ckpt_path=tmp_path / "epoch=1-step=2.ckpt")
+    assert resumed.n_iter_ == 6 and "Iteration 6\t time lapse" in capsys.readouterr().out
+    warm = GaussianMixture(3, covariance_type="diag", random_state=0, warm_start=True, verbose=2).fit(x)
+    capsys.readouterr()
+    time.sleep(1.0)
+    warm.fit(x)
+    out = capsys.readouterr().out
+    assert out.startswith("Initialization 0\n")
+    assert float(re.search(r"time lapse ([0-9.]+)s", out).group(1)) < 1.0
 
 
 def test_resume_a_fit_the_trainer_stopped_continues_em(tmp_path: Path) -> None:

@@ -284,6 +284,28 @@ def test_streamed_dataloader_errors() -> None:
         Trainer(max_epochs=2, **QUIET).fit(model, DataLoader(TensorDataset(x), batch_size=32))
 
 
+@pytest.mark.parametrize(("dtype", "offset", "init_params"), [
+    (np.float32, 1e3, "kmeans"), (np.float64, 1e5, "kmeans"), (np.float64, 1e5, "k-means++")])
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_data_far_from_the_origin_fit_as_centred_data(covariance_type: str, dtype, offset: float,
+                                                      init_params: str) -> None:
+    """EM's second moments and the ops' products are taken about a point amid the data: rows
+    offset by 1e3 (float32) or 1e5 (float64) fit as the same rows near the origin. Raw moments
+    lost the spread to cancellation: "ill-defined covariance" errors (float32 full; float64
+    k-means++ starts, whose covariance is reg_covar) or other paths. scikit-learn's full copes.
+    (Not float32 k-means++: its starting means x / (1 + 10 eps) move by 1e-3 at 1e3, so the
+    start itself depends on the offset, in scikit-learn too.)"""
+    far = blobs(seed=7).astype(dtype) + dtype(offset)
+    x = far - dtype(offset)  # the same rows, near the origin
+    near_fit, far_fit = (GaussianMixture(3, covariance_type=covariance_type, init_params=init_params,
+                                         max_iter=10, random_state=0).fit(data) for data in (x, far))
+    assert far_fit.n_iter_ == near_fit.n_iter_
+    assert far_fit.lower_bound_ == pytest.approx(near_fit.lower_bound_, rel=1e-4)
+    np.testing.assert_allclose(far_fit.means_.numpy() - offset, near_fit.means_.numpy(), atol=1e-3)
+    np.testing.assert_allclose(far_fit.covariances_.numpy(), near_fit.covariances_.numpy(), rtol=1e-3, atol=1e-4)
+    assert far_fit.score(far) == pytest.approx(near_fit.score(x), rel=1e-4)
+
+
 def test_statistics_stay_float64_whatever_the_model_dtype() -> None:
     model = GaussianMixture(3, covariance_type="full", n_features=4)
     for dtype in (torch.float32, torch.float16, torch.float64):
@@ -355,3 +377,19 @@ def test_initial_parameters_are_checked_when_built(kwargs, match):
     """They were checked only at fit, though the README says each option is checked when built."""
     with pytest.raises(ValueError, match=match):
         GaussianMixture(n_components=2, **kwargs)
+
+
+def test_initial_parameters_take_numpy_arrays_as_scikit_learn() -> None:
+    """means_init etc. as big-endian or object arrays (scikit-learn takes them; torch raised
+    "byte order" ValueError or TypeError) give the float64 parameters; text and complex are named."""
+    x = blobs(n=120, d=4, k=2)
+    init = given_init(x, 2, "full")
+    plain = GaussianMixture(2, max_iter=0, **init).fit(x)
+    for convert in (lambda a: a.astype(">f8"), lambda a: a.astype(object)):
+        model = GaussianMixture(2, max_iter=0, **{k: convert(np.asarray(v)) for k, v in init.items()}).fit(x)
+        for name in PARAMS:
+            assert torch.equal(getattr(model, name), getattr(plain, name)), name
+    with pytest.raises(ValueError, match="means_init must hold real numbers, got dtype <U"):
+        GaussianMixture(2, means_init=np.zeros((2, 4)).astype(str))
+    with pytest.raises(ValueError, match="means_init must hold real numbers, got dtype complex128"):
+        GaussianMixture(2, means_init=np.zeros((2, 4), dtype=complex))
