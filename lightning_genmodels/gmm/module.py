@@ -439,6 +439,12 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             self._check_fitted()  # Trainer.validate/test of an unfitted model
         x = batch_tensor(batch).to(self.dtype)
         log_prob = torch.logsumexp(self._joint_log_prob(x), dim=1)
+        finite = torch.isfinite(log_prob)
+        if not bool(finite.all()):  # (a NaN {stage}/log_likelihood was logged, silently)
+            raise ValueError(
+                f"{stage}: log p(x) is not finite for {int((~finite).sum())} of {x.shape[0]} rows of a batch: the "
+                "data contain NaN or infinite values (or values so large that every density underflows: scale the data)"
+            )
         mean = log_prob.mean()
         self.log(f"{stage}/log_likelihood", mean, batch_size=x.shape[0], sync_dist=True)
         return mean

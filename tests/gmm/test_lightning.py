@@ -85,6 +85,18 @@ def test_validate_and_test_need_a_fitted_model(tmp_path: Path) -> None:
     assert result["test/log_likelihood"] == pytest.approx(model.score(blobs()), rel=1e-6)
 
 
+def test_validate_and_test_refuse_nan_data(tmp_path: Path) -> None:
+    """A NaN row in validation or test data was logged as a NaN log-likelihood, silently."""
+    x = torch.from_numpy(blobs())
+    model = GaussianMixture(3, covariance_type="diag", random_state=0).fit(x)
+    bad = x.clone()
+    bad[5, 1] = float("nan")
+    trainer = Trainer(default_root_dir=tmp_path, **QUIET)
+    for run, stage in ((trainer.validate, "val"), (trainer.test, "test")):
+        with pytest.raises(ValueError, match=f"{stage}: log p\\(x\\) is not finite for 1 of 128 rows"):
+            run(model, DataLoader(TensorDataset(bad), batch_size=128))
+
+
 def test_resume_from_a_mid_fit_checkpoint(tmp_path: Path) -> None:
     x = torch.from_numpy(blobs(seed=9))
     kwargs = {"n_components": 3, "max_iter": 6, "tol": 0.0, **given_init(x.numpy(), 3, "full")}
