@@ -233,6 +233,9 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         return []
 
     def setup(self, stage: str) -> None:
+        if str(self.trainer.precision) in ("16-true", "bf16-true"):  # (the op's dtype error, later)
+            raise ValueError(f"GaussianMixture runs in float32 or float64, not Trainer(precision="
+                             f"{self.trainer.precision!r}): use '32-true' or '64-true'")
         set_trainer_world(self.trainer.world_size)
         strategy = self.trainer.strategy
         if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, EMDDPStrategy):

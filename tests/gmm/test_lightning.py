@@ -97,6 +97,14 @@ def test_validate_and_test_refuse_nan_data(tmp_path: Path) -> None:
             run(model, DataLoader(TensorDataset(bad), batch_size=128))
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_half_precision_trainer_is_refused_by_name(precision: str, tmp_path: Path) -> None:
+    """bf16-true failed inside the op: 'x must be float32 or float64, got torch.bfloat16'."""
+    trainer = Trainer(precision=precision, max_epochs=1, default_root_dir=tmp_path, **QUIET)
+    with pytest.raises(ValueError, match=f"not Trainer\\(precision='{precision}'\\)"):
+        trainer.fit(GaussianMixture(3, covariance_type="diag"), DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=32))
+
+
 def test_resume_from_a_mid_fit_checkpoint(tmp_path: Path) -> None:
     x = torch.from_numpy(blobs(seed=9))
     kwargs = {"n_components": 3, "max_iter": 6, "tol": 0.0, **given_init(x.numpy(), 3, "full")}
