@@ -2,9 +2,9 @@
 for sampling (Goodfellow et al. 2014; DCGAN, Radford et al. 2016).
 
 Training follows Lightning 2's manual optimisation: each batch takes one discriminator step and,
-every ``n_critic`` batches, one generator step (WGAN, Arjovsky et al. 2017, Algorithm 1), each
-between ``toggle_optimizer`` and ``untoggle_optimizer``. Note that Lightning's ``global_step``
-counts optimizer steps, so it grows by up to 2 per batch.
+every ``n_critic`` batches (of the run, not of the epoch), one generator step (WGAN, Arjovsky
+et al. 2017, Algorithm 1), each between ``toggle_optimizer`` and ``untoggle_optimizer``. Note
+that Lightning's ``global_step`` counts optimizer steps, so it grows by up to 2 per batch.
 """
 from __future__ import annotations
 
@@ -169,8 +169,10 @@ class GAN(LightningModule):
         opt_d.step()
         self.untoggle_optimizer(opt_d)
 
-        # 2. generator step every n_critic batches, then the EMA update
-        if (batch_idx + 1) % self.hparams.n_critic == 0:
+        # 2. generator step every n_critic batches of the run, then the EMA update (counted across
+        #    epochs: batch_idx restarts each epoch, so an epoch shorter than n_critic, or not a
+        #    multiple of it, would skip generator steps)
+        if (self.trainer.fit_loop.epoch_loop.total_batch_idx + 1) % self.hparams.n_critic == 0:
             self.toggle_optimizer(opt_g)
             g_loss = self.generator_loss(self.generator(self.noise(real.shape[0])))
             self._stop_if_not_finite("generator", g_loss)

@@ -287,3 +287,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     loaded = GAN.load_from_checkpoint(tmp_path / "last.ckpt", **TINY)
     assert torch.isfinite(loaded.sample(2, seed=0)).all()
+
+
+def test_n_critic_counts_batches_across_epochs() -> None:
+    """n_critic = 3 over 3 epochs of 2 batches: generator steps after batches 3 and 6 of the run
+    (batch_idx restarts each epoch; counted by it, the generator never stepped)."""
+    model = GAN(**TINY, n_critic=3)
+    trainer = fit(model, batches=2, max_epochs=3)
+    opt_g, opt_d = (opt.optimizer for opt in model.optimizers())
+    steps = [int(opt.state[next(iter(opt.state))]["step"]) if opt.state else 0 for opt in (opt_g, opt_d)]
+    assert steps == [2, 6] and trainer.global_step == 8
+    assert int(model.generator_ema.n_averaged) == 2
