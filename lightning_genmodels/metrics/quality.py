@@ -134,15 +134,18 @@ class SampleQuality(nn.Module):
         else:
             self.extractor = build_extractor(feature, weights_path)
             classifier = load_feature_net()
-        self.fid = FiniteFID(feature=self.extractor, reset_real_features=False, normalize=True)
+        # no cached compute(): set_real and compute's KID subset size change states behind update()'s
+        # back, and a cached result would then be stale
+        self.fid = FiniteFID(feature=self.extractor, reset_real_features=False, normalize=True,
+                             compute_with_cache=False)
         self.fid.orig_dtype = torch.float64  # update() sets it (our features are float64): a rank with none needs it
         with warnings.catch_warnings():  # we keep 10k features, not a large dataset
             warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all")
             self.kid = OrderFreeKID(
                 feature=self.extractor, subsets=kid_subsets, subset_size=kid_subset_size,
-                reset_real_features=False, normalize=True,
+                reset_real_features=False, normalize=True, compute_with_cache=False,
             )
-        self.pr = PrecisionRecall(k=k)
+        self.pr = PrecisionRecall(k=k, compute_with_cache=False)
         self.classes = ClassCoverage(classifier, min_share=min_class_share)
         self.kid_subset_size = kid_subset_size
         self.seed = seed
