@@ -94,6 +94,17 @@ def test_bad_arguments_are_rejected_at_construction(kwargs: dict, match: str) ->
         FIDCallback(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_samples": 1e4}, "num_samples must be an integer, got 10000.0"),  # failed at the first evaluation
+    ({"batch_size": 100.0}, "batch_size must be an integer, got 100.0"),
+    ({"seed": -3}, r"seed must be an integer in \[0, 2\*\*64 - 20\] .*got -3"),
+    ({"seed": 2**64 - 5}, r"chunk j of the 20 sample chunks has seed \+ j\), got 18446744073709551611"),
+])
+def test_non_integer_counts_and_out_of_range_seeds_are_rejected_at_construction(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FIDCallback(**kwargs)
+
+
 def test_module_without_sample_images_is_rejected() -> None:
     with pytest.raises(TypeError, match="no sample_images"):
         FIDCallback().setup(None, object(), "fit")
