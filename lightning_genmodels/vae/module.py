@@ -24,7 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
-from ..module_utils import as_integer, save_hparams_keeping_configs
+from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
 from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from .likelihoods import (
@@ -188,8 +188,11 @@ class VAE(LightningModule):
         return mean_image(self.decoder_output(z.to(self.device, self.dtype)), self.likelihood)
 
     def decode_latents(self, z: Tensor) -> Tensor:
-        """Alias of :meth:`decode` (the latent-interpolation protocol)."""
-        return self.decode(z)
+        """:meth:`decode` with the decoder in eval mode (the latent-interpolation protocol, as the
+        GAN's): a decoder with batch norm or dropout gives the same images during training, and
+        sampling leaves its running statistics alone."""
+        with eval_mode(self.decoder):
+            return self.decode(z)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Mean images decoded from the posterior mean: [B, C, S, S] in [0, 1]."""
@@ -200,7 +203,8 @@ class VAE(LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> Tensor:
-        """Mean images of n latents drawn from the prior: [n, C, S, S] in [0, 1].
+        """Mean images of n latents drawn from the prior: [n, C, S, S] in [0, 1], decoded in eval
+        mode (:meth:`decode_latents`).
 
         Args:
             n: number of images, an integer of any kind (Python, NumPy, 0-d tensor).
@@ -212,7 +216,7 @@ class VAE(LightningModule):
             raise ValueError(f"n={n!r} must be an integer >= 0")
         generator = None if seed is None else torch.Generator(self.device).manual_seed(check_seed(seed))
         z = torch.randn(count, self.latent_dim, generator=generator, device=self.device, dtype=self.dtype)
-        return self.decode(z)
+        return self.decode_latents(z)
 
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
         """:meth:`sample` with a seed, for :class:`~lightning_genmodels.callbacks.SampleGrid`."""

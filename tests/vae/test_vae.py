@@ -60,6 +60,24 @@ def test_shapes_and_ranges(likelihood: str) -> None:
     assert not torch.equal(model.sample(5, seed=2), model.sample(5, seed=3))
 
 
+def test_sampling_decodes_in_eval_mode() -> None:
+    """A decoder with batch norm (as Lightning-Bolts' ResNet decoders): sample and decode_latents
+    in training mode (SampleGrid at an epoch's end) gave other images than in eval mode for the
+    same seed, and moved the running statistics; the mode is restored after."""
+    decoder = nn.Sequential(nn.Linear(L, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 784),
+                            nn.Unflatten(1, (1, 28, 28)))
+    torch.manual_seed(0)
+    model = VAE(latent_dim=L, encoder=ConvEncoder(L, channels=(4, 8)), decoder=decoder)
+    with torch.no_grad():
+        decoder[1].running_mean.fill_(0.5)
+    stats = decoder[1].running_mean.clone()
+    in_train = model.sample(6, seed=0), model.decode_latents(torch.ones(3, L))
+    assert model.training and decoder[1].training and torch.equal(decoder[1].running_mean, stats)
+    model.eval()
+    for got, expected in zip(in_train, (model.sample(6, seed=0), model.decode_latents(torch.ones(3, L)))):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def linear_vae(likelihood: str) -> VAE:
     """L = 1 latent, 2x2 images, linear networks with chosen weights."""
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
