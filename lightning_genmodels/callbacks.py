@@ -74,6 +74,12 @@ class _GridCallback(Callback):
     def _images(self, pl_module: LightningModule) -> Tensor:
         raise NotImplementedError
 
+    def _check(self, pl_module: LightningModule) -> None:
+        """Raise TypeError if ``pl_module`` lacks what ``_images`` calls."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._check(pl_module)  # before training, not when its first grid is due
+
     def _write(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
         images = self._images(pl_module)  # on every rank: sampling may be collective
         if not trainer.is_global_zero:
@@ -133,9 +139,12 @@ class SampleGrid(_GridCallback):
         self.num_samples = num_samples
         self.seed = seed
 
-    def _images(self, pl_module: LightningModule) -> Tensor:
+    def _check(self, pl_module: LightningModule) -> None:
         if not hasattr(pl_module, "sample_images"):
             raise TypeError(f"{type(pl_module).__name__} has no sample_images(n, seed) for SampleGrid")
+
+    def _images(self, pl_module: LightningModule) -> Tensor:
+        self._check(pl_module)
         return pl_module.sample_images(self.num_samples, seed=self.seed)
 
 
@@ -188,13 +197,15 @@ class LatentInterpolation(_GridCallback):
             z = torch.lerp(z0[:, None], z1[:, None], t[None, :, None])
         return z.reshape(-1, latent_dim)
 
-    def _images(self, pl_module: LightningModule) -> Tensor:
-        latent_dim = getattr(pl_module, "latent_dim", None)
-        if not isinstance(latent_dim, int) or not hasattr(pl_module, "decode_latents"):
+    def _check(self, pl_module: LightningModule) -> None:
+        if not isinstance(getattr(pl_module, "latent_dim", None), int) or not hasattr(pl_module, "decode_latents"):
             raise TypeError(
                 f"{type(pl_module).__name__} needs latent_dim and decode_latents(z) for LatentInterpolation"
             )
-        return pl_module.decode_latents(self.latents(latent_dim).to(pl_module.device))
+
+    def _images(self, pl_module: LightningModule) -> Tensor:
+        self._check(pl_module)
+        return pl_module.decode_latents(self.latents(pl_module.latent_dim).to(pl_module.device))
 
 
 # ---------------------------------------------------------------------------- FID tracking

@@ -265,3 +265,25 @@ def test_grid_path_may_be_a_path_with_a_formatted_epoch(tmp_path: Path) -> None:
     callback = SampleGrid(tmp_path / "s_{epoch:03d}.png", num_samples=2, every_n_epochs=1)
     fit(Sampler(), callback, max_epochs=1)
     assert (tmp_path / "s_000.png").is_file() and callback.last_path == tmp_path / "s_001.png"  # and at fit end
+
+
+class CountingNoSampler(NoSampler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        self.steps += 1
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda path: SampleGrid(path), "has no sample_images"),
+    (lambda path: LatentInterpolation(path), "needs latent_dim and decode_latents"),
+], ids=["sample_grid", "latent_interpolation"])
+def test_a_module_the_grid_cannot_draw_is_refused_before_training(tmp_path: Path, make, match: str) -> None:
+    """The TypeError came only when the first grid was due: at the end of fit (or of an epoch)."""
+    module = CountingNoSampler()
+    with pytest.raises(TypeError, match=match):
+        fit(module, make(str(tmp_path / "grid.png")))
+    assert module.steps == 0
