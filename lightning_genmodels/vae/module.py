@@ -130,16 +130,21 @@ class VAE(LightningModule):
     # ----- the model -----------------------------------------------------------------------
 
     def _images(self, x: Tensor) -> Tensor:
-        """``x`` checked (shape, floating dtype, [0, 1] for Bernoulli likelihoods) and cast to the
-        module's dtype (float64 images for a float32 model)."""
+        """``x`` checked (shape, floating dtype, [0, 1] for Bernoulli likelihoods, finite for the
+        Gaussian) and cast to the module's dtype (float64 images for a float32 model)."""
         check_image_shape(x, *self.image_shape[:2], who=type(self).__name__)
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects floating-point images, got dtype {x.dtype}")
-        if self.likelihood in _UNIT_RANGE and x.numel() and self._check_range():
+        if not (x.numel() and self._check_range()):
+            return x.to(self.dtype)
+        if self.likelihood in _UNIT_RANGE:
             lo, hi = (v.item() for v in torch.aminmax(x.detach()))
             if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
                 raise ValueError(f"likelihood={self.likelihood!r} needs images in [0, 1], "
                                  f"got values in [{lo:.4g}, {hi:.4g}]")
+        elif not torch.isfinite(x).all():  # a NaN bound otherwise, silently
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"likelihood={self.likelihood!r} needs finite images, got {bad} NaN or infinite values")
         return x.to(self.dtype)
 
     def _check_range(self) -> bool:

@@ -354,3 +354,14 @@ def test_the_gaussian_takes_any_real_images_and_compile_skips_the_range_check(mo
     assert torch.isfinite(tiny_vae("gaussian").elbo(x)).all()  # a density on all reals
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # no data-dependent branch
     assert tiny_vae("bernoulli").elbo(x).shape == (2,)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_the_gaussian_refuses_non_finite_images(value: float) -> None:
+    """encode, elbo, iwae_bound and nll_bits_per_dim returned NaN silently."""
+    model = tiny_vae("gaussian")
+    x = data_like("gaussian", 2)
+    x[1, 0, 3, 4] = value
+    for call in (model.encode, model.elbo, lambda y: model.iwae_bound(y, 2), lambda y: model.nll_bits_per_dim([y], 2)):
+        with pytest.raises(ValueError, match="likelihood='gaussian' needs finite images, got 1 NaN or infinite"):
+            call(x)
