@@ -288,6 +288,10 @@ class FIDCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not hasattr(pl_module, "sample_images"):
             raise TypeError(f"{type(pl_module).__name__} has no sample_images(n, seed) for FIDCallback")
+        shape = getattr(pl_module, "image_shape", None)  # the VAE's and the GAN's: known before sampling
+        if shape is not None and tuple(shape) != (1, 28, 28):
+            raise ValueError(f"FIDCallback scores MNIST-like images [N, 1, 28, 28]; {type(pl_module).__name__} "
+                             f"draws images of shape [N, {', '.join(map(str, shape))}]")
         if self.quality is None:
             from .metrics import SampleQuality
 

@@ -13,6 +13,7 @@ import pytest
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_genmodels import VAE
 from lightning_genmodels.callbacks import FIDCallback
 from lightning_genmodels.metrics import SampleQuality
 from lightning_genmodels.metrics.quality import sample_chunks
@@ -108,6 +109,13 @@ def test_non_integer_counts_and_out_of_range_seeds_are_rejected_at_construction(
 def test_module_without_sample_images_is_rejected() -> None:
     with pytest.raises(TypeError, match="no sample_images"):
         FIDCallback().setup(None, object(), "fit")
+
+
+def test_a_model_of_other_images_is_refused_at_setup() -> None:
+    """A VAE on 32x32 images failed only at the end of the first validation epoch."""
+    with pytest.raises(ValueError, match=r"FIDCallback scores MNIST-like images \[N, 1, 28, 28\]; VAE draws "
+                                         r"images of shape \[N, 1, 32, 32\]"):
+        FIDCallback().setup(None, VAE(latent_dim=4, image_size=32), "fit")
 
 
 def test_the_smallest_accepted_counts_evaluate(mnist_dir: Path, tmp_path: Path) -> None:
