@@ -172,6 +172,24 @@ def test_iwae_chunks_match_one_pass() -> None:
     torch.testing.assert_close(chunked, expected)
 
 
+def test_iwae_bound_for_a_seed_does_not_depend_on_iwae_batch() -> None:
+    """iwae_batch only bounds memory: the same seed gives the same L_k however k is chunked
+    (one [chunk, B, L] draw per chunk gave other samples, hence other numbers)."""
+    model = tiny_vae("bernoulli").eval()
+    x = data_like("bernoulli", n=3)
+    bounds = []
+    for iwae_batch in (4096, 30, 7):  # k = 50 in 1 chunk, chunks of 10, chunks of 2
+        model.hparams.iwae_batch = iwae_batch
+        torch.manual_seed(1)
+        bounds.append(model.iwae_bound(x, 50))
+    for bound in bounds[1:]:
+        torch.testing.assert_close(bound, bounds[0])
+    torch.manual_seed(1)
+    torch.testing.assert_close(torch.logsumexp(model.log_importance_weights(x, 50), 0) - math.log(50), bounds[0])
+    with pytest.raises(ValueError, match="k=0 must be an integer >= 1"):
+        model.log_importance_weights(x, 0)
+
+
 def test_nll_bits_per_dim_averages_the_iwae_bound_over_a_loader() -> None:
     """The evaluation hook: mean bits/dim of -L_k over every image of every batch."""
     model = tiny_vae("bernoulli").eval()
