@@ -293,14 +293,15 @@ class VAE(LightningModule):
     @torch.no_grad()
     def nll_bits_per_dim(self, loader: Iterable, k: int | None = None) -> float:
         """Mean NLL in bits per dimension over ``loader`` (batches ``(x, y)`` or ``x`` in this
-        model's ``input_format``) from the IWAE bound with ``k`` samples (default ``iwae_k``);
-        the hook ``lightning_genmodels.evaluate`` calls."""
+        model's ``input_format``) from the IWAE bound with ``k`` samples (default ``iwae_k``),
+        in eval mode; the hook ``lightning_genmodels.evaluate`` calls."""
         k = self.hparams.iwae_k if k is None else k
         total, count = 0.0, 0
-        for batch in loader:
-            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(self.device)
-            total += self.bits_per_dim(-self.iwae_bound(x, k)).double().sum().item()
-            count += x.shape[0]
+        with eval_mode(self):  # networks with batch norm or dropout: as in validation and test
+            for batch in loader:
+                x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(self.device)
+                total += self.bits_per_dim(-self.iwae_bound(x, k)).double().sum().item()
+                count += x.shape[0]
         if count == 0:
             raise ValueError("nll_bits_per_dim got an empty loader")
         return total / count

@@ -204,6 +204,23 @@ def test_nll_bits_per_dim_averages_the_iwae_bound_over_a_loader() -> None:
         model.nll_bits_per_dim([])
 
 
+def test_nll_bits_per_dim_runs_in_eval_mode() -> None:
+    """Called on a module left in training mode (as after Trainer.fit), an encoder with batch
+    norm normalised by the batch's statistics and moved its running ones."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2 * L))
+    model = VAE(latent_dim=L, encoder=encoder, decoder=ConvDecoder(L, channels=(8, 4)))
+    with torch.no_grad():
+        encoder[2].running_mean.fill_(0.5)
+    stats = encoder[2].running_mean.clone()
+    loader = [data_like("bernoulli", n=4)]
+    torch.manual_seed(0)
+    in_train = model.nll_bits_per_dim(loader, k=3)
+    assert model.training and encoder[2].training and torch.equal(encoder[2].running_mean, stats)
+    torch.manual_seed(0)
+    assert in_train == model.eval().nll_bits_per_dim(loader, k=3)
+
+
 def test_kl_warmup_ramps_beta() -> None:
     model = tiny_vae(beta=2.0, kl_warmup_steps=100)
     assert [model.beta_at(s) for s in (0, 50, 100, 1000)] == [0.0, 1.0, 2.0, 2.0]
