@@ -51,6 +51,12 @@ class MNISTFeatures(nn.Module):
         self._memo: tuple[Tensor, Tensor] | None = None
         self._remembering = False
 
+    def train(self, mode: bool = True) -> "MNISTFeatures":
+        """Stays in eval mode, as torchmetrics' Inception does: ``train()`` on a module holding the
+        metric (Lightning calls it every epoch) turned on dropout and batch statistics, which
+        changed the features and moved the network's running statistics for good."""
+        return super().train(False)
+
     @torch.no_grad()
     def forward(self, imgs: Tensor) -> Tensor:
         """imgs [N, 1, 28, 28] in [0, 1] -> features float64 [N, 128].
