@@ -78,7 +78,8 @@ class _GridCallback(Callback):
         """Raise TypeError if ``pl_module`` lacks what ``_images`` calls."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._check(pl_module)  # before training, not when its first grid is due
+        if stage == "fit":  # grids are drawn only by fit: check before training, not when the first is due
+            self._check(pl_module)
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
         images = self._images(pl_module)  # on every rank: sampling may be collective
