@@ -215,14 +215,17 @@ class VAE(LightningModule):
         Args:
             n: number of images, an integer of any kind (Python, NumPy, 0-d tensor).
             seed: an integer in [0, 2**64) (every state ``torch.Generator.manual_seed`` has; it
-                would wrap negative seeds to seed + 2**64), seeding a generator on the module's
-                device (same seed, same images); None uses the global generator.
+                would wrap negative seeds to seed + 2**64): the latents are drawn on the CPU in
+                float32, as the GAN's noise, so a seed gives the same latents on every device and
+                in every dtype; None uses the global generator on the module's device.
         """
         if (count := as_integer(n)) is None or count < 0:
             raise ValueError(f"n={n!r} must be an integer >= 0")
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(check_seed(seed))
-        z = torch.randn(count, self.latent_dim, generator=generator, device=self.device, dtype=self.dtype)
-        return self.decode_latents(z)
+        if seed is None:
+            z = torch.randn(count, self.latent_dim, device=self.device, dtype=self.dtype)
+        else:  # (a generator on the module's device drew other latents on a GPU, or in float64)
+            z = torch.randn(count, self.latent_dim, generator=torch.Generator().manual_seed(check_seed(seed)))
+        return self.decode_latents(z)  # cast to the module's device and dtype
 
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
         """:meth:`sample` with a seed, for :class:`~lightning_genmodels.callbacks.SampleGrid`."""

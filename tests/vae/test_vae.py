@@ -78,6 +78,20 @@ def test_sampling_decodes_in_eval_mode() -> None:
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_a_seed_draws_the_same_latents_on_every_device_and_dtype(device: str) -> None:
+    """As the GAN's noise: a generator on the module's device, in its dtype, drew other latents
+    for the same seed on a GPU or for a float64 model, so a checkpoint sampled elsewhere gave
+    other images."""
+    model = tiny_vae()
+    z = torch.randn(5, L, generator=torch.Generator().manual_seed(7))
+    expected = model.decode_latents(z)
+    torch.testing.assert_close(model.sample(5, seed=7), expected, rtol=0, atol=0)
+    other = tiny_vae().to(device, torch.float64)
+    torch.testing.assert_close(other.sample(5, seed=7).cpu().float(), expected, rtol=1e-5, atol=1e-6)
+
+
 def linear_vae(likelihood: str) -> VAE:
     """L = 1 latent, 2x2 images, linear networks with chosen weights."""
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
