@@ -255,10 +255,13 @@ class GAN(LightningModule):
     # ----- sampling ---------------------------------------------------------------------------
     @property
     def sampler(self) -> nn.Module:
-        """The network ``sample`` uses: the EMA generator when there is one (rebuilt first if
-        the generator was replaced)."""
+        """The network ``sample`` uses: the EMA generator once it has averaged a step (rebuilt
+        first if the generator was replaced), else the generator. Before its first update the EMA
+        is the copy made at construction, which weights loaded into the generator since (a
+        pretrained one) never reached."""
         self._refresh_ema()
-        return self.generator_ema.module if self.generator_ema is not None else self.generator
+        ema = self.generator_ema
+        return ema.module if ema is not None and int(ema.n_averaged) > 0 else self.generator
 
     @torch.no_grad()
     def decode_latents(self, z: Tensor) -> Tensor:

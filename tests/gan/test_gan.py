@@ -298,3 +298,21 @@ def test_n_critic_counts_batches_across_epochs() -> None:
     steps = [int(opt.state[next(iter(opt.state))]["step"]) if opt.state else 0 for opt in (opt_g, opt_d)]
     assert steps == [2, 6] and trainer.global_step == 8
     assert int(model.generator_ema.n_averaged) == 2
+
+
+def test_sampling_before_any_ema_update_uses_the_generator() -> None:
+    """Weights loaded into the generator of a fresh GAN (a pretrained one): sample() used the EMA
+    copy made at construction, i.e. the random initial weights; after a step it is the EMA."""
+    torch.manual_seed(0)
+    pretrained = Generator(8, 1, 4)
+    with torch.no_grad():
+        for p in pretrained.parameters():
+            p.add_(0.5)
+    model = GAN(**TINY)
+    model.generator.load_state_dict(pretrained.state_dict())
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = ((pretrained.eval()(z) + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(model.decode_latents(z), expected, rtol=0, atol=0)
+    fit(model, batches=1)
+    assert model.sampler is model.generator_ema.module
