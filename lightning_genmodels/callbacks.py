@@ -215,7 +215,7 @@ class LatentInterpolation(_GridCallback):
 def _check_fid_options(every_n_epochs: int, num_samples: int, batch_size: int, seed: int, num_real: int | None,
                        kid_subset_size: int) -> None:
     """Raise ValueError at construction for what would fail only at the first evaluation."""
-    from .metrics.quality import KID_MIN_SUBSET, min_samples, sample_chunks
+    from .metrics.quality import KID_MIN_SUBSET, min_samples
 
     least = min_samples()
     why = f" (precision/recall's k = {least - 1} nearest neighbours need {least} images)"
@@ -228,7 +228,7 @@ def _check_fid_options(every_n_epochs: int, num_samples: int, batch_size: int, s
             raise ValueError(f"FIDCallback: {name} must be an integer, got {value!r}")
         if v < low:
             raise ValueError(f"FIDCallback: {name} must be >= {low}{note}, got {value}")
-    chunks = len(sample_chunks(num_samples, batch_size, 0))
+    chunks = -(-num_samples // batch_size)  # chunk j of the samples has seed + j
     if (v := as_integer(seed)) is None or not 0 <= v <= 2**64 - chunks:
         raise ValueError(f"FIDCallback: seed must be an integer in [0, 2**64 - {chunks}] (chunk j of the {chunks} "
                          f"sample chunks has seed + j), got {seed!r}")
