@@ -163,7 +163,7 @@ class GAN(LightningModule):
         with torch.no_grad():
             fake = self.generator(self.noise(real.shape[0]))
         d_loss = self.discriminator_loss(real, fake)
-        self._stop_if_not_finite("discriminator", d_loss)
+        self._stop_if_not_finite("discriminator", d_loss, real)
         opt_d.zero_grad(set_to_none=True)
         self._backward(d_loss, self.discriminator)
         opt_d.step()
@@ -175,7 +175,7 @@ class GAN(LightningModule):
         if (self.trainer.fit_loop.epoch_loop.total_batch_idx + 1) % self.hparams.n_critic == 0:
             self.toggle_optimizer(opt_g)
             g_loss = self.generator_loss(self.generator(self.noise(real.shape[0])))
-            self._stop_if_not_finite("generator", g_loss)
+            self._stop_if_not_finite("generator", g_loss, real)
             opt_g.zero_grad(set_to_none=True)
             self._backward(g_loss, self.generator)
             opt_g.step()
@@ -210,9 +210,10 @@ class GAN(LightningModule):
         for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
             grad.copy_(mean)
 
-    def _stop_if_not_finite(self, player: str, loss: Tensor) -> None:
+    def _stop_if_not_finite(self, player: str, loss: Tensor, real: Tensor) -> None:
         """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
-        weights; checkpoints already written are left as they are."""
+        weights, naming the real batch ``real`` if it holds NaN/inf (the learning rates
+        otherwise); checkpoints already written are left as they are."""
         finite = bool(torch.isfinite(loss).item())
         if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
@@ -220,10 +221,13 @@ class GAN(LightningModule):
             self.trainer.checkpoint_callback, "best_model_path", ""
         )
         kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written"
+        bad = int((~torch.isfinite(real)).sum())
+        advice = (f"This rank's batch of real images holds {bad} NaN or infinite values: check the data."
+                  if bad else "Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True.")
         raise FloatingPointError(
             f"GAN {player} loss is {loss.item()} (not finite on at least one rank) at epoch "
             f"{self.current_epoch}, global step {self.global_step}; training stopped before the "
-            f"update, {kept}. Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True."
+            f"update, {kept}. {advice}"
         )
 
     # ----- validation and test: both players' losses on held-out real images -----------------

@@ -316,3 +316,15 @@ def test_sampling_before_any_ema_update_uses_the_generator() -> None:
     torch.testing.assert_close(model.decode_latents(z), expected, rtol=0, atol=0)
     fit(model, batches=1)
     assert model.sampler is model.generator_ema.module
+
+
+def test_a_nan_in_the_real_batch_is_named_not_the_learning_rates() -> None:
+    """A NaN pixel in the data made the loss NaN, and the error advised lower learning rates."""
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x[5, 0, 3, 3] = float("nan")
+    model = GAN(**TINY)
+    trainer = lightning.Trainer(**QUIET, max_epochs=1, limit_val_batches=0)
+    with pytest.raises(FloatingPointError, match=r"discriminator loss is nan .* batch of real images holds 1 NaN "
+                                                 r"or infinite values: check the data\.$"):
+        trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x, torch.zeros(16)), batch_size=8))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
