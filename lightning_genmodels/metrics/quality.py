@@ -10,6 +10,7 @@ all against one cached set of real features, all synchronised across DDP ranks b
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
@@ -154,6 +155,12 @@ class SampleQuality(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.fid.real_features_sum.device
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "SampleQuality":
+        # follow device moves, never dtype casts: module.to(torch.bfloat16) (a bf16-true fit of a
+        # LightningModule holding this) cast the float64 FID sums and the feature network, whose
+        # float32 input then failed with a dtype mismatch
+        return super()._apply(lambda t: t.to(fn(t).device), recurse)
 
     def set_real(self, features: Tensor, rank: int = 0, world_size: int = 1) -> None:
         """Use real features [N, F] (this rank keeps rows ``rank::world_size``); ValueError if
