@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from .module_utils import check_integer
+from .module_utils import as_integer, check_integer
 
 
 def _log_grid(trainer: Trainer, tag: str, grid: Tensor) -> None:
@@ -59,9 +59,13 @@ class _GridCallback(Callback):
 
     def __init__(self, path: str, nrow: int, every_n_epochs: int, log_to_logger: bool) -> None:
         super().__init__()
-        if every_n_epochs < 0:
-            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0")
-        self.path = path
+        check_integer("every_n_epochs", every_n_epochs, 0)
+        try:  # checked now: a bad field would fail only when the first grid is written
+            str(path).format(epoch=0)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"path={path!r}: the only field it may hold is {{epoch}} "
+                             f"(write other braces as {{{{ and }}}}); got {type(err).__name__}: {err}") from None
+        self.path = str(path)  # a Path too
         self.nrow = nrow
         self.every_n_epochs = every_n_epochs
         self.log_to_logger = log_to_logger
@@ -69,6 +73,13 @@ class _GridCallback(Callback):
 
     def _images(self, pl_module: LightningModule) -> Tensor:
         raise NotImplementedError
+
+    def _check(self, pl_module: LightningModule) -> None:
+        """Raise TypeError if ``pl_module`` lacks what ``_images`` calls."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # grids are drawn only by fit: check before training, not when the first is due
+            self._check(pl_module)
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
         images = self._images(pl_module)  # on every rank: sampling may be collective
@@ -129,9 +140,12 @@ class SampleGrid(_GridCallback):
         self.num_samples = num_samples
         self.seed = seed
 
-    def _images(self, pl_module: LightningModule) -> Tensor:
+    def _check(self, pl_module: LightningModule) -> None:
         if not hasattr(pl_module, "sample_images"):
             raise TypeError(f"{type(pl_module).__name__} has no sample_images(n, seed) for SampleGrid")
+
+    def _images(self, pl_module: LightningModule) -> Tensor:
+        self._check(pl_module)
         return pl_module.sample_images(self.num_samples, seed=self.seed)
 
 
@@ -148,7 +162,7 @@ class LatentInterpolation(_GridCallback):
         num_steps: points per walk, endpoints included (columns).
         mode: ``slerp`` (along the sphere, suited to Gaussian priors) or ``lerp`` (a line).
         every_n_epochs: also write (and log) during training; 0 writes only at the end of ``fit``.
-        seed: seed of the endpoints.
+        seed: seed of the endpoints, in [0, 2**64).
         log_to_logger: send the periodic grids to the trainer's loggers.
     """
 
@@ -166,8 +180,10 @@ class LatentInterpolation(_GridCallback):
     ) -> None:
         if mode not in ("slerp", "lerp"):
             raise ValueError(f"mode={mode!r} is not one of slerp, lerp")
-        if num_rows < 1 or num_steps < 2:
-            raise ValueError(f"num_rows={num_rows} must be >= 1 and num_steps={num_steps} >= 2")
+        # checked now: they would fail only when fit ends
+        check_integer("num_rows", num_rows, 1)
+        check_integer("num_steps", num_steps, 2)
+        check_integer("seed", seed, 0, 2**64 - 1)
         super().__init__(path, num_steps, every_n_epochs, log_to_logger)
         self.num_rows, self.num_steps, self.mode, self.seed = num_rows, num_steps, mode, seed
 
@@ -182,19 +198,21 @@ class LatentInterpolation(_GridCallback):
             z = torch.lerp(z0[:, None], z1[:, None], t[None, :, None])
         return z.reshape(-1, latent_dim)
 
-    def _images(self, pl_module: LightningModule) -> Tensor:
-        latent_dim = getattr(pl_module, "latent_dim", None)
-        if not isinstance(latent_dim, int) or not hasattr(pl_module, "decode_latents"):
+    def _check(self, pl_module: LightningModule) -> None:
+        if not isinstance(getattr(pl_module, "latent_dim", None), int) or not hasattr(pl_module, "decode_latents"):
             raise TypeError(
                 f"{type(pl_module).__name__} needs latent_dim and decode_latents(z) for LatentInterpolation"
             )
-        return pl_module.decode_latents(self.latents(latent_dim).to(pl_module.device))
+
+    def _images(self, pl_module: LightningModule) -> Tensor:
+        self._check(pl_module)
+        return pl_module.decode_latents(self.latents(pl_module.latent_dim).to(pl_module.device))
 
 
 # ---------------------------------------------------------------------------- FID tracking
 
 
-def _check_fid_options(every_n_epochs: int, num_samples: int, batch_size: int, num_real: int | None,
+def _check_fid_options(every_n_epochs: int, num_samples: int, batch_size: int, seed: int, num_real: int | None,
                        kid_subset_size: int) -> None:
     """Raise ValueError at construction for what would fail only at the first evaluation."""
     from .metrics.quality import KID_MIN_SUBSET, min_samples
@@ -206,8 +224,14 @@ def _check_fid_options(every_n_epochs: int, num_samples: int, batch_size: int, n
     if num_real is not None:
         options.append(("num_real", num_real, least, why))
     for name, value, low, note in options:
-        if value < low:
+        if (v := as_integer(value)) is None:
+            raise ValueError(f"FIDCallback: {name} must be an integer, got {value!r}")
+        if v < low:
             raise ValueError(f"FIDCallback: {name} must be >= {low}{note}, got {value}")
+    chunks = -(-num_samples // batch_size)  # chunk j of the samples has seed + j
+    if (v := as_integer(seed)) is None or not 0 <= v <= 2**64 - chunks:
+        raise ValueError(f"FIDCallback: seed must be an integer in [0, 2**64 - {chunks}] (chunk j of the {chunks} "
+                         f"sample chunks has seed + j), got {seed!r}")
 
 
 class FIDCallback(Callback):
@@ -254,7 +278,7 @@ class FIDCallback(Callback):
         kid_subset_size: int = 1000,
     ) -> None:
         super().__init__()
-        _check_fid_options(every_n_epochs, num_samples, batch_size, num_real, kid_subset_size)
+        _check_fid_options(every_n_epochs, num_samples, batch_size, seed, num_real, kid_subset_size)
         self.data_dir, self.every_n_epochs, self.num_samples = data_dir, every_n_epochs, num_samples
         self.batch_size, self.seed, self.split, self.num_real = batch_size, seed, split, num_real
         self.feature, self.weights_path, self.cache_dir = feature, weights_path, cache_dir
@@ -265,6 +289,10 @@ class FIDCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not hasattr(pl_module, "sample_images"):
             raise TypeError(f"{type(pl_module).__name__} has no sample_images(n, seed) for FIDCallback")
+        shape = getattr(pl_module, "image_shape", None)  # the VAE's and the GAN's: known before sampling
+        if shape is not None and tuple(shape) != (1, 28, 28):
+            raise ValueError(f"FIDCallback scores MNIST-like images [N, 1, 28, 28]; {type(pl_module).__name__} "
+                             f"draws images of shape [N, {', '.join(map(str, shape))}]")
         if self.quality is None:
             from .metrics import SampleQuality
 

@@ -246,3 +246,44 @@ def test_latent_interpolation_needs_latents_and_checks_options(tmp_path: Path) -
 def test_sample_grid_checks_its_options_when_built(option, value, match):
     with pytest.raises(ValueError, match=match):
         SampleGrid(**{option: value})
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: LatentInterpolation(num_rows=2.0), "num_rows=2.0 must be an integer >= 1"),  # failed when fit ended
+    (lambda: LatentInterpolation(seed=1.5), r"seed=1.5 must be an integer in \[0, 18446744073709551615\]"),
+    (lambda: LatentInterpolation(seed=-1), r"seed=-1 must be an integer in \[0, "),  # torch wrapped it
+    (lambda: SampleGrid(every_n_epochs=0.5), "every_n_epochs=0.5 must be an integer >= 0"),  # wrote every epoch
+    (lambda: SampleGrid(path="out/samples_{step}.png"), r"the only field it may hold is \{epoch\}.*KeyError: 'step'"),
+    (lambda: LatentInterpolation(path="out/{}.png"), r"the only field it may hold is \{epoch\}.*IndexError"),
+], ids=["rows_float", "seed_float", "seed_negative", "every_float", "path_step", "path_positional"])
+def test_grid_options_are_checked_when_built(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_grid_path_may_be_a_path_with_a_formatted_epoch(tmp_path: Path) -> None:
+    callback = SampleGrid(tmp_path / "s_{epoch:03d}.png", num_samples=2, every_n_epochs=1)
+    fit(Sampler(), callback, max_epochs=1)
+    assert (tmp_path / "s_000.png").is_file() and callback.last_path == tmp_path / "s_001.png"  # and at fit end
+
+
+class CountingNoSampler(NoSampler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        self.steps += 1
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda path: SampleGrid(path), "has no sample_images"),
+    (lambda path: LatentInterpolation(path), "needs latent_dim and decode_latents"),
+], ids=["sample_grid", "latent_interpolation"])
+def test_a_module_the_grid_cannot_draw_is_refused_before_training(tmp_path: Path, make, match: str) -> None:
+    """The TypeError came only when the first grid was due: at the end of fit (or of an epoch)."""
+    module = CountingNoSampler()
+    with pytest.raises(TypeError, match=match):
+        fit(module, make(str(tmp_path / "grid.png")))
+    assert module.steps == 0

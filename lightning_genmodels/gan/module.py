@@ -2,9 +2,9 @@
 for sampling (Goodfellow et al. 2014; DCGAN, Radford et al. 2016).
 
 Training follows Lightning 2's manual optimisation: each batch takes one discriminator step and,
-every ``n_critic`` batches, one generator step (WGAN, Arjovsky et al. 2017, Algorithm 1), each
-between ``toggle_optimizer`` and ``untoggle_optimizer``. Note that Lightning's ``global_step``
-counts optimizer steps, so it grows by up to 2 per batch.
+every ``n_critic`` batches (of the run, not of the epoch), one generator step (WGAN, Arjovsky
+et al. 2017, Algorithm 1), each between ``toggle_optimizer`` and ``untoggle_optimizer``. Note
+that Lightning's ``global_step`` counts optimizer steps, so it grows by up to 2 per batch.
 """
 from __future__ import annotations
 
@@ -163,17 +163,19 @@ class GAN(LightningModule):
         with torch.no_grad():
             fake = self.generator(self.noise(real.shape[0]))
         d_loss = self.discriminator_loss(real, fake)
-        self._stop_if_not_finite("discriminator", d_loss)
+        self._stop_if_not_finite("discriminator", d_loss, real)
         opt_d.zero_grad(set_to_none=True)
         self._backward(d_loss, self.discriminator)
         opt_d.step()
         self.untoggle_optimizer(opt_d)
 
-        # 2. generator step every n_critic batches, then the EMA update
-        if (batch_idx + 1) % self.hparams.n_critic == 0:
+        # 2. generator step every n_critic batches of the run, then the EMA update (counted across
+        #    epochs: batch_idx restarts each epoch, so an epoch shorter than n_critic, or not a
+        #    multiple of it, would skip generator steps)
+        if (self.trainer.fit_loop.epoch_loop.total_batch_idx + 1) % self.hparams.n_critic == 0:
             self.toggle_optimizer(opt_g)
             g_loss = self.generator_loss(self.generator(self.noise(real.shape[0])))
-            self._stop_if_not_finite("generator", g_loss)
+            self._stop_if_not_finite("generator", g_loss, real)
             opt_g.zero_grad(set_to_none=True)
             self._backward(g_loss, self.generator)
             opt_g.step()
@@ -208,9 +210,10 @@ class GAN(LightningModule):
         for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
             grad.copy_(mean)
 
-    def _stop_if_not_finite(self, player: str, loss: Tensor) -> None:
+    def _stop_if_not_finite(self, player: str, loss: Tensor, real: Tensor) -> None:
         """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
-        weights; checkpoints already written are left as they are."""
+        weights, naming the real batch ``real`` if it holds NaN/inf (the learning rates
+        otherwise); checkpoints already written are left as they are."""
         finite = bool(torch.isfinite(loss).item())
         if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
@@ -218,10 +221,13 @@ class GAN(LightningModule):
             self.trainer.checkpoint_callback, "best_model_path", ""
         )
         kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written"
+        bad = int((~torch.isfinite(real)).sum())
+        advice = (f"This rank's batch of real images holds {bad} NaN or infinite values: check the data."
+                  if bad else "Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True.")
         raise FloatingPointError(
             f"GAN {player} loss is {loss.item()} (not finite on at least one rank) at epoch "
             f"{self.current_epoch}, global step {self.global_step}; training stopped before the "
-            f"update, {kept}. Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True."
+            f"update, {kept}. {advice}"
         )
 
     # ----- validation and test: both players' losses on held-out real images -----------------
@@ -253,10 +259,13 @@ class GAN(LightningModule):
     # ----- sampling ---------------------------------------------------------------------------
     @property
     def sampler(self) -> nn.Module:
-        """The network ``sample`` uses: the EMA generator when there is one (rebuilt first if
-        the generator was replaced)."""
+        """The network ``sample`` uses: the EMA generator once it has averaged a step (rebuilt
+        first if the generator was replaced), else the generator. Before its first update the EMA
+        is the copy made at construction, which weights loaded into the generator since (a
+        pretrained one) never reached."""
         self._refresh_ema()
-        return self.generator_ema.module if self.generator_ema is not None else self.generator
+        ema = self.generator_ema
+        return ema.module if ema is not None and int(ema.n_averaged) > 0 else self.generator
 
     @torch.no_grad()
     def decode_latents(self, z: Tensor) -> Tensor:

@@ -39,6 +39,12 @@ class ClassCoverage(Metric):
         self.add_state("counts", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("confidence_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
+    def train(self, mode: bool = True) -> "ClassCoverage":
+        """The metric's mode; the classifier stays in eval mode (see ``MNISTFeatures.train``)."""
+        super().train(mode)
+        self.classifier.eval()
+        return self
+
     @torch.no_grad()
     def update(self, imgs: Tensor) -> None:
         """Classify generated images [B, 1, 28, 28] in [0, 1]."""

@@ -23,20 +23,39 @@ FeatureName = Union[Literal["mnist"], Literal[64, 192, 768, 2048]]
 INCEPTION_LAYERS = (64, 192, 768, 2048)
 
 
+def weights_sha256(net: nn.Module) -> str:
+    """Hex SHA-256 of a network's state dict (names and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class MNISTFeatures(nn.Module):
     """The MNIST feature network's penultimate layer as a torchmetrics ``feature``.
 
     Args:
-        net: a trained :class:`MNISTFeatureNet`; None loads the shipped weights.
+        net: a trained :class:`MNISTFeatureNet`; None loads the shipped weights. Its ``sha256``
+            (the weights file's) keys the real-feature cache; a network without one is keyed
+            by its weights when wrapped.
     """
 
     def __init__(self, net: MNISTFeatureNet | None = None) -> None:
         super().__init__()
         self.net = load_feature_net() if net is None else net
         self.num_features = self.net.num_features
-        self.sha256 = getattr(self.net, "sha256", "unhashed")
+        # the real-feature cache key: the weights file's (load_feature_net sets it), else the
+        # weights' own (one fixed key gave every such network the cached features of the first)
+        self.sha256 = getattr(self.net, "sha256", None) or weights_sha256(self.net)
         self._memo: tuple[Tensor, Tensor] | None = None
         self._remembering = False
+
+    def train(self, mode: bool = True) -> "MNISTFeatures":
+        """Stays in eval mode, as torchmetrics' Inception does: ``train()`` on a module holding the
+        metric (Lightning calls it every epoch) turned on dropout and batch statistics, which
+        changed the features and moved the network's running statistics for good."""
+        return super().train(False)
 
     @torch.no_grad()
     def forward(self, imgs: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ all against one cached set of real features, all synchronised across DDP ranks b
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
@@ -134,15 +135,18 @@ class SampleQuality(nn.Module):
         else:
             self.extractor = build_extractor(feature, weights_path)
             classifier = load_feature_net()
-        self.fid = FiniteFID(feature=self.extractor, reset_real_features=False, normalize=True)
+        # no cached compute(): set_real and compute's KID subset size change states behind update()'s
+        # back, and a cached result would then be stale
+        self.fid = FiniteFID(feature=self.extractor, reset_real_features=False, normalize=True,
+                             compute_with_cache=False)
         self.fid.orig_dtype = torch.float64  # update() sets it (our features are float64): a rank with none needs it
         with warnings.catch_warnings():  # we keep 10k features, not a large dataset
             warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all")
             self.kid = OrderFreeKID(
                 feature=self.extractor, subsets=kid_subsets, subset_size=kid_subset_size,
-                reset_real_features=False, normalize=True,
+                reset_real_features=False, normalize=True, compute_with_cache=False,
             )
-        self.pr = PrecisionRecall(k=k)
+        self.pr = PrecisionRecall(k=k, compute_with_cache=False)
         self.classes = ClassCoverage(classifier, min_share=min_class_share)
         self.kid_subset_size = kid_subset_size
         self.seed = seed
@@ -151,6 +155,12 @@ class SampleQuality(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.fid.real_features_sum.device
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "SampleQuality":
+        # follow device moves, never dtype casts: module.to(torch.bfloat16) (a bf16-true fit of a
+        # LightningModule holding this) cast the float64 FID sums and the feature network, whose
+        # float32 input then failed with a dtype mismatch
+        return super()._apply(lambda t: t.to(fn(t).device), recurse)
 
     def set_real(self, features: Tensor, rank: int = 0, world_size: int = 1) -> None:
         """Use real features [N, F] (this rank keeps rows ``rank::world_size``); ValueError if

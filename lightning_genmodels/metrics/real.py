@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..module_utils import as_integer
+
 __all__ = ["default_cache_dir", "load_real_images", "real_features", "seeded_subset"]
 
 
@@ -47,10 +49,10 @@ def load_real_images(
     dm.setup("fit" if split == "train" else "test")
     images = (dm.data_train if split == "train" else dm.data_test).images
     if num is not None:
-        if not 2 <= num <= len(images):
-            raise ValueError(f"num={num} real {split} images requested; give 2 (FID's minimum) to "
-                             f"{len(images)} (the size of the {split} split)")
-        images = seeded_subset(images, num, seed)
+        if (count := as_integer(num)) is None or not 2 <= count <= len(images):
+            raise ValueError(f"num={num!r} real {split} images requested; give 2 (FID's minimum) to "
+                             f"{len(images)} (the size of the {split} split), an integer")
+        images = seeded_subset(images, count, seed)
     return images
 
 

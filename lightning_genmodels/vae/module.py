@@ -24,7 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
-from ..module_utils import as_integer, save_hparams_keeping_configs
+from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
 from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from .likelihoods import (
@@ -77,7 +77,8 @@ class VAE(LightningModule):
         lr: Adam learning rate.
         iwae_k: importance samples k of the test NLL estimate.
         val_iwae_k: importance samples of the validation NLL estimate (cheaper).
-        iwae_batch: largest number of images decoded at once by the IWAE estimate.
+        iwae_batch: largest number of images decoded at once by the IWAE estimate (memory
+            only: a seed gives the same bound for any value).
     """
 
     input_format = INPUT_FORMATS["bernoulli"]  # of the default likelihood; set per instance
@@ -130,16 +131,21 @@ class VAE(LightningModule):
     # ----- the model -----------------------------------------------------------------------
 
     def _images(self, x: Tensor) -> Tensor:
-        """``x`` checked (shape, floating dtype, [0, 1] for Bernoulli likelihoods) and cast to the
-        module's dtype (float64 images for a float32 model)."""
+        """``x`` checked (shape, floating dtype, [0, 1] for Bernoulli likelihoods, finite for the
+        Gaussian) and cast to the module's dtype (float64 images for a float32 model)."""
         check_image_shape(x, *self.image_shape[:2], who=type(self).__name__)
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects floating-point images, got dtype {x.dtype}")
-        if self.likelihood in _UNIT_RANGE and x.numel() and self._check_range():
+        if not (x.numel() and self._check_range()):
+            return x.to(self.dtype)
+        if self.likelihood in _UNIT_RANGE:
             lo, hi = (v.item() for v in torch.aminmax(x.detach()))
             if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
                 raise ValueError(f"likelihood={self.likelihood!r} needs images in [0, 1], "
                                  f"got values in [{lo:.4g}, {hi:.4g}]")
+        elif not torch.isfinite(x).all():  # a NaN bound otherwise, silently
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"likelihood={self.likelihood!r} needs finite images, got {bad} NaN or infinite values")
         return x.to(self.dtype)
 
     def _check_range(self) -> bool:
@@ -188,8 +194,11 @@ class VAE(LightningModule):
         return mean_image(self.decoder_output(z.to(self.device, self.dtype)), self.likelihood)
 
     def decode_latents(self, z: Tensor) -> Tensor:
-        """Alias of :meth:`decode` (the latent-interpolation protocol)."""
-        return self.decode(z)
+        """:meth:`decode` with the decoder in eval mode (the latent-interpolation protocol, as the
+        GAN's): a decoder with batch norm or dropout gives the same images during training, and
+        sampling leaves its running statistics alone."""
+        with eval_mode(self.decoder):
+            return self.decode(z)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Mean images decoded from the posterior mean: [B, C, S, S] in [0, 1]."""
@@ -200,19 +209,23 @@ class VAE(LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> Tensor:
-        """Mean images of n latents drawn from the prior: [n, C, S, S] in [0, 1].
+        """Mean images of n latents drawn from the prior: [n, C, S, S] in [0, 1], decoded in eval
+        mode (:meth:`decode_latents`).
 
         Args:
             n: number of images, an integer of any kind (Python, NumPy, 0-d tensor).
             seed: an integer in [0, 2**64) (every state ``torch.Generator.manual_seed`` has; it
-                would wrap negative seeds to seed + 2**64), seeding a generator on the module's
-                device (same seed, same images); None uses the global generator.
+                would wrap negative seeds to seed + 2**64): the latents are drawn on the CPU in
+                float32, as the GAN's noise, so a seed gives the same latents on every device and
+                in every dtype; None uses the global generator on the module's device.
         """
         if (count := as_integer(n)) is None or count < 0:
             raise ValueError(f"n={n!r} must be an integer >= 0")
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(check_seed(seed))
-        z = torch.randn(count, self.latent_dim, generator=generator, device=self.device, dtype=self.dtype)
-        return self.decode(z)
+        if seed is None:
+            z = torch.randn(count, self.latent_dim, device=self.device, dtype=self.dtype)
+        else:  # (a generator on the module's device drew other latents on a GPU, or in float64)
+            z = torch.randn(count, self.latent_dim, generator=torch.Generator().manual_seed(check_seed(seed)))
+        return self.decode_latents(z)  # cast to the module's device and dtype
 
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
         """:meth:`sample` with a seed, for :class:`~lightning_genmodels.callbacks.SampleGrid`."""
@@ -246,11 +259,15 @@ class VAE(LightningModule):
 
     def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
         """log p(x, z_i) - log q(z_i | x) for k posterior samples z_i per image: [k, B]."""
+        if (k_int := as_integer(k)) is None or k_int < 1:
+            raise ValueError(f"k={k!r} must be an integer >= 1")
         mean, log_var = self.encode(x)
-        return self._log_weights(x.to(self.dtype), mean, log_var, k)
+        return self._log_weights(x.to(self.dtype), mean, log_var, k_int)
 
     def _log_weights(self, x: Tensor, mean: Tensor, log_var: Tensor, k: int) -> Tensor:
-        eps = torch.randn(k, *mean.shape, device=mean.device, dtype=mean.dtype)
+        # one draw of [B, L] per sample, so that the same seed gives the same bound whatever
+        # chunks iwae_batch cuts k into (one [k, B, L] draw per chunk gave other numbers)
+        eps = torch.stack([torch.randn_like(mean) for _ in range(k)])
         z = mean + (0.5 * log_var).exp() * eps  # [k, B, L]
         log_q = -0.5 * (_LOG_2PI + log_var + eps.square()).sum(-1)
         log_prior = -0.5 * (_LOG_2PI + z.square()).sum(-1)
@@ -279,14 +296,15 @@ class VAE(LightningModule):
     @torch.no_grad()
     def nll_bits_per_dim(self, loader: Iterable, k: int | None = None) -> float:
         """Mean NLL in bits per dimension over ``loader`` (batches ``(x, y)`` or ``x`` in this
-        model's ``input_format``) from the IWAE bound with ``k`` samples (default ``iwae_k``);
-        the hook ``lightning_genmodels.evaluate`` calls."""
+        model's ``input_format``) from the IWAE bound with ``k`` samples (default ``iwae_k``),
+        in eval mode; the hook ``lightning_genmodels.evaluate`` calls."""
         k = self.hparams.iwae_k if k is None else k
         total, count = 0.0, 0
-        for batch in loader:
-            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(self.device)
-            total += self.bits_per_dim(-self.iwae_bound(x, k)).double().sum().item()
-            count += x.shape[0]
+        with eval_mode(self):  # networks with batch norm or dropout: as in validation and test
+            for batch in loader:
+                x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(self.device)
+                total += self.bits_per_dim(-self.iwae_bound(x, k)).double().sum().item()
+                count += x.shape[0]
         if count == 0:
             raise ValueError("nll_bits_per_dim got an empty loader")
         return total / count

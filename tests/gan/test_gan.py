@@ -287,3 +287,44 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     loaded = GAN.load_from_checkpoint(tmp_path / "last.ckpt", **TINY)
     assert torch.isfinite(loaded.sample(2, seed=0)).all()
+
+
+def test_n_critic_counts_batches_across_epochs() -> None:
+    """n_critic = 3 over 3 epochs of 2 batches: generator steps after batches 3 and 6 of the run
+    (batch_idx restarts each epoch; counted by it, the generator never stepped)."""
+    model = GAN(**TINY, n_critic=3)
+    trainer = fit(model, batches=2, max_epochs=3)
+    opt_g, opt_d = (opt.optimizer for opt in model.optimizers())
+    steps = [int(opt.state[next(iter(opt.state))]["step"]) if opt.state else 0 for opt in (opt_g, opt_d)]
+    assert steps == [2, 6] and trainer.global_step == 8
+    assert int(model.generator_ema.n_averaged) == 2
+
+
+def test_sampling_before_any_ema_update_uses_the_generator() -> None:
+    """Weights loaded into the generator of a fresh GAN (a pretrained one): sample() used the EMA
+    copy made at construction, i.e. the random initial weights; after a step it is the EMA."""
+    torch.manual_seed(0)
+    pretrained = Generator(8, 1, 4)
+    with torch.no_grad():
+        for p in pretrained.parameters():
+            p.add_(0.5)
+    model = GAN(**TINY)
+    model.generator.load_state_dict(pretrained.state_dict())
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = ((pretrained.eval()(z) + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(model.decode_latents(z), expected, rtol=0, atol=0)
+    fit(model, batches=1)
+    assert model.sampler is model.generator_ema.module
+
+
+def test_a_nan_in_the_real_batch_is_named_not_the_learning_rates() -> None:
+    """A NaN pixel in the data made the loss NaN, and the error advised lower learning rates."""
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x[5, 0, 3, 3] = float("nan")
+    model = GAN(**TINY)
+    trainer = lightning.Trainer(**QUIET, max_epochs=1, limit_val_batches=0)
+    with pytest.raises(FloatingPointError, match=r"discriminator loss is nan .* batch of real images holds 1 NaN "
+                                                 r"or infinite values: check the data\.$"):
+        trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x, torch.zeros(16)), batch_size=8))
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -9,6 +9,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import lightning
 import torch
@@ -134,6 +135,9 @@ def test_bad_options_fail_before_any_heavy_work(args: list[str], match: str, mni
 def test_too_few_real_images_name_the_range(mnist_dir: Path) -> None:
     with pytest.raises(ValueError, match="num=1 real train images requested; give 2 .* to 60000"):
         load_real_images(mnist_dir, "train", 1)
+    with pytest.raises(ValueError, match=r"num=100.0 real test images requested; .* an integer"):
+        load_real_images(mnist_dir, "test", 100.0)  # a TypeError from slicing, naming nothing
+    assert load_real_images(mnist_dir, "test", np.int64(5)).shape == (5, 28, 28)
 
 
 def _save(model: torch.nn.Module, path: Path) -> Path:

@@ -10,7 +10,14 @@ import scipy.linalg
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from lightning_genmodels.metrics import MNISTFeatures, SampleQuality, build_extractor, load_real_images, real_features
+from lightning_genmodels.metrics import (
+    MNISTFeatureNet,
+    MNISTFeatures,
+    SampleQuality,
+    build_extractor,
+    load_real_images,
+    real_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +105,21 @@ def test_real_features_are_cached_by_data_and_network(mnist_dir: Path, tmp_path:
     extractor.sha256 = "f" * 64
     real_features(extractor, images, tmp_path)  # other network: another entry
     assert len(list(tmp_path.glob("real_*.pt"))) == 3
+
+
+def test_networks_without_a_weights_file_are_cached_by_their_weights(tmp_path: Path) -> None:
+    """Two networks not loaded from a file: each real_features call gets its own network's
+    features (all such networks shared one cache key, "unhashed", and the second read the first's)."""
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        nets.append(MNISTFeatureNet().eval())
+    for net in nets:
+        own = MNISTFeatures(net)(images.float().div(255).unsqueeze(1))
+        torch.testing.assert_close(real_features(MNISTFeatures(net), images, tmp_path), own, rtol=0, atol=0)
+    assert len(list(tmp_path.glob("real_*.pt"))) == 2
+    assert MNISTFeatures(nets[0]).sha256 == MNISTFeatures(nets[0]).sha256 != MNISTFeatures(nets[1]).sha256
 
 
 def test_inception_option_fails_clearly_without_torch_fidelity_or_weights(tmp_path: Path) -> None:

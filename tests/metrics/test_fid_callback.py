@@ -13,6 +13,7 @@ import pytest
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_genmodels import VAE
 from lightning_genmodels.callbacks import FIDCallback
 from lightning_genmodels.metrics import SampleQuality
 from lightning_genmodels.metrics.quality import sample_chunks
@@ -94,9 +95,27 @@ def test_bad_arguments_are_rejected_at_construction(kwargs: dict, match: str) ->
         FIDCallback(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_samples": 1e4}, "num_samples must be an integer, got 10000.0"),  # failed at the first evaluation
+    ({"batch_size": 100.0}, "batch_size must be an integer, got 100.0"),
+    ({"seed": -3}, r"seed must be an integer in \[0, 2\*\*64 - 20\] .*got -3"),
+    ({"seed": 2**64 - 5}, r"chunk j of the 20 sample chunks has seed \+ j\), got 18446744073709551611"),
+])
+def test_non_integer_counts_and_out_of_range_seeds_are_rejected_at_construction(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FIDCallback(**kwargs)
+
+
 def test_module_without_sample_images_is_rejected() -> None:
     with pytest.raises(TypeError, match="no sample_images"):
         FIDCallback().setup(None, object(), "fit")
+
+
+def test_a_model_of_other_images_is_refused_at_setup() -> None:
+    """A VAE on 32x32 images failed only at the end of the first validation epoch."""
+    with pytest.raises(ValueError, match=r"FIDCallback scores MNIST-like images \[N, 1, 28, 28\]; VAE draws "
+                                         r"images of shape \[N, 1, 32, 32\]"):
+        FIDCallback().setup(None, VAE(latent_dim=4, image_size=32), "fit")
 
 
 def test_the_smallest_accepted_counts_evaluate(mnist_dir: Path, tmp_path: Path) -> None:

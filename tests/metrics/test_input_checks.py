@@ -63,6 +63,40 @@ def test_num_generated_takes_any_integer_kind() -> None:
         assert torch.isfinite(q.compute(num_generated=n)["kid"])
 
 
+def test_compute_after_set_real_or_a_new_num_generated_is_fresh() -> None:
+    """New real features, or another num_generated (KID's subset size), between two compute()
+    calls without an update: the second result is that of a fresh SampleQuality, not a cached one."""
+    real = torch.randn(30, 128, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 1.0
+    q = quality_with_samples()
+    q.compute()
+    q.set_real(real)
+    fresh = SampleQuality(kid_subset_size=4)
+    fresh.set_real(real)
+    fresh.update(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+    got, expected = q.compute(), fresh.compute()
+    for key in ("fid", "kid", "precision", "recall"):
+        torch.testing.assert_close(got[key], expected[key], msg=key)
+    q.compute(num_generated=2)  # KID subsets of 2
+    assert q.kid.subset_size == 2 and not torch.equal(q.compute(num_generated=2)["kid"], expected["kid"])
+
+
+def test_a_dtype_cast_leaves_the_statistics_and_networks_alone() -> None:
+    """module.to(torch.bfloat16), as a bf16-true fit does to a LightningModule holding the metric:
+    the float64 FID sums became bf16 and the feature network's float32 input failed; device
+    moves still apply."""
+    expected = quality_with_samples().compute()
+    q = quality_with_samples().to(torch.bfloat16).to("cpu")
+    assert q.fid.real_features_sum.dtype == q.fid.fake_features_cov_sum.dtype == torch.float64
+    assert all(p.dtype == torch.float32 for p in q.extractor.parameters())
+    assert q.classes.counts.dtype == torch.long
+    q.update(torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(3)))  # failed here
+    q.reset()
+    q.update(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+    got = q.compute()
+    for key in ("fid", "kid", "precision", "recall"):
+        torch.testing.assert_close(got[key], expected[key], msg=key)
+
+
 @pytest.mark.parametrize("content", [b"garbage", b"", "dict"])
 def test_unreadable_weights_name_the_file(tmp_path: Path, content: bytes | str) -> None:
     path = tmp_path / "weights.pt"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_genmodels.metrics import ClassCoverage, PrecisionRecall, dequantized_bits_per_dim
+from lightning_genmodels.metrics import ClassCoverage, PrecisionRecall, SampleQuality, dequantized_bits_per_dim
 
 
 def brute_force_pr(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
@@ -73,6 +73,29 @@ def test_class_coverage_histogram_missing_and_confidence() -> None:
     assert int(out["missing"]) == 7 and float(out["coverage"]) == pytest.approx(0.3)  # 9 is under 2%
     conf = math.exp(5) / (math.exp(5) + 9)
     assert float(out["confidence"]) == pytest.approx(conf)
+
+
+def test_train_mode_leaves_the_feature_and_class_networks_in_eval_mode() -> None:
+    """SampleQuality held by a LightningModule gets train() every epoch, as torchmetrics metrics
+    do: its networks' batch norm used the samples' statistics (other features, another FID) and
+    moved its running statistics for good; torchmetrics' Inception stays in eval mode."""
+    images = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    quality = SampleQuality(kid_subset_size=4)
+    quality.set_real(quality.extractor(images[:20]))
+    quality.update(images[20:])
+    expected = quality.compute()
+    quality.reset()
+    bn = quality.extractor.net.conv[1]
+    stats = bn.running_mean.clone()
+    quality.train()
+    assert not any(m.training for m in quality.extractor.modules())
+    quality.update(images[20:])
+    got = quality.compute()
+    assert torch.equal(bn.running_mean, stats)
+    for key in ("fid", "kid", "precision", "recall", "histogram", "confidence"):
+        torch.testing.assert_close(got[key], expected[key], msg=key)
+    metric = ClassCoverage(nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(784, 10))).train()
+    assert metric.training and not any(m.training for m in metric.classifier.modules())
 
 
 def test_uniform_density_has_8_bits_per_dim() -> None:

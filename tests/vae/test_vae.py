@@ -60,6 +60,38 @@ def test_shapes_and_ranges(likelihood: str) -> None:
     assert not torch.equal(model.sample(5, seed=2), model.sample(5, seed=3))
 
 
+def test_sampling_decodes_in_eval_mode() -> None:
+    """A decoder with batch norm (as Lightning-Bolts' ResNet decoders): sample and decode_latents
+    in training mode (SampleGrid at an epoch's end) gave other images than in eval mode for the
+    same seed, and moved the running statistics; the mode is restored after."""
+    decoder = nn.Sequential(nn.Linear(L, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 784),
+                            nn.Unflatten(1, (1, 28, 28)))
+    torch.manual_seed(0)
+    model = VAE(latent_dim=L, encoder=ConvEncoder(L, channels=(4, 8)), decoder=decoder)
+    with torch.no_grad():
+        decoder[1].running_mean.fill_(0.5)
+    stats = decoder[1].running_mean.clone()
+    in_train = model.sample(6, seed=0), model.decode_latents(torch.ones(3, L))
+    assert model.training and decoder[1].training and torch.equal(decoder[1].running_mean, stats)
+    model.eval()
+    for got, expected in zip(in_train, (model.sample(6, seed=0), model.decode_latents(torch.ones(3, L)))):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_a_seed_draws_the_same_latents_on_every_device_and_dtype(device: str) -> None:
+    """As the GAN's noise: a generator on the module's device, in its dtype, drew other latents
+    for the same seed on a GPU or for a float64 model, so a checkpoint sampled elsewhere gave
+    other images."""
+    model = tiny_vae()
+    z = torch.randn(5, L, generator=torch.Generator().manual_seed(7))
+    expected = model.decode_latents(z)
+    torch.testing.assert_close(model.sample(5, seed=7), expected, rtol=0, atol=0)
+    other = tiny_vae().to(device, torch.float64)
+    torch.testing.assert_close(other.sample(5, seed=7).cpu().float(), expected, rtol=1e-5, atol=1e-6)
+
+
 def linear_vae(likelihood: str) -> VAE:
     """L = 1 latent, 2x2 images, linear networks with chosen weights."""
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
@@ -154,6 +186,24 @@ def test_iwae_chunks_match_one_pass() -> None:
     torch.testing.assert_close(chunked, expected)
 
 
+def test_iwae_bound_for_a_seed_does_not_depend_on_iwae_batch() -> None:
+    """iwae_batch only bounds memory: the same seed gives the same L_k however k is chunked
+    (one [chunk, B, L] draw per chunk gave other samples, hence other numbers)."""
+    model = tiny_vae("bernoulli").eval()
+    x = data_like("bernoulli", n=3)
+    bounds = []
+    for iwae_batch in (4096, 30, 7):  # k = 50 in 1 chunk, chunks of 10, chunks of 2
+        model.hparams.iwae_batch = iwae_batch
+        torch.manual_seed(1)
+        bounds.append(model.iwae_bound(x, 50))
+    for bound in bounds[1:]:
+        torch.testing.assert_close(bound, bounds[0])
+    torch.manual_seed(1)
+    torch.testing.assert_close(torch.logsumexp(model.log_importance_weights(x, 50), 0) - math.log(50), bounds[0])
+    with pytest.raises(ValueError, match="k=0 must be an integer >= 1"):
+        model.log_importance_weights(x, 0)
+
+
 def test_nll_bits_per_dim_averages_the_iwae_bound_over_a_loader() -> None:
     """The evaluation hook: mean bits/dim of -L_k over every image of every batch."""
     model = tiny_vae("bernoulli").eval()
@@ -166,6 +216,23 @@ def test_nll_bits_per_dim_averages_the_iwae_bound_over_a_loader() -> None:
     assert got == pytest.approx(torch.cat(parts).double().mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="empty loader"):
         model.nll_bits_per_dim([])
+
+
+def test_nll_bits_per_dim_runs_in_eval_mode() -> None:
+    """Called on a module left in training mode (as after Trainer.fit), an encoder with batch
+    norm normalised by the batch's statistics and moved its running ones."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2 * L))
+    model = VAE(latent_dim=L, encoder=encoder, decoder=ConvDecoder(L, channels=(8, 4)))
+    with torch.no_grad():
+        encoder[2].running_mean.fill_(0.5)
+    stats = encoder[2].running_mean.clone()
+    loader = [data_like("bernoulli", n=4)]
+    torch.manual_seed(0)
+    in_train = model.nll_bits_per_dim(loader, k=3)
+    assert model.training and encoder[2].training and torch.equal(encoder[2].running_mean, stats)
+    torch.manual_seed(0)
+    assert in_train == model.eval().nll_bits_per_dim(loader, k=3)
 
 
 def test_kl_warmup_ramps_beta() -> None:
@@ -336,3 +403,14 @@ def test_the_gaussian_takes_any_real_images_and_compile_skips_the_range_check(mo
     assert torch.isfinite(tiny_vae("gaussian").elbo(x)).all()  # a density on all reals
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # no data-dependent branch
     assert tiny_vae("bernoulli").elbo(x).shape == (2,)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_the_gaussian_refuses_non_finite_images(value: float) -> None:
+    """encode, elbo, iwae_bound and nll_bits_per_dim returned NaN silently."""
+    model = tiny_vae("gaussian")
+    x = data_like("gaussian", 2)
+    x[1, 0, 3, 4] = value
+    for call in (model.encode, model.elbo, lambda y: model.iwae_bound(y, 2), lambda y: model.nll_bits_per_dim([y], 2)):
+        with pytest.raises(ValueError, match="likelihood='gaussian' needs finite images, got 1 NaN or infinite"):
+            call(x)
