@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -293,6 +294,9 @@ class FIDCallback(Callback):
         if shape is not None and tuple(shape) != (1, 28, 28):
             raise ValueError(f"FIDCallback scores MNIST-like images [N, 1, 28, 28]; {type(pl_module).__name__} "
                              f"draws images of shape [N, {', '.join(map(str, shape))}]")
+        if stage == "fit" and getattr(trainer, "limit_val_batches", None) == 0:  # (no FID logged, silently)
+            rank_zero_warn("FIDCallback scores samples at the end of validation epochs, and "
+                           "Trainer(limit_val_batches=0) runs none: no val/fid will be logged")
         if self.quality is None:
             from .metrics import SampleQuality
 

@@ -118,6 +118,14 @@ def test_a_model_of_other_images_is_refused_at_setup() -> None:
         FIDCallback().setup(None, VAE(latent_dim=4, image_size=32), "fit")
 
 
+def test_warns_when_validation_is_off(mnist_dir: Path, tmp_path: Path) -> None:
+    """With limit_val_batches=0 no FID was ever logged, and nothing said so."""
+    fid = FIDCallback(data_dir=str(mnist_dir), cache_dir=str(tmp_path), num_samples=4, batch_size=4, num_real=4)
+    trainer = SimpleNamespace(global_rank=0, world_size=1, limit_val_batches=0)
+    with pytest.warns(UserWarning, match=r"Trainer\(limit_val_batches=0\) runs none: no val/fid will be logged"):
+        fid.setup(trainer, NoisyBank(str(mnist_dir)), "fit")
+
+
 def test_the_smallest_accepted_counts_evaluate(mnist_dir: Path, tmp_path: Path) -> None:
     """4 samples against 4 real images give finite metrics; 3 would not (k = 3 neighbours)."""
     fid = FIDCallback(data_dir=str(mnist_dir), cache_dir=str(tmp_path), num_samples=4, batch_size=3, num_real=4)
