@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import numbers
@@ -64,6 +65,23 @@ class ScikitLearnMixin:
             self.to(device=device, dtype=dtype)
             self.load_state_dict(fitted)
         return self
+
+    def extra_repr(self) -> str:
+        """The arguments that differ from their defaults, as scikit-learn prints an estimator
+        (``GaussianMixture(n_components=3, covariance_type='diag')``); arrays by their shape."""
+        defaults: dict[str, Any] = {}
+        for cls in type(self).__mro__:  # the class that declares them (a subclass may take **kwargs)
+            params = inspect.signature(cls.__init__).parameters
+            if set(self._sk_params) <= set(params):
+                defaults = {k: p.default for k, p in params.items()}
+                break
+        shown = []
+        for name, value in self._sk_params.items():
+            if isinstance(value, (Tensor, np.ndarray)):
+                shown.append(f"{name}=<{type(value).__name__} {list(value.shape)}>")
+            elif name not in defaults or defaults[name] is inspect.Parameter.empty or value != defaults[name]:
+                shown.append(f"{name}={value!r}")
+        return ", ".join(shown)
 
     def __getattr__(self, name: str) -> Any:
         """A constructor argument as an attribute, as scikit-learn's estimators keep them

@@ -197,6 +197,13 @@ def test_invalid_set_params_leaves_the_model_as_it_was() -> None:
     assert model.set_params(warm_start=True, max_iter=5).fit(x).n_iter_ >= 1
 
 
+def test_repr_shows_the_arguments_that_differ_from_the_defaults() -> None:
+    """repr() printed ``GaussianMixture()`` whatever the arguments (scikit-learn prints them)."""
+    assert repr(GaussianMixture()) == "GaussianMixture()"
+    model = GaussianMixture(3, covariance_type="diag", tol=1e-4, means_init=np.zeros((3, 2)))
+    assert repr(model) == "GaussianMixture(n_components=3, covariance_type='diag', tol=0.0001, means_init=<ndarray [3, 2]>)"
+
+
 def test_constructor_arguments_are_attributes() -> None:
     """As in scikit-learn, ``gmm.covariance_type`` reads the argument (AttributeError before) and
     ``gmm.n_components = 2`` sets it as set_params does (it was silently ignored)."""
