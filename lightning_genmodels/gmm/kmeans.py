@@ -212,16 +212,20 @@ def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1
     tol_abs = None
     inertia = torch.zeros((), dtype=torch.float64)
     n_iter = 0
-    sum_sq = 0.0  # Σ s ||x||², the same every pass: distances need only ||c||² − 2 x·c
+    moments = centers.new_zeros(3, d)  # Σ s, Σ s x, Σ s x² (the first pass: the tolerance, the inertia)
     for n_iter in range(1, max_iter + 1):
         counts = centers.new_zeros(k)
         sums = centers.new_zeros(k, d)
         inertia = centers.new_zeros(())
-        moments = centers.new_zeros(3, d)  # Σ s, Σ s x, Σ s x² (first pass: the tolerance)
+        # ||x − c_k||² = ||x − r||² − 2 x·e_k + b_k with e_k = c_k − r, b_k = 2 r·e_k + ||e_k||², r the
+        # centres' mean: the products x·e_k are of the spread's size, where ||c_k||² − 2 x·c_k of
+        # data far from the origin cancelled in float32 (offset 3e4: other clusters)
+        r = centers.mean(0)
+        e = centers - r
+        bias = 2.0 * e @ r + e.square().sum(1)  # [K] float64
         for x, s in batches():
             # Products in the data's dtype (as scikit-learn), batch sums added in float64.
-            c = centers.to(x.dtype)
-            best, labels = torch.addmm(c.square().sum(1), x, c.T, alpha=-2.0).min(1)
+            best, labels = torch.addmm(bias.to(x.dtype), x, e.to(x.dtype).T, alpha=-2.0).min(1)
             assign = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # [B, K]
             if s is None:
                 counts += torch.bincount(labels, minlength=k)
@@ -241,7 +245,8 @@ def lloyd(batches: Batches, centers: Tensor, max_iter: int = 300, tol: float = 1
             n = moments[0].clamp_min(1.0)
             variances = moments[2] / n - (moments[1] / n).square()
             tol_abs = tol * float(variances.mean())
-            sum_sq = float(moments[2].sum())
+        # Σ s ||x − r||² from the float64 moments
+        sum_sq = moments[2].sum() - 2.0 * (moments[1] @ r) + moments[0][0] * r.square().sum()
         inertia = (inertia + sum_sq).clamp_min(0.0)
         new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1e-300)[:, None], centers)
         shift = float((new - centers).square().sum())

@@ -74,6 +74,21 @@ def test_lloyd_matches_sklearn_from_the_same_start(batch_size: int) -> None:
     assert ours.inertia == pytest.approx(theirs.inertia_, rel=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lloyd_on_data_far_from_the_origin_finds_the_blobs(dtype: torch.dtype) -> None:
+    """Lloyd's float32 products ||c||² − 2 x·c cancelled for data offset by 3e4 (||c||² ~ 1e10,
+    a float32 step of 1e3 against distances of ~100): rows went to other clusters. Now the
+    products are taken about the centres' mean: the assignment and centres of the same data at
+    the origin, shifted."""
+    x, centres = blob_data(seed=2, n=1800)
+    start = centres + 1.0
+    near = lloyd(stream(x.to(dtype), 256), start, max_iter=100, tol=1e-4)
+    far = lloyd(stream((x + 3e4).to(dtype), 256), start + 3e4, max_iter=100, tol=1e-4)
+    torch.testing.assert_close(far.centers - 3e4, near.centers, atol=2e-2 if dtype == torch.float32 else 1e-8, rtol=0)
+    # (float64: Σ ||x − r||² from the raw moments, ~6e12 here, keeps ~1e-3 of the ~7e3)
+    assert far.inertia == pytest.approx(near.inertia, rel=1e-2 if dtype == torch.float32 else 1e-6)
+
+
 def test_kmeans_finds_the_blobs() -> None:
     x, centres = blob_data(seed=2)
     result = kmeans(stream(x, 128), 3, seed=0)
