@@ -260,7 +260,8 @@ def gmm_m_step(
         ValueError: a covariance is not positive definite (advice: increase ``reg_covar``).
     """
     _check_m_step_inputs(stats, covariance_type, reg_covar, eps)
-    if covariance_type in ("diag", "spherical") and stats.nk.device.type == "cpu" and use_ext(impl, None, stats):
+    inputs = (*stats, prev_means, prev_covariances)
+    if covariance_type in ("diag", "spherical") and stats.nk.device.type == "cpu" and use_ext(impl, None, inputs):
         try:
             weights, means, cov, prec_chol, empty = torch.ops.lightning_genmodels.gmm_m_step(
                 stats.nk, stats.sx, stats.sxx, covariance_type, reg_covar, eps, prev_means, prev_covariances

@@ -146,3 +146,21 @@ def test_cuda_statistics_take_the_reference():
     step, prec_chol = gmm_m_step(stats, "diag", 1e-6, EPS32, impl="ext")
     assert prec_chol.is_cuda
     torch.testing.assert_close(prec_chol.cpu(), reference(stats_of(5, 4, "diag"), "diag", 1e-6)[3])
+
+
+@pytest.mark.parametrize("impl", ["auto", "ext"])
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_previous_parameters_requiring_grad_take_the_reference_or_raise(impl, cov):
+    """An empty component keeps prev_means/prev_covariances: with them requiring grad, 'auto'
+    differentiates through the reference, 'ext' raises (the kernel has no backward)."""
+    stats = stats_of(4, 3, cov, empty=(1,))
+    prev_means, prev_cov = (t.double().requires_grad_() for t in previous(4, 3, cov))
+    call = lambda: gmm_m_step(stats, cov, 1e-6, EPS32, prev_means, prev_cov, impl=impl)  # noqa: E731
+    if impl == "ext":
+        with pytest.raises(ValueError, match="no backward"):
+            call()
+        return
+    step, prec_chol = call()
+    (step.means.sum() + prec_chol.sum()).backward()
+    assert prev_means.grad[1].tolist() == [1.0, 1.0, 1.0] and prev_means.grad[0].abs().sum() == 0
+    assert prev_cov.grad is not None and prev_cov.grad[1].abs().sum() > 0
