@@ -164,3 +164,23 @@ def test_previous_parameters_requiring_grad_take_the_reference_or_raise(impl, co
     (step.means.sum() + prec_chol.sum()).backward()
     assert prev_means.grad[1].tolist() == [1.0, 1.0, 1.0] and prev_means.grad[0].abs().sum() == 0
     assert prev_cov.grad is not None and prev_cov.grad[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+def test_previous_parameters_of_the_wrong_shape_are_named(impl, cov):
+    """prev_means [D] or prev_covariances of one component: a ValueError naming them (the
+    reference broadcast them over the components silently, the kernel raised RuntimeError)."""
+    stats = stats_of(4, 3, "diag" if cov in ("full", "tied") else cov, empty=(1,))
+    if cov in ("full", "tied"):
+        stats = stats._replace(sxx=torch.eye(3, dtype=torch.float64).expand(4, 3, 3) * stats.nk[:, None, None]
+                               * 10 + (stats.sx[:, :, None] * stats.sx[:, None, :]) / stats.nk.clamp_min(1e-3)[:, None, None])
+        if cov == "tied":
+            stats = stats._replace(sxx=stats.sxx.sum(0))
+    good_cov = {"full": torch.eye(3).expand(4, 3, 3), "tied": torch.eye(3), "diag": torch.ones(4, 3),
+                "spherical": torch.ones(4)}[cov].double()
+    with pytest.raises(ValueError, match=r"prev_means must be \[4, 3\]"):
+        gmm_m_step(stats, cov, 1e-6, EPS32, torch.zeros(3, dtype=torch.float64), good_cov, impl=impl)
+    with pytest.raises(ValueError, match=r"prev_covariances must be \["):
+        gmm_m_step(stats, cov, 1e-6, EPS32, torch.zeros(4, 3, dtype=torch.float64), good_cov[:1], impl=impl)
+    gmm_m_step(stats, cov, 1e-6, EPS32, torch.zeros(4, 3, dtype=torch.float64), good_cov, impl=impl)
