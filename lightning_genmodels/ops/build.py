@@ -6,9 +6,11 @@ build it once and all load it. Ops register with ``TORCH_LIBRARY`` and are calle
 ``torch.ops.lightning_genmodels.<op>``.
 
 Environment:
-    LGM_OPS_IMPL: ``ref`` forces every op onto its pure-PyTorch reference.
-    LGM_OPS_CACHE: the cache folder (default ``~/.cache/lightning_genmodels/ops``).
-    LGM_OPS_CUDA: ``1`` compiles the CUDA sources even without a GPU, ``0`` never does.
+    LGM_OPS_IMPL: ``ref`` forces every op onto its pure-PyTorch reference (``auto``, empty or
+        unset: each call's ``impl``; another value raises ValueError).
+    LGM_OPS_CACHE: the cache folder (``~`` expanded; default ``~/.cache/lightning_genmodels/ops``).
+    LGM_OPS_CUDA: ``1`` compiles the CUDA sources even without a GPU, ``0`` never does (``auto``,
+        empty or unset: with a GPU; another value raises ValueError).
     LGM_OPS_VERBOSE: ``1`` prints the compiler's commands.
     TORCH_CUDA_ARCH_LIST, CXX, CUDA_HOME: as for ``torch.utils.cpp_extension``; a CXX that links
         the C++ runtime statically is replaced by ``c++`` from PATH (toolchain.py).
@@ -123,8 +125,17 @@ def _wheel_cuda_includes(cuda_home: Path) -> list[str]:
     return [flag for folder in sorted(found) for flag in ("-isystem", folder)]
 
 
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """``$name``, one of ``choices`` (unset or empty: ``choices[0]``), else ValueError: a typo
+    (``LGM_OPS_IMPL=REF``) is named, not ignored."""
+    value = os.environ.get(name) or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices} or unset, got {value!r}")
+    return value
+
+
 def _want_cuda(cuda_home: Path | None) -> bool:
-    setting = os.environ.get("LGM_OPS_CUDA", "auto")
+    setting = _env_choice("LGM_OPS_CUDA", ("auto", "0", "1"))
     if setting == "0" or torch.version.cuda is None or cuda_home is None:
         return False
     return setting == "1" or torch.cuda.is_available()
@@ -170,8 +181,9 @@ def _build_key(root: Path, sources: list[Path], with_cuda: bool, archs: str) -> 
 
 
 def cache_dir() -> Path:
+    """``$LGM_OPS_CACHE`` (``~`` expanded; unset or empty: the default)."""
     default = Path.home() / ".cache" / "lightning_genmodels" / "ops"
-    return Path(os.environ.get("LGM_OPS_CACHE", default))
+    return Path(os.environ.get("LGM_OPS_CACHE") or default).expanduser()
 
 
 def _cpp_extension(cuda_home: Path | None):
@@ -339,7 +351,7 @@ def use_ext(impl: str, device: torch.device | str | None = None, inputs: Sequenc
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "ref" or os.environ.get("LGM_OPS_IMPL") == "ref":
+    if impl == "ref" or _env_choice("LGM_OPS_IMPL", ("auto", "ref")) == "ref":
         return False
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
         if impl == "ext":

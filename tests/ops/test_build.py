@@ -155,6 +155,32 @@ def test_unknown_impl_is_an_error(impl):
         use_ext(impl)
 
 
+
+@pytest.mark.parametrize("name, value", [("LGM_OPS_IMPL", "REF"), ("LGM_OPS_IMPL", "ext"), ("LGM_OPS_CUDA", "true")])
+def test_unknown_environment_setting_is_an_error(name, value, monkeypatch):
+    """A typo in LGM_OPS_IMPL / LGM_OPS_CUDA is named (it was ignored: 'REF' ran the kernels)."""
+    from lightning_genmodels.ops import build
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name} must be one of .* got '{value}'"):
+        build.use_ext("auto") if name == "LGM_OPS_IMPL" else build._want_cuda(Path("/cuda"))
+    monkeypatch.setenv(name, "")  # empty: as unset
+    assert build.use_ext("ref") is False and build._env_choice(name, ("auto", "x")) == "auto"
+
+
+def test_cache_folder_setting(monkeypatch):
+    """LGM_OPS_CACHE: '~' expanded, empty as unset (it built into a literal '~' folder, or into
+    the working directory)."""
+    from lightning_genmodels.ops.build import cache_dir
+
+    monkeypatch.delenv("LGM_OPS_CACHE", raising=False)
+    default = cache_dir()
+    assert default == Path.home() / ".cache" / "lightning_genmodels" / "ops"
+    monkeypatch.setenv("LGM_OPS_CACHE", "")
+    assert cache_dir() == default
+    monkeypatch.setenv("LGM_OPS_CACHE", "~/lgm_cache")
+    assert cache_dir() == Path.home() / "lgm_cache"
+
 def test_cuda_folders_sort_by_version(tmp_path, monkeypatch):
     from lightning_genmodels.ops import build
 
