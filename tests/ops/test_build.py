@@ -337,6 +337,25 @@ def test_build_report_lists_the_composite_kernels(capsys: pytest.CaptureFixture)
     assert all(ops.values()), ops  # every op has a kernel somewhere
 
 
+
+@pytest.mark.parametrize("argv", [["--cuda"], ["--arch", "9.0"], ["--cuda", "--arch", "9.0"]])
+def test_build_asked_for_cuda_fails_without_it(argv, monkeypatch, capsys) -> None:
+    """`build --cuda [--arch A]` is CI's compile check of the CUDA sources: a library without CUDA
+    (the CUDA compile failed and the CPU-only retry built) exits 1, not 0."""
+    import dataclasses
+
+    from lightning_genmodels.ops import build, load_library
+    from lightning_genmodels.ops.__main__ import main
+
+    monkeypatch.setenv("LGM_OPS_CUDA", "auto")  # main sets these; monkeypatch restores them
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")
+    monkeypatch.setattr(build, "_info", dataclasses.replace(load_library(), with_cuda=False))
+    assert main(["build", *argv]) == 1
+    assert "built without CUDA" in capsys.readouterr().err
+    assert main(["build"]) == 0
+    with pytest.raises(SystemExit):
+        main(["build", "--no-cuda", "--arch", "9.0"])
+
 COLD_COMPILE = """
 import torch
 from lightning_genmodels.ops import gmm_log_prob, philox_normal
