@@ -280,8 +280,10 @@ def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
     # One process builds; the others wait on the lock, then find the library built.
     with lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
-        cached = library.exists()
+        cached = _linked(library)
         try:
+            if library.exists() and not cached:  # cut short by a killed build: link it again
+                library.unlink()
             if cached:
                 torch.ops.load_library(str(library))
             else:
@@ -292,6 +294,17 @@ def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
     return BuildInfo(library, with_cuda, archs.split(";") if archs else [], cached)
+
+
+def _linked(library: Path) -> bool:
+    """Whether ninja finished linking ``library``: its ``.ninja_log`` lists a command only once the
+    command succeeded. A build killed while linking leaves a partial library, and loading one
+    kills the process (SIGBUS), so only a library in the log counts as built."""
+    try:
+        log = (library.parent / ".ninja_log").read_text(errors="replace")
+    except OSError:
+        return False
+    return library.exists() and any(line.split("\t")[3:4] == [library.name] for line in log.splitlines())
 
 
 def load_library() -> BuildInfo:

@@ -118,6 +118,24 @@ def test_two_processes_building_at_once_both_succeed(tmp_path):
     assert sorted("CACHED True" in out for out, _ in outputs) == [False, True]
 
 
+
+def test_a_library_cut_short_is_built_again(tmp_path):
+    """A build killed while linking leaves a partial library that ninja's log does not list: the
+    next build links it again (loading it had killed every later process with SIGBUS)."""
+    tiny = _tiny_csrc(tmp_path)
+    code = (
+        "import pathlib, torch\n"
+        "import lightning_genmodels.ops.build as b\n"
+        f"root = pathlib.Path({str(tiny)!r})\n"
+        "name = 'lgm_ops_' + b._build_key(root, b._sources(root, False), False, '')\n"
+        "(b.cache_dir() / name).mkdir(parents=True)\n"
+        "elf = (pathlib.Path(torch.__file__).parent / 'lib' / 'libc10.so').read_bytes()[:4096]\n"
+        "(b.cache_dir() / name / f'{name}.so').write_bytes(elf)  # what a killed link leaves\n"
+    ) + _tiny_build(tiny)
+    result = _run(code, tmp_path / "cache", LGM_OPS_CUDA="0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CACHED False" in result.stdout, result.stdout + result.stderr
+
 def _fake_toolkit(root: Path) -> Path:
     (root / "bin").mkdir(parents=True)
     (root / "include").mkdir()
