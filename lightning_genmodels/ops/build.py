@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+from torch.autograd import forward_ad
 
 from .toolchain import ExtensionBuildError, checked_cxx
 
@@ -360,16 +361,18 @@ def use_ext(impl: str, device: torch.device | str | None = None, inputs: Sequenc
     failure; ``auto`` builds and, on failure, warns once and takes the reference. Per device:
     a CUDA ``device`` needs a library built with CUDA (``auto`` falls back with one warning,
     ``ext`` raises). The kernels have no backward: where grad mode is on and one of ``inputs``
-    requires grad, ``auto`` takes the reference (which has one) and ``ext`` raises.
+    requires grad, or one carries a forward-mode tangent (``torch.func.jvp``/``jacfwd``, a
+    ``forward_ad`` dual), ``auto`` takes the reference (which has one) and ``ext`` raises.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "ref" or _env_choice("LGM_OPS_IMPL", ("auto", "ref")) == "ref":
         return False
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+    if _differentiated(inputs):
         if impl == "ext":
-            raise ValueError(f"impl='ext': the {NAMESPACE} kernels have no backward, and an input requires grad "
-                             "(impl='auto' or 'ref' differentiates through the PyTorch reference)")
+            raise ValueError(f"impl='ext': the {NAMESPACE} kernels have no backward (nor forward-mode derivative), "
+                             "and an input requires grad or carries a tangent (impl='auto' or 'ref' differentiates "
+                             "through the PyTorch reference)")
         return False
     cuda = device is not None and torch.device(device).type == "cuda"
     if impl == "ext":
@@ -390,6 +393,16 @@ def use_ext(impl: str, device: torch.device | str | None = None, inputs: Sequenc
                            "PyTorch reference ops (install a CUDA toolkit and rebuild for the kernels)")
         return False
     return True
+
+
+def _differentiated(inputs: Sequence[Any]) -> bool:
+    """Whether autograd would differentiate through an op on ``inputs``: reverse mode (grad mode on
+    and a tensor requiring grad) or forward mode (a dual level open and a tensor with a tangent,
+    which the kernels would drop: a zero jvp)."""
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def _warn_once(key: str, message: str) -> None:
