@@ -171,12 +171,15 @@ def test_previous_parameters_requiring_grad_take_the_reference_or_raise(impl, co
 def test_previous_parameters_of_the_wrong_shape_are_named(impl, cov):
     """prev_means [D] or prev_covariances of one component: a ValueError naming them (the
     reference broadcast them over the components silently, the kernel raised RuntimeError)."""
-    stats = stats_of(4, 3, "diag" if cov in ("full", "tied") else cov, empty=(1,))
-    if cov in ("full", "tied"):
-        stats = stats._replace(sxx=torch.eye(3, dtype=torch.float64).expand(4, 3, 3) * stats.nk[:, None, None]
-                               * 10 + (stats.sx[:, :, None] * stats.sx[:, None, :]) / stats.nk.clamp_min(1e-3)[:, None, None])
-        if cov == "tied":
-            stats = stats._replace(sxx=stats.sxx.sum(0))
+    if cov in ("diag", "spherical"):
+        stats = stats_of(4, 3, cov, empty=(1,))
+    else:  # x x^T moments (stats_of has diag's and spherical's only)
+        g = torch.Generator().manual_seed(0)
+        x = 3.0 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+        r = torch.softmax(torch.randn(200, 4, generator=g, dtype=torch.float64), 1)
+        r[:, 1] = 0.0
+        sxx = torch.einsum("nk,ni,nj->kij", r, x, x) if cov == "full" else x.T @ x
+        stats = GMMStats(r.sum(0), r.T @ x, sxx, torch.zeros((), dtype=torch.float64))
     good_cov = {"full": torch.eye(3).expand(4, 3, 3), "tied": torch.eye(3), "diag": torch.ones(4, 3),
                 "spherical": torch.ones(4)}[cov].double()
     with pytest.raises(ValueError, match=r"prev_means must be \[4, 3\]"):
