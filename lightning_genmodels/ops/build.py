@@ -277,7 +277,15 @@ def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
         build_dir.mkdir(parents=True, exist_ok=True)
         lock_file = open(build_dir / "build.lock", "w")
     except OSError as exc:  # e.g. a read-only cache folder: set LGM_OPS_CACHE
-        raise ExtensionBuildError(f"cannot use the build cache {build_dir} (set LGM_OPS_CACHE): {exc}") from exc
+        if not _linked(library):
+            raise ExtensionBuildError(f"cannot use the build cache {build_dir} (set LGM_OPS_CACHE): {exc}") from exc
+        lock_file = None  # read-only, but holding the built library: nothing to write, so no lock
+    if lock_file is None:
+        try:
+            torch.ops.load_library(str(library))
+        except Exception as exc:
+            raise ExtensionBuildError(f"loading {library} failed: {exc}") from exc
+        return BuildInfo(library, with_cuda, archs.split(";") if archs else [], True)
     # One process builds; the others wait on the lock, then find the library built.
     with lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)

@@ -136,6 +136,21 @@ def test_a_library_cut_short_is_built_again(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CACHED False" in result.stdout, result.stdout + result.stderr
 
+
+def test_a_read_only_cache_holding_the_library_loads_it(tmp_path):
+    """A cache folder where the lock cannot be opened (read-only: a shared or root-owned cache;
+    here build.lock is a folder, as root ignores permissions) but whose library is built: it is
+    loaded (the build was refused, so impl='auto' lost every kernel and 'ext' raised)."""
+    code = _tiny_build(_tiny_csrc(tmp_path)) + (
+        "lock = info.library.parent / 'build.lock'\n"
+        "lock.unlink(); lock.mkdir()\n"
+        "again = b.build()\n"
+        "print('AGAIN', again.cached, again.library == info.library)\n"
+    )
+    result = _run(code, tmp_path / "cache", LGM_OPS_CUDA="0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "AGAIN True True" in result.stdout, result.stdout + result.stderr
+
 def _fake_toolkit(root: Path) -> Path:
     (root / "bin").mkdir(parents=True)
     (root / "include").mkdir()
