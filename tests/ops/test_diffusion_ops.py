@@ -265,6 +265,22 @@ def test_cuda_tensors_fall_back_when_built_without_cuda(monkeypatch):
     with pytest.raises(ExtensionBuildError, match="without CUDA"):
         diffusion_step(**gpu, impl="ext")
 
+
+def test_unet_op_refuses_forward_mode_tangents():
+    """A forward-AD dual input: RuntimeError, as for an input requiring grad (the op dropped the
+    tangent: a zero jvp, silently)."""
+    from lightning_genmodels.diffusion.unet import UNet, timestep_embedding
+    from lightning_genmodels.ops import unet_sample_forward
+
+    net = UNet(base_channels=8, channel_mults=(1, 2), groups=4, attention_heads=2).eval()
+    x, t = torch.randn(1, 1, 28, 28), torch.tensor([5])
+    with torch.no_grad():
+        b = net._folded_biases(net.time_mlp(timestep_embedding(t, 8)))
+    call = lambda x: unet_sample_forward(x, net.sampling_weights(), b, [2, 1, 4, 2], net.norm_out.eps)  # noqa: E731
+    with torch.no_grad(), pytest.raises(RuntimeError, match="has no gradient"):
+        torch.func.jvp(call, (x,), (torch.ones_like(x),))
+
+
 def test_unet_op_loads_the_library_on_first_use(tmp_path):
     """unet_sample_forward in a fresh process, before any other op: no AttributeError."""
     import subprocess
