@@ -203,7 +203,8 @@ class MNISTDataModule(LightningDataModule):
         check_integer("num_workers", num_workers, 0)
         self.save_hyperparameters()
         # "~" expanded, as torchvision's datasets do; an empty $LGM_DATA_DIR counts as unset
-        self.data_dir = Path(data_dir if data_dir is not None else os.environ.get("LGM_DATA_DIR") or "data").expanduser()
+        data_dir = data_dir if data_dir is not None else os.environ.get("LGM_DATA_DIR") or "data"
+        self.data_dir = Path(data_dir).expanduser()
         # the format in use: the argument, or after setup the one adopted from the model
         self.input_format = None if input_format is None else check_input_format(input_format)
         self._loaded: dict[str, tuple[Tensor, Tensor]] = {}
