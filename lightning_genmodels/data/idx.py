@@ -33,6 +33,7 @@ SPLIT_FILES = {
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 _UBYTE = 0x08
+_GZIP_MAGIC = b"\x1f\x8b"
 _FIX = "replace it with a good copy, or delete it and fetch it again with download=True"
 
 
@@ -48,10 +49,15 @@ def _read_bytes(path: Path) -> bytes:
     """The file's IDX bytes, decompressed when its name ends in ``.gz``."""
     if not path.is_file():
         raise IDXFileNotFoundError(f"{path}: no such IDX file")
+    data = path.read_bytes()
     if path.suffix != ".gz":
-        return path.read_bytes()
+        if data[:2] == _GZIP_MAGIC:  # good data, wrong name: the advice is not to fetch it again
+            raise IDXFormatError(f"{path}: a gzip stream without the .gz suffix; rename it to {path.name}.gz")
+        return data
+    if data[:3] == b"\0\0" + bytes([_UBYTE]):
+        raise IDXFormatError(f"{path}: an uncompressed IDX file with a .gz suffix; rename it to {path.stem}")
     try:
-        return gzip.decompress(path.read_bytes())
+        return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
         raise IDXFormatError(f"{path}: bad gzip stream ({err}); {_FIX}") from err
 

@@ -161,7 +161,7 @@ class MNISTDataModule(LightningDataModule):
     ValueError when both are set and differ. See the module docstring for the formats.
 
     Args:
-        data_dir: folder holding the IDX files; None means ``$LGM_DATA_DIR`` or ``"data"``.
+        data_dir: folder holding the IDX files (``~`` expanded); None means ``$LGM_DATA_DIR`` or ``"data"``.
         dataset: which IDX dataset: picks torchvision's folder name and download class.
         download: fetch missing files through torchvision (needs internet).
         input_format: one of ``unit``, ``symmetric``, ``binarized``, ``dequantized``, each
@@ -202,7 +202,9 @@ class MNISTDataModule(LightningDataModule):
         check_integer("batch_size", batch_size, 1)
         check_integer("num_workers", num_workers, 0)
         self.save_hyperparameters()
-        self.data_dir = Path(data_dir if data_dir is not None else os.environ.get("LGM_DATA_DIR", "data"))
+        # "~" expanded, as torchvision's datasets do; an empty $LGM_DATA_DIR counts as unset
+        data_dir = data_dir if data_dir is not None else os.environ.get("LGM_DATA_DIR") or "data"
+        self.data_dir = Path(data_dir).expanduser()
         # the format in use: the argument, or after setup the one adopted from the model
         self.input_format = None if input_format is None else check_input_format(input_format)
         self._loaded: dict[str, tuple[Tensor, Tensor]] = {}

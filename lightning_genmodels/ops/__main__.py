@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--arch", help="TORCH_CUDA_ARCH_LIST, e.g. '8.0;9.0'")
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    if args.arch and args.no_cuda:
+        parser.error("--arch picks CUDA architectures: it cannot go with --no-cuda")
 
     if args.cuda or args.no_cuda:
         os.environ["LGM_OPS_CUDA"] = "1" if args.cuda else "0"
@@ -46,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         info = load_library()
     except ExtensionBuildError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    if (args.cuda or args.arch) and not info.with_cuda:  # a CUDA compile check must not pass CPU-only
+        print(f"{NAMESPACE} ops built without CUDA ({info.library}), though --cuda or --arch asked for it: "
+              "no CUDA toolkit or CUDA torch, or the CUDA compile failed (its warning above says why; on a "
+              "machine without a GPU, --arch needs --cuda)", file=sys.stderr)
         return 1
     cuda_home = resolve_cuda_home()
     report = {

@@ -6,9 +6,11 @@ build it once and all load it. Ops register with ``TORCH_LIBRARY`` and are calle
 ``torch.ops.lightning_genmodels.<op>``.
 
 Environment:
-    LGM_OPS_IMPL: ``ref`` forces every op onto its pure-PyTorch reference.
-    LGM_OPS_CACHE: the cache folder (default ``~/.cache/lightning_genmodels/ops``).
-    LGM_OPS_CUDA: ``1`` compiles the CUDA sources even without a GPU, ``0`` never does.
+    LGM_OPS_IMPL: ``ref`` forces every op onto its pure-PyTorch reference (``auto``, empty or
+        unset: each call's ``impl``; another value raises ValueError).
+    LGM_OPS_CACHE: the cache folder (``~`` expanded; default ``~/.cache/lightning_genmodels/ops``).
+    LGM_OPS_CUDA: ``1`` compiles the CUDA sources even without a GPU, ``0`` never does (``auto``,
+        empty or unset: with a GPU; another value raises ValueError).
     LGM_OPS_VERBOSE: ``1`` prints the compiler's commands.
     TORCH_CUDA_ARCH_LIST, CXX, CUDA_HOME: as for ``torch.utils.cpp_extension``; a CXX that links
         the C++ runtime statically is replaced by ``c++`` from PATH (toolchain.py).
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+from torch.autograd import forward_ad
 
 from .toolchain import ExtensionBuildError, checked_cxx
 
@@ -123,8 +126,17 @@ def _wheel_cuda_includes(cuda_home: Path) -> list[str]:
     return [flag for folder in sorted(found) for flag in ("-isystem", folder)]
 
 
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """``$name``, one of ``choices`` (unset or empty: ``choices[0]``), else ValueError: a typo
+    (``LGM_OPS_IMPL=REF``) is named, not ignored."""
+    value = os.environ.get(name) or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices} or unset, got {value!r}")
+    return value
+
+
 def _want_cuda(cuda_home: Path | None) -> bool:
-    setting = os.environ.get("LGM_OPS_CUDA", "auto")
+    setting = _env_choice("LGM_OPS_CUDA", ("auto", "0", "1"))
     if setting == "0" or torch.version.cuda is None or cuda_home is None:
         return False
     return setting == "1" or torch.cuda.is_available()
@@ -170,8 +182,9 @@ def _build_key(root: Path, sources: list[Path], with_cuda: bool, archs: str) -> 
 
 
 def cache_dir() -> Path:
+    """``$LGM_OPS_CACHE`` (``~`` expanded; unset or empty: the default)."""
     default = Path.home() / ".cache" / "lightning_genmodels" / "ops"
-    return Path(os.environ.get("LGM_OPS_CACHE", default))
+    return Path(os.environ.get("LGM_OPS_CACHE") or default).expanduser()
 
 
 def _cpp_extension(cuda_home: Path | None):
@@ -264,12 +277,22 @@ def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
         build_dir.mkdir(parents=True, exist_ok=True)
         lock_file = open(build_dir / "build.lock", "w")
     except OSError as exc:  # e.g. a read-only cache folder: set LGM_OPS_CACHE
-        raise ExtensionBuildError(f"cannot use the build cache {build_dir} (set LGM_OPS_CACHE): {exc}") from exc
+        if not _linked(library):
+            raise ExtensionBuildError(f"cannot use the build cache {build_dir} (set LGM_OPS_CACHE): {exc}") from exc
+        lock_file = None  # read-only, but holding the built library: nothing to write, so no lock
+    if lock_file is None:
+        try:
+            torch.ops.load_library(str(library))
+        except Exception as exc:
+            raise ExtensionBuildError(f"loading {library} failed: {exc}") from exc
+        return BuildInfo(library, with_cuda, archs.split(";") if archs else [], True)
     # One process builds; the others wait on the lock, then find the library built.
     with lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
-        cached = library.exists()
+        cached = _linked(library)
         try:
+            if library.exists() and not cached:  # cut short by a killed build: link it again
+                library.unlink()
             if cached:
                 torch.ops.load_library(str(library))
             else:
@@ -280,6 +303,17 @@ def _build(root: Path, with_cuda: bool, cuda_home: Path | None) -> BuildInfo:
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
     return BuildInfo(library, with_cuda, archs.split(";") if archs else [], cached)
+
+
+def _linked(library: Path) -> bool:
+    """Whether ninja finished linking ``library``: its ``.ninja_log`` lists a command only once the
+    command succeeded. A build killed while linking leaves a partial library, and loading one
+    kills the process (SIGBUS), so only a library in the log counts as built."""
+    try:
+        log = (library.parent / ".ninja_log").read_text(errors="replace")
+    except OSError:
+        return False
+    return library.exists() and any(line.split("\t")[3:4] == [library.name] for line in log.splitlines())
 
 
 def load_library() -> BuildInfo:
@@ -335,16 +369,18 @@ def use_ext(impl: str, device: torch.device | str | None = None, inputs: Sequenc
     failure; ``auto`` builds and, on failure, warns once and takes the reference. Per device:
     a CUDA ``device`` needs a library built with CUDA (``auto`` falls back with one warning,
     ``ext`` raises). The kernels have no backward: where grad mode is on and one of ``inputs``
-    requires grad, ``auto`` takes the reference (which has one) and ``ext`` raises.
+    requires grad, or one carries a forward-mode tangent (``torch.func.jvp``/``jacfwd``, a
+    ``forward_ad`` dual), ``auto`` takes the reference (which has one) and ``ext`` raises.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "ref" or os.environ.get("LGM_OPS_IMPL") == "ref":
+    if impl == "ref" or _env_choice("LGM_OPS_IMPL", ("auto", "ref")) == "ref":
         return False
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+    if _differentiated(inputs):
         if impl == "ext":
-            raise ValueError(f"impl='ext': the {NAMESPACE} kernels have no backward, and an input requires grad "
-                             "(impl='auto' or 'ref' differentiates through the PyTorch reference)")
+            raise ValueError(f"impl='ext': the {NAMESPACE} kernels have no backward (nor forward-mode derivative), "
+                             "and an input requires grad or carries a tangent (impl='auto' or 'ref' differentiates "
+                             "through the PyTorch reference)")
         return False
     cuda = device is not None and torch.device(device).type == "cuda"
     if impl == "ext":
@@ -365,6 +401,16 @@ def use_ext(impl: str, device: torch.device | str | None = None, inputs: Sequenc
                            "PyTorch reference ops (install a CUDA toolkit and rebuild for the kernels)")
         return False
     return True
+
+
+def _differentiated(inputs: Sequence[Any]) -> bool:
+    """Whether autograd would differentiate through an op on ``inputs``: reverse mode (grad mode on
+    and a tensor requiring grad) or forward mode (a dual level open and a tensor with a tangent,
+    which the kernels would drop: a zero jvp)."""
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -141,7 +141,7 @@ def diffusion_step(
     if check_timesteps:
         _check_timestep_range(timestep, coef.shape[0])
         _check_noise_range(seed_offset, x.numel())
-    if use_ext(impl, None, (x, model_output, coef)):
+    if use_ext(impl, x.device, (x, model_output, coef)):
         return torch.ops.lightning_genmodels.diffusion_step(x, model_output, timestep, coef, seed_offset, clip_range)
     return _diffusion_step_ref(x, model_output, timestep, coef, seed_offset, clip_range)
 

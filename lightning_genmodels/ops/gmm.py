@@ -259,8 +259,9 @@ def gmm_m_step(
     Raises:
         ValueError: a covariance is not positive definite (advice: increase ``reg_covar``).
     """
-    _check_m_step_inputs(stats, covariance_type, reg_covar, eps)
-    if covariance_type in ("diag", "spherical") and stats.nk.device.type == "cpu" and use_ext(impl, None, stats):
+    _check_m_step_inputs(stats, covariance_type, reg_covar, eps, prev_means, prev_covariances)
+    inputs = (*stats, prev_means, prev_covariances)
+    if covariance_type in ("diag", "spherical") and stats.nk.device.type == "cpu" and use_ext(impl, None, inputs):
         try:
             weights, means, cov, prec_chol, empty = torch.ops.lightning_genmodels.gmm_m_step(
                 stats.nk, stats.sx, stats.sxx, covariance_type, reg_covar, eps, prev_means, prev_covariances
@@ -272,8 +273,12 @@ def gmm_m_step(
     return step, precision_cholesky(step.covariances, covariance_type)
 
 
-def _check_m_step_inputs(stats: GMMStats, covariance_type: str, reg_covar: float, eps: float) -> None:
-    """Raise ValueError naming a bad option or statistic shape (not the covariance check's advice)."""
+def _check_m_step_inputs(
+    stats: GMMStats, covariance_type: str, reg_covar: float, eps: float,
+    prev_means: Tensor | None = None, prev_covariances: Tensor | None = None,
+) -> None:
+    """Raise ValueError naming a bad option or statistic shape (not the covariance check's advice),
+    or previous parameters of the wrong shape (the reference broadcast them)."""
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
     for name, value in (("reg_covar", reg_covar), ("eps", eps)):
@@ -286,6 +291,9 @@ def _check_m_step_inputs(stats: GMMStats, covariance_type: str, reg_covar: float
     if tuple(sxx.shape) != want:
         raise ValueError(f"stats.sxx must be {list(want)} for covariance_type={covariance_type!r}, "
                          f"got {tuple(sxx.shape)}")
+    for name, t, shape in (("prev_means", prev_means, tuple(sx.shape)), ("prev_covariances", prev_covariances, want)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be {list(shape)}, got {tuple(t.shape)}")
 
 
 def _register_fake() -> None:

@@ -43,8 +43,9 @@ def _sq_norms_ref(x: Tensor) -> Tensor:
     return x.double().square().sum(1)
 
 
-def _check_rows(op: str, x: Tensor, c: Tensor | None, impl: Impl) -> bool:
-    """Checks x [N, D] and c [C, D] (if given); True where the CPU kernel runs."""
+def _check_rows(op: str, x: Tensor, c: Tensor | None, impl: Impl, others: tuple[Tensor, ...] = ()) -> bool:
+    """Checks x [N, D] and c [C, D] (if given); True where the CPU kernel runs (``others``: the
+    op's other inputs, for the gradient check of ``use_ext``)."""
     if c is None:
         if x.dim() != 2:
             raise ValueError(f"{op}: x must be 2-D [N, D], got {tuple(x.shape)}")
@@ -60,7 +61,7 @@ def _check_rows(op: str, x: Tensor, c: Tensor | None, impl: Impl) -> bool:
         if impl == "ext":
             raise ValueError(f"{op}: the kernel is CPU only, got tensors on {x.device}")
         return False
-    return use_ext(impl, x.device, (x, c))
+    return use_ext(impl, x.device, (x, c, *others))
 
 
 def rows_dot(x: Tensor, c: Tensor, *, impl: Impl = "auto") -> Tensor:
@@ -93,7 +94,7 @@ def seeding_distances(x: Tensor, c: Tensor, x_sq: Tensor, closest: Tensor, *, im
         dist [N, C] float64, max(0, ||c||² − 2 x·c + ||x||²) with x·c from float64 products
         summed in float64; and the potentials [C], Σ_n min(closest_n, dist_nc), float64.
     """
-    kernel = _check_rows("seeding_distances", x, c, impl)
+    kernel = _check_rows("seeding_distances", x, c, impl, (x_sq, closest))
     n = x.shape[0]
     for name, t in (("x_sq", x_sq), ("closest", closest)):
         if t.shape != (n,) or t.dtype != torch.float64 or t.device != x.device:

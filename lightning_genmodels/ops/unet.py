@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .build import load_library, register_on_load
+from .build import _differentiated, load_library, register_on_load
 
 
 def unet_sample_forward(
@@ -36,13 +36,15 @@ def unet_sample_forward(
         config: [levels, num_res_blocks, groups, heads].
         eps: the GroupNorms' epsilon.
 
-    It has no gradient: with autograd on and a weight or input that requires grad, RuntimeError.
+    It has no gradient: with autograd on and a weight or input that requires grad, or one that
+    carries a forward-mode tangent (``torch.func.jvp``), RuntimeError.
     The compiled kernel only (no ``impl``: its reference is the UNet's Python forward); the
     library is built and loaded on first use, as for the other ops.
     """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *weights, *folded_biases)):
+    if _differentiated((x, *weights, *folded_biases)):
         raise RuntimeError("unet_sample_forward has no gradient: call it under torch.no_grad() or "
-                           "torch.inference_mode() (the UNet's training path is its differentiable form)")
+                           "torch.inference_mode(), with no forward-mode tangent (the UNet's training path "
+                           "is its differentiable form)")
     load_library()
     return torch.ops.lightning_genmodels.unet_sample_forward(x, list(weights), list(folded_biases),
                                                              [int(c) for c in config], float(eps))

@@ -105,6 +105,18 @@ def test_corrupt_gzip(mnist_dir: Path, tmp_path: Path, damage: str) -> None:
     assert str(path) in str(err.value)
 
 
+
+def test_misnamed_compression_is_named(mnist_dir: Path, tmp_path: Path) -> None:
+    """A gzip stream without .gz, or an uncompressed file with it: the error says to rename it
+    (it said 'bad magic number 529205256' or 'bad gzip stream', and to fetch the file again)."""
+    data = (mnist_dir / f"{TEST_LABELS}.gz").read_bytes()
+    (tmp_path / TEST_LABELS).write_bytes(data)
+    with pytest.raises(IDXFormatError, match=f"gzip stream without the .gz suffix; rename it to {TEST_LABELS}.gz"):
+        read_idx(tmp_path / TEST_LABELS, 2049)
+    (tmp_path / f"{TEST_IMAGES}.gz").write_bytes(gzip.decompress((mnist_dir / f"{TEST_IMAGES}.gz").read_bytes()))
+    with pytest.raises(IDXFormatError, match=f"uncompressed IDX file with a .gz suffix; rename it to {TEST_IMAGES}$"):
+        read_idx(tmp_path / f"{TEST_IMAGES}.gz", 2051)
+
 def test_count_mismatch(test_pair: tuple[Path, Path]) -> None:
     images, labels = test_pair
     data = labels.read_bytes()

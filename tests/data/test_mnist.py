@@ -84,6 +84,20 @@ def test_env_var_data_dir(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert MNISTDataModule(data_dir="elsewhere").data_dir == Path("elsewhere")
 
 
+
+def test_data_dir_expands_home(mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data_dir="~/..." (and $LGM_DATA_DIR) reads under the home folder, as torchvision's root does
+    (it searched a literal '~' folder in the working directory); an empty $LGM_DATA_DIR is unset."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mnist").mkdir()
+    for name in NAMES[2:]:
+        shutil.copy(mnist_dir / f"{name}.gz", tmp_path / "mnist")
+    assert len(make_dm(Path("~/mnist"), "test").data_test) == 10_000
+    monkeypatch.setenv("LGM_DATA_DIR", "~/mnist")
+    assert MNISTDataModule().data_dir == tmp_path / "mnist"
+    monkeypatch.setenv("LGM_DATA_DIR", "")
+    assert MNISTDataModule().data_dir == Path("data")
+
 def test_split_determinism(mnist_dir: Path, fit_dm: MNISTDataModule) -> None:
     same = make_dm(mnist_dir, val_split=5000, seed=0)
     other = make_dm(mnist_dir, val_split=5000, seed=1)

@@ -118,6 +118,39 @@ def test_two_processes_building_at_once_both_succeed(tmp_path):
     assert sorted("CACHED True" in out for out, _ in outputs) == [False, True]
 
 
+
+def test_a_library_cut_short_is_built_again(tmp_path):
+    """A build killed while linking leaves a partial library that ninja's log does not list: the
+    next build links it again (loading it had killed every later process with SIGBUS)."""
+    tiny = _tiny_csrc(tmp_path)
+    code = (
+        "import pathlib, torch\n"
+        "import lightning_genmodels.ops.build as b\n"
+        f"root = pathlib.Path({str(tiny)!r})\n"
+        "name = 'lgm_ops_' + b._build_key(root, b._sources(root, False), False, '')\n"
+        "(b.cache_dir() / name).mkdir(parents=True)\n"
+        "elf = (pathlib.Path(torch.__file__).parent / 'lib' / 'libc10.so').read_bytes()[:4096]\n"
+        "(b.cache_dir() / name / f'{name}.so').write_bytes(elf)  # what a killed link leaves\n"
+    ) + _tiny_build(tiny)
+    result = _run(code, tmp_path / "cache", LGM_OPS_CUDA="0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CACHED False" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_read_only_cache_holding_the_library_loads_it(tmp_path):
+    """A cache folder where the lock cannot be opened (read-only: a shared or root-owned cache;
+    here build.lock is a folder, as root ignores permissions) but whose library is built: it is
+    loaded (the build was refused, so impl='auto' lost every kernel and 'ext' raised)."""
+    code = _tiny_build(_tiny_csrc(tmp_path)) + (
+        "lock = info.library.parent / 'build.lock'\n"
+        "lock.unlink(); lock.mkdir()\n"
+        "again = b.build()\n"
+        "print('AGAIN', again.cached, again.library == info.library)\n"
+    )
+    result = _run(code, tmp_path / "cache", LGM_OPS_CUDA="0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "AGAIN True True" in result.stdout, result.stdout + result.stderr
+
 def _fake_toolkit(root: Path) -> Path:
     (root / "bin").mkdir(parents=True)
     (root / "include").mkdir()
@@ -154,6 +187,32 @@ def test_unknown_impl_is_an_error(impl):
     with pytest.raises(ValueError, match="impl must be one of"):
         use_ext(impl)
 
+
+
+@pytest.mark.parametrize("name, value", [("LGM_OPS_IMPL", "REF"), ("LGM_OPS_IMPL", "ext"), ("LGM_OPS_CUDA", "true")])
+def test_unknown_environment_setting_is_an_error(name, value, monkeypatch):
+    """A typo in LGM_OPS_IMPL / LGM_OPS_CUDA is named (it was ignored: 'REF' ran the kernels)."""
+    from lightning_genmodels.ops import build
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name} must be one of .* got '{value}'"):
+        build.use_ext("auto") if name == "LGM_OPS_IMPL" else build._want_cuda(Path("/cuda"))
+    monkeypatch.setenv(name, "")  # empty: as unset
+    assert build.use_ext("ref") is False and build._env_choice(name, ("auto", "x")) == "auto"
+
+
+def test_cache_folder_setting(monkeypatch):
+    """LGM_OPS_CACHE: '~' expanded, empty as unset (it built into a literal '~' folder, or into
+    the working directory)."""
+    from lightning_genmodels.ops.build import cache_dir
+
+    monkeypatch.delenv("LGM_OPS_CACHE", raising=False)
+    default = cache_dir()
+    assert default == Path.home() / ".cache" / "lightning_genmodels" / "ops"
+    monkeypatch.setenv("LGM_OPS_CACHE", "")
+    assert cache_dir() == default
+    monkeypatch.setenv("LGM_OPS_CACHE", "~/lgm_cache")
+    assert cache_dir() == Path.home() / "lgm_cache"
 
 def test_cuda_folders_sort_by_version(tmp_path, monkeypatch):
     from lightning_genmodels.ops import build
@@ -310,6 +369,25 @@ def test_build_report_lists_the_composite_kernels(capsys: pytest.CaptureFixture)
     assert "CPU" in ops["gmm_log_prob"]
     assert all(ops.values()), ops  # every op has a kernel somewhere
 
+
+
+@pytest.mark.parametrize("argv", [["--cuda"], ["--arch", "9.0"], ["--cuda", "--arch", "9.0"]])
+def test_build_asked_for_cuda_fails_without_it(argv, monkeypatch, capsys) -> None:
+    """`build --cuda [--arch A]` is CI's compile check of the CUDA sources: a library without CUDA
+    (the CUDA compile failed and the CPU-only retry built) exits 1, not 0."""
+    import dataclasses
+
+    from lightning_genmodels.ops import build, load_library
+    from lightning_genmodels.ops.__main__ import main
+
+    monkeypatch.setenv("LGM_OPS_CUDA", "auto")  # main sets these; monkeypatch restores them
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")
+    monkeypatch.setattr(build, "_info", dataclasses.replace(load_library(), with_cuda=False))
+    assert main(["build", *argv]) == 1
+    assert "built without CUDA" in capsys.readouterr().err
+    assert main(["build"]) == 0
+    with pytest.raises(SystemExit):
+        main(["build", "--no-cuda", "--arch", "9.0"])
 
 COLD_COMPILE = """
 import torch

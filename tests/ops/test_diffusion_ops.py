@@ -236,6 +236,51 @@ def test_gradients_come_from_the_reference_or_an_error(impl):
         assert out.grad is not None and torch.isfinite(out.grad).all()
 
 
+
+def test_the_kernel_choice_sees_the_device(monkeypatch):
+    """use_ext is told x's device, as for the other ops: with a library built without CUDA, CUDA
+    tensors then take the reference ('auto') or raise ('ext') instead of reaching the CPU-only op."""
+    from lightning_genmodels.ops import build
+    from lightning_genmodels.ops import diffusion as D
+
+    seen = []
+    monkeypatch.setattr(D, "use_ext", lambda impl, device=None, inputs=(): seen.append(device) or
+                        build.use_ext(impl, device, inputs))
+    diffusion_step(**_good(), impl="ext")
+    assert seen == [torch.device("cpu")]
+
+
+@requires_cuda
+def test_cuda_tensors_fall_back_when_built_without_cuda(monkeypatch):
+    import dataclasses
+
+    from lightning_genmodels.ops import ExtensionBuildError, build
+
+    monkeypatch.setattr(build, "_info", dataclasses.replace(load_library(), with_cuda=False))
+    monkeypatch.setattr(build, "_warned", set())
+    gpu = _good("cuda")
+    with pytest.warns(RuntimeWarning, match="built without CUDA"):
+        got = diffusion_step(**gpu, impl="auto")
+    torch.testing.assert_close(got, diffusion_step(**gpu, impl="ref"), rtol=0, atol=0)
+    with pytest.raises(ExtensionBuildError, match="without CUDA"):
+        diffusion_step(**gpu, impl="ext")
+
+
+def test_unet_op_refuses_forward_mode_tangents():
+    """A forward-AD dual input: RuntimeError, as for an input requiring grad (the op dropped the
+    tangent: a zero jvp, silently)."""
+    from lightning_genmodels.diffusion.unet import UNet, timestep_embedding
+    from lightning_genmodels.ops import unet_sample_forward
+
+    net = UNet(base_channels=8, channel_mults=(1, 2), groups=4, attention_heads=2).eval()
+    x, t = torch.randn(1, 1, 28, 28), torch.tensor([5])
+    with torch.no_grad():
+        b = net._folded_biases(net.time_mlp(timestep_embedding(t, 8)))
+    call = lambda x: unet_sample_forward(x, net.sampling_weights(), b, [2, 1, 4, 2], net.norm_out.eps)  # noqa: E731
+    with torch.no_grad(), pytest.raises(RuntimeError, match="has no gradient"):
+        torch.func.jvp(call, (x,), (torch.ones_like(x),))
+
+
 def test_unet_op_loads_the_library_on_first_use(tmp_path):
     """unet_sample_forward in a fresh process, before any other op: no AttributeError."""
     import subprocess

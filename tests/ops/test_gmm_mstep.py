@@ -146,3 +146,44 @@ def test_cuda_statistics_take_the_reference():
     step, prec_chol = gmm_m_step(stats, "diag", 1e-6, EPS32, impl="ext")
     assert prec_chol.is_cuda
     torch.testing.assert_close(prec_chol.cpu(), reference(stats_of(5, 4, "diag"), "diag", 1e-6)[3])
+
+
+@pytest.mark.parametrize("impl", ["auto", "ext"])
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_previous_parameters_requiring_grad_take_the_reference_or_raise(impl, cov):
+    """An empty component keeps prev_means/prev_covariances: with them requiring grad, 'auto'
+    differentiates through the reference, 'ext' raises (the kernel has no backward)."""
+    stats = stats_of(4, 3, cov, empty=(1,))
+    prev_means, prev_cov = (t.double().requires_grad_() for t in previous(4, 3, cov))
+    call = lambda: gmm_m_step(stats, cov, 1e-6, EPS32, prev_means, prev_cov, impl=impl)  # noqa: E731
+    if impl == "ext":
+        with pytest.raises(ValueError, match="no backward"):
+            call()
+        return
+    step, prec_chol = call()
+    (step.means.sum() + prec_chol.sum()).backward()
+    assert prev_means.grad[1].tolist() == [1.0, 1.0, 1.0] and prev_means.grad[0].abs().sum() == 0
+    assert prev_cov.grad is not None and prev_cov.grad[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("impl", ["ref", "ext"])
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+def test_previous_parameters_of_the_wrong_shape_are_named(impl, cov):
+    """prev_means [D] or prev_covariances of one component: a ValueError naming them (the
+    reference broadcast them over the components silently, the kernel raised RuntimeError)."""
+    if cov in ("diag", "spherical"):
+        stats = stats_of(4, 3, cov, empty=(1,))
+    else:  # x x^T moments (stats_of has diag's and spherical's only)
+        g = torch.Generator().manual_seed(0)
+        x = 3.0 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+        r = torch.softmax(torch.randn(200, 4, generator=g, dtype=torch.float64), 1)
+        r[:, 1] = 0.0
+        sxx = torch.einsum("nk,ni,nj->kij", r, x, x) if cov == "full" else x.T @ x
+        stats = GMMStats(r.sum(0), r.T @ x, sxx, torch.zeros((), dtype=torch.float64))
+    good_cov = {"full": torch.eye(3).expand(4, 3, 3), "tied": torch.eye(3), "diag": torch.ones(4, 3),
+                "spherical": torch.ones(4)}[cov].double()
+    with pytest.raises(ValueError, match=r"prev_means must be \[4, 3\]"):
+        gmm_m_step(stats, cov, 1e-6, EPS32, torch.zeros(3, dtype=torch.float64), good_cov, impl=impl)
+    with pytest.raises(ValueError, match=r"prev_covariances must be \["):
+        gmm_m_step(stats, cov, 1e-6, EPS32, torch.zeros(4, 3, dtype=torch.float64), good_cov[:1], impl=impl)
+    gmm_m_step(stats, cov, 1e-6, EPS32, torch.zeros(4, 3, dtype=torch.float64), good_cov, impl=impl)

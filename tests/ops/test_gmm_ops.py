@@ -291,6 +291,29 @@ def test_gradients_come_from_the_reference_or_an_error(impl):
             assert mu.grad is not None and torch.isfinite(mu.grad).all()
 
 
+
+@pytest.mark.parametrize("impl", ["auto", "ext"])
+def test_forward_mode_derivatives_come_from_the_reference_or_an_error(impl):
+    """torch.func.jvp: "auto" takes the reference, "ext" raises (the kernels dropped the tangent:
+    a jvp of zeros, silently)."""
+    from lightning_genmodels.ops import rows_dot
+
+    lw, mu, pc, x = (OK_ARGS[k].double() for k in ("log_weights", "means", "prec_chol", "x"))
+    calls = [lambda m, impl: gmm_log_prob(x, lw, m, pc, "diag", impl=impl),
+             lambda m, impl: gmm_em_stats(x, lw, m, pc, "diag", impl=impl).loglik,
+             lambda m, impl: rows_dot(x, m, impl=impl)]
+    tangent = torch.randn_like(mu)
+    for call in calls:
+        jvp = lambda impl: torch.func.jvp(lambda m: call(m, impl), (mu,), (tangent,))[1]  # noqa: E731
+        if impl == "ext":
+            with pytest.raises(ValueError, match="no backward .* or carries a tangent"):
+                jvp("ext")
+        else:
+            want = jvp("ref")
+            assert want.abs().max() > 0
+            torch.testing.assert_close(jvp("auto"), want, rtol=0, atol=0)
+
+
 def test_float32_spherical_with_tight_components_keeps_its_digits():
     """sigma << the spread of the means: the float32 dot form p^2 (||y||^2 + ||m||^2 - 2 y.m)
     cancelled to 2.9e-3 per row of log-likelihood here; the distance kernels keep diag's 1e-6."""

@@ -129,3 +129,24 @@ def test_sq_norms_match_reference(isa, dtype):
     assert sq_norms(wide[:0], impl="ext").shape == (0,)
     with pytest.raises(ValueError, match="x must be 2-D"):
         sq_norms(wide[0], impl="ext")
+
+
+@pytest.mark.parametrize("impl", ["auto", "ext"])
+@pytest.mark.parametrize("name", ["x_sq", "closest"])
+def test_seeding_distances_gradients_come_from_the_reference_or_an_error(impl, name):
+    """x_sq or closest requiring grad: 'auto' differentiates through the reference, 'ext' raises
+    (the kernel has no backward; its gradient was silently None)."""
+    x, c, x_sq, closest = _seeding_case(torch.float64, n=50, d=4, c_count=3)
+    args = {"x_sq": x_sq, "closest": closest.clamp_max(1.0)}
+    leaf = args[name].clone().requires_grad_()
+    call = lambda: seeding_distances(x, c, **{**args, name: leaf}, impl=impl)  # noqa: E731
+    if impl == "ext":
+        with pytest.raises(ValueError, match="no backward"):
+            call()
+        return
+    dist, potential = call()
+    (dist.sum() + potential.sum()).backward()
+    ref_leaf = args[name].clone().requires_grad_()
+    ref_dist, ref_potential = _seeding_distances_ref(x, c, c.square().sum(1), **{**args, name: ref_leaf})
+    (ref_dist.sum() + ref_potential.sum()).backward()
+    assert leaf.grad is not None and torch.equal(leaf.grad, ref_leaf.grad)
