@@ -20,7 +20,7 @@ import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_genmodels  # noqa: F401  (registers our classes for short names)
 from lightning_genmodels.predictions import PredictionWriter
@@ -73,24 +73,33 @@ def constructor_error(report: str) -> str | None:
     return (f"{found.group(1)}: " if found else "") + "; ".join(reasons)
 
 
-class IntegerLimitsSaveConfig(SaveConfigCallback):
-    """SaveConfigCallback whose config.yaml keeps the :data:`INT_OR_FLOAT` options that are ints
-    in the parsed config as ints (the parser's dump writes ``Union[float, int]`` 1 as 1.0: a
-    rerun from the file would then take every batch instead of one)."""
+def with_integer_options(text: str, ints: dict[str, int]) -> str:
+    """YAML ``text`` of a config whose trainer options named in ``ints`` are written as those ints."""
+    lines, in_trainer = text.splitlines(keepends=True), False
+    for i, line in enumerate(lines):
+        name = line.split(":")[0].strip()
+        if not line.startswith((" ", "#")):
+            in_trainer = name == "trainer"
+        elif in_trainer and re.match(r"  \w", line) and name in ints:  # the trainer's own options
+            lines[i] = f"  {name}: {ints[name]}\n"
+    return "".join(lines)
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        first = not self.already_saved
-        super().setup(trainer, pl_module, stage)
-        if not (first and self.save_to_log_dir):
-            return
-        path = os.path.join(trainer.log_dir, self.config_filename)  # (broadcasts: every rank)
-        ints = {k: v for k, v in (self.config.get("trainer") or {}).items() if k in INT_OR_FLOAT and type(v) is int}
-        if trainer.is_global_zero and ints and os.path.isfile(path):
-            with open(path) as f:
-                saved = yaml.safe_load(f)
-            saved["trainer"].update(ints)
-            with open(path, "w") as f:
-                yaml.safe_dump(saved, f, sort_keys=False)
+
+class IntegerLimitsParser(LightningArgumentParser):
+    """LightningArgumentParser whose YAML dumps (``--print_config``, the saved config.yaml) keep
+    the :data:`INT_OR_FLOAT` options given as integers (``int_options``) as ints: its dump of
+    Trainer's ``Union[int, float]`` writes 1 as 1.0, and a run from that file took every batch
+    instead of one."""
+
+    int_options: dict[str, int] = {}
+
+    def dump(self, cfg: Any, *args: Any, **kwargs: Any) -> str:
+        text = super().dump(cfg, *args, **kwargs)
+        if kwargs.get("format", args[0] if args else "parser_mode") not in ("parser_mode", "yaml"):
+            return text
+        trainer = cfg.get("trainer") if hasattr(cfg, "get") else None
+        ints = {k: v for k, v in self.int_options.items() if trainer is not None and trainer.get(k) == v}
+        return with_integer_options(text, ints) if ints else text
 
 
 class GenModelsCLI(LightningCLI):
@@ -104,6 +113,12 @@ class GenModelsCLI(LightningCLI):
         argv = sys.argv[1:] if argv is None else argv
         self._int_options = integer_trainer_options(list(argv)) if isinstance(argv, (list, tuple)) else {}
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        if isinstance(parser, IntegerLimitsParser):
+            parser.int_options = self._int_options
+        return parser
 
     def instantiate_classes(self) -> None:
         try:
@@ -127,7 +142,7 @@ class GenModelsCLI(LightningCLI):
         return trainer
 
     def before_instantiate_classes(self) -> None:
-        # in the parsed config too, which IntegerLimitsSaveConfig writes
+        # in the parsed config too
         config = self.config[self.subcommand] if self.subcommand else self.config
         for name, value in self._int_options.items():
             config[f"trainer.{name}"] = value
@@ -193,8 +208,8 @@ def main(args: list[str] | None = None, **kwargs: Any) -> GenModelsCLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks). Prints the
     final metrics and what the callbacks write, and no Lightning chatter (:func:`quiet`)."""
     with quiet():
-        options = {"subclass_mode_model": True, "subclass_mode_data": True,
-                   "save_config_callback": IntegerLimitsSaveConfig, "save_config_kwargs": {"overwrite": True}}
+        options = {"subclass_mode_model": True, "subclass_mode_data": True, "parser_class": IntegerLimitsParser,
+                   "save_config_kwargs": {"overwrite": True}}
         return GenModelsCLI(LightningModule, LightningDataModule, args=args, **(options | kwargs))
 
 

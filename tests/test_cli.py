@@ -133,6 +133,25 @@ def test_saved_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path) -> N
     assert saved["limit_train_batches"] == 0.5
 
 
+def test_printed_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--print_config wrote ``limit_val_batches: 1.0`` for ``1``: a run from it took every batch."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=["fit", "--config", str(CONFIG), "--data.data_dir", str(mnist_dir), "--trainer.limit_val_batches", "1",
+                   "--trainer.limit_train_batches", "0.5", "--trainer.val_check_interval", "1", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    trainer = printed["trainer"]
+    assert (trainer["limit_val_batches"], trainer["limit_train_batches"], trainer["val_check_interval"]) == (1, 0.5, 1)
+    assert type(trainer["limit_val_batches"]) is int and type(trainer["val_check_interval"]) is int
+    for key in ("ckpt_path", "weights_only"):  # fit's own options: not taken without a subcommand
+        printed.pop(key, None)
+    path = tmp_path / "printed.yaml"
+    path.write_text(yaml.safe_dump(printed, sort_keys=False))
+    cli = main(args=["--config", str(path), "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert cli.trainer.limit_val_batches == 1 and type(cli.trainer.limit_val_batches) is int
+    assert cli.trainer.val_check_interval == 1 and type(cli.trainer.val_check_interval) is int
+
+
 @pytest.mark.parametrize("option, want", [
     (["--model.n_components", "-1"], "error: lightning_genmodels.GaussianMixture: n_components must be an integer >= 1, got -1"),
     (["--data.val_split", "2.0"], "error: lightning_genmodels.MNISTDataModule: val_split=2.0: give a count"),
