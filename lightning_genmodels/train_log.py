@@ -7,11 +7,16 @@ their training metrics only on the batches whose metrics Lightning writes, and o
 batch of each epoch and of the run (so ``callback_metrics`` hold the epoch's final values for checkpointing
 and early stopping), and on every batch while a checkpoint callback monitors a metric within
 the epoch (``every_n_train_steps`` or ``train_time_interval``: it ranks the current values).
+A run that ``max_time`` (a :class:`~lightning.pytorch.callbacks.Timer`) may stop at the end of
+this batch logs it too: the batches of its last ~3 average batch times.
 ``Trainer(log_every_n_steps=1)`` logs every batch.
 """
 from __future__ import annotations
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Timer
+
+TIMER_MARGIN = 3  # average batch times: a batch within them of the Timer's limit may be the last
 
 
 def log_this_step(module: LightningModule, batch_idx: int) -> bool:
@@ -22,6 +27,8 @@ def log_this_step(module: LightningModule, batch_idx: int) -> bool:
     if batch_idx + 1 >= trainer.num_training_batches or trainer.should_stop:
         return True
     if 0 <= trainer.max_steps <= trainer.global_step + 1:  # the run's last batch (or one before)
+        return True
+    if any(_may_stop_after_this_batch(cb, trainer) for cb in trainer.callbacks if isinstance(cb, Timer)):
         return True
     if any(_monitors_within_epochs(cb) for cb in trainer.checkpoint_callbacks):
         return True
@@ -37,3 +44,13 @@ def _monitors_within_epochs(callback: object) -> bool:
     if getattr(callback, "monitor", None) is None:
         return False
     return getattr(callback, "_every_n_train_steps", 1) >= 1 or getattr(callback, "_train_time_interval", None) is not None
+
+
+def _may_stop_after_this_batch(timer: Timer, trainer: Trainer) -> bool:
+    """A per-batch Timer (``max_time``) may stop the run when this batch ends: less training time
+    is left than :data:`TIMER_MARGIN` batches take on average (validation included) so far."""
+    remaining = timer.time_remaining("train")
+    if remaining is None or getattr(timer, "_interval", "step") != "step":
+        return False
+    batches = trainer.fit_loop.total_batch_idx + 1  # this run's batches, this one included
+    return remaining <= TIMER_MARGIN * timer.time_elapsed("train") / max(batches, 1)
