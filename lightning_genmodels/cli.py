@@ -132,6 +132,27 @@ class GenModelsCLI(LightningCLI):
                 parser = action._name_parser_map.get(self.subcommand, parser)
             parser.error(reason)
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's, but a checkpoint's hyperparameters without ``_class_path`` (a model
+        built in Python and saved by a Trainer, not by this CLI) are arguments of the class the
+        config names: they were parsed against LightningModule, which failed ("Option
+        'n_components' is not accepted ... Parsing of ckpt_path hyperparameters failed!")."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        model = self.config[subcommand].get("model") if subcommand else None
+        if not (ckpt_path and Path(ckpt_path).is_file() and getattr(model, "class_path", None)):
+            return super()._parse_ckpt_path()
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        hparams = {"class_path": hparams.pop("_class_path", model.class_path), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.set_defaults({"data": {"class_path": "lightning_genmodels.MNISTDataModule"}})
 

@@ -224,3 +224,28 @@ def test_predict_saves_the_outputs_and_prints_the_path(mnist_dir: Path, tmp_path
     torch.testing.assert_close(saved["index"], torch.arange(200))
     assert saved["labels"].shape == saved["log_prob"].shape == (200,)
     assert ((saved["labels"] >= 0) & (saved["labels"] < K)).all() and saved["log_prob"].isfinite().all()
+
+
+def test_ckpt_path_of_a_model_saved_outside_the_cli(mnist_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint of a model built in Python (no ``_class_path`` among its hyperparameters)
+    failed to parse against LightningModule: "Option 'n_components' is not accepted". Its
+    hyperparameters now go to the class the config names, over the config's values (K = 2, not 20)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import lightning
+
+    x = torch.rand(300, 784, generator=torch.Generator().manual_seed(0))
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, limit_val_batches=0)
+    with pytest.warns(UserWarning):  # one EM iteration does not converge
+        trainer.fit(GaussianMixture(2, covariance_type="diag", max_iter=1, random_state=0),
+                    DataLoader(TensorDataset(x, torch.zeros(300)), batch_size=300))
+    ckpt = tmp_path / "python.ckpt"
+    trainer.save_checkpoint(ckpt)
+    cli = main(args=["predict", "--config", str(CONFIG), "--data.data_dir", str(mnist_dir), "--data.batch_size", "100",
+                     "--trainer.limit_predict_batches", "1", "--trainer.accelerator", "cpu",
+                     "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt)])
+    assert type(cli.model) is GaussianMixture and cli.model.hparams.n_components == 2
+    saved = torch.load(tmp_path / "predictions.pt")
+    assert saved["labels"].shape == (100,) and ((saved["labels"] >= 0) & (saved["labels"] < 2)).all()
