@@ -32,17 +32,36 @@ INT_OR_FLOAT = ("limit_train_batches", "limit_val_batches", "limit_test_batches"
                 "overfit_batches", "val_check_interval")
 
 
+def config_trainer_options(value: str, whole: bool) -> dict[str, Any]:
+    """The trainer options of a config given as a file or as YAML/JSON text: its ``trainer``
+    section, or all of it (``whole``: the value of ``--trainer``)."""
+    try:
+        text = Path(value).read_text() if Path(value).is_file() else value
+    except (OSError, ValueError):  # text too long for a path, or with a NUL
+        text = value
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    if not whole:
+        config = config.get("trainer") if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
 def integer_trainer_options(argv: list[str]) -> dict[str, int]:
     """The :data:`INT_OR_FLOAT` options written as integers in ``argv`` or in its ``--config``
-    files, the last one given winning, as the parser takes them."""
+    and ``--trainer`` configs, the last one given winning, as the parser takes them."""
     found: dict[str, int] = {}
     for i, token in enumerate(argv):
         name, eq, value = token.partition("=")
         if not eq:
             value = argv[i + 1] if i + 1 < len(argv) else ""
-        if name in ("--config", "-c") and Path(value).is_file():
-            trainer = (yaml.safe_load(Path(value).read_text()) or {}).get("trainer") or {}
-            found.update({k: v for k, v in trainer.items() if k in INT_OR_FLOAT and type(v) is int})
+        if name in ("--config", "-c", "--trainer"):
+            for key, v in config_trainer_options(value, name == "--trainer").items():
+                if key in INT_OR_FLOAT and type(v) is int:
+                    found[key] = v
+                elif key in INT_OR_FLOAT:
+                    found.pop(key, None)
         elif name.startswith("--trainer.") and name[10:] in INT_OR_FLOAT:
             if re.fullmatch(r"[+-]?\d+", value.strip()):
                 found[name[10:]] = int(value)

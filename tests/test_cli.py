@@ -112,11 +112,16 @@ def test_user_subclass_by_import_path(mnist_dir: Path, tmp_path: Path) -> None:
     (["--trainer.limit_val_batches", "1.0"], 1.0),
     (["--config", "LIMIT"], 1),  # YAML `limit_val_batches: 1`
     (["--config", "LIMIT", "--trainer.limit_val_batches", "0.25"], 0.25),
+    (["--trainer", "TRAINER"], 1),  # a trainer-only config file: was 1.0
+    (["--trainer", '{"limit_val_batches": 1}'], 1),
+    (["--trainer.limit_val_batches", "1", "--config", "HALF"], 0.5),  # the later config wins: was 1
 ])
 def test_integer_batch_limits_stay_integers(mnist_dir: Path, tmp_path: Path, given: list, want) -> None:
-    limit = tmp_path / "limit.yaml"
-    limit.write_text("trainer:\n  limit_val_batches: 1\n")
-    given = [str(limit) if a == "LIMIT" else a for a in given]
+    files = {"LIMIT": "trainer:\n  limit_val_batches: 1\n", "TRAINER": "limit_val_batches: 1\n",
+             "HALF": "trainer:\n  limit_val_batches: 0.5\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    given = [str(tmp_path / f"{a}.yaml") if a in files else a for a in given]
     cli = main(args=["--config", str(CONFIG), "--data.data_dir", str(mnist_dir),
                      "--trainer.default_root_dir", str(tmp_path), *given], run=False)
     assert cli.trainer.limit_val_batches == want and type(cli.trainer.limit_val_batches) is type(want)
