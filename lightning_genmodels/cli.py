@@ -130,7 +130,13 @@ class GenModelsCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         argv = kwargs.get("args")
         argv = sys.argv[1:] if argv is None else argv
-        self._int_options = integer_trainer_options(list(argv)) if isinstance(argv, (list, tuple)) else {}
+        if isinstance(argv, dict):  # a structured config, as LightningCLI takes: {"trainer": ...} or {"fit": ...}
+            config = argv.get(argv.get("subcommand"), argv)
+            trainer = config.get("trainer") if isinstance(config, dict) else None
+            trainer = trainer if isinstance(trainer, dict) else {}
+            self._int_options = {k: v for k, v in trainer.items() if k in INT_OR_FLOAT and type(v) is int}
+        else:
+            self._int_options = integer_trainer_options(list(argv)) if isinstance(argv, (list, tuple)) else {}
         super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -244,8 +250,9 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def main(args: list[str] | None = None, **kwargs: Any) -> GenModelsCLI:
-    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks). Prints the
+def main(args: list[str] | dict[str, Any] | None = None, **kwargs: Any) -> GenModelsCLI:
+    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks; a dict is a
+    structured config, as LightningCLI's ``args`` takes). Prints the
     final metrics and what the callbacks write, and no Lightning chatter (:func:`quiet`)."""
     with quiet():
         options = {"subclass_mode_model": True, "subclass_mode_data": True, "parser_class": IntegerLimitsParser,

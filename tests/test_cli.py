@@ -129,6 +129,16 @@ def test_integer_batch_limits_stay_integers(mnist_dir: Path, tmp_path: Path, giv
         assert cli.trainer.val_check_interval == 1 and type(cli.trainer.val_check_interval) is int
 
 
+def test_integer_batch_limits_of_a_dict_config(mnist_dir: Path, tmp_path: Path) -> None:
+    """main(args=dict), LightningCLI's structured form, read ``limit_val_batches: 1`` as 1.0 (every batch)."""
+    args = {"model": {"class_path": "GaussianMixture", "init_args": {"n_components": 2}},
+            "data": {"init_args": {"data_dir": str(mnist_dir)}},
+            "trainer": {"limit_val_batches": 1, "limit_train_batches": 0.5, "default_root_dir": str(tmp_path)}}
+    cli = main(args=args, run=False)
+    assert cli.trainer.limit_val_batches == 1 and type(cli.trainer.limit_val_batches) is int
+    assert cli.trainer.limit_train_batches == 0.5
+
+
 def test_saved_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path) -> None:
     """config.yaml said ``limit_val_batches: 1.0`` (all batches) for ``1`` (one batch)."""
     main(args=fit_args(mnist_dir, tmp_path) + ["--trainer.limit_val_batches", "1",
