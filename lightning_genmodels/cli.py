@@ -86,6 +86,8 @@ def constructor_error(report: str) -> str | None:
         else:
             break
     reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
+    # a list of callbacks fails the single-Callback subtype too: that entry only lists the forms
+    reasons = [r for r in reasons if not r.startswith("Not a valid subclass of")] or reasons
     if not reasons:
         return None
     found = re.search(r"class_path='([^']+)'", report)

@@ -170,6 +170,8 @@ def test_printed_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path, ca
 @pytest.mark.parametrize("option, want", [
     (["--model.n_components", "-1"], "error: lightning_genmodels.GaussianMixture: n_components must be an integer >= 1, got -1"),
     (["--data.val_split", "2.0"], "error: lightning_genmodels.MNISTDataModule: val_split=2.0: give a count"),
+    (["--trainer.callbacks+=SampleGrid", "--trainer.callbacks.path", "a.png", "--trainer.callbacks.num_samples", "-1"],
+     "error: lightning_genmodels.SampleGrid: num_samples=-1 must be an integer >= 1\n"),
 ])
 def test_a_constructor_error_is_one_line(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                          option: list, want: str) -> None:
@@ -180,6 +182,7 @@ def test_a_constructor_error_is_one_line(mnist_dir: Path, tmp_path: Path, capsys
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert want in err and "Traceback" not in err and "Given value" not in err
+    assert "Not a valid subclass" not in err  # the list's other subtype, a single Callback: noise
 
 
 def test_data_defaults_to_mnist(mnist_dir: Path, tmp_path: Path) -> None:
