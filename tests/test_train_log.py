@@ -131,3 +131,22 @@ def test_a_run_stopped_by_max_time_logs_its_last_batch(family, tmp_path, monkeyp
     assert [row["step"] for row in every_rows] == ["2", "4"]
     assert rows == every_rows  # the last row held batch 3's values, written as step 4's
     assert {k: v.item() for k, v in metrics.items()} == {k: v.item() for k, v in every_metrics.items()}
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_checkpoints_at_validation_inside_the_epoch_rank_by_the_current_values(family, tmp_path, monkeypatch) -> None:
+    """val_check_interval=3 with a ModelCheckpoint monitoring a training metric: it ranks at each
+    validation's end, and raised that it could not find the metric (batch 3 was not logged)."""
+    def saved(name: str) -> dict[str, float]:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / name, monitor=monitor, save_top_k=-1, filename="{step}")
+        trainer = lightning.Trainer(accelerator="cpu", max_epochs=1, val_check_interval=EVERY, limit_val_batches=1,
+                                    num_sanity_val_steps=0, log_every_n_steps=50, logger=False, callbacks=[ckpt],
+                                    enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(tiny(family), train_dataloaders=loader(family), val_dataloaders=loader(family))
+        return {Path(p).name: float(v) for p, v in ckpt.best_k_models.items()}
+
+    monitor = "train/loss" if family == "vae" else "train/d_loss"
+    ours = saved("ours")
+    monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
+    every = saved("every")
+    assert len(every) == 2 and ours == every
