@@ -6,8 +6,9 @@ which is 5-10% of a small CPU model's step. The VAE and GAN modules therefore lo
 their training metrics only on the batches whose metrics Lightning writes, and on the last
 batch of each epoch and of the run (so ``callback_metrics`` hold the epoch's final values for checkpointing
 and early stopping), and on every batch while a checkpoint callback monitors a metric within
-the epoch (``every_n_train_steps`` or ``train_time_interval``, or at the end of a validation run
-inside the epoch, ``val_check_interval``: it ranks the current values).
+the epoch (``every_n_train_steps`` or ``train_time_interval``: it ranks the current values) or
+a checkpoint or early-stopping callback reads one at validation runs inside the epoch
+(``val_check_interval``).
 A run that ``max_time`` (a :class:`~lightning.pytorch.callbacks.Timer`) may stop at the end of
 this batch logs it too: the batches of its last ~3 average batch times.
 ``Trainer(log_every_n_steps=1)`` logs every batch.
@@ -31,8 +32,10 @@ def log_this_step(module: LightningModule, batch_idx: int) -> bool:
         return True
     if any(_may_stop_after_this_batch(cb, trainer) for cb in trainer.callbacks if isinstance(cb, Timer)):
         return True
-    if any(_monitors_within_epochs(cb) or _ranks_at_validation_within_epochs(cb, trainer)
-           for cb in trainer.checkpoint_callbacks):
+    if any(_monitors_within_epochs(cb) for cb in trainer.checkpoint_callbacks):
+        return True
+    if any(_reads_at_validation_within_epochs(cb, trainer)
+           for cb in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]):
         return True
     # Lightning's own test (every log_every_n_steps-th batch that stepped), private but read-only;
     # without it, log every batch.
@@ -48,14 +51,17 @@ def _monitors_within_epochs(callback: object) -> bool:
     return getattr(callback, "_every_n_train_steps", 1) >= 1 or getattr(callback, "_train_time_interval", None) is not None
 
 
-def _ranks_at_validation_within_epochs(callback: object, trainer: Trainer) -> bool:
-    """A ModelCheckpoint that ranks by a metric when a validation run ends, and validation may
-    run inside an epoch (without the training metrics logged, it raised that it could not find
-    the monitored key, or ranked by stale values)."""
+def _reads_at_validation_within_epochs(callback: object, trainer: Trainer) -> bool:
+    """A ModelCheckpoint or EarlyStopping that reads its metric when a validation run ends, and
+    validation may run inside an epoch (without the training metrics logged, they raised that
+    the metric was missing, or read stale values)."""
     if getattr(callback, "monitor", None) is None:
         return False
-    on_epoch_end = getattr(callback, "_should_save_on_train_epoch_end", None)  # Lightning's own test
-    if on_epoch_end is not None and on_epoch_end(trainer):
+    at_epoch_end = getattr(callback, "_check_on_train_epoch_end", None)  # EarlyStopping's, set at setup
+    should_save = getattr(callback, "_should_save_on_train_epoch_end", None)  # ModelCheckpoint's test
+    if should_save is not None:
+        at_epoch_end = should_save(trainer)
+    if at_epoch_end:
         return False
     if getattr(trainer, "_val_check_time_interval", None) is not None or trainer.check_val_every_n_epoch is None:
         return True

@@ -9,7 +9,7 @@ import lightning
 import pytest
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -150,3 +150,21 @@ def test_checkpoints_at_validation_inside_the_epoch_rank_by_the_current_values(f
     monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
     every = saved("every")
     assert len(every) == 2 and ours == every
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_early_stopping_at_validation_inside_the_epoch_reads_the_current_values(family, monkeypatch) -> None:
+    """EarlyStopping on a training metric with val_check_interval=3 checks at each validation's
+    end, and raised that the metric was not available."""
+    def best() -> float:
+        stop = EarlyStopping(monitor, patience=10)
+        trainer = lightning.Trainer(accelerator="cpu", max_epochs=1, val_check_interval=EVERY, limit_val_batches=1,
+                                    num_sanity_val_steps=0, log_every_n_steps=50, logger=False, callbacks=[stop],
+                                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(tiny(family), train_dataloaders=loader(family), val_dataloaders=loader(family))
+        return stop.best_score.item()
+
+    monitor = "train/loss" if family == "vae" else "train/d_loss"
+    ours = best()
+    monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
+    assert ours == best()
