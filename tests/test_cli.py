@@ -151,8 +151,9 @@ def test_saved_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path) -> N
 def test_printed_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--print_config wrote ``limit_val_batches: 1.0`` for ``1``: a run from it took every batch."""
     with pytest.raises(SystemExit) as exit_info:
-        main(args=["fit", "--config", str(CONFIG), "--data.data_dir", str(mnist_dir), "--trainer.limit_val_batches", "1",
-                   "--trainer.limit_train_batches", "0.5", "--trainer.val_check_interval", "1", "--print_config"])
+        main(args=["fit", "--config", str(CONFIG), "--data.data_dir", str(mnist_dir),
+                   "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "0.5",
+                   "--trainer.val_check_interval", "1", "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     trainer = printed["trainer"]

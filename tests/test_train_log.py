@@ -115,7 +115,8 @@ def test_a_run_stopped_by_max_time_logs_its_last_batch(family, tmp_path, monkeyp
     log_every_n_steps logged nothing at all, and the CLI printed no metrics)."""
     def fit(name: str) -> tuple[list[str], dict]:
         clock = Clock()
-        monkeypatch.setattr("lightning.pytorch.callbacks.timer.time", types.SimpleNamespace(monotonic=lambda: clock.now))
+        timer_clock = types.SimpleNamespace(monotonic=lambda: clock.now)
+        monkeypatch.setattr("lightning.pytorch.callbacks.timer.time", timer_clock)
         trainer = lightning.Trainer(accelerator="cpu", max_time={"seconds": 4.5}, log_every_n_steps=EVERY,
                                     limit_val_batches=0, logger=CSVLogger(tmp_path, name=name), callbacks=[clock],
                                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
