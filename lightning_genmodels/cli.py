@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import sys
 import warnings
@@ -20,7 +19,7 @@ import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_genmodels  # noqa: F401  (registers our classes for short names)
 from lightning_genmodels.predictions import PredictionWriter
@@ -32,17 +31,36 @@ INT_OR_FLOAT = ("limit_train_batches", "limit_val_batches", "limit_test_batches"
                 "overfit_batches", "val_check_interval")
 
 
+def config_trainer_options(value: str, whole: bool) -> dict[str, Any]:
+    """The trainer options of a config given as a file or as YAML/JSON text: its ``trainer``
+    section, or all of it (``whole``: the value of ``--trainer``)."""
+    try:
+        text = Path(value).read_text() if Path(value).is_file() else value
+    except (OSError, ValueError):  # text too long for a path, or with a NUL
+        text = value
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    if not whole:
+        config = config.get("trainer") if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
 def integer_trainer_options(argv: list[str]) -> dict[str, int]:
     """The :data:`INT_OR_FLOAT` options written as integers in ``argv`` or in its ``--config``
-    files, the last one given winning, as the parser takes them."""
+    and ``--trainer`` configs, the last one given winning, as the parser takes them."""
     found: dict[str, int] = {}
     for i, token in enumerate(argv):
         name, eq, value = token.partition("=")
         if not eq:
             value = argv[i + 1] if i + 1 < len(argv) else ""
-        if name in ("--config", "-c") and Path(value).is_file():
-            trainer = (yaml.safe_load(Path(value).read_text()) or {}).get("trainer") or {}
-            found.update({k: v for k, v in trainer.items() if k in INT_OR_FLOAT and type(v) is int})
+        if name in ("--config", "-c", "--trainer"):
+            for key, v in config_trainer_options(value, name == "--trainer").items():
+                if key in INT_OR_FLOAT and type(v) is int:
+                    found[key] = v
+                elif key in INT_OR_FLOAT:
+                    found.pop(key, None)
         elif name.startswith("--trainer.") and name[10:] in INT_OR_FLOAT:
             if re.fullmatch(r"[+-]?\d+", value.strip()):
                 found[name[10:]] = int(value)
@@ -67,30 +85,41 @@ def constructor_error(report: str) -> str | None:
         else:
             break
     reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
+    # a list of callbacks fails the single-Callback subtype too: that entry only lists the forms
+    reasons = [r for r in reasons if not r.startswith("Not a valid subclass of")] or reasons
     if not reasons:
         return None
     found = re.search(r"class_path='([^']+)'", report)
     return (f"{found.group(1)}: " if found else "") + "; ".join(reasons)
 
 
-class IntegerLimitsSaveConfig(SaveConfigCallback):
-    """SaveConfigCallback whose config.yaml keeps the :data:`INT_OR_FLOAT` options that are ints
-    in the parsed config as ints (the parser's dump writes ``Union[float, int]`` 1 as 1.0: a
-    rerun from the file would then take every batch instead of one)."""
+def with_integer_options(text: str, ints: dict[str, int]) -> str:
+    """YAML ``text`` of a config whose trainer options named in ``ints`` are written as those ints."""
+    lines, in_trainer = text.splitlines(keepends=True), False
+    for i, line in enumerate(lines):
+        name = line.split(":")[0].strip()
+        if not line.startswith((" ", "#")):
+            in_trainer = name == "trainer"
+        elif in_trainer and re.match(r"  \w", line) and name in ints:  # the trainer's own options
+            lines[i] = f"  {name}: {ints[name]}\n"
+    return "".join(lines)
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        first = not self.already_saved
-        super().setup(trainer, pl_module, stage)
-        if not (first and self.save_to_log_dir):
-            return
-        path = os.path.join(trainer.log_dir, self.config_filename)  # (broadcasts: every rank)
-        ints = {k: v for k, v in (self.config.get("trainer") or {}).items() if k in INT_OR_FLOAT and type(v) is int}
-        if trainer.is_global_zero and ints and os.path.isfile(path):
-            with open(path) as f:
-                saved = yaml.safe_load(f)
-            saved["trainer"].update(ints)
-            with open(path, "w") as f:
-                yaml.safe_dump(saved, f, sort_keys=False)
+
+class IntegerLimitsParser(LightningArgumentParser):
+    """LightningArgumentParser whose YAML dumps (``--print_config``, the saved config.yaml) keep
+    the :data:`INT_OR_FLOAT` options given as integers (``int_options``) as ints: its dump of
+    Trainer's ``Union[int, float]`` writes 1 as 1.0, and a run from that file took every batch
+    instead of one."""
+
+    int_options: dict[str, int] = {}
+
+    def dump(self, cfg: Any, *args: Any, **kwargs: Any) -> str:
+        text = super().dump(cfg, *args, **kwargs)
+        if kwargs.get("format", args[0] if args else "parser_mode") not in ("parser_mode", "yaml"):
+            return text
+        trainer = cfg.get("trainer") if hasattr(cfg, "get") else None
+        ints = {k: v for k, v in self.int_options.items() if trainer is not None and trainer.get(k) == v}
+        return with_integer_options(text, ints) if ints else text
 
 
 class GenModelsCLI(LightningCLI):
@@ -102,8 +131,20 @@ class GenModelsCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         argv = kwargs.get("args")
         argv = sys.argv[1:] if argv is None else argv
-        self._int_options = integer_trainer_options(list(argv)) if isinstance(argv, (list, tuple)) else {}
+        if isinstance(argv, dict):  # a structured config, as LightningCLI takes: {"trainer": ...} or {"fit": ...}
+            config = argv.get(argv.get("subcommand"), argv)
+            trainer = config.get("trainer") if isinstance(config, dict) else None
+            trainer = trainer if isinstance(trainer, dict) else {}
+            self._int_options = {k: v for k, v in trainer.items() if k in INT_OR_FLOAT and type(v) is int}
+        else:
+            self._int_options = integer_trainer_options(list(argv)) if isinstance(argv, (list, tuple)) else {}
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        if isinstance(parser, IntegerLimitsParser):
+            parser.int_options = self._int_options
+        return parser
 
     def instantiate_classes(self) -> None:
         try:
@@ -117,6 +158,27 @@ class GenModelsCLI(LightningCLI):
                 parser = action._name_parser_map.get(self.subcommand, parser)
             parser.error(reason)
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's, but a checkpoint's hyperparameters without ``_class_path`` (a model
+        built in Python and saved by a Trainer, not by this CLI) are arguments of the class the
+        config names: they were parsed against LightningModule, which failed ("Option
+        'n_components' is not accepted ... Parsing of ckpt_path hyperparameters failed!")."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        model = self.config[subcommand].get("model") if subcommand else None
+        if not (ckpt_path and Path(ckpt_path).is_file() and getattr(model, "class_path", None)):
+            return super()._parse_ckpt_path()
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        hparams = {"class_path": hparams.pop("_class_path", model.class_path), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.set_defaults({"data": {"class_path": "lightning_genmodels.MNISTDataModule"}})
 
@@ -127,7 +189,7 @@ class GenModelsCLI(LightningCLI):
         return trainer
 
     def before_instantiate_classes(self) -> None:
-        # in the parsed config too, which IntegerLimitsSaveConfig writes
+        # in the parsed config too
         config = self.config[self.subcommand] if self.subcommand else self.config
         for name, value in self._int_options.items():
             config[f"trainer.{name}"] = value
@@ -189,12 +251,13 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def main(args: list[str] | None = None, **kwargs: Any) -> GenModelsCLI:
-    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks). Prints the
+def main(args: list[str] | dict[str, Any] | None = None, **kwargs: Any) -> GenModelsCLI:
+    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (for tests and notebooks; a dict is a
+    structured config, as LightningCLI's ``args`` takes). Prints the
     final metrics and what the callbacks write, and no Lightning chatter (:func:`quiet`)."""
     with quiet():
-        options = {"subclass_mode_model": True, "subclass_mode_data": True,
-                   "save_config_callback": IntegerLimitsSaveConfig, "save_config_kwargs": {"overwrite": True}}
+        options = {"subclass_mode_model": True, "subclass_mode_data": True, "parser_class": IntegerLimitsParser,
+                   "save_config_kwargs": {"overwrite": True}}
         return GenModelsCLI(LightningModule, LightningDataModule, args=args, **(options | kwargs))
 
 

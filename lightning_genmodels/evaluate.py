@@ -290,14 +290,15 @@ def _check_logs(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, 
     return logs
 
 
-def _check_out(parser: argparse.ArgumentParser, out: str) -> Path:
-    """``--out`` is a folder or can be made one: its nearest existing path is a writable folder."""
-    path = Path(out)
+def _check_folder(parser: argparse.ArgumentParser, flag: str, value: str) -> Path:
+    """``flag``'s ``value`` (``--out``, ``--cache-dir``) is a folder or can be made one: its
+    nearest existing path is a writable folder."""
+    path = Path(value)
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
-        parser.error(f"--out {out!r}: {existing} exists and is not a folder")
+        parser.error(f"{flag} {value!r}: {existing} exists and is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        parser.error(f"--out {out!r}: the folder {existing} is not writable")
+        parser.error(f"{flag} {value!r}: the folder {existing} is not writable")
     return path
 
 
@@ -346,7 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     _check_numbers(parser, args)
     models = _check_models(parser, args.model)
     logs = _check_logs(parser, args.log)
-    out = _check_out(parser, args.out)
+    out = _check_folder(parser, "--out", args.out)
+    if args.cache_dir is not None:
+        _check_folder(parser, "--cache-dir", args.cache_dir)
     floor_images = _floor_images(parser, args.data_dir, args.floor_num)
     loaded = _load_models(parser, models, args.device)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,12 +6,19 @@ which is 5-10% of a small CPU model's step. The VAE and GAN modules therefore lo
 their training metrics only on the batches whose metrics Lightning writes, and on the last
 batch of each epoch and of the run (so ``callback_metrics`` hold the epoch's final values for checkpointing
 and early stopping), and on every batch while a checkpoint callback monitors a metric within
-the epoch (``every_n_train_steps`` or ``train_time_interval``: it ranks the current values).
+the epoch (``every_n_train_steps`` or ``train_time_interval``: it ranks the current values) or
+a checkpoint or early-stopping callback reads one at validation runs inside the epoch
+(``val_check_interval``).
+A run that ``max_time`` (a :class:`~lightning.pytorch.callbacks.Timer`) may stop at the end of
+this batch logs it too: the batches of its last ~3 average batch times.
 ``Trainer(log_every_n_steps=1)`` logs every batch.
 """
 from __future__ import annotations
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Timer
+
+TIMER_MARGIN = 3  # average batch times: a batch within them of the Timer's limit may be the last
 
 
 def log_this_step(module: LightningModule, batch_idx: int) -> bool:
@@ -23,7 +30,12 @@ def log_this_step(module: LightningModule, batch_idx: int) -> bool:
         return True
     if 0 <= trainer.max_steps <= trainer.global_step + 1:  # the run's last batch (or one before)
         return True
+    if any(_may_stop_after_this_batch(cb, trainer) for cb in trainer.callbacks if isinstance(cb, Timer)):
+        return True
     if any(_monitors_within_epochs(cb) for cb in trainer.checkpoint_callbacks):
+        return True
+    if any(_reads_at_validation_within_epochs(cb, trainer)
+           for cb in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]):
         return True
     # Lightning's own test (every log_every_n_steps-th batch that stepped), private but read-only;
     # without it, log every batch.
@@ -37,3 +49,30 @@ def _monitors_within_epochs(callback: object) -> bool:
     if getattr(callback, "monitor", None) is None:
         return False
     return getattr(callback, "_every_n_train_steps", 1) >= 1 or getattr(callback, "_train_time_interval", None) is not None
+
+
+def _reads_at_validation_within_epochs(callback: object, trainer: Trainer) -> bool:
+    """A ModelCheckpoint or EarlyStopping that reads its metric when a validation run ends, and
+    validation may run inside an epoch (without the training metrics logged, they raised that
+    the metric was missing, or read stale values)."""
+    if getattr(callback, "monitor", None) is None:
+        return False
+    at_epoch_end = getattr(callback, "_check_on_train_epoch_end", None)  # EarlyStopping's, set at setup
+    should_save = getattr(callback, "_should_save_on_train_epoch_end", None)  # ModelCheckpoint's test
+    if should_save is not None:
+        at_epoch_end = should_save(trainer)
+    if at_epoch_end:
+        return False
+    if getattr(trainer, "_val_check_time_interval", None) is not None or trainer.check_val_every_n_epoch is None:
+        return True
+    return trainer.val_check_batch is not None and trainer.val_check_batch < trainer.num_training_batches
+
+
+def _may_stop_after_this_batch(timer: Timer, trainer: Trainer) -> bool:
+    """A per-batch Timer (``max_time``) may stop the run when this batch ends: less training time
+    is left than :data:`TIMER_MARGIN` batches take on average (validation included) so far."""
+    remaining = timer.time_remaining("train")
+    if remaining is None or getattr(timer, "_interval", "step") != "step":
+        return False
+    batches = trainer.fit_loop.total_batch_idx + 1  # this run's batches, this one included
+    return remaining <= TIMER_MARGIN * timer.time_elapsed("train") / max(batches, 1)

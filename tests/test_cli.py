@@ -112,16 +112,31 @@ def test_user_subclass_by_import_path(mnist_dir: Path, tmp_path: Path) -> None:
     (["--trainer.limit_val_batches", "1.0"], 1.0),
     (["--config", "LIMIT"], 1),  # YAML `limit_val_batches: 1`
     (["--config", "LIMIT", "--trainer.limit_val_batches", "0.25"], 0.25),
+    (["--trainer", "TRAINER"], 1),  # a trainer-only config file: was 1.0
+    (["--trainer", '{"limit_val_batches": 1}'], 1),
+    (["--trainer.limit_val_batches", "1", "--config", "HALF"], 0.5),  # the later config wins: was 1
 ])
 def test_integer_batch_limits_stay_integers(mnist_dir: Path, tmp_path: Path, given: list, want) -> None:
-    limit = tmp_path / "limit.yaml"
-    limit.write_text("trainer:\n  limit_val_batches: 1\n")
-    given = [str(limit) if a == "LIMIT" else a for a in given]
+    files = {"LIMIT": "trainer:\n  limit_val_batches: 1\n", "TRAINER": "limit_val_batches: 1\n",
+             "HALF": "trainer:\n  limit_val_batches: 0.5\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    given = [str(tmp_path / f"{a}.yaml") if a in files else a for a in given]
     cli = main(args=["--config", str(CONFIG), "--data.data_dir", str(mnist_dir),
                      "--trainer.default_root_dir", str(tmp_path), *given], run=False)
     assert cli.trainer.limit_val_batches == want and type(cli.trainer.limit_val_batches) is type(want)
     if "val_check_interval" in given:
         assert cli.trainer.val_check_interval == 1 and type(cli.trainer.val_check_interval) is int
+
+
+def test_integer_batch_limits_of_a_dict_config(mnist_dir: Path, tmp_path: Path) -> None:
+    """main(args=dict), LightningCLI's structured form, read ``limit_val_batches: 1`` as 1.0 (every batch)."""
+    args = {"model": {"class_path": "GaussianMixture", "init_args": {"n_components": 2}},
+            "data": {"init_args": {"data_dir": str(mnist_dir)}},
+            "trainer": {"limit_val_batches": 1, "limit_train_batches": 0.5, "default_root_dir": str(tmp_path)}}
+    cli = main(args=args, run=False)
+    assert cli.trainer.limit_val_batches == 1 and type(cli.trainer.limit_val_batches) is int
+    assert cli.trainer.limit_train_batches == 0.5
 
 
 def test_saved_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path) -> None:
@@ -133,9 +148,31 @@ def test_saved_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path) -> N
     assert saved["limit_train_batches"] == 0.5
 
 
+def test_printed_config_keeps_integer_limits(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--print_config wrote ``limit_val_batches: 1.0`` for ``1``: a run from it took every batch."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=["fit", "--config", str(CONFIG), "--data.data_dir", str(mnist_dir),
+                   "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "0.5",
+                   "--trainer.val_check_interval", "1", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    trainer = printed["trainer"]
+    assert (trainer["limit_val_batches"], trainer["limit_train_batches"], trainer["val_check_interval"]) == (1, 0.5, 1)
+    assert type(trainer["limit_val_batches"]) is int and type(trainer["val_check_interval"]) is int
+    for key in ("ckpt_path", "weights_only"):  # fit's own options: not taken without a subcommand
+        printed.pop(key, None)
+    path = tmp_path / "printed.yaml"
+    path.write_text(yaml.safe_dump(printed, sort_keys=False))
+    cli = main(args=["--config", str(path), "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert cli.trainer.limit_val_batches == 1 and type(cli.trainer.limit_val_batches) is int
+    assert cli.trainer.val_check_interval == 1 and type(cli.trainer.val_check_interval) is int
+
+
 @pytest.mark.parametrize("option, want", [
     (["--model.n_components", "-1"], "error: lightning_genmodels.GaussianMixture: n_components must be an integer >= 1, got -1"),
     (["--data.val_split", "2.0"], "error: lightning_genmodels.MNISTDataModule: val_split=2.0: give a count"),
+    (["--trainer.callbacks+=SampleGrid", "--trainer.callbacks.path", "a.png", "--trainer.callbacks.num_samples", "-1"],
+     "error: lightning_genmodels.SampleGrid: num_samples=-1 must be an integer >= 1\n"),
 ])
 def test_a_constructor_error_is_one_line(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                          option: list, want: str) -> None:
@@ -146,6 +183,7 @@ def test_a_constructor_error_is_one_line(mnist_dir: Path, tmp_path: Path, capsys
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert want in err and "Traceback" not in err and "Given value" not in err
+    assert "Not a valid subclass" not in err  # the list's other subtype, a single Callback: noise
 
 
 def test_data_defaults_to_mnist(mnist_dir: Path, tmp_path: Path) -> None:
@@ -205,3 +243,28 @@ def test_predict_saves_the_outputs_and_prints_the_path(mnist_dir: Path, tmp_path
     torch.testing.assert_close(saved["index"], torch.arange(200))
     assert saved["labels"].shape == saved["log_prob"].shape == (200,)
     assert ((saved["labels"] >= 0) & (saved["labels"] < K)).all() and saved["log_prob"].isfinite().all()
+
+
+def test_ckpt_path_of_a_model_saved_outside_the_cli(mnist_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint of a model built in Python (no ``_class_path`` among its hyperparameters)
+    failed to parse against LightningModule: "Option 'n_components' is not accepted". Its
+    hyperparameters now go to the class the config names, over the config's values (K = 2, not 20)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import lightning
+
+    x = torch.rand(300, 784, generator=torch.Generator().manual_seed(0))
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, limit_val_batches=0)
+    with pytest.warns(UserWarning):  # one EM iteration does not converge
+        trainer.fit(GaussianMixture(2, covariance_type="diag", max_iter=1, random_state=0),
+                    DataLoader(TensorDataset(x, torch.zeros(300)), batch_size=300))
+    ckpt = tmp_path / "python.ckpt"
+    trainer.save_checkpoint(ckpt)
+    cli = main(args=["predict", "--config", str(CONFIG), "--data.data_dir", str(mnist_dir), "--data.batch_size", "100",
+                     "--trainer.limit_predict_batches", "1", "--trainer.accelerator", "cpu",
+                     "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt)])
+    assert type(cli.model) is GaussianMixture and cli.model.hparams.n_components == 2
+    saved = torch.load(tmp_path / "predictions.pt")
+    assert saved["labels"].shape == (100,) and ((saved["labels"] >= 0) & (saved["labels"] < 2)).all()

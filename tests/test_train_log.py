@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import csv
+import types
 from pathlib import Path
 
 import lightning
 import pytest
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -95,3 +96,76 @@ def test_step_checkpoints_rank_by_the_current_values(family, tmp_path, monkeypat
     monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
     every = saved("every")
     assert len(every) >= 3 and ours == every
+
+
+class Clock(lightning.Callback):
+    """One second of the Timer's clock per training batch (its ``time.monotonic`` is patched)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.now += 1.0
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_a_run_stopped_by_max_time_logs_its_last_batch(family, tmp_path, monkeypatch) -> None:
+    """max_time stops the run after the 5th of 7 batches and Lightning writes that batch's row, but
+    the modules had not logged it: the row held stale values (a run shorter than
+    log_every_n_steps logged nothing at all, and the CLI printed no metrics)."""
+    def fit(name: str) -> tuple[list[str], dict]:
+        clock = Clock()
+        timer_clock = types.SimpleNamespace(monotonic=lambda: clock.now)
+        monkeypatch.setattr("lightning.pytorch.callbacks.timer.time", timer_clock)
+        trainer = lightning.Trainer(accelerator="cpu", max_time={"seconds": 4.5}, log_every_n_steps=EVERY,
+                                    limit_val_batches=0, logger=CSVLogger(tmp_path, name=name), callbacks=[clock],
+                                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(tiny(family), train_dataloaders=loader(family))
+        assert trainer.fit_loop.epoch_loop.batch_idx == 4  # stopped by the Timer, inside the epoch
+        with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+            rows = [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
+        return [row for row in rows if any(k.startswith("train/") for k in row)], trainer.callback_metrics
+
+    rows, metrics = fit("ours")
+    monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
+    every_rows, every_metrics = fit("every")
+    assert [row["step"] for row in every_rows] == ["2", "4"]
+    assert rows == every_rows  # the last row held batch 3's values, written as step 4's
+    assert {k: v.item() for k, v in metrics.items()} == {k: v.item() for k, v in every_metrics.items()}
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_checkpoints_at_validation_inside_the_epoch_rank_by_the_current_values(family, tmp_path, monkeypatch) -> None:
+    """val_check_interval=3 with a ModelCheckpoint monitoring a training metric: it ranks at each
+    validation's end, and raised that it could not find the metric (batch 3 was not logged)."""
+    def saved(name: str) -> dict[str, float]:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / name, monitor=monitor, save_top_k=-1, filename="{step}")
+        trainer = lightning.Trainer(accelerator="cpu", max_epochs=1, val_check_interval=EVERY, limit_val_batches=1,
+                                    num_sanity_val_steps=0, log_every_n_steps=50, logger=False, callbacks=[ckpt],
+                                    enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(tiny(family), train_dataloaders=loader(family), val_dataloaders=loader(family))
+        return {Path(p).name: float(v) for p, v in ckpt.best_k_models.items()}
+
+    monitor = "train/loss" if family == "vae" else "train/d_loss"
+    ours = saved("ours")
+    monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
+    every = saved("every")
+    assert len(every) == 2 and ours == every
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_early_stopping_at_validation_inside_the_epoch_reads_the_current_values(family, monkeypatch) -> None:
+    """EarlyStopping on a training metric with val_check_interval=3 checks at each validation's
+    end, and raised that the metric was not available."""
+    def best() -> float:
+        stop = EarlyStopping(monitor, patience=10)
+        trainer = lightning.Trainer(accelerator="cpu", max_epochs=1, val_check_interval=EVERY, limit_val_batches=1,
+                                    num_sanity_val_steps=0, log_every_n_steps=50, logger=False, callbacks=[stop],
+                                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(tiny(family), train_dataloaders=loader(family), val_dataloaders=loader(family))
+        return stop.best_score.item()
+
+    monitor = "train/loss" if family == "vae" else "train/d_loss"
+    ours = best()
+    monkeypatch.setattr(f"lightning_genmodels.{family}.module.log_this_step", lambda module, batch_idx: True)
+    assert ours == best()

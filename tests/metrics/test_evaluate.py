@@ -112,6 +112,7 @@ def test_nll_uses_the_models_own_method_else_nothing(mnist_dir: Path) -> None:
     (["--seed", str(2**64 - 19)], rf"--seed must be .*got {2**64 - 19}"),
     (["--out", "{ckpt}"], "--out '.*a.ckpt': .*a.ckpt exists and is not a folder"),
     (["--out", "{ckpt}/sub"], "--out '.*a.ckpt/sub': .*a.ckpt exists and is not a folder"),
+    (["--cache-dir", "{ckpt}"], "--cache-dir '.*a.ckpt': .*a.ckpt exists and is not a folder"),  # a traceback, late
     ([], r"--model a=lightning_genmodels.GaussianMixture:.*a.ckpt: the checkpoint does not load as "
          r"lightning_genmodels.GaussianMixture \(\w+Error: "),
 ])
