@@ -227,6 +227,9 @@ struct Plan {
   // log_const - p^2 ||m||^2 / 2, -p^2 / 2, p^2 (exact for a float p), log_const (the cap: maha >= 0).
   // The second moments sum r ||y||^2: finish_centred_sxx adds the rest.
   at::Tensor centre, sph;  // [ldt] c in x's dtype, zeros past D; [4, ldk]
+  // full: [K, D] the means, about which tile_second_moments sums each component's second moments
+  // (raw sums in x's dtype cancel where a mean is far from the origin against its spread)
+  at::Tensor full_means;
   std::vector<double> log_const;  // [K]
   // Pruned distances (gmm_prune.cpp; em_stats only): vector offsets along D, most discriminating
   // first, and the number of them done after each stage. Empty: not pruned.
@@ -268,6 +271,7 @@ struct Plan {
         for (int64_t d = 0; d < D; ++d) o[d * ldk + k] = src[k * lds + d];
       return out;
     };
+    if (cov == CovType::kFull) full_means = means;
     if (cov == CovType::kSpherical && rows_form()) dot_ok = dot_form_is_exact(mp, pc);
     if (dot_form()) {  // nu_t = (mu - c)^T, the centre and the float64 coefficients
       nu_t = at::zeros({D, ldk}, opts);

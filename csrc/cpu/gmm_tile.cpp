@@ -269,10 +269,14 @@ inline void add_to(double* dst, const at::Tensor& src) {
 }
 
 // Second moments by GEMM over the tile in x's dtype, added in float64. tied: sum_n w_n x_n x_n^T;
-// full: per k, over the rows with r != 0.
+// full: per k, over the rows with r != 0, about the component's mean mu (Plan::full_means):
+// sxx += C = sum r (x - mu)(x - mu)^T by GEMM, and csum += c = sum r (x - mu) (float64 over tiles);
+// finish_full_moments then adds the raw terms once per chunk. So the M-step's
+// sxx / nk - mean mean^T keeps C's digits (raw float32 sums lost them: a component at 1e3 of
+// spread 1e-2 had negative variances; 500 rows of D = 784 a covariance that failed Cholesky).
 template <typename T>
 void tile_second_moments(const Plan<T>& plan, const at::Tensor& x_tile, const T* sw, int64_t rows, Scratch<T>& s,
-                         double* sxx) {
+                         double* csum, double* sxx) {
   const int64_t K = plan.K, D = plan.D;
   const T* xt = x_tile.template data_ptr<T>();
   const int64_t ldx = x_tile.stride(0);
@@ -292,20 +296,43 @@ void tile_second_moments(const Plan<T>& plan, const at::Tensor& x_tile, const T*
   const int64_t ld = plan.tile();
   T* xr = s.xr.template data_ptr<T>();
   T* xg = s.xg.template data_ptr<T>();
+  std::vector<T> ct(D);  // the tile's sum r (x - mu) in x's dtype: of the spread's size, no cancellation
   for (int64_t k = 0; k < K; ++k) {
+    const T* mu = plan.full_means.template data_ptr<T>() + k * D;
+    std::fill(ct.begin(), ct.end(), T(0));
     int64_t m = 0;
     for (int64_t n = 0; n < rows; ++n) {
       const T r = static_cast<T>(resp[k * ld + n]);
       if (r == T(0)) continue;
       for (int64_t d = 0; d < D; ++d) {
-        xg[m * D + d] = xt[n * ldx + d];
-        xr[m * D + d] = r * xt[n * ldx + d];
+        const T v = xt[n * ldx + d] - mu[d];
+        xg[m * D + d] = v;
+        xr[m * D + d] = r * v;
+        ct[d] += r * v;
       }
       ++m;
     }
     if (m == 0) continue;
+    for (int64_t d = 0; d < D; ++d) csum[k * D + d] += ct[d];
     at::mm_out(s.s, s.xr.narrow(0, 0, m).t(), s.xg.narrow(0, 0, m));
     add_to(sxx + k * D * D, s.s);
+  }
+}
+
+// full, after a chunk's tiles: sx += c + n mu and sxx += mu c^T + c mu^T + n mu mu^T (float64), from
+// the chunk's csum = sum r (x - mu) [K, D] and its nk increment n [K].
+template <typename T>
+void finish_full_moments(const Plan<T>& plan, const double* csum, const double* dnk, double* sx, double* sxx) {
+  const int64_t K = plan.K, D = plan.D;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* mu = plan.full_means.template data_ptr<T>() + k * D;
+    const double* c = csum + k * D;
+    double* o = sxx + k * D * D;
+    for (int64_t i = 0; i < D; ++i) {
+      const double mi = mu[i], ci = c[i], nmi = dnk[k] * mi;
+      for (int64_t j = 0; j < D; ++j) o[i * D + j] += mi * c[j] + (ci + nmi) * mu[j];
+      sx[k * D + i] += ci + nmi;
+    }
   }
 }
 
@@ -330,6 +357,8 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
   s.pend_k.clear();
   s.pend_idx.clear();
   s.pend_val.clear();
+  const bool full = cov == CovType::kFull;
+  std::vector<double> nk0(nk, nk + (full ? K : 0)), csum(full ? K * D : 0);  // finish_full_moments'
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n0 = t * tile, rows = std::min(tile, N - n0);
     const at::Tensor x_tile = plan.gemm_form() ? x.narrow(0, n0, rows) : at::Tensor();  // a view costs ~1 us
@@ -348,12 +377,16 @@ void chunk_stats(const Plan<T>& plan, const at::Tensor& x, const T* sw, int64_t 
       *loglik += tile_responsibilities(plan, swt, rows, s, nk, &fused);
     }
     double* dsxx = cov == CovType::kDiag ? sxx : nullptr;
-    if (!(defer && xs == xp + n0 * ldx && !fused.done && defer_moments(plan, n0, rows, s)))
+    if (!full && !(defer && xs == xp + n0 * ldx && !fused.done && defer_moments(plan, n0, rows, s)))
       tile_moments(plan, xs, lds, rows, s, sx, dsxx, fused.done ? fused.m : 0, nnz);
     if (defer && ((t - t0 + 1) % kGroup == 0 || t + 1 == t1)) flush_moments(plan, xp, ldx, s, sx, dsxx);
     if (cov == CovType::kSpherical && !(fused.done && fused.norms))
       tile_norm_moments(plan, xp + n0 * ldx, ldx, rows, s, sxx);
-    if (plan.gemm_form()) tile_second_moments(plan, x_tile, swt, rows, s, sxx);
+    if (plan.gemm_form()) tile_second_moments(plan, x_tile, swt, rows, s, csum.data(), sxx);
+  }
+  if (full) {
+    for (int64_t k = 0; k < K; ++k) nk0[k] = nk[k] - nk0[k];
+    finish_full_moments(plan, csum.data(), nk0.data(), sx, sxx);
   }
 }
 

@@ -79,3 +79,23 @@ def test_spherical_far_from_the_origin_keeps_its_digits():
         assert (lp.double() - ref_lp).abs().max().item() < 1e-3, isa
         for name, a, b in zip(GMMStats._fields, stats, ref):
             assert rel(a, b) < 1e-6, (isa, name, rel(a, b))
+
+
+def test_full_covariances_of_a_component_far_from_the_origin_keep_their_digits():
+    """Full second moments are summed about each component's mean (gmm_tile.cpp
+    tile_second_moments): raw float32 sums gave a component at 1e3 of spread 1e-2 variances of
+    -7.5e-3 .. 7.0e-3 where they are 1e-4 (sxx / nk - mean mean^T cancels)."""
+    g = torch.Generator().manual_seed(0)
+    near = torch.randn(4000, 4, generator=g, dtype=torch.float64)
+    far = 1e3 + 0.01 * torch.randn(4000, 4, generator=g, dtype=torch.float64)
+    x = torch.cat([near, far])
+    mu = torch.tensor([[0.0] * 4, [1e3] * 4], dtype=torch.float64)
+    pc = torch.diag_embed(torch.tensor([[1.0] * 4, [100.0] * 4], dtype=torch.float64))
+    lw = torch.full((2,), 0.5, dtype=torch.float64).log()
+    truth = far.var(0, unbiased=False)
+    for isa in available_cpu_isas():
+        with force_cpu_isa(isa):
+            nk, sx, sxx, _ = gmm_em_stats(x.float(), lw.float(), mu.float(), pc.float(), "full", impl="ext")
+        mean = sx[1] / nk[1]
+        cov = (sxx[1] / nk[1] - torch.outer(mean, mean)).diagonal()
+        torch.testing.assert_close(cov, truth, rtol=1e-3, atol=0, msg=isa)
