@@ -275,9 +275,10 @@ class MNISTDataModule(LightningDataModule):
         folders = ", ".join(str(d.resolve()) for d in search_folders(self.data_dir, self.hparams.dataset))
         return (
             f"{self.hparams.dataset} IDX files not found: {', '.join(f'{n}[.gz]' for n in missing)}. "
-            f"Searched: {folders}. Fix: pass download=True (--data.download true) to fetch them "
-            f"through torchvision, or point data_dir (--data.data_dir PATH, or $LGM_DATA_DIR) at "
-            f"a folder holding the four IDX files, .gz or not."
+            f"Searched: {folders}. Fix: fetch them through torchvision with download=True "
+            f"(--data.download true on the training command line), or point data_dir at a folder "
+            f"holding the four IDX files, .gz or not (--data.data_dir PATH on the training command "
+            f"line, --data-dir PATH for lightning_genmodels.evaluate, or $LGM_DATA_DIR)."
         )
 
     def _split_indices(self, n: int) -> tuple[Tensor, Tensor]:

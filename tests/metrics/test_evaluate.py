@@ -103,6 +103,7 @@ def test_nll_uses_the_models_own_method_else_nothing(mnist_dir: Path) -> None:
     (["--model", "a=lightning_genmodels.VAE:{ckpt}"], "the name 'a' is given twice"),
     (["--log", "a=/no/such.csv"], "--log 'a=/no/such.csv'"),
     (["--data-dir", "{tmp}"], "--data-dir: mnist IDX files not found"),
+    (["--data-dir", "{tmp}"], "--data-dir PATH for lightning_genmodels.evaluate"),  # (it named only the CLI's flags)
     (["--log", "a={tmp}/no_fid.csv"], "--log 'a=.*no_fid.csv': .*no_fid.csv has no val/fid values"),
     (["--log", "a={tmp}/bad_fid.csv"], "--log 'a=.*bad_fid.csv': could not convert string to float: 'x'"),
     (["--log", "a={tmp}/fid.csv", "--log", "a={tmp}/fid.csv"], "--log 'a=.*fid.csv': the name 'a' is given twice"),
