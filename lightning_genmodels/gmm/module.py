@@ -217,7 +217,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
 
     def _check_fitted(self) -> None:
         if not self.fitted:
-            raise RuntimeError("GaussianMixture is not fitted yet: call fit(X) or Trainer.fit(model, ...) first")
+            raise RuntimeError("GaussianMixture is not fitted yet: call fit(X) or Trainer.fit(model, ...) first, "
+                               "or load a fitted one (load_from_checkpoint; --ckpt_path on the command line)")
 
     # ------------------------------------------------------------------ Lightning hooks
 

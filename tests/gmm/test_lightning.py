@@ -75,7 +75,7 @@ def test_validate_and_test_need_a_fitted_model(tmp_path: Path) -> None:
     loader = DataLoader(TensorDataset(torch.from_numpy(blobs())), batch_size=128)
     trainer = Trainer(default_root_dir=tmp_path, **QUIET)
     for run in (trainer.validate, trainer.test, trainer.predict):
-        with pytest.raises(RuntimeError, match="GaussianMixture is not fitted yet"):
+        with pytest.raises(RuntimeError, match="GaussianMixture is not fitted yet.*--ckpt_path on the command line"):
             run(GaussianMixture(3, covariance_type="diag").double(), loader)
     model = GaussianMixture(3, covariance_type="diag", max_iter=3, tol=0.0, random_state=0).double()
     fit = Trainer(max_epochs=3, num_sanity_val_steps=2, default_root_dir=tmp_path, **QUIET)
