@@ -71,6 +71,7 @@ class _GridCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.log_to_logger = log_to_logger
         self.last_path: Path | None = None
+        self._written_at: tuple | None = None  # _state_key at the last epoch-end grid
 
     def _images(self, pl_module: LightningModule) -> Tensor:
         raise NotImplementedError
@@ -99,10 +100,27 @@ class _GridCallback(Callback):
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             with torch.no_grad():
                 self._write(trainer, pl_module, log=True)
+            self._written_at = _state_key(trainer, pl_module)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        key = _state_key(trainer, pl_module)
+        if key is not None and key == self._written_at:  # the last epoch's grid, of the same weights
+            return  # (it was drawn again, under the next epoch's number: s_000 and s_001 alike)
         with torch.no_grad():
             self._write(trainer, pl_module, log=False)
+
+
+def _state_key(trainer: Trainer, pl_module: LightningModule) -> tuple | None:
+    """The global step and each state tensor's storage and version counter: equal keys, the same
+    weights (an in-place update bumps the version, a new tensor moves the storage; a GMM's best
+    restart restored at the end of fit does one or the other). None where a tensor has no
+    version counter (an inference tensor). Writes through `.data` (Lightning's weight averaging
+    swaps its average in so) go unseen: the epoch-end grids already draw from that average."""
+    try:
+        return (trainer.global_step, *((t.data_ptr(), t._version) for t in pl_module.state_dict().values()
+                                      if isinstance(t, Tensor)))
+    except RuntimeError:
+        return None
 
 
 class SampleGrid(_GridCallback):

@@ -87,10 +87,32 @@ def test_periodic_grids_fill_in_epoch(tmp_path: Path) -> None:
     fit(module, callback, max_epochs=4)
 
     periodic = {tmp_path / "grid_1.png", tmp_path / "grid_3.png"}  # after epochs 2 and 4
-    written = set(tmp_path.glob("grid_*.png"))
-    assert periodic <= written and callback.last_path in written
-    assert len(written) == len(periodic | {callback.last_path})
-    assert len(module.calls) == 3  # two periodic grids and the one at fit end
+    assert set(tmp_path.glob("grid_*.png")) == periodic and callback.last_path == tmp_path / "grid_3.png"
+    # the fit-end grid is the last epoch's (the same weights): not drawn again as grid_4.png
+    assert len(module.calls) == 2
+
+
+def test_fit_end_grid_is_drawn_again_when_the_weights_changed_after_the_last_epoch(tmp_path: Path) -> None:
+    """As a GaussianMixture's best restart, restored when the Trainer stops a fit early."""
+
+    class Restoring(Sampler):
+        def on_train_end(self) -> None:
+            with torch.no_grad():
+                self.layer.weight.add_(1.0)
+
+    module = Restoring()
+    callback = SampleGrid(str(tmp_path / "s_{epoch}.png"), num_samples=2, every_n_epochs=1)
+    fit(module, callback, max_epochs=1)
+    assert set(tmp_path.glob("s_*.png")) == {tmp_path / "s_0.png", tmp_path / "s_1.png"}
+    assert len(module.calls) == 2
+
+
+def test_fit_end_grid_after_epochs_that_wrote_none(tmp_path: Path) -> None:
+    module = Sampler()
+    callback = SampleGrid(str(tmp_path / "grid_{epoch}.png"), num_samples=4, nrow=2, every_n_epochs=2)
+    fit(module, callback, max_epochs=3)  # epoch 2 writes grid_1; epoch 3 none, so fit end does
+    assert set(tmp_path.glob("grid_*.png")) == {tmp_path / "grid_1.png", tmp_path / "grid_3.png"}
+    assert callback.last_path == tmp_path / "grid_3.png" and len(module.calls) == 2
 
 
 def test_every_epoch(tmp_path: Path) -> None:
@@ -264,7 +286,8 @@ def test_grid_options_are_checked_when_built(make, match: str) -> None:
 def test_grid_path_may_be_a_path_with_a_formatted_epoch(tmp_path: Path) -> None:
     callback = SampleGrid(tmp_path / "s_{epoch:03d}.png", num_samples=2, every_n_epochs=1)
     fit(Sampler(), callback, max_epochs=1)
-    assert (tmp_path / "s_000.png").is_file() and callback.last_path == tmp_path / "s_001.png"  # and at fit end
+    # the fit-end grid is that epoch's (the same weights), not s_001.png again
+    assert set(tmp_path.glob("s_*.png")) == {tmp_path / "s_000.png"} and callback.last_path == tmp_path / "s_000.png"
 
 
 class CountingNoSampler(NoSampler):
