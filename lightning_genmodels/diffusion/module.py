@@ -49,6 +49,9 @@ class Diffusion(LightningModule):
         min_snr_gamma: min-SNR-γ loss weighting (Hang et al. 2023); None trains unweighted.
         lr, weight_decay, warmup_steps: AdamW and a linear warm-up of the learning rate.
         ema_decay: EMA decay per optimizer step; 0 turns the EMA off.
+        ema_warmup: ramp the decay as diffusers' ``EMAModel`` does, min(ema_decay, (1 + n) / (10 + n))
+            at the n-th update, so short runs do not lean on the first weights; False keeps it
+            constant (Lightning's ``EMAWeightAveraging``).
         sampler, sample_steps, eta, variance_type, timestep_spacing, clip_sample,
             clip_sample_range, set_alpha_to_one: defaults of :meth:`sample` (diffusers' meanings).
         impl: the ops' implementation (``"auto"``, ``"ref"``, ``"ext"``): the fused step, and on the
@@ -79,6 +82,7 @@ class Diffusion(LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         ema_decay: float = 0.999,
+        ema_warmup: bool = False,
         sampler: S.SamplerName = "ddim",
         sample_steps: int = 50,
         eta: float = 0.0,
@@ -105,6 +109,8 @@ class Diffusion(LightningModule):
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         check_integer("warmup_steps", warmup_steps, 0)  # (a negative count warmed up nothing, silently)
+        if not isinstance(ema_warmup, bool):
+            raise ValueError(f"ema_warmup must be True or False, got {ema_warmup!r}")
         if not clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
         _check_compile_unet(compile_unet)
@@ -217,7 +223,7 @@ class Diffusion(LightningModule):
         """The EMA of the weights (no buffers: ours are constants)."""
         if self.hparams.ema_decay == 0:
             return []
-        return [_EMA(decay=self.hparams.ema_decay, use_buffers=False)]
+        return [_EMA(decay=self.hparams.ema_decay, use_buffers=False, warmup=self.hparams.get("ema_warmup", False))]
 
     # ------------------------------------------------------------------ sampling
 
@@ -413,10 +419,28 @@ def _pixel_weights(d: int, device: torch.device) -> Tensor:
     return torch.randint(1, 2**31, (d,), generator=generator).to(device)
 
 
+def ramped_ema_avg_fn(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``AveragedModel``'s ``avg_fn`` of diffusers' ``EMAModel`` (``use_ema_warmup=False``): the
+    decay at the update after n averaged is min(decay, (1 + n) / (10 + n)), a tensor on the
+    device (no host synchronisation)."""
+
+    def update(average: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        d = ((1.0 + num_averaged) / (10.0 + num_averaged)).clamp(max=decay).to(average.dtype)
+        return d * average + (1.0 - d) * current
+
+    return update
+
+
 class _EMA(EMAWeightAveraging):
     """Lightning's EMA, which also leaves the average in the model when a fit resumed from a
     checkpoint has no step left (the fit loop then skips on_train_end, where the average is
-    copied, and the model kept the checkpoint's raw weights)."""
+    copied, and the model kept the checkpoint's raw weights); ``warmup`` ramps the decay
+    (:func:`ramped_ema_avg_fn`)."""
+
+    def __init__(self, decay: float, use_buffers: bool, warmup: bool = False) -> None:
+        super().__init__(decay=decay, use_buffers=use_buffers)
+        if warmup:
+            self._kwargs["avg_fn"] = ramped_ema_avg_fn(decay)
 
     def on_train_start(self, trainer: Any, pl_module: LightningModule) -> None:
         self._copied = False

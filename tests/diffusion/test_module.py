@@ -445,3 +445,29 @@ def test_a_failed_default_compilation_falls_back_to_the_eager_unet(monkeypatch):
         model.sample(2, steps=2, sampler="ddpm", seed=1)
     with pytest.raises(BackendCompilerFailed, match="no C compiler"):
         model.sample(2, steps=2, sampler="ddpm", seed=1, compile_unet=True)
+
+
+def test_ema_warmup_follows_diffusers_ema_model():
+    """ema_warmup=True: the average after each update equals diffusers' EMAModel's (its decay
+    min(decay, (1 + n) / (10 + n))); the default keeps Lightning's constant decay."""
+    diffusers_training = pytest.importorskip("diffusers.training_utils")
+    from torch.optim.swa_utils import AveragedModel
+
+    model = Diffusion(**TINY, ema_warmup=True)
+    (ema,) = model.configure_callbacks()
+    net = torch.nn.Linear(3, 2)
+    ours = AveragedModel(net, use_buffers=False, **ema._kwargs)
+    theirs = diffusers_training.EMAModel(net.parameters(), decay=0.999)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+        ours.update_parameters(net)
+        theirs.step(net.parameters())
+    for a, b in zip(ours.module.parameters(), theirs.shadow_params):
+        torch.testing.assert_close(a, b)
+    (constant,) = Diffusion(**TINY).configure_callbacks()
+    assert "avg_fn" in constant._kwargs and constant._kwargs["avg_fn"] is not ema._kwargs["avg_fn"]
+    with pytest.raises(ValueError, match="ema_warmup must be True or False, got 1"):
+        Diffusion(**TINY, ema_warmup=1)
