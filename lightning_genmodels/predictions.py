@@ -87,7 +87,8 @@ class PredictionWriter(BasePredictionWriter):
             if all(usable):
                 results.append(_in_dataset_order(self._gather(trainer, rows)))
             else:
-                results.append({"batches": self._gather(trainer, outputs), "batch_indices": self._gather(trainer, indices)})
+                results.append({"batches": self._gather(trainer, outputs),
+                                "batch_indices": self._gather(trainer, indices)})
                 if trainer.is_global_zero:
                     warnings.warn(f"PredictionWriter: predict_step's outputs are not Tensors (or dicts of Tensors) "
                                   f"with one row per sample; {path} holds them batch by batch", stacklevel=2)

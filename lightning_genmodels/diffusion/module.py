@@ -223,7 +223,8 @@ class Diffusion(LightningModule):
         """The EMA of the weights (no buffers: ours are constants)."""
         if self.hparams.ema_decay == 0:
             return []
-        return [_EMA(decay=self.hparams.ema_decay, use_buffers=False, warmup=self.hparams.get("ema_warmup", False))]
+        warmup = self.hparams.get("ema_warmup", False)  # (absent from older checkpoints' hparams)
+        return [_EMA(decay=self.hparams.ema_decay, use_buffers=False, warmup=warmup)]
 
     # ------------------------------------------------------------------ sampling
 
