@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .build import Impl, register_on_load, use_ext
-from .philox import _philox_normal_ref, check_offset
+from .philox import _philox_normal_ref, check_offset, philox_normal_traced
 
 NUM_COEFFICIENTS = 6
 
@@ -92,7 +92,13 @@ def _diffusion_step_ref(
     x: Tensor, model_output: Tensor, timestep: Tensor, coef: Tensor, seed_offset: Tensor, clip_range: float
 ) -> Tensor:
     """Pure-PyTorch reference: the specification the kernels are held to (reads seed_offset and
-    checks the timesteps on the host)."""
+    checks the timesteps on the host). While torch.compile traces, the same step in tensor
+    operations only: the noise from seed_offset on the device, drawn for every sample (times
+    σ = 0 where there is none), no host checks."""
+    if torch.compiler.is_compiling():
+        c = coef[timestep].reshape(x.shape[0], NUM_COEFFICIENTS, *([1] * (x.dim() - 1))).unbind(1)
+        mean = _step_math(x, model_output, timestep, coef, 0, 0, clip_range, draw_noise=False)
+        return mean + c[5] * philox_normal_traced(seed_offset, list(x.shape))
     _check_timestep_range(timestep, coef.shape[0])
     _check_noise_range(seed_offset, x.numel())
     seed, offset = (int(v) for v in seed_offset.tolist())

@@ -32,8 +32,9 @@ def _mulhilo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
     return hi, lo
 
 
-def _philox4x32_10(counter: list[Tensor], seed: int) -> list[Tensor]:
-    """Ten Philox rounds on four int64 lanes of 32-bit values."""
+def _philox4x32_10(counter: list[Tensor], seed: int | Tensor) -> list[Tensor]:
+    """Ten Philox rounds on four int64 lanes of 32-bit values (``seed`` an int, or a 0-d int64
+    tensor holding its bits)."""
     c0, c1, c2, c3 = counter
     k0, k1 = seed & M32, (seed >> 32) & M32
     for _ in range(10):
@@ -69,7 +70,24 @@ def _philox_normal_ref(seed: int, offset: int, size: Sequence[int], device: torc
     return stream[start : start + n].reshape(tuple(size))
 
 
-def _block_normals(block: Tensor, seed: int) -> Tensor:
+def philox_normal_traced(seed_offset: Tensor, size: Sequence[int]) -> Tensor:
+    """:func:`_philox_normal_ref` with (seed, offset) read from an int64 [2] tensor in tensor
+    operations only, so that torch.compile traces it whole (no host read). Float32 ``size``.
+    The same numbers (the key schedule and counters are the same int64 arithmetic)."""
+    n = 1
+    for s in size:
+        n *= s
+    device = seed_offset.device
+    if n == 0:
+        return torch.empty(tuple(size), dtype=torch.float32, device=device)
+    seed, offset = seed_offset[0], seed_offset[1]
+    first = torch.div(offset, 4, rounding_mode="floor")
+    blocks = first + torch.arange((n + 3) // 4 + 1, dtype=torch.int64, device=device)
+    stream = _block_normals(blocks, seed).reshape(-1)
+    return stream[(offset - 4 * first) + torch.arange(n, device=device)].reshape(tuple(size))
+
+
+def _block_normals(block: Tensor, seed: int | Tensor) -> Tensor:
     """The four normals [..., 4] of each Philox block index in ``block`` (int64, any shape)."""
     zero = torch.zeros_like(block)
     x, y, z, w = _philox4x32_10([block & M32, block >> 32, zero, zero], seed)

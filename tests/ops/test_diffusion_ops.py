@@ -297,3 +297,22 @@ def test_unet_op_loads_the_library_on_first_use(tmp_path):
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_the_reference_traces_under_torch_compile(sampler):
+    """impl='ref' (and 'auto' without a library) failed under torch.compile(fullgraph=True): the
+    reference read seed_offset and the timesteps on the host. Traced, it takes the same noise
+    from seed_offset on the device: the eager reference's and the kernel's numbers."""
+    timesteps, table = make_table(sampler)
+    x, out = torch.randn(3, 1, 5, 5), torch.randn(3, 1, 5, 5)
+    t, so = timesteps[:3].clone(), S.seed_offset_tensor(2**64 - 5, 4 * 7 + 3, "cpu")  # an offset mid-block
+
+    def two_steps(x, out, t, so):
+        y = diffusion_step(x, out, t, table, so, 1.0, impl="ref")
+        return diffusion_step(y, out, t, table, so, 1.0, impl="ref") * 2
+
+    compiled = torch.compile(two_steps, backend="aot_eager", fullgraph=True)
+    ref = _diffusion_step_ref(_diffusion_step_ref(x, out, t, table, so, 1.0), out, t, table, so, 1.0) * 2
+    torch.testing.assert_close(compiled(x, out, t, so), ref, rtol=1e-6, atol=1e-6)
+    assert compiled(x, out, t, so).equal(compiled(x, out, t, so))

@@ -280,3 +280,15 @@ def test_as_integer_takes_every_integer_kind_and_no_other():
     for bad in (True, torch.tensor(True), torch.tensor([3]), 2.0, torch.tensor(2.0), "3", None):
         assert as_integer(bad) is None, bad
     assert philox_normal(torch.tensor(big, dtype=torch.uint64), 0, 2).shape == (2,)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**63 + 11, 2**64 - 1])
+def test_traced_reference_equals_the_reference(seed):
+    """philox_normal_traced (seed and offset in a tensor, for torch.compile) draws the numbers of
+    _philox_normal_ref, at every lane of a block."""
+    from lightning_genmodels.ops.philox import _philox_normal_ref, philox_normal_traced, seed_offset_tensor
+
+    for offset in (0, 1, 2, 3, 5, 2**40 + 3):
+        for size in ([1], [7], [2, 3, 3], [0]):
+            got = philox_normal_traced(seed_offset_tensor(seed, offset, "cpu"), size)
+            assert got.equal(_philox_normal_ref(seed, offset, size, torch.device("cpu"))), (offset, size)
