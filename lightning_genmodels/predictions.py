@@ -82,10 +82,9 @@ class PredictionWriter(BasePredictionWriter):
         per_loader = predictions if trainer.predict_loop.num_dataloaders > 1 else [predictions]
         results = []
         for outputs, indices in zip(per_loader, batch_indices):
-            rows = _rows(outputs, indices)
-            usable = self._gather(trainer, rows is not None)
-            if all(usable):
-                results.append(_in_dataset_order(self._gather(trainer, rows)))
+            parts = self._gather(trainer, _rows(outputs, indices))  # None where not of that form
+            if all(part is not None for part in parts):
+                results.append(_in_dataset_order(parts))
             else:
                 results.append({"batches": self._gather(trainer, outputs),
                                 "batch_indices": self._gather(trainer, indices)})

@@ -96,9 +96,9 @@ def _diffusion_step_ref(
     operations only: the noise from seed_offset on the device, drawn for every sample (times
     σ = 0 where there is none), no host checks."""
     if torch.compiler.is_compiling():
-        c = coef[timestep].reshape(x.shape[0], NUM_COEFFICIENTS, *([1] * (x.dim() - 1))).unbind(1)
         mean = _step_math(x, model_output, timestep, coef, 0, 0, clip_range, draw_noise=False)
-        return mean + c[5] * philox_normal_traced(seed_offset, list(x.shape))
+        sigma = coef[timestep, NUM_COEFFICIENTS - 1].reshape(-1, *([1] * (x.dim() - 1)))
+        return mean + sigma * philox_normal_traced(seed_offset, list(x.shape))
     _check_timestep_range(timestep, coef.shape[0])
     _check_noise_range(seed_offset, x.numel())
     seed, offset = (int(v) for v in seed_offset.tolist())
