@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -62,7 +61,7 @@ separate_inductor_cache()  # before torch reads its inductor settings
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Record, base_parser, print_table, time_fn, time_interleaved, write_json  # noqa: E402
+from harness import Record, base_parser, cpu_model, print_table, time_fn, time_interleaved, vector_isa, write_json  # noqa: E402
 
 from lightning_genmodels import Diffusion  # noqa: E402
 from lightning_genmodels.diffusion import samplers as S  # noqa: E402
@@ -99,14 +98,8 @@ def load_march_build(march: str) -> str:
 
 def cpu_info() -> dict[str, str]:
     """CPU model and the widest x86 vector ISA the kernels' -march=native build can use."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"cpu_model": "unknown", "isa": "unknown"}
-    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    flags = set((re.search(r"^flags\s*:(.*)$", text, re.M) or [None, ""])[1].split())
-    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
-    return {"cpu_model": model.group(1).strip() if model else "unknown", "isa": isa}
+    isa = {"avx512f": "avx512", "avx2": "avx2"}.get(vector_isa(), "sse")
+    return {"cpu_model": cpu_model(), "isa": isa}
 
 
 def _step_given_noise(x: torch.Tensor, out: torch.Tensor, t: torch.Tensor, table: torch.Tensor,

@@ -123,8 +123,13 @@ def _cpuinfo_field(name: str) -> str | None:
 
 
 def cpu_model() -> str:
-    """The processor's name (``/proc/cpuinfo`` model name), else what ``platform`` knows."""
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    """The processor's name (``/proc/cpuinfo`` model name) with its family and model numbers
+    (a VM's "AMD EPYC" names neither Zen 3 nor Zen 4), else what ``platform`` knows."""
+    name = _cpuinfo_field("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    return f"{name} (family {family}, model {model})" if family and model else name
 
 
 def vector_isa() -> str:

@@ -110,6 +110,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
   return {nk, sx, sxx, loglik};
 }
 
+using Stats = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// float32 diag, spherical and tied sum raw second moments (float32 within a tile, then float64),
+// so a variance sxx / nk - mean^2 is off by about eps32 / 4 of sxx / nk (two blobs of 20,000 rows,
+// measured): 1.5e-8 (mean / spread)^2 of itself. Where this call's sxx, at eps32 of it, could be
+// off by 2^-10 of the variance it feeds, the call is redone in float64. That variance is the
+// parameters' at the component's expected share of these rows (so a component that this batch
+// barely touches, whose own spread here may be 0, adds too little to matter); tied: the rows' pooled.
+constexpr double kCancelRatio = 8192.0;  // 2^-10 / eps32
+
+bool raw_moments_cancel(CovType cov, const Stats& st, const at::Tensor& log_weights, const at::Tensor& prec_chol) {
+  const double* nk = std::get<0>(st).data_ptr<double>();
+  const double* sx = std::get<1>(st).data_ptr<double>();
+  const double* sxx = std::get<2>(st).data_ptr<double>();
+  const int64_t K = std::get<1>(st).size(0), D = std::get<1>(st).size(1);
+  if (cov == CovType::kTied) {  // sxx_dd against the within-component sum sxx_dd - sum_k sx_kd^2 / nk
+    for (int64_t d = 0; d < D; ++d) {
+      double within = sxx[d * D + d];
+      for (int64_t k = 0; k < K; ++k)
+        if (nk[k] > 0.0) within -= sx[k * D + d] * sx[k * D + d] / nk[k];
+      if (sxx[d * D + d] > kCancelRatio * within) return true;
+    }
+    return false;
+  }
+  const float* lwp = log_weights.data_ptr<float>();  // contiguous float32, as x
+  const float* pcp = prec_chol.data_ptr<float>();    // [K, D] or [K]: 1 / sigma
+  double rows = 0.0;
+  for (int64_t k = 0; k < K; ++k) rows += nk[k];
+  for (int64_t k = 0; k < K; ++k) {
+    const double share = std::max(nk[k], std::exp(static_cast<double>(lwp[k])) * rows);
+    if (cov == CovType::kDiag) {
+      for (int64_t d = 0; d < D; ++d) {
+        const double p = pcp[k * D + d];
+        if (sxx[k * D + d] * p * p > kCancelRatio * share) return true;
+      }
+    } else if (sxx[k] * static_cast<double>(pcp[k]) * pcp[k] > kCancelRatio * static_cast<double>(D) * share) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The float64 kernel over blocks of x converted (at most 8 Mi values at a time), summed in order.
+Stats em_stats_float64(const at::Tensor& x, const std::optional<at::Tensor>& sample_weight, const at::Tensor& lw,
+                       const at::Tensor& mu, const at::Tensor& pc, CovType cov) {
+  const int64_t N = x.size(0), block = std::max<int64_t>(1, (int64_t{8} << 20) / std::max<int64_t>(1, x.size(1)));
+  const at::Tensor lw64 = lw.to(at::kDouble), mu64 = mu.to(at::kDouble), pc64 = pc.to(at::kDouble);
+  Stats total;
+  for (int64_t n0 = 0; n0 < N; n0 += block) {
+    const int64_t rows = std::min(block, N - n0);
+    std::optional<at::Tensor> swb;
+    if (sample_weight.has_value()) swb = sample_weight->narrow(0, n0, rows).to(at::kDouble);
+    Stats part = em_stats_cpu<double>(x.narrow(0, n0, rows).to(at::kDouble), swb, lw64, mu64, pc64, cov);
+    if (n0 == 0) {
+      total = part;
+    } else {
+      std::get<0>(total).add_(std::get<0>(part));
+      std::get<1>(total).add_(std::get<1>(part));
+      std::get<2>(total).add_(std::get<2>(part));
+      std::get<3>(total).add_(std::get<3>(part));
+    }
+  }
+  return total;
+}
+
 template <typename T>
 at::Tensor log_prob_cpu(const at::Tensor& x_in, const at::Tensor& log_weights, const at::Tensor& means,
                         const at::Tensor& prec_chol, CovType cov, bool prune) {
@@ -154,9 +219,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_em_stats_cpu(
                                        std::string_view(covariance_type.data(), covariance_type.size()));
   TORCH_CHECK_VALUE(x.device().is_cpu(), "gmm_em_stats: x must be on the CPU, got ", x.device());
   const at::Tensor lw = log_weights.contiguous(), mu = means.contiguous(), pc = prec_chol.contiguous();
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_em_stats_cpu", [&] {
-    return em_stats_cpu<scalar_t>(x, sample_weight, lw, mu, pc, cov);
-  });
+  if (x.scalar_type() != at::kFloat) {
+    return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gmm_em_stats_cpu", [&] {
+      return em_stats_cpu<scalar_t>(x, sample_weight, lw, mu, pc, cov);
+    });
+  }
+  Stats out = em_stats_cpu<float>(x, sample_weight, lw, mu, pc, cov);
+  if (cov == CovType::kFull || !raw_moments_cancel(cov, out, lw, pc)) return out;  // full: about the means
+  return em_stats_float64(x, sample_weight, lw, mu, pc, cov);
 }
 
 static at::Tensor log_prob_op(const at::Tensor& x, const at::Tensor& log_weights, const at::Tensor& means,

@@ -204,7 +204,10 @@ def gmm_em_stats(
         to scale the data.
         The CPU kernel runs with subnormal floats flushed to zero (the float mode is restored
         after the call): a value below the dtype's smallest normal, in x or in a
-        responsibility, counts as 0 there.
+        responsibility, counts as 0 there. Its float32 diag, spherical and tied second moments
+        are raw sums Σ r x²; where they would cancel in Σ r x² / n_k − μ² (a component over
+        ~90 of its standard deviations from the origin in some feature), the call is redone by
+        the float64 kernel, at its speed.
     """
     _check_inputs(x, log_weights, means, prec_chol, covariance_type, sample_weight)
     if use_ext(impl, x.device, (x, log_weights, means, prec_chol, sample_weight)):

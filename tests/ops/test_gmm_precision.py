@@ -81,21 +81,75 @@ def test_spherical_far_from_the_origin_keeps_its_digits():
             assert rel(a, b) < 1e-6, (isa, name, rel(a, b))
 
 
-def test_full_covariances_of_a_component_far_from_the_origin_keep_their_digits():
-    """Full second moments are summed about each component's mean (gmm_tile.cpp
-    tile_second_moments): raw float32 sums gave a component at 1e3 of spread 1e-2 variances of
-    -7.5e-3 .. 7.0e-3 where they are 1e-4 (sxx / nk - mean mean^T cancels)."""
+def _two_blobs(cov: str, n: int = 4000, far: float = 1e3, spread: float = 0.01):
+    """Rows at 0 (spread 1) and at ``far`` (spread ``spread``), D = 4, with the true parameters
+    (float64) in the layout of ``cov``; and the far blob's rows."""
     g = torch.Generator().manual_seed(0)
-    near = torch.randn(4000, 4, generator=g, dtype=torch.float64)
-    far = 1e3 + 0.01 * torch.randn(4000, 4, generator=g, dtype=torch.float64)
-    x = torch.cat([near, far])
-    mu = torch.tensor([[0.0] * 4, [1e3] * 4], dtype=torch.float64)
-    pc = torch.diag_embed(torch.tensor([[1.0] * 4, [100.0] * 4], dtype=torch.float64))
+    near_rows = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    far_rows = far + spread * torch.randn(n, 4, generator=g, dtype=torch.float64)
+    mu = torch.tensor([[0.0] * 4, [far] * 4], dtype=torch.float64)
+    p = torch.tensor([1.0, 1.0 / spread], dtype=torch.float64)  # 1 / sigma per component
+    pc = {
+        "full": torch.diag_embed(p[:, None].expand(2, 4)),
+        "tied": torch.eye(4, dtype=torch.float64) / spread,
+        "diag": p[:, None].expand(2, 4).contiguous(),
+        "spherical": p,
+    }[cov]
     lw = torch.full((2,), 0.5, dtype=torch.float64).log()
-    truth = far.var(0, unbiased=False)
+    return torch.cat([near_rows, far_rows]), lw, mu, pc, far_rows
+
+
+def _far_variances(cov: str, stats: GMMStats) -> torch.Tensor:
+    """The far component's variances from the statistics (tied: the pooled ones), as the M-step."""
+    nk, sx, sxx, _ = (t.double() for t in stats)
+    mean = sx / nk[:, None]
+    if cov == "full":
+        return (sxx[1] / nk[1] - torch.outer(mean[1], mean[1])).diagonal()
+    if cov == "tied":
+        return (sxx - (nk[:, None, None] * mean[:, :, None] * mean[:, None, :]).sum(0)).diagonal() / nk.sum()
+    if cov == "diag":
+        return sxx[1] / nk[1] - mean[1].square()
+    return (sxx[1] / nk[1] - mean[1].square().sum()) / 4
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_variances_of_a_component_far_from_the_origin_keep_their_digits(cov):
+    """Raw float32 second moments cancel in sxx / nk - mean^2 where a component's mean lies far
+    from the origin for its spread: a component at 1e3 of spread 1e-2 had variances of -7.5e-3 ..
+    7.0e-3 where they are 1e-4. Full sums them about each component's mean (gmm_tile.cpp
+    tile_second_moments); diag, spherical and tied redo such a call in float64 (gmm.cpp
+    raw_moments_cancel), so the float32 op returns the float64 kernel's statistics exactly."""
+    x, lw, mu, pc, far_rows = _two_blobs(cov)
+    args32 = (lw.float(), mu.float(), pc.float(), cov)
+    truth = far_rows.var(0, unbiased=False)
+    if cov == "tied":  # pooled over both blobs: (var_near + var_far) / 2
+        truth = (x[:4000].var(0, unbiased=False) + truth) / 2
+    if cov == "spherical":
+        truth = truth.mean()
     for isa in available_cpu_isas():
         with force_cpu_isa(isa):
-            nk, sx, sxx, _ = gmm_em_stats(x.float(), lw.float(), mu.float(), pc.float(), "full", impl="ext")
-        mean = sx[1] / nk[1]
-        cov = (sxx[1] / nk[1] - torch.outer(mean, mean)).diagonal()
-        torch.testing.assert_close(cov, truth, rtol=1e-3, atol=0, msg=isa)
+            stats = gmm_em_stats(x.float(), *args32, impl="ext")
+            f64 = gmm_em_stats(*(t.float().double() for t in (x, *args32[:3])), cov, impl="ext")
+        torch.testing.assert_close(_far_variances(cov, stats), truth, rtol=1e-3, atol=0, msg=isa)
+        if cov != "full":
+            for name, a, b in zip(GMMStats._fields, stats, f64):
+                assert torch.equal(a, b), (isa, name)
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical", "tied"])
+def test_float32_statistics_stay_float32_where_nothing_cancels(cov):
+    """The float64 redo is for cancelling moments only: rows near the origin for their spread, and a
+    batch of the near blob alone under a mixture whose other component is 1e3 away (its nk ~ 0:
+    a component this batch barely touches), keep the float32 kernel's statistics, which differ
+    from the float64 kernel's in the last digits."""
+    x, lw, mu, pc, _ = _two_blobs(cov)
+    near = x[:4000]
+    cases = [(near, lw, mu, pc)]
+    lw2, mu2, pc2 = make_params(5, 4, cov, torch.float64, "cpu", seed=1)
+    cases.append((make_x(3000, mu2, seed=1), lw2, mu2, pc2))
+    for rows, lwc, muc, pcc in cases:
+        stats = gmm_em_stats(rows.float(), lwc.float(), muc.float(), pcc.float(), cov, impl="ext")
+        f64 = gmm_em_stats(*(t.float().double() for t in (rows, lwc, muc, pcc)), cov, impl="ext")
+        assert not torch.equal(stats.sx, f64.sx)
+        for name, a, b in zip(GMMStats._fields, stats, f64):
+            assert rel(a, b) < 1e-6, name
