@@ -397,3 +397,18 @@ def test_sample_arguments_are_checked() -> None:
         x2, labels2 = model.sample(n, generator=seed)  # integers of any kind: the same draw
         assert torch.equal(x, x2) and torch.equal(labels, labels2)
     assert model.sample(3, generator=2**64 - 1)[0].shape == (3, 3)
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical", "tied"])
+def test_float32_fit_of_a_tight_component_far_from_the_origin_matches_float64(cov) -> None:
+    """Blobs at 0 (σ = 1) and at 1000 (σ = 0.01): float32 raw second moments cancel there (the far
+    blob's variances came out from -7.5e-3 to 7.0e-3 where they are 1e-4); the kernel redoes such
+    statistics in float64, so the float32 fit's covariances are the float64 fit's to 1e-4."""
+    g = torch.Generator().manual_seed(0)
+    near = torch.randn(4000, 4, generator=g, dtype=torch.float64)
+    far = 1e3 + 0.01 * torch.randn(4000, 4, generator=g, dtype=torch.float64)
+    x = torch.cat([near, far]).float()
+    fits = [GaussianMixture(2, covariance_type=cov, random_state=0, impl="ext").fit(x.to(dt).numpy())
+            for dt in (torch.float32, torch.float64)]
+    c32, c64 = (torch.as_tensor(f.covariances_).double() for f in fits)
+    torch.testing.assert_close(c32, c64, rtol=1e-4, atol=0)
