@@ -3,7 +3,7 @@ MNIST DataModule, with hot loops in a JIT-compiled C++/CUDA extension."""
 from .callbacks import FIDCallback, LatentInterpolation, SampleGrid
 from .data import IDXFileNotFoundError, IDXFormatError, MNISTDataModule
 # gmm before the rest: ops/gmm.py uses gmm/em.py's math, and importing ops first would cycle.
-from .gmm import ConvergenceWarning, GaussianMixture  # isort: skip
+from .gmm import ConvergenceWarning, GaussianMixture, NotFittedError  # isort: skip
 from .diffusion import Diffusion
 from .gan import GAN
 from .metrics import SampleQuality
@@ -21,6 +21,7 @@ __all__ = [
     "IDXFormatError",
     "LatentInterpolation",
     "MNISTDataModule",
+    "NotFittedError",
     "PredictionWriter",
     "SampleGrid",
     "SampleQuality",

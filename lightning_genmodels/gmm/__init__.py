@@ -1,6 +1,6 @@
 """Gaussian mixture fitted by streamed EM (see :mod:`.module`)."""
-from .estimator import ConvergenceWarning
+from .estimator import ConvergenceWarning, NotFittedError
 from .module import GaussianMixture
 from .strategy import EMDDPStrategy, EMStep
 
-__all__ = ["ConvergenceWarning", "EMDDPStrategy", "EMStep", "GaussianMixture"]
+__all__ = ["ConvergenceWarning", "EMDDPStrategy", "EMStep", "GaussianMixture", "NotFittedError"]

@@ -33,6 +33,11 @@ class ConvergenceWarning(UserWarning):
     """EM stopped at ``max_iter`` before the lower bound settled (scikit-learn's namesake)."""
 
 
+class NotFittedError(RuntimeError, ValueError, AttributeError):
+    """A fitted model was needed: scikit-learn's namesake, with its bases (ValueError,
+    AttributeError), and RuntimeError, which this raised before."""
+
+
 class ScikitLearnMixin:
     """scikit-learn's estimator API over the LightningModule's EM (mixed into GaussianMixture)."""
 

@@ -36,7 +36,7 @@ from .batches import (
 )
 from .em import CovarianceType, GMMStats
 from .estimator import PARAMS as _PARAMS
-from .estimator import ArrayLike, ScikitLearnMixin, check_options
+from .estimator import ArrayLike, NotFittedError, ScikitLearnMixin, check_options
 from .init import InitParams, initial_moments
 from .restarts import RestartsMixin, _say
 from .rows import RowBatches
@@ -217,7 +217,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
 
     def _check_fitted(self) -> None:
         if not self.fitted:
-            raise RuntimeError("GaussianMixture is not fitted yet: call fit(X) or Trainer.fit(model, ...) first, "
+            raise NotFittedError("GaussianMixture is not fitted yet: call fit(X) or Trainer.fit(model, ...) first, "
                                "or load a fitted one (load_from_checkpoint; --ckpt_path on the command line)")
 
     # ------------------------------------------------------------------ Lightning hooks

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_genmodels import ConvergenceWarning, GaussianMixture
+from lightning_genmodels import ConvergenceWarning, GaussianMixture, NotFittedError
 from lightning_genmodels.gmm.rows import RowBatches
 
 
@@ -252,6 +252,23 @@ def test_sklearn_clone_params_and_grid_search() -> None:
     search = GridSearchCV(GaussianMixture(covariance_type="diag", random_state=0), {"n_components": [1, 3]}, cv=2)
     search.fit(x)
     assert search.best_params_ == {"n_components": 3}
+
+
+def test_an_unfitted_model_raises_not_fitted_error_with_scikit_learns_bases() -> None:
+    """predict, predict_proba, score, score_samples, bic, aic and sample of an unfitted model raise
+    NotFittedError: a ValueError and an AttributeError as scikit-learn's is, and the RuntimeError
+    that was raised before."""
+    model, x = GaussianMixture(3, covariance_type="diag"), blobs()
+    calls = [lambda: model.predict(x), lambda: model.predict_proba(x), lambda: model.score(x),
+             lambda: model.score_samples(x), lambda: model.bic(x), lambda: model.aic(x), lambda: model.sample(2)]
+    for call in calls:
+        with pytest.raises(NotFittedError, match="not fitted yet") as info:
+            call()
+        assert isinstance(info.value, ValueError) and isinstance(info.value, AttributeError)
+        assert isinstance(info.value, RuntimeError)
+    model.fit(x)
+    for call in calls:
+        call()
 
 
 def test_sklearn_check_is_fitted_follows_the_fit() -> None:
