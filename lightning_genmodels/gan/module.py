@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import LightningModule
@@ -24,7 +24,10 @@ from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from . import losses
 from .losses import LOSSES, Loss
-from .nets import IMAGE_SIZE, Discriminator, Generator, check_images
+from .nets import IMAGE_SIZE, Discriminator, Generator, check_images, dcgan_init
+
+WeightsInit = Literal["pytorch", "dcgan"]
+WEIGHTS_INITS: tuple[str, ...] = get_args(WeightsInit)
 
 
 class GAN(LightningModule):
@@ -45,6 +48,9 @@ class GAN(LightningModule):
         betas_g, betas_d: Adam betas of each player (DCGAN: (0.5, 0.999)).
         ema_decay: decay of the generator's exponential moving average, used by ``sample``;
             None samples from the raw generator.
+        weights_init: ``"pytorch"`` (PyTorch's layer defaults) or ``"dcgan"`` (the DCGAN paper's
+            N(0, 0.02), as Lightning-Bolts' DCGAN; :func:`~lightning_genmodels.gan.nets.dcgan_init`)
+            for the default networks; networks passed in keep their weights.
     """
 
     input_format = "symmetric"
@@ -65,17 +71,19 @@ class GAN(LightningModule):
         betas_g: tuple[float, float] = (0.5, 0.999),
         betas_d: tuple[float, float] = (0.5, 0.999),
         ema_decay: float | None = 0.999,
+        weights_init: WeightsInit = "pytorch",
     ) -> None:
         super().__init__()
         _check_options(latent_dim, channels, features, loss, gp_weight, n_critic, lr_g, lr_d, betas_g, betas_d,
-                       ema_decay)
+                       ema_decay, weights_init)
         save_hparams_keeping_configs(self, ("generator", "discriminator"), inspect.currentframe())
         self.automatic_optimization = False
         self.latent_dim, self.ema_decay = latent_dim, ema_decay
         self.image_shape = (channels, IMAGE_SIZE, IMAGE_SIZE)
-        self.generator = generator if generator is not None else Generator(latent_dim, channels, features)
+        init = dcgan_init if weights_init == "dcgan" else (lambda net: net)
+        self.generator = generator if generator is not None else init(Generator(latent_dim, channels, features))
         self.discriminator = (
-            discriminator if discriminator is not None else Discriminator(channels, features, spectral_norm)
+            discriminator if discriminator is not None else init(Discriminator(channels, features, spectral_norm))
         )
         self._check_networks()
         self._g_loss: Tensor | None = None  # the latest generator loss, logged with d_loss
@@ -298,6 +306,7 @@ class GAN(LightningModule):
 def _check_options(
     latent_dim: int, channels: int, features: int, loss: str, gp_weight: float, n_critic: int,
     lr_g: float, lr_d: float, betas_g: tuple[float, float], betas_d: tuple[float, float], ema_decay: float | None,
+    weights_init: str = "pytorch",
 ) -> None:
     """Raise ValueError naming the first bad option."""
     for name, value in (("latent_dim", latent_dim), ("channels", channels), ("features", features)):
@@ -317,3 +326,5 @@ def _check_options(
             raise ValueError(f"{name}={tuple(betas)!r} must be two numbers in [0, 1)")
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay={ema_decay!r} must be in [0, 1) or None")
+    if weights_init not in WEIGHTS_INITS:
+        raise ValueError(f"weights_init={weights_init!r} is not one of {', '.join(WEIGHTS_INITS)}")

@@ -8,7 +8,9 @@ which needs per-sample gradients, stays valid (Gulrajani et al. 2017, section 4)
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 IMAGE_SIZE = 28
@@ -21,6 +23,24 @@ def check_images(x: Tensor, channels: int, who: str) -> None:
             f"{who} was built for images [B, {channels}, {IMAGE_SIZE}, {IMAGE_SIZE}] "
             f"but got shape {tuple(x.shape)}"
         )
+
+
+@torch.no_grad()
+def dcgan_init(net: nn.Module) -> nn.Module:
+    """The DCGAN paper's initialisation, in place (Radford et al. 2016, section 4): convolution
+    and linear weights from N(0, 0.02), batch-norm scales from N(1, 0.02), biases 0. Under spectral
+    normalisation the weight before normalisation is drawn. Returns ``net``."""
+    for module in net.modules():
+        conv = isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+        if not conv and not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
+        weight = (module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight")
+                  else module.weight)
+        if weight is not None:
+            weight.normal_(0.0 if conv else 1.0, 0.02)
+        if module.bias is not None:
+            module.bias.zero_()
+    return net
 
 
 class Generator(nn.Module):

@@ -238,6 +238,7 @@ def test_generator_assigned_after_init_gets_its_own_ema(tmp_path: Path) -> None:
         ({"ema_decay": 1.5}, "ema_decay=1.5"),
         ({"latent_dim": 0}, "latent_dim=0"),
         ({"gp_weight": -1.0}, "gp_weight=-1.0"),
+        ({"weights_init": "xavier"}, "weights_init='xavier' is not one of pytorch, dcgan"),
     ],
 )
 def test_bad_options_name_the_value(kwargs: dict, match: str) -> None:
@@ -328,3 +329,28 @@ def test_a_nan_in_the_real_batch_is_named_not_the_learning_rates() -> None:
                                                  r"or infinite values: check the data\.$"):
         trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x, torch.zeros(16)), batch_size=8))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_dcgan_init_draws_the_papers_weights_for_the_default_networks(spectral_norm: bool) -> None:
+    """weights_init="dcgan": convolution and linear weights N(0, 0.02) (before spectral
+    normalisation), batch-norm scales N(1, 0.02), biases 0, where PyTorch's defaults (uniform, of
+    1 / fan_in's scale) are not; networks passed in keep their weights; the model still trains."""
+    torch.manual_seed(0)
+    model = GAN(latent_dim=64, features=32, spectral_norm=spectral_norm, weights_init="dcgan")
+    default = GAN(latent_dim=64, features=32, spectral_norm=spectral_norm)
+    for net, base in ((model.generator, default.generator), (model.discriminator, default.discriminator)):
+        for name, p in net.named_parameters():
+            kind = name.rsplit(".", 1)[-1]
+            if kind == "bias":
+                assert not p.any(), name
+            elif p.ndim == 1:  # batch-norm scale
+                assert abs(p.mean().item() - 1.0) < 0.01 and 0.01 < p.std().item() < 0.03, name
+            elif p.numel() >= 1000:  # weights (original, under spectral norm)
+                assert abs(p.mean().item()) < 0.005 and abs(p.std().item() - 0.02) < 0.003, (name, p.std())
+                assert abs(dict(base.named_parameters())[name].std().item() - 0.02) > 0.005, name
+    given = Generator(latent_dim=8, features=4)
+    before = [p.clone() for p in given.parameters()]
+    kept = GAN(**TINY, generator=given, weights_init="dcgan")
+    assert all(torch.equal(a, b) for a, b in zip(before, kept.generator.parameters()))
+    fit(GAN(**TINY, weights_init="dcgan"), batches=2)
