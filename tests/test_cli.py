@@ -227,6 +227,16 @@ def test_python_dash_m_fit_prints_the_table_and_the_png_only(mnist_dir: Path, tm
     check_grid(tmp_path / "samples.png")
 
 
+def test_python_dash_m_validate_of_an_unfitted_model_says_so_without_a_traceback(mnist_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    args = ["validate", *fit_args(mnist_dir, tmp_path)[1:], "--trainer.limit_val_batches", "1"]
+    result = subprocess.run([sys.executable, "-m", "lightning_genmodels", *args],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: GaussianMixture is not fitted yet" in result.stderr and "--ckpt_path" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 def test_predict_saves_the_outputs_and_prints_the_path(mnist_dir: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     """`predict` computed every batch's outputs and dropped them: nothing was written or printed."""
