@@ -31,9 +31,13 @@ INT_OR_FLOAT = ("limit_train_batches", "limit_val_batches", "limit_test_batches"
                 "overfit_batches", "val_check_interval")
 
 
-def config_trainer_options(value: str, whole: bool) -> dict[str, Any]:
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def config_trainer_options(value: str, whole: bool, subcommand: str | None = None) -> dict[str, Any]:
     """The trainer options of a config given as a file or as YAML/JSON text: its ``trainer``
-    section, or all of it (``whole``: the value of ``--trainer``)."""
+    section and, in a config given before the subcommand, that subcommand's (``fit: trainer:``),
+    or all of it (``whole``: the value of ``--trainer``)."""
     try:
         text = Path(value).read_text() if Path(value).is_file() else value
     except (OSError, ValueError):  # text too long for a path, or with a NUL
@@ -42,21 +46,28 @@ def config_trainer_options(value: str, whole: bool) -> dict[str, Any]:
         config = yaml.safe_load(text)
     except yaml.YAMLError:
         return {}
-    if not whole:
-        config = config.get("trainer") if isinstance(config, dict) else None
-    return config if isinstance(config, dict) else {}
+    if whole:
+        return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        return {}
+    nested = config.get(subcommand) if subcommand else None
+    found: dict[str, Any] = {}
+    for section in (config.get("trainer"), nested.get("trainer") if isinstance(nested, dict) else None):
+        found.update(section if isinstance(section, dict) else {})
+    return found
 
 
 def integer_trainer_options(argv: list[str]) -> dict[str, int]:
     """The :data:`INT_OR_FLOAT` options written as integers in ``argv`` or in its ``--config``
     and ``--trainer`` configs, the last one given winning, as the parser takes them."""
     found: dict[str, int] = {}
+    subcommand = next((token for token in argv if token in SUBCOMMANDS), None)
     for i, token in enumerate(argv):
         name, eq, value = token.partition("=")
         if not eq:
             value = argv[i + 1] if i + 1 < len(argv) else ""
         if name in ("--config", "-c", "--trainer"):
-            for key, v in config_trainer_options(value, name == "--trainer").items():
+            for key, v in config_trainer_options(value, name == "--trainer", subcommand).items():
                 if key in INT_OR_FLOAT and type(v) is int:
                     found[key] = v
                 elif key in INT_OR_FLOAT:

@@ -129,6 +129,20 @@ def test_integer_batch_limits_stay_integers(mnist_dir: Path, tmp_path: Path, giv
         assert cli.trainer.val_check_interval == 1 and type(cli.trainer.val_check_interval) is int
 
 
+def test_integer_batch_limits_under_the_subcommand_of_a_top_level_config(mnist_dir: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """A config before the subcommand, ``fit: trainer: limit_val_batches: 1``, was read as 1.0."""
+    top = tmp_path / "top.yaml"
+    top.write_text("fit:\n  trainer:\n    limit_val_batches: 1\n    limit_train_batches: 0.5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=["--config", str(top), "fit", "--config", str(CONFIG), "--data.data_dir", str(mnist_dir),
+                   "--print_config"])
+    assert exit_info.value.code == 0
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["limit_val_batches"] == 1 and type(trainer["limit_val_batches"]) is int
+    assert trainer["limit_train_batches"] == 0.5
+
+
 def test_integer_batch_limits_of_a_dict_config(mnist_dir: Path, tmp_path: Path) -> None:
     """main(args=dict), LightningCLI's structured form, read ``limit_val_batches: 1`` as 1.0 (every batch)."""
     args = {"model": {"class_path": "GaussianMixture", "init_args": {"n_components": 2}},
