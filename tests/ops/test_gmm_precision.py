@@ -153,3 +153,20 @@ def test_float32_statistics_stay_float32_where_nothing_cancels(cov):
         assert not torch.equal(stats.sx, f64.sx)
         for name, a, b in zip(GMMStats._fields, stats, f64):
             assert rel(a, b) < 1e-6, name
+
+
+def test_float64_redo_in_blocks_sums_every_row_once():
+    """The redo converts x in blocks of 8 Mi values (D = 784: 10,700 rows): over 12,000 weighted rows
+    it gives the float64 kernel's statistics of the whole (to the rounding of the blocks' sums)."""
+    g = torch.Generator().manual_seed(5)
+    d = 784
+    x = torch.cat([torch.randn(6000, d, generator=g), 1e3 + 0.01 * torch.randn(6000, d, generator=g)])
+    weight = torch.rand(12000, generator=g)
+    weight[::7] = 0.0
+    lw = torch.full((2,), 0.5).log()
+    mu = torch.stack([torch.zeros(d), torch.full((d,), 1e3)])
+    pc = torch.tensor([[1.0] * d, [100.0] * d])
+    stats = gmm_em_stats(x, lw, mu, pc, "diag", weight, impl="ext")
+    f64 = gmm_em_stats(x.double(), lw.double(), mu.double(), pc.double(), "diag", weight.double(), impl="ext")
+    for name, a, b in zip(GMMStats._fields, stats, f64):
+        assert rel(a, b) < 1e-12, (name, rel(a, b))
