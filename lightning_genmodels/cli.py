@@ -238,6 +238,9 @@ class GenModelsCLI(LightningCLI):
 QUIET_NOTES = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"The '\w+_dataloader' does not have many workers",
+    # Lightning 2.6 on any manual-optimisation module (the GAN) whose ModelCheckpoint counts
+    # train steps: the checkpoint holds the state after the step, which is what the GAN saves.
+    r"Using ModelCheckpoint with manual optimization and every_n_train_steps",
 )
 
 
