@@ -44,12 +44,11 @@ at::Tensor rows_with_unit_stride(const at::Tensor& x) {
   return (x.stride(1) == 1 && x.stride(0) >= x.size(1)) ? x : x.contiguous();
 }
 
+using Stats = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;  // nk, sx, sxx, loglik
+
 template <typename T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at::Tensor& x_in,
-                                                                         const std::optional<at::Tensor>& sample_weight,
-                                                                         const at::Tensor& log_weights,
-                                                                         const at::Tensor& means,
-                                                                         const at::Tensor& prec_chol, CovType cov) {
+Stats em_stats_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& sample_weight,
+                   const at::Tensor& log_weights, const at::Tensor& means, const at::Tensor& prec_chol, CovType cov) {
   const at::Tensor x = rows_with_unit_stride(x_in);
   Plan<T> plan(call_kernels<T>(), cov, log_weights, means, prec_chol);
   plan_pruning(plan);
@@ -109,8 +108,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_stats_cpu(const at
   *loglik.data_ptr<double>() = tp[size - 1];
   return {nk, sx, sxx, loglik};
 }
-
-using Stats = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // float32 diag, spherical and tied sum raw second moments (float32 within a tile, then float64),
 // so a variance sxx / nk - mean^2 is off by about eps32 / 4 of sxx / nk (two blobs of 20,000 rows,

@@ -306,7 +306,7 @@ class GAN(LightningModule):
 def _check_options(
     latent_dim: int, channels: int, features: int, loss: str, gp_weight: float, n_critic: int,
     lr_g: float, lr_d: float, betas_g: tuple[float, float], betas_d: tuple[float, float], ema_decay: float | None,
-    weights_init: str = "pytorch",
+    weights_init: str,
 ) -> None:
     """Raise ValueError naming the first bad option."""
     for name, value in (("latent_dim", latent_dim), ("channels", channels), ("features", features)):

@@ -74,9 +74,7 @@ def philox_normal_traced(seed_offset: Tensor, size: Sequence[int]) -> Tensor:
     """:func:`_philox_normal_ref` with (seed, offset) read from an int64 [2] tensor in tensor
     operations only, so that torch.compile traces it whole (no host read). Float32 ``size``.
     The same numbers (the key schedule and counters are the same int64 arithmetic)."""
-    n = 1
-    for s in size:
-        n *= s
+    n = math.prod(size)
     device = seed_offset.device
     if n == 0:
         return torch.empty(tuple(size), dtype=torch.float32, device=device)
