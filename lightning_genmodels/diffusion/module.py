@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,7 +27,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
-from ..module_utils import check_integer, eval_mode
+from ..module_utils import check_integer, eval_mode, save_hparams_keeping_configs
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from . import samplers as S
@@ -114,7 +115,7 @@ class Diffusion(LightningModule):
         if not clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
         _check_compile_unet(compile_unet)
-        self.save_hyperparameters()
+        save_hparams_keeping_configs(self, inspect.currentframe())  # (a subclass's nn.Module arguments left out)
         self.unet = UNet(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
                          attention_heads, dropout, groups)
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)

@@ -76,7 +76,7 @@ class GAN(LightningModule):
         super().__init__()
         _check_options(latent_dim, channels, features, loss, gp_weight, n_critic, lr_g, lr_d, betas_g, betas_d,
                        ema_decay, weights_init)
-        save_hparams_keeping_configs(self, ("generator", "discriminator"), inspect.currentframe())
+        save_hparams_keeping_configs(self, inspect.currentframe())
         self.automatic_optimization = False
         self.latent_dim, self.ema_decay = latent_dim, ema_decay
         self.image_shape = (channels, IMAGE_SIZE, IMAGE_SIZE)
