@@ -14,6 +14,8 @@ from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
@@ -129,6 +131,19 @@ class GAN(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._refresh_ema()  # before the checkpoint's EMA weights are loaded into it
+
+    def on_train_start(self) -> None:
+        """Warn of LR schedulers that nothing steps: Lightning steps none under manual
+        optimisation, nor does our ``training_step``; a subclass's ``configure_optimizers`` that
+        returned some saw its learning rates stay put, silently. Quiet where a subclass overrides
+        a hook that could step them (``self.lr_schedulers()``)."""
+        hooks = ("training_step", "on_train_batch_end", "on_train_epoch_end", "on_validation_epoch_end")
+        if self.trainer.lr_scheduler_configs and not any(is_overridden(h, self, GAN) for h in hooks):
+            rank_zero_warn(
+                f"{type(self).__name__}.configure_optimizers returned LR schedulers, but the GAN trains by manual "
+                "optimisation, where Lightning steps none and GAN.training_step does not either: step them "
+                "yourself (self.lr_schedulers()), e.g. in on_train_epoch_end"
+            )
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """z ~ N(0, I), [n, latent_dim] on the module's device in its dtype (bf16 after a
