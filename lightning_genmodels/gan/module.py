@@ -133,10 +133,19 @@ class GAN(LightningModule):
         self._refresh_ema()  # before the checkpoint's EMA weights are loaded into it
 
     def on_train_start(self) -> None:
-        """Warn of LR schedulers that nothing steps: Lightning steps none under manual
-        optimisation, nor does our ``training_step``; a subclass's ``configure_optimizers`` that
-        returned some saw its learning rates stay put, silently. Quiet where a subclass overrides
-        a hook that could step them (``self.lr_schedulers()``)."""
+        """Check what ``configure_optimizers`` gave our ``training_step``: the two players'
+        optimizers (one, as LightningCLI's ``--optimizer`` puts over all parameters, failed
+        inside it with "cannot unpack non-iterable LightningAdam object"); and warn of LR
+        schedulers that nothing steps: Lightning steps none under manual optimisation, nor does
+        our ``training_step``, so a subclass's kept its learning rates, silently. Quiet where a
+        subclass overrides a hook that could step them (``self.lr_schedulers()``)."""
+        count = len(self.trainer.optimizers)
+        if count != 2 and not is_overridden("training_step", self, GAN):
+            raise ValueError(
+                f"{type(self).__name__} needs two optimizers from configure_optimizers, the generator's then the "
+                f"discriminator's; got {count}. (LightningCLI's --optimizer replaces them with one over both "
+                "players: set lr_g, lr_d, betas_g and betas_d instead, or override configure_optimizers.)"
+            )
         hooks = ("training_step", "on_train_batch_end", "on_train_epoch_end", "on_validation_epoch_end")
         if self.trainer.lr_scheduler_configs and not any(is_overridden(h, self, GAN) for h in hooks):
             rank_zero_warn(
