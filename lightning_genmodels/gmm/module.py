@@ -126,9 +126,11 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         # The arguments as given, for get_params (scikit-learn's clone checks identity), with a
         # subclass's own from its __init__ above this one: set_params and clone had reset them to
         # their defaults. Setting an attribute of the same name is set_params for ours only.
-        self._sk_base = frozenset(k for k in locals() if k not in ("self", "__class__"))
-        self._sk_params = {k: v for args in collect_init_args(inspect.currentframe(), [], classes=(GaussianMixture,))
-                           for k, v in args.items()}
+        params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self._sk_base = frozenset(params)
+        for args in collect_init_args(inspect.currentframe(), [], classes=(GaussianMixture,)):
+            params.update(args)
+        self._sk_params = params
         super().__init__()
         check_options(covariance_type, init_params, impl, n_components, tol, reg_covar, max_iter, n_init,
                       random_state, verbose_interval, n_features, kmeans_max_iter, kmeans_tol, verbose, warm_start)
