@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import operator
-import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,19 +12,20 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 
-def save_hparams_keeping_configs(module: LightningModule, networks: tuple[str, ...], frame: FrameType) -> None:
-    """``module.save_hyperparameters`` from the ``__init__`` at ``frame``, minus the ``networks``
-    arguments that are ``nn.Module`` objects (their weights are in the state dict, and a module is
-    no hyperparameter). Under LightningCLI they arrive as config dicts (class path and init args)
-    and are kept, so that ``load_from_checkpoint`` rebuilds them with no arguments."""
-    names = "|".join(re.escape(name) for name in networks)
+def save_hparams_keeping_configs(module: LightningModule, frame: FrameType) -> None:
+    """``module.save_hyperparameters`` from the ``__init__`` at ``frame`` (and a subclass's above
+    it), minus the arguments that are ``nn.Module`` objects: their weights are in the state dict,
+    a module is no hyperparameter, and a pickled one made ``load_from_checkpoint`` fail
+    (``weights_only``). That includes a subclass's own (``MyVAE(backbone=...)``), which it could
+    not ``ignore`` in our call; load them with ``load_from_checkpoint(path, backbone=...)``.
+    Under LightningCLI networks arrive as config dicts (class path and init args) and are kept,
+    so that ``load_from_checkpoint`` rebuilds them with no arguments."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=rf"Attribute '({names})' is an instance of `nn.Module`")
+        warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
         module.save_hyperparameters(frame=frame)
-    for key in networks:
-        if isinstance(module.hparams.get(key), nn.Module):
-            module.hparams.pop(key)
-            module._hparams_initial.pop(key, None)
+    for key in [k for k, v in module.hparams.items() if isinstance(v, nn.Module)]:
+        module.hparams.pop(key)
+        module._hparams_initial.pop(key, None)
 
 
 @contextmanager

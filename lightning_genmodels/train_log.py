@@ -8,7 +8,8 @@ batch of each epoch and of the run (so ``callback_metrics`` hold the epoch's fin
 and early stopping), and on every batch while a checkpoint callback monitors a metric within
 the epoch (``every_n_train_steps`` or ``train_time_interval``: it ranks the current values) or
 a checkpoint or early-stopping callback reads one at validation runs inside the epoch
-(``val_check_interval``).
+(``val_check_interval``), or an LR scheduler reads one every step (``ReduceLROnPlateau`` with
+``interval="step"``).
 A run that ``max_time`` (a :class:`~lightning.pytorch.callbacks.Timer`) may stop at the end of
 this batch logs it too: the batches of its last ~3 average batch times.
 ``Trainer(log_every_n_steps=1)`` logs every batch.
@@ -36,6 +37,10 @@ def log_this_step(module: LightningModule, batch_idx: int) -> bool:
         return True
     if any(_reads_at_validation_within_epochs(cb, trainer)
            for cb in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]):
+        return True
+    # an LR scheduler stepped on a metric every step (ReduceLROnPlateau, interval "step") raised
+    # that it was "not available" on the batches that logged nothing
+    if any(config.monitor is not None and config.interval == "step" for config in trainer.lr_scheduler_configs):
         return True
     # Lightning's own test (every log_every_n_steps-th batch that stepped), private but read-only;
     # without it, log every batch.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,9 +25,10 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-from ..module_utils import check_integer, eval_mode
+from ..module_utils import check_integer, eval_mode, save_hparams_keeping_configs
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from . import samplers as S
@@ -114,7 +116,7 @@ class Diffusion(LightningModule):
         if not clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
         _check_compile_unet(compile_unet)
-        self.save_hyperparameters()
+        save_hparams_keeping_configs(self, inspect.currentframe())  # (a subclass's nn.Module arguments left out)
         self.unet = UNet(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
                          attention_heads, dropout, groups)
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
@@ -313,7 +315,7 @@ class Diffusion(LightningModule):
             images = torch.empty(shape, device=self.device)
             return _gather_shares(images, n, world)
         frozen = self.unet.frozen(hp.impl) if isinstance(self.unet, UNet) else contextlib.nullcontext()
-        with eval_mode(self.unet), frozen, torch.inference_mode():
+        with eval_mode(self._denoiser()), frozen, torch.inference_mode():
             op = isinstance(self.unet, UNet) and self.unet.runs_op(self.device)
             threads = S.cpu_threads(count, threads, 1 if op else S.MIN_IMAGES_PER_THREAD)
             x = self._sample_with(loop, threads, compile_unet)
@@ -338,7 +340,7 @@ class Diffusion(LightningModule):
         """``loop`` over the UNet, compiled or not as ``compile_unet`` and the machine decide."""
         choice = self._compile_choice(compile_unet)
         if choice is False or (choice is None and not self._auto_compile()):
-            return loop(self.unet, threads)
+            return loop(self._denoiser(), threads)
         from torch._dynamo.exc import BackendCompilerFailed
 
         try:
@@ -353,7 +355,13 @@ class Diffusion(LightningModule):
             warnings.warn(f"Diffusion.sample: compiling the UNet failed, sampling with the eager UNet from now on "
                           f"(compile_unet=False silences this): {type(reason).__name__}: {reason}",
                           RuntimeWarning, stacklevel=4)
-        return loop(self.unet, threads)
+        return loop(self._denoiser(), threads)
+
+    def _denoiser(self) -> torch.nn.Module:
+        """What sampling calls as ``model(x, t)``: the UNet, or this module where a subclass
+        overrides ``forward`` (training calls ``self(x, t)``; sampling called ``self.unet``, so a
+        subclass's forward, e.g. a scale outside the network, was left out of its samples)."""
+        return self if is_overridden("forward", self, Diffusion) else self.unet
 
     def _compile_choice(self, compile_unet: bool | None) -> bool | None:
         return _check_compile_unet(self.hparams.get("compile_unet") if compile_unet is None else compile_unet)
@@ -368,7 +376,7 @@ class Diffusion(LightningModule):
         return self.device.type == "cuda" and not failed and has_triton() and is_dynamo_supported()
 
     def _compiled_unet(self) -> torch.nn.Module:
-        return torch.compile(self.unet, dynamic=False)  # compiled code is cached on UNet.forward
+        return torch.compile(self._denoiser(), dynamic=False)  # compiled code is cached on its forward
 
     def sample_images(self, n: int, seed: int = 0, distributed: bool | None = None) -> Tensor:
         """``n`` images [n, C, S, S] in [0, 1] with the module's default sampler settings

@@ -14,6 +14,8 @@ from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
@@ -76,7 +78,7 @@ class GAN(LightningModule):
         super().__init__()
         _check_options(latent_dim, channels, features, loss, gp_weight, n_critic, lr_g, lr_d, betas_g, betas_d,
                        ema_decay, weights_init)
-        save_hparams_keeping_configs(self, ("generator", "discriminator"), inspect.currentframe())
+        save_hparams_keeping_configs(self, inspect.currentframe())
         self.automatic_optimization = False
         self.latent_dim, self.ema_decay = latent_dim, ema_decay
         self.image_shape = (channels, IMAGE_SIZE, IMAGE_SIZE)
@@ -129,6 +131,28 @@ class GAN(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._refresh_ema()  # before the checkpoint's EMA weights are loaded into it
+
+    def on_train_start(self) -> None:
+        """Check what ``configure_optimizers`` gave our ``training_step``: the two players'
+        optimizers (one, as LightningCLI's ``--optimizer`` puts over all parameters, failed
+        inside it with "cannot unpack non-iterable LightningAdam object"); and warn of LR
+        schedulers that nothing steps: Lightning steps none under manual optimisation, nor does
+        our ``training_step``, so a subclass's kept its learning rates, silently. Quiet where a
+        subclass overrides a hook that could step them (``self.lr_schedulers()``)."""
+        count = len(self.trainer.optimizers)
+        if count != 2 and not is_overridden("training_step", self, GAN):
+            raise ValueError(
+                f"{type(self).__name__} needs two optimizers from configure_optimizers, the generator's then the "
+                f"discriminator's; got {count}. (LightningCLI's --optimizer replaces them with one over both "
+                "players: set lr_g, lr_d, betas_g and betas_d instead, or override configure_optimizers.)"
+            )
+        hooks = ("training_step", "on_train_batch_end", "on_train_epoch_end", "on_validation_epoch_end")
+        if self.trainer.lr_scheduler_configs and not any(is_overridden(h, self, GAN) for h in hooks):
+            rank_zero_warn(
+                f"{type(self).__name__}.configure_optimizers returned LR schedulers, but the GAN trains by manual "
+                "optimisation, where Lightning steps none and GAN.training_step does not either: step them "
+                "yourself (self.lr_schedulers()), e.g. in on_train_epoch_end"
+            )
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """z ~ N(0, I), [n, latent_dim] on the module's device in its dtype (bf16 after a

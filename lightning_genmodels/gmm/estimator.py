@@ -75,11 +75,10 @@ class ScikitLearnMixin:
         """The arguments that differ from their defaults, as scikit-learn prints an estimator
         (``GaussianMixture(n_components=3, covariance_type='diag')``); arrays by their shape."""
         defaults: dict[str, Any] = {}
-        for cls in type(self).__mro__:  # the class that declares them (a subclass may take **kwargs)
-            params = inspect.signature(cls.__init__).parameters
-            if set(self._sk_params) <= set(params):
-                defaults = {k: p.default for k, p in params.items()}
-                break
+        for cls in reversed(type(self).__mro__):  # a subclass's defaults over ours (it may take **kwargs)
+            if "__init__" in vars(cls):
+                defaults.update((k, p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
+                                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
         shown = []
         for name, value in self._sk_params.items():
             if isinstance(value, (Tensor, np.ndarray)):
@@ -97,9 +96,10 @@ class ScikitLearnMixin:
         return super().__getattr__(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """Setting a constructor argument is ``set_params`` (it was silently ignored)."""
+        """Setting one of our constructor arguments is ``set_params`` (it was silently ignored); a
+        subclass's own are its attributes to set."""
         params = self.__dict__.get("_sk_params")
-        if params is not None and name in params:
+        if params is not None and name in params and name in self.__dict__.get("_sk_base", ()):
             self.set_params(**{name: value})
         else:
             super().__setattr__(name, value)

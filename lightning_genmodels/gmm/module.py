@@ -16,6 +16,7 @@ run with the best final lower bound is kept.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -25,6 +26,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor
 
 from ..metrics.em import EMStatistics
@@ -121,8 +123,14 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         verbose: int = 0,
         verbose_interval: int = 10,
     ) -> None:
-        # The arguments as given, for get_params (scikit-learn's clone checks identity).
-        self._sk_params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # The arguments as given, for get_params (scikit-learn's clone checks identity), with a
+        # subclass's own from its __init__ above this one: set_params and clone had reset them to
+        # their defaults. Setting an attribute of the same name is set_params for ours only.
+        params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self._sk_base = frozenset(params)
+        for args in collect_init_args(inspect.currentframe(), [], classes=(GaussianMixture,)):
+            params.update(args)
+        self._sk_params = params
         super().__init__()
         check_options(covariance_type, init_params, impl, n_components, tol, reg_covar, max_iter, n_init,
                       random_state, verbose_interval, n_features, kmeans_max_iter, kmeans_tol, verbose, warm_start)

@@ -115,7 +115,7 @@ class VAE(LightningModule):
             raise ValueError(f"lr={lr!r} must be a finite number > 0")
         if learn_scale and likelihood != "gaussian":
             raise ValueError(f"learn_scale=True needs likelihood='gaussian', got likelihood={likelihood!r}")
-        save_hparams_keeping_configs(self, ("encoder", "decoder"), inspect.currentframe())
+        save_hparams_keeping_configs(self, inspect.currentframe())
         self.latent_dim = latent_dim
         self.likelihood = likelihood
         self.input_format = INPUT_FORMATS[likelihood]
