@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
 from ..ops.philox import check_seed
+from ..padding import eval_means, log_row_means
 from ..train_log import log_this_step
 from .likelihoods import (
     INPUT_FORMATS,
@@ -42,6 +43,7 @@ __all__ = ["VAE"]
 _LOG_2PI = math.log(2 * math.pi)
 # likelihoods defined only for data in [0, 1] (the Gaussian is a density on all reals)
 _UNIT_RANGE = ("bernoulli", "continuous_bernoulli")
+_EVAL_ROWS = ("elbo", "rec", "kl", "nll_iwae", "bpd")  # logged per validation and test row
 
 
 class VAE(LightningModule):
@@ -122,6 +124,8 @@ class VAE(LightningModule):
         self.image_shape = (in_channels, image_size, image_size)
         self.encoder = encoder if encoder is not None else ConvEncoder(latent_dim, in_channels, image_size)
         self.decoder = decoder if decoder is not None else ConvDecoder(latent_dim, in_channels, image_size)
+        # {stage}/elbo, ... over the whole set: under DDP each row once (see padding.py)
+        self.eval_means = eval_means(_EVAL_ROWS)
         log_scale = torch.tensor(math.log(gaussian_scale))
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
@@ -352,19 +356,18 @@ class VAE(LightningModule):
                 self.log("train/scale", self.log_scale.exp(), batch_size=n)
             return loss
         nll = -self.iwae_bound(x, self.hparams.iwae_k if stage == "test" else self.hparams.val_iwae_k)
-        self.log_dict({f"{stage}/elbo": elbo.mean(), f"{stage}/rec": rec.mean(), f"{stage}/kl": kl.sum(1).mean(),
-                       f"{stage}/nll_iwae": nll.mean(), f"{stage}/bpd": self.bits_per_dim(nll).mean()},
-                      batch_size=n, sync_dist=True, prog_bar=stage == "val")
+        rows = {"elbo": elbo, "rec": rec, "kl": kl.sum(1), "nll_iwae": nll, "bpd": self.bits_per_dim(nll)}
+        log_row_means(self, self.eval_means, stage, rows, batch_idx, prog_bar=stage == "val")
         return -elbo.mean()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
+        return self._shared_step(batch, "val", batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
+        return self._shared_step(batch, "test", batch_idx)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """``Trainer.predict``: the batch's latent codes (``mean``, ``log_var`` [B, L]) and mean
