@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
-from ..module_utils import check_integer, eval_mode
+from ..module_utils import check_integer, eval_mode, seed_ranks_apart
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from ..padding import eval_means, log_row_means
@@ -196,6 +196,9 @@ class Diffusion(LightningModule):
         else:  # the mean over the whole set, under DDP each image once (see lightning_genmodels/padding.py)
             log_row_means(self, self.eval_means, stage, {"loss": losses}, batch_idx)
         return losses.mean()
+
+    def on_train_start(self) -> None:
+        seed_ranks_apart(self)  # under DDP each rank draws its own noise
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

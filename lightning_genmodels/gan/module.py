@@ -19,7 +19,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
+from ..module_utils import as_integer, broadcast_buffers, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from . import losses
@@ -126,6 +126,15 @@ class GAN(LightningModule):
 
     def setup(self, stage: str) -> None:
         self._refresh_ema()  # before the Trainer restores a checkpoint (resume) or wraps in DDP
+
+    def on_train_start(self) -> None:
+        seed_ranks_apart(self)  # under DDP each rank draws its own z (they drew the same fakes)
+
+    def on_validation_start(self) -> None:
+        broadcast_buffers(self)  # rank 0's running statistics: FIDCallback's ranks sample one model
+
+    def on_train_end(self) -> None:
+        broadcast_buffers(self)  # every rank ends with rank 0's model, which its checkpoints hold
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._refresh_ema()  # before the checkpoint's EMA weights are loaded into it

@@ -24,7 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
-from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
+from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.philox import check_seed
 from ..padding import eval_means, log_row_means
 from ..train_log import log_this_step
@@ -359,6 +359,9 @@ class VAE(LightningModule):
         rows = {"elbo": elbo, "rec": rec, "kl": kl.sum(1), "nll_iwae": nll, "bpd": self.bits_per_dim(nll)}
         log_row_means(self, self.eval_means, stage, rows, batch_idx, prog_bar=stage == "val")
         return -elbo.mean()
+
+    def on_train_start(self) -> None:
+        seed_ranks_apart(self)  # under DDP each rank draws its own noise
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train", batch_idx)
