@@ -29,7 +29,7 @@ from torch import Tensor
 from ..module_utils import check_integer, eval_mode, seed_ranks_apart
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
-from ..padding import eval_means, log_row_means
+from ..ddp import eval_means, log_row_means
 from . import samplers as S
 from .schedules import BETA_SCHEDULES, BetaSchedule, alphas_cumprod, make_betas
 from .unet import UNet
@@ -193,7 +193,7 @@ class Diffusion(LightningModule):
         losses = self._image_losses(x0, t, noise)
         if stage == "train":
             self.log("train/loss", losses.mean(), prog_bar=True, batch_size=n)
-        else:  # the mean over the whole set, under DDP each image once (see lightning_genmodels/padding.py)
+        else:  # the mean over the whole set, under DDP each image once (see lightning_genmodels/ddp.py)
             log_row_means(self, self.eval_means, stage, {"loss": losses}, batch_idx)
         return losses.mean()
 

@@ -2,7 +2,7 @@
 weights that cancel DistributedSampler padding, and a sampler that never pads.
 
 Padding: rows that DistributedSampler repeats get sample weight 0 (``padding_weights``, shared
-with the other families in ``lightning_genmodels/padding.py``), so each data point counts once.
+with the other families in ``lightning_genmodels/ddp.py``), so each data point counts once.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 
-from ..padding import padding_weights
+from ..ddp import padding_weights
 
 # A zero-argument callable that starts one pass over the (rank-local) data, yielding
 # ``(x [B, D], sample_weight [B] or None)``; called once per pass.

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..metrics.em import EMStatistics
 from ..ops.build import Impl
 from ..ops.gmm import gmm_em_stats, gmm_log_prob, gmm_m_step
-from ..padding import eval_means, log_row_means
+from ..ddp import eval_means, log_row_means
 from . import em
 from .batches import (
     batch_tensor, broadcast_, is_distributed, loader_batches, padding_weights, set_trainer_world, shared_seed,
@@ -150,7 +150,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         for name in _PARAMS:
             self.register_buffer(name, torch.empty(0))
         self.em_stats: EMStatistics | None = None
-        self.eval_means = eval_means(("log_likelihood",))  # {stage}/log_likelihood, see padding.py
+        self.eval_means = eval_means(("log_likelihood",))  # {stage}/log_likelihood, see ddp.py
         self._data_finite = False  # fit(X) checked its rows once: the passes need not
         self._log_bound = True  # off in fit(X)'s own Trainer, which logs nothing
         self._reset_fit_state()
@@ -437,7 +437,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
 
     def _shared_step(self, batch: Any, stage: str, batch_idx: int = 0) -> Tensor | None:
         """Mean log-likelihood of a batch under the current parameters; ``{stage}/log_likelihood``
-        logs the data set's mean (under DDP each row once: see lightning_genmodels/padding.py).
+        logs the data set's mean (under DDP each row once: see lightning_genmodels/ddp.py).
         Within fit, validation scores the parameters after the epoch's M-step."""
         if not (self.fitted or self._in_progress):
             if self._trainer is not None and self._trainer.sanity_checking:

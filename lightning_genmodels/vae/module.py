@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.philox import check_seed
-from ..padding import eval_means, log_row_means
+from ..ddp import eval_means, log_row_means
 from ..train_log import log_this_step
 from .likelihoods import (
     INPUT_FORMATS,
@@ -124,7 +124,7 @@ class VAE(LightningModule):
         self.image_shape = (in_channels, image_size, image_size)
         self.encoder = encoder if encoder is not None else ConvEncoder(latent_dim, in_channels, image_size)
         self.decoder = decoder if decoder is not None else ConvDecoder(latent_dim, in_channels, image_size)
-        # {stage}/elbo, ... over the whole set: under DDP each row once (see padding.py)
+        # {stage}/elbo, ... over the whole set: under DDP each row once (see ddp.py)
         self.eval_means = eval_means(_EVAL_ROWS)
         log_scale = torch.tensor(math.log(gaussian_scale))
         if learn_scale:

@@ -1,4 +1,5 @@
-"""DistributedSampler's padding, weighted out of per-row averages under DDP.
+"""DDP helpers shared by the families: DistributedSampler's padding weighted out of per-row
+averages, and torchmetrics' syncing tied to the running Trainer.
 
 ``DistributedSampler`` (and Lightning's ``DistributedSamplerWrapper``, a subclass) with
 ``drop_last=False`` repeats the first ``total_size - len(dataset)`` indices at the END of its
@@ -15,11 +16,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-__all__ = ["eval_batch_weights", "eval_means", "log_row_means", "padding_weights"]
+__all__ = ["eval_batch_weights", "eval_means", "follow_world", "log_row_means", "padding_weights"]
 
 
 def padding_weights(sampler: Any, start: int, n_rows: int, device: torch.device) -> Tensor | None:
@@ -73,12 +75,22 @@ def log_row_means(module: LightningModule, means: nn.ModuleDict, stage: str, row
     integer division."""
     weights = eval_batch_weights(module, batch_idx, next(iter(rows.values())).shape[0])
     trainer = module._trainer
-    synced = _synced if trainer is not None and trainer.world_size > 1 else _alone
+    follow_world(means, 1 if trainer is None else trainer.world_size)
     for name, value in rows.items():
         metric = means[f"{stage}_{name}"]
-        metric.distributed_available_fn = synced  # as the running Trainer: not a group left open
         metric.update(value.detach(), torch.ones_like(value) if weights is None else weights.to(value))
         module.log(f"{stage}/{name}", metric, **log_kwargs)
+
+
+def follow_world(module: nn.Module, world_size: int) -> None:
+    """Make every torchmetrics Metric in ``module`` sync across ranks when ``world_size`` (the
+    running Trainer's) is above 1, and only then: their default follows any initialised process
+    group, so after a DDP fit a one-process Trainer in the same script joined the finished group
+    and failed ("Connection closed by peer", or a hang while the other rank still runs)."""
+    synced = _synced if world_size > 1 else _alone
+    for metric in module.modules():
+        if isinstance(metric, Metric):
+            metric.distributed_available_fn = synced
 
 
 def _synced() -> bool:
