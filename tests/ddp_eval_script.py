@@ -1,4 +1,4 @@
-"""Trainer.validate and Trainer.test of a tiny VAE, GaussianMixture and Diffusion on 5 images,
+"""Trainer.validate and Trainer.test of a tiny VAE, GaussianMixture, Diffusion and GAN on 5 images,
 on 1 or 2 CPU processes; run by tests/test_ddp_eval.py in a subprocess. On 2 ranks
 DistributedSampler pads the 5 images to 6 (image 0 twice). Usage: python ddp_eval_script.py
 DEVICES OUT_DIR; rank 0 writes OUT_DIR/metrics.pt, each model's logged metrics."""
@@ -11,8 +11,15 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_genmodels import VAE, Diffusion, GaussianMixture
+from lightning_genmodels import GAN, VAE, Diffusion, GaussianMixture
 from lightning_genmodels.vae import ConvDecoder, ConvEncoder
+
+
+class ZeroNoiseGAN(GAN):
+    """The same fake for every z: the losses then depend on the real images only."""
+
+    def noise(self, n, generator=None):
+        return torch.zeros(n, self.latent_dim, device=self.device)
 
 
 def main(devices: int, out_dir: str) -> None:
@@ -25,6 +32,7 @@ def main(devices: int, out_dir: str) -> None:
         "gmm": (gmm, images.flatten(1)[:, :3], "ddp_em"),
         "diffusion": (Diffusion(base_channels=8, channel_mults=(1, 2), groups=4, attention_heads=2,
                                 num_train_timesteps=100), images * 2 - 1, "ddp"),
+        "gan": (ZeroNoiseGAN(latent_dim=4, features=4), images * 2 - 1, "ddp"),
     }
     metrics = {}
     for name, (model, x, strategy) in runs.items():

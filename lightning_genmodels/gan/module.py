@@ -19,6 +19,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..ddp import eval_batch_weights, eval_means, log_row_means
 from ..module_utils import as_integer, broadcast_buffers, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.philox import check_seed
 from ..train_log import log_this_step
@@ -87,6 +88,7 @@ class GAN(LightningModule):
         )
         self._check_networks()
         self._g_loss: Tensor | None = None  # the latest generator loss, logged with d_loss
+        self.eval_means = eval_means(("d_loss", "g_loss"))  # {stage}/d_loss and g_loss, see ddp.py
         self.generator_ema: AveragedModel | None = None
         if ema_decay is not None:
             self._build_ema()
@@ -248,25 +250,33 @@ class GAN(LightningModule):
         )
 
     # ----- validation and test: both players' losses on held-out real images -----------------
-    def _shared_step(self, batch: Any, stage: str) -> Tensor:
+    def _shared_step(self, batch: Any, stage: str, batch_idx: int = 0) -> Tensor:
         """Log ``{stage}/d_loss`` and ``{stage}/g_loss`` on held-out images [B, C, 28, 28] and
-        fresh fakes from the raw generator (training's manual steps cannot share this)."""
+        fresh fakes from the raw generator (training's manual steps cannot share this); each
+        batch's losses weigh by its images, under DDP without those DistributedSampler repeats."""
         real = self._real_images(batch)
-        fake = self.generator(self.noise(real.shape[0]))
-        g_loss = self.generator_loss(fake)
-        # the same losses as in training; the gradient penalty differentiates the critic, which
-        # needs autograd back on (Lightning evaluates in inference mode) and non-inference copies
-        with torch.inference_mode(False), torch.enable_grad():
-            d_loss = self.discriminator_loss(real.clone(), fake.clone()).detach()
-        self.log(f"{stage}/d_loss", d_loss, sync_dist=True)
-        self.log(f"{stage}/g_loss", g_loss, sync_dist=True)
+        n = real.shape[0]
+        weights = eval_batch_weights(self, batch_idx, n)
+        if weights is not None:
+            real = real[weights.to(real.device) > 0]
+        if real.shape[0] == 0:  # repeats only: the rank still logs (the epoch's sync), with weight 0
+            d_loss = g_loss = torch.zeros((), device=self.device)
+        else:
+            fake = self.generator(self.noise(real.shape[0]))
+            g_loss = self.generator_loss(fake)
+            # the same losses as in training; the gradient penalty differentiates the critic, which
+            # needs autograd back on (Lightning evaluates in inference mode) and non-inference copies
+            with torch.inference_mode(False), torch.enable_grad():
+                d_loss = self.discriminator_loss(real.clone(), fake.clone()).detach()
+        log_row_means(self, self.eval_means, stage, {"d_loss": d_loss.expand(n), "g_loss": g_loss.expand(n)},
+                      batch_idx)
         return d_loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
+        return self._shared_step(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
+        return self._shared_step(batch, "test", batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """``Trainer.predict``: the discriminator's logits [B] of the batch's images (how real
