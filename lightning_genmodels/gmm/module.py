@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..metrics.em import EMStatistics
 from ..ops.build import Impl
@@ -150,7 +150,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         for name in _PARAMS:
             self.register_buffer(name, torch.empty(0))
         self.em_stats: EMStatistics | None = None
-        self.eval_means = eval_means(("log_likelihood",))  # {stage}/log_likelihood, see ddp.py
+        self.eval_means: nn.ModuleDict | None = None  # {stage}/log_likelihood, made at the first (see ddp.py)
         self._data_finite = False  # fit(X) checked its rows once: the passes need not
         self._log_bound = True  # off in fit(X)'s own Trainer, which logs nothing
         self._reset_fit_state()
@@ -451,6 +451,8 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
                 f"{stage}: log p(x) is not finite for {int((~finite).sum())} of {x.shape[0]} rows of a batch: the "
                 "data contain NaN or infinite values (or values so large that every density underflows: scale the data)"
             )
+        if self.eval_means is None:  # (not in __init__: repr stays scikit-learn's, GaussianMixture())
+            self.eval_means = eval_means(("log_likelihood",)).to(self.device)
         log_row_means(self, self.eval_means, stage, {"log_likelihood": log_prob}, batch_idx)
         return log_prob.mean()
 
