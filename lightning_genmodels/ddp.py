@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from torchmetrics import Metric
-from torchmetrics.aggregation import MeanMetric
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
+from torchmetrics import Metric
+from torchmetrics.aggregation import MeanMetric
 
 __all__ = ["eval_batch_weights", "eval_means", "follow_world", "log_row_means", "padding_weights"]
 
