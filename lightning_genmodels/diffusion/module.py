@@ -26,10 +26,11 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
+from ..ddp import eval_means, log_row_means
 from ..module_utils import check_integer, eval_mode, seed_ranks_apart
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
-from ..ddp import eval_means, log_row_means
+from ..train_log import sync_train_metrics
 from . import samplers as S
 from .schedules import BETA_SCHEDULES, BetaSchedule, alphas_cumprod, make_betas
 from .unet import UNet
@@ -192,7 +193,7 @@ class Diffusion(LightningModule):
             t, noise = validation_draws(x0, self.hparams.num_train_timesteps)
         losses = self._image_losses(x0, t, noise)
         if stage == "train":
-            self.log("train/loss", losses.mean(), prog_bar=True, batch_size=n)
+            self.log("train/loss", losses.mean(), prog_bar=True, batch_size=n, sync_dist=sync_train_metrics(self))
         else:  # the mean over the whole set, under DDP each image once (see lightning_genmodels/ddp.py)
             log_row_means(self, self.eval_means, stage, {"loss": losses}, batch_idx)
         return losses.mean()

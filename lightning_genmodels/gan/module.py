@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..ddp import eval_batch_weights, eval_means, log_row_means
 from ..module_utils import as_integer, broadcast_buffers, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.philox import check_seed
-from ..train_log import log_this_step
+from ..train_log import log_this_step, sync_train_metrics
 from . import losses
 from .losses import LOSSES, Loss
 from .nets import IMAGE_SIZE, Discriminator, Generator, check_images, dcgan_init
@@ -205,9 +205,10 @@ class GAN(LightningModule):
 
         # 3. the losses, on the batches whose metrics Lightning writes (g_loss: the latest step's)
         if log_this_step(self, batch_idx):
-            self.log("train/d_loss", d_loss.detach(), prog_bar=True)
+            sync = sync_train_metrics(self)
+            self.log("train/d_loss", d_loss.detach(), prog_bar=True, sync_dist=sync)
             if self._g_loss is not None:
-                self.log("train/g_loss", self._g_loss, prog_bar=True)
+                self.log("train/g_loss", self._g_loss, prog_bar=True, sync_dist=sync)
 
     def _backward(self, loss: Tensor, player: nn.Module) -> None:
         """``manual_backward(loss)``; under DDP, then average ``player``'s gradients over ranks.

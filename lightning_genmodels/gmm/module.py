@@ -27,10 +27,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from ..ddp import eval_means, log_row_means
 from ..metrics.em import EMStatistics
 from ..ops.build import Impl
 from ..ops.gmm import gmm_em_stats, gmm_log_prob, gmm_m_step
-from ..ddp import eval_means, log_row_means
 from . import em
 from .batches import (
     batch_tensor, broadcast_, is_distributed, loader_batches, padding_weights, set_trainer_world, shared_seed,

@@ -24,10 +24,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
+from ..ddp import eval_means, log_row_means
 from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.philox import check_seed
-from ..ddp import eval_means, log_row_means
-from ..train_log import log_this_step
+from ..train_log import log_this_step, sync_train_metrics
 from .likelihoods import (
     INPUT_FORMATS,
     Likelihood,
@@ -350,10 +350,11 @@ class VAE(LightningModule):
             loss = self.training_loss(rec, kl, beta)
             if not log_this_step(self, batch_idx):
                 return loss
+            sync = sync_train_metrics(self)
             self.log_dict({"train/loss": loss, "train/elbo": elbo.mean(), "train/rec": rec.mean(),
-                           "train/kl": kl.sum(1).mean(), "train/beta": beta}, batch_size=n)
+                           "train/kl": kl.sum(1).mean(), "train/beta": beta}, batch_size=n, sync_dist=sync)
             if self.likelihood == "gaussian" and self.hparams.learn_scale:
-                self.log("train/scale", self.log_scale.exp(), batch_size=n)
+                self.log("train/scale", self.log_scale.exp(), batch_size=n, sync_dist=sync)
             return loss
         nll = -self.iwae_bound(x, self.hparams.iwae_k if stage == "test" else self.hparams.val_iwae_k)
         rows = {"elbo": elbo, "rec": rec, "kl": kl.sum(1), "nll_iwae": nll, "bpd": self.bits_per_dim(nll)}
