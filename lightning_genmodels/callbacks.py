@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from .ddp import follow_world
 from .module_utils import as_integer, check_integer
 
 
@@ -329,6 +330,7 @@ class FIDCallback(Callback):
         from .metrics.quality import sample_chunks
 
         self.quality.to(pl_module.device)
+        follow_world(self.quality, world_size)  # not a process group an earlier DDP fit left open
         # each rank draws its own chunks: a module whose sampling can be collective draws alone
         alone = {"distributed": False} if "distributed" in inspect.signature(pl_module.sample_images).parameters \
             else {}

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
@@ -62,3 +63,28 @@ def check_integer(name: str, value: object, low: int, high: int | None = None) -
         bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name}={value!r} must be an integer {bounds}")
     return v
+
+
+def seed_ranks_apart(module: LightningModule) -> None:
+    """Under DDP, reseed torch's generators (CPU and CUDA) on each rank with a seed drawn from
+    the current state plus the global rank, so that the ranks draw different training noise.
+    ``seed_everything`` (``seed_everything: 0`` in every shipped config) gives all ranks the same
+    state, and each drew the same noise (the GAN's z, the VAE's ε and binarisation, the diffusion
+    timesteps and ε): two ranks trained the GAN's generator on one rank's fakes (Lightning issue
+    #16166). Still reproducible from the seed; DDP keeps the weights equal."""
+    trainer = module._trainer
+    if trainer is None or trainer.world_size <= 1:
+        return
+    base = int(torch.randint(0, 2**62, (1,)))  # the same on every rank seeded alike
+    torch.manual_seed(base + trainer.global_rank)
+
+
+def broadcast_buffers(module: LightningModule) -> None:
+    """Under DDP, copy every buffer of ``module`` from rank 0 to the other ranks, in place. DDP
+    broadcasts them before each training forward, but a training step's own updates (batch
+    norm's running statistics, spectral norm's vectors, an EMA copy's) then differ by rank."""
+    trainer = module._trainer
+    if trainer is None or trainer.world_size <= 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)

@@ -12,7 +12,8 @@ a checkpoint or early-stopping callback reads one at validation runs inside the 
 ``interval="step"``).
 A run that ``max_time`` (a :class:`~lightning.pytorch.callbacks.Timer`) may stop at the end of
 this batch logs it too: the batches of its last ~3 average batch times.
-``Trainer(log_every_n_steps=1)`` logs every batch.
+``Trainer(log_every_n_steps=1)`` logs every batch. Under DDP the metrics are averaged over the
+ranks where a callback monitors one (:func:`sync_train_metrics`), each rank's own otherwise.
 """
 from __future__ import annotations
 
@@ -31,8 +32,6 @@ def log_this_step(module: LightningModule, batch_idx: int) -> bool:
         return True
     if 0 <= trainer.max_steps <= trainer.global_step + 1:  # the run's last batch (or one before)
         return True
-    if any(_may_stop_after_this_batch(cb, trainer) for cb in trainer.callbacks if isinstance(cb, Timer)):
-        return True
     if any(_monitors_within_epochs(cb) for cb in trainer.checkpoint_callbacks):
         return True
     if any(_reads_at_validation_within_epochs(cb, trainer)
@@ -42,10 +41,28 @@ def log_this_step(module: LightningModule, batch_idx: int) -> bool:
     # that it was "not available" on the batches that logged nothing
     if any(config.monitor is not None and config.interval == "step" for config in trainer.lr_scheduler_configs):
         return True
+    near_end = any(_may_stop_after_this_batch(cb, trainer) for cb in trainer.callbacks if isinstance(cb, Timer))
+    if sync_train_metrics(module):  # each rank's clock: all log (a collective) if one may stop
+        near_end = trainer.strategy.reduce_boolean_decision(near_end, all=False)
+    if near_end:
+        return True
     # Lightning's own test (every log_every_n_steps-th batch that stepped), private but read-only;
     # without it, log every batch.
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
+
+
+def sync_train_metrics(module: LightningModule) -> bool:
+    """Whether training metrics are logged averaged over the ranks (``sync_dist``): under DDP,
+    where a ModelCheckpoint or EarlyStopping monitors one. Each rank's own value made the ranks
+    disagree: ModelCheckpoint(monitor="train/loss") named rank 1's best checkpoint after rank 1's
+    loss, a file rank 0 never wrote, and ``trainer.test(ckpt_path="best")`` raised
+    FileNotFoundError there. Otherwise each rank logs its own, with no collective per step."""
+    trainer = module._trainer
+    if trainer is None or trainer.world_size <= 1:
+        return False
+    return any(str(getattr(cb, "monitor", None) or "").startswith("train/")
+               for cb in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks])
 
 
 def _monitors_within_epochs(callback: object) -> bool:

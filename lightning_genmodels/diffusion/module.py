@@ -28,9 +28,11 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-from ..module_utils import check_integer, eval_mode, save_hparams_keeping_configs
+from ..ddp import eval_means, log_row_means
+from ..module_utils import check_integer, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
+from ..train_log import sync_train_metrics
 from . import samplers as S
 from .schedules import BETA_SCHEDULES, BetaSchedule, alphas_cumprod, make_betas
 from .unet import UNet
@@ -128,6 +130,7 @@ class Diffusion(LightningModule):
                 "float32 and sampling gives NaN: lower beta_end or num_train_timesteps")
         self.register_buffer("betas", betas.float(), persistent=False)  # [T]
         self.register_buffer("alphas_cumprod", abar.float(), persistent=False)  # [T]
+        self.eval_means = eval_means(("loss",))  # val/loss and test/loss
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Diffusion:
         """``nn.Module._apply`` (``.to``, ``.half()``, Lightning's ``bf16-true``), except that the
@@ -180,7 +183,7 @@ class Diffusion(LightningModule):
             else clipped / (snr + 1)
         return target, weight
 
-    def _shared_step(self, batch: Any, stage: str) -> Tensor:
+    def _shared_step(self, batch: Any, stage: str, batch_idx: int = 0) -> Tensor:
         x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
         if hasattr(self.unet, "check_input"):  # (a subclass's own denoiser may not have it)
             self.unet.check_input(x0)
@@ -190,18 +193,24 @@ class Diffusion(LightningModule):
             noise = torch.randn_like(x0)
         else:  # fixed draws per image, so that validation losses of different epochs compare
             t, noise = validation_draws(x0, self.hparams.num_train_timesteps)
-        loss = self._image_losses(x0, t, noise).mean()
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", sync_dist=stage != "train", batch_size=n)
-        return loss
+        losses = self._image_losses(x0, t, noise)
+        if stage == "train":
+            self.log("train/loss", losses.mean(), prog_bar=True, batch_size=n, sync_dist=sync_train_metrics(self))
+        else:  # the mean over the whole set, under DDP each image once (see lightning_genmodels/ddp.py)
+            log_row_means(self, self.eval_means, stage, {"loss": losses}, batch_idx)
+        return losses.mean()
+
+    def on_train_start(self) -> None:
+        seed_ranks_apart(self)  # under DDP each rank draws its own noise
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        self._shared_step(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        self._shared_step(batch, "test", batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """``Trainer.predict``: each image's weighted denoising loss [B] at its validation draws

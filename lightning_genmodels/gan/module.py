@@ -21,9 +21,10 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
+from ..ddp import eval_batch_weights, eval_means, log_row_means
+from ..module_utils import as_integer, broadcast_buffers, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.philox import check_seed
-from ..train_log import log_this_step
+from ..train_log import log_this_step, sync_train_metrics
 from . import losses
 from .losses import LOSSES, Loss
 from .nets import IMAGE_SIZE, Discriminator, Generator, check_images, dcgan_init
@@ -89,6 +90,7 @@ class GAN(LightningModule):
         )
         self._check_networks()
         self._g_loss: Tensor | None = None  # the latest generator loss, logged with d_loss
+        self.eval_means = eval_means(("d_loss", "g_loss"))  # {stage}/d_loss and g_loss, see ddp.py
         self.generator_ema: AveragedModel | None = None
         if ema_decay is not None:
             self._build_ema()
@@ -129,6 +131,12 @@ class GAN(LightningModule):
     def setup(self, stage: str) -> None:
         self._refresh_ema()  # before the Trainer restores a checkpoint (resume) or wraps in DDP
 
+    def on_validation_start(self) -> None:
+        broadcast_buffers(self)  # rank 0's running statistics: FIDCallback's ranks sample one model
+
+    def on_train_end(self) -> None:
+        broadcast_buffers(self)  # every rank ends with rank 0's model, which its checkpoints hold
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._refresh_ema()  # before the checkpoint's EMA weights are loaded into it
 
@@ -138,7 +146,9 @@ class GAN(LightningModule):
         inside it with "cannot unpack non-iterable LightningAdam object"); and warn of LR
         schedulers that nothing steps: Lightning steps none under manual optimisation, nor does
         our ``training_step``, so a subclass's kept its learning rates, silently. Quiet where a
-        subclass overrides a hook that could step them (``self.lr_schedulers()``)."""
+        subclass overrides a hook that could step them (``self.lr_schedulers()``). Then, under DDP,
+        each rank draws its own z from here on (they drew the same fakes).
+        """
         count = len(self.trainer.optimizers)
         if count != 2 and not is_overridden("training_step", self, GAN):
             raise ValueError(
@@ -153,6 +163,7 @@ class GAN(LightningModule):
                 "optimisation, where Lightning steps none and GAN.training_step does not either: step them "
                 "yourself (self.lr_schedulers()), e.g. in on_train_epoch_end"
             )
+        seed_ranks_apart(self)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """z ~ N(0, I), [n, latent_dim] on the module's device in its dtype (bf16 after a
@@ -218,9 +229,10 @@ class GAN(LightningModule):
 
         # 3. the losses, on the batches whose metrics Lightning writes (g_loss: the latest step's)
         if log_this_step(self, batch_idx):
-            self.log("train/d_loss", d_loss.detach(), prog_bar=True)
+            sync = sync_train_metrics(self)
+            self.log("train/d_loss", d_loss.detach(), prog_bar=True, sync_dist=sync)
             if self._g_loss is not None:
-                self.log("train/g_loss", self._g_loss, prog_bar=True)
+                self.log("train/g_loss", self._g_loss, prog_bar=True, sync_dist=sync)
 
     def _backward(self, loss: Tensor, player: nn.Module) -> None:
         """``manual_backward(loss)``; under DDP, then average ``player``'s gradients over ranks.
@@ -263,25 +275,33 @@ class GAN(LightningModule):
         )
 
     # ----- validation and test: both players' losses on held-out real images -----------------
-    def _shared_step(self, batch: Any, stage: str) -> Tensor:
+    def _shared_step(self, batch: Any, stage: str, batch_idx: int = 0) -> Tensor:
         """Log ``{stage}/d_loss`` and ``{stage}/g_loss`` on held-out images [B, C, 28, 28] and
-        fresh fakes from the raw generator (training's manual steps cannot share this)."""
+        fresh fakes from the raw generator (training's manual steps cannot share this); each
+        batch's losses weigh by its images, under DDP without those DistributedSampler repeats."""
         real = self._real_images(batch)
-        fake = self.generator(self.noise(real.shape[0]))
-        g_loss = self.generator_loss(fake)
-        # the same losses as in training; the gradient penalty differentiates the critic, which
-        # needs autograd back on (Lightning evaluates in inference mode) and non-inference copies
-        with torch.inference_mode(False), torch.enable_grad():
-            d_loss = self.discriminator_loss(real.clone(), fake.clone()).detach()
-        self.log(f"{stage}/d_loss", d_loss, sync_dist=True)
-        self.log(f"{stage}/g_loss", g_loss, sync_dist=True)
+        n = real.shape[0]
+        weights = eval_batch_weights(self, batch_idx, n)
+        if weights is not None:
+            real = real[weights.to(real.device) > 0]
+        if real.shape[0] == 0:  # repeats only: the rank still logs (the epoch's sync), with weight 0
+            d_loss = g_loss = torch.zeros((), device=self.device)
+        else:
+            fake = self.generator(self.noise(real.shape[0]))
+            g_loss = self.generator_loss(fake)
+            # the same losses as in training; the gradient penalty differentiates the critic, which
+            # needs autograd back on (Lightning evaluates in inference mode) and non-inference copies
+            with torch.inference_mode(False), torch.enable_grad():
+                d_loss = self.discriminator_loss(real.clone(), fake.clone()).detach()
+        log_row_means(self, self.eval_means, stage, {"d_loss": d_loss.expand(n), "g_loss": g_loss.expand(n)},
+                      batch_idx)
         return d_loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
+        return self._shared_step(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
+        return self._shared_step(batch, "test", batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """``Trainer.predict``: the discriminator's logits [B] of the batch's images (how real

@@ -1,16 +1,12 @@
 """Plumbing for streamed EM: passes over the rank-local batches, cross-rank collectives, the
 weights that cancel DistributedSampler padding, and a sampler that never pads.
 
-Padding: ``DistributedSampler`` (and Lightning's ``DistributedSamplerWrapper``, a subclass) with
-``drop_last=False`` repeats the first ``total_size - len(dataset)`` indices at the END of its
-padded index list, and rank r takes positions ``r, r + R, r + 2R, ...`` of it (R replicas). The
-j-th sample rank r sees is therefore padding exactly when ``r + j R >= len(dataset)``; those
-rows get sample weight 0 so each data point counts once across ranks.
+Padding: rows that DistributedSampler repeats get sample weight 0 (``padding_weights``, shared
+with the other families in ``lightning_genmodels/ddp.py``), so each data point counts once.
 """
 from __future__ import annotations
 
 import itertools
-import math
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
@@ -18,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler, RandomSampler
+
+from ..ddp import padding_weights
 
 # A zero-argument callable that starts one pass over the (rank-local) data, yielding
 # ``(x [B, D], sample_weight [B] or None)``; called once per pass.
@@ -78,21 +76,6 @@ def shared_seed(seed: int | None, device: torch.device) -> int:
     drawn = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(device)
     broadcast_(drawn)
     return int(drawn.item())
-
-
-def padding_weights(sampler: Any, start: int, n_rows: int, device: torch.device) -> Tensor | None:
-    """Sample weights [n_rows] (0 on DistributedSampler padding, 1 elsewhere), or None when
-    no row of ``start .. start + n_rows`` (rank-local positions) is padding."""
-    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
-        return None
-    n_data = len(sampler.dataset)  # type: ignore[arg-type]
-    if sampler.total_size <= n_data:
-        return None
-    first_pad = max(0, math.ceil((n_data - sampler.rank) / sampler.num_replicas))
-    if start + n_rows <= first_pad:
-        return None
-    j = torch.arange(start, start + n_rows, device=device)
-    return (j < first_pad).to(torch.float64)
 
 
 def batch_tensor(batch: Any) -> Tensor:

@@ -27,8 +27,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.parsing import collect_init_args
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..ddp import eval_means, log_row_means
 from ..metrics.em import EMStatistics
 from ..ops.build import Impl
 from ..ops.gmm import gmm_em_stats, gmm_log_prob, gmm_m_step
@@ -157,6 +158,7 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         for name in _PARAMS:
             self.register_buffer(name, torch.empty(0))
         self.em_stats: EMStatistics | None = None
+        self.eval_means: nn.ModuleDict | None = None  # {stage}/log_likelihood, made at the first (see ddp.py)
         self._data_finite = False  # fit(X) checked its rows once: the passes need not
         self._log_bound = True  # off in fit(X)'s own Trainer, which logs nothing
         self._reset_fit_state()
@@ -441,9 +443,9 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
 
     # ------------------------------------------------------------------ evaluation
 
-    def _shared_step(self, batch: Any, stage: str) -> Tensor | None:
-        """Mean log-likelihood of a batch under the current parameters, logged as
-        ``{stage}/log_likelihood`` (Lightning weights batches by size: the data set's mean).
+    def _shared_step(self, batch: Any, stage: str, batch_idx: int = 0) -> Tensor | None:
+        """Mean log-likelihood of a batch under the current parameters; ``{stage}/log_likelihood``
+        logs the data set's mean (under DDP each row once: see lightning_genmodels/ddp.py).
         Within fit, validation scores the parameters after the epoch's M-step."""
         if not (self.fitted or self._in_progress):
             if self._trainer is not None and self._trainer.sanity_checking:
@@ -457,12 +459,13 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
                 f"{stage}: log p(x) is not finite for {int((~finite).sum())} of {x.shape[0]} rows of a batch: the "
                 "data contain NaN or infinite values (or values so large that every density underflows: scale the data)"
             )
-        mean = log_prob.mean()
-        self.log(f"{stage}/log_likelihood", mean, batch_size=x.shape[0], sync_dist=True)
-        return mean
+        if self.eval_means is None:  # (not in __init__: repr stays scikit-learn's, GaussianMixture())
+            self.eval_means = eval_means(("log_likelihood",)).to(self.device)
+        log_row_means(self, self.eval_means, stage, {"log_likelihood": log_prob}, batch_idx)
+        return log_prob.mean()
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        return self._shared_step(batch, "val")
+        return self._shared_step(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        return self._shared_step(batch, "test")
+        return self._shared_step(batch, "test", batch_idx)

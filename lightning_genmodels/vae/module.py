@@ -24,9 +24,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
-from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
+from ..ddp import eval_means, log_row_means
+from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.philox import check_seed
-from ..train_log import log_this_step
+from ..train_log import log_this_step, sync_train_metrics
 from .likelihoods import (
     INPUT_FORMATS,
     Likelihood,
@@ -42,6 +43,7 @@ __all__ = ["VAE"]
 _LOG_2PI = math.log(2 * math.pi)
 # likelihoods defined only for data in [0, 1] (the Gaussian is a density on all reals)
 _UNIT_RANGE = ("bernoulli", "continuous_bernoulli")
+_EVAL_ROWS = ("elbo", "rec", "kl", "nll_iwae", "bpd")  # logged per validation and test row
 
 
 class VAE(LightningModule):
@@ -122,6 +124,8 @@ class VAE(LightningModule):
         self.image_shape = (in_channels, image_size, image_size)
         self.encoder = encoder if encoder is not None else ConvEncoder(latent_dim, in_channels, image_size)
         self.decoder = decoder if decoder is not None else ConvDecoder(latent_dim, in_channels, image_size)
+        # {stage}/elbo, ... over the whole set: under DDP each row once (see ddp.py)
+        self.eval_means = eval_means(_EVAL_ROWS)
         log_scale = torch.tensor(math.log(gaussian_scale))
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
@@ -346,25 +350,28 @@ class VAE(LightningModule):
             loss = self.training_loss(rec, kl, beta)
             if not log_this_step(self, batch_idx):
                 return loss
+            sync = sync_train_metrics(self)
             self.log_dict({"train/loss": loss, "train/elbo": elbo.mean(), "train/rec": rec.mean(),
-                           "train/kl": kl.sum(1).mean(), "train/beta": beta}, batch_size=n)
+                           "train/kl": kl.sum(1).mean(), "train/beta": beta}, batch_size=n, sync_dist=sync)
             if self.likelihood == "gaussian" and self.hparams.learn_scale:
-                self.log("train/scale", self.log_scale.exp(), batch_size=n)
+                self.log("train/scale", self.log_scale.exp(), batch_size=n, sync_dist=sync)
             return loss
         nll = -self.iwae_bound(x, self.hparams.iwae_k if stage == "test" else self.hparams.val_iwae_k)
-        self.log_dict({f"{stage}/elbo": elbo.mean(), f"{stage}/rec": rec.mean(), f"{stage}/kl": kl.sum(1).mean(),
-                       f"{stage}/nll_iwae": nll.mean(), f"{stage}/bpd": self.bits_per_dim(nll).mean()},
-                      batch_size=n, sync_dist=True, prog_bar=stage == "val")
+        rows = {"elbo": elbo, "rec": rec, "kl": kl.sum(1), "nll_iwae": nll, "bpd": self.bits_per_dim(nll)}
+        log_row_means(self, self.eval_means, stage, rows, batch_idx, prog_bar=stage == "val")
         return -elbo.mean()
+
+    def on_train_start(self) -> None:
+        seed_ranks_apart(self)  # under DDP each rank draws its own noise
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
+        return self._shared_step(batch, "val", batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
+        return self._shared_step(batch, "test", batch_idx)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """``Trainer.predict``: the batch's latent codes (``mean``, ``log_var`` [B, L]) and mean
