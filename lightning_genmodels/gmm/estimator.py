@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 import math
@@ -168,6 +169,17 @@ class ScikitLearnMixin:
         warm = self.hparams.warm_start and self.fitted
         if warm and x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
+        saved = self._snapshot()
+        try:
+            self._fit_rows(x, warm, trainer, accelerator, devices, strategy, batch_size, trainer_kwargs)
+        except BaseException:  # (a failed fit had left a half-initialised model, or a refit's dtype and D)
+            self._restore(saved)
+            raise
+        return self
+
+    def _fit_rows(self, x: Tensor, warm: bool, trainer: Trainer | None, accelerator: str, devices: Any,
+                  strategy: str, batch_size: int, trainer_kwargs: dict[str, Any]) -> None:
+        """fit(X)'s Trainer run on checked rows x [N, D]."""
         self.to(x.dtype)
         self._allocate(x.shape[1])
         own_trainer = trainer is None
@@ -192,7 +204,19 @@ class ScikitLearnMixin:
         # Lightning's teardown moved the module to the CPU: a model fitted on a GPU stays there,
         # so predict and score run where it was fitted (``.cpu()`` moves it).
         self.to(trainer.strategy.root_device)
-        return self
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What fit(X) changes: buffers, fit state, E-step sums, device and dtype."""
+        return {"buffers": {k: v.clone() for k, v in self._buffers.items()},
+                "state": copy.deepcopy(self.get_extra_state()), "em_stats": self.em_stats,
+                "device": self.device, "dtype": self.dtype}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """The model as :meth:`_snapshot` saw it, after a failed fit."""
+        self._buffers.update(saved["buffers"])
+        self.set_extra_state(saved["state"])
+        self.em_stats = saved["em_stats"]
+        self.to(device=saved["device"], dtype=saved["dtype"])
 
     def fit_predict(self, X: ArrayLike, y: Any = None, **fit_kwargs: Any) -> Tensor:
         """``fit(X)`` then ``predict(X)``: labels [N] (int64)."""
