@@ -293,12 +293,14 @@ class ScikitLearnMixin:
 
     def bic(self, X: ArrayLike) -> float:
         """Bayesian information criterion −2 log L + p log N (lower is better)."""
-        n = len(X)
-        return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
+        log_lik = self._log_likelihoods(X)  # (len(X) first: a TypeError for a scalar X)
+        n = log_lik.shape[0]
+        return -2.0 * float(log_lik.double().mean()) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X: ArrayLike) -> float:
         """Akaike information criterion −2 log L + 2 p (lower is better)."""
-        return -2.0 * self.score(X) * len(X) + 2 * self._n_parameters()
+        log_lik = self._log_likelihoods(X)
+        return -2.0 * float(log_lik.double().mean()) * log_lik.shape[0] + 2 * self._n_parameters()
 
     @torch.no_grad()
     def sample(self, n_samples: int = 1, generator: torch.Generator | int | None = None) -> tuple[Tensor, Tensor]:
