@@ -182,15 +182,35 @@ class Diffusion(LightningModule):
         x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
         if hasattr(self.unet, "check_input"):  # (a subclass's own denoiser may not have it)
             self.unet.check_input(x0)
+        if not x0.is_floating_point():  # (an integer batch failed deep in randn_like)
+            raise ValueError(f"Diffusion expects floating-point images in [-1, 1], got dtype {x0.dtype}")
         n = x0.shape[0]
+        if n == 0:  # (the mean of no losses was a NaN loss)
+            raise ValueError(f"Diffusion {stage} batch is empty, shape {tuple(x0.shape)}")
         if stage == "train":
             t = torch.randint(0, self.hparams.num_train_timesteps, (n,), device=x0.device)
             noise = torch.randn_like(x0)
         else:  # fixed draws per image, so that validation losses of different epochs compare
             t, noise = validation_draws(x0, self.hparams.num_train_timesteps)
         loss = self._image_losses(x0, t, noise).mean()
+        self._stop_if_not_finite(stage, loss, x0)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", sync_dist=stage != "train", batch_size=n)
         return loss
+
+    def _stop_if_not_finite(self, stage: str, loss: Tensor, x0: Tensor) -> None:
+        """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
+        weights (they had turned NaN silently), naming the batch's NaN/inf values if it holds any,
+        else the learning rate. One scalar host sync per step, as the GAN's check."""
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None:
+            finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        bad = int((~torch.isfinite(x0)).sum())
+        advice = (f"this rank's batch holds {bad} NaN or infinite values: check the data" if bad
+                  else "try a lower lr")
+        raise FloatingPointError(f"Diffusion {stage}/loss is {loss.item()} (not finite on at least one rank) at epoch "
+                                 f"{self.current_epoch}, global step {self.global_step}; stopped before the update: {advice}")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
