@@ -50,6 +50,16 @@ def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
     return w0 * z0[:, None, :] + w1 * z1[:, None, :]
 
 
+def _check_image_suffix(path: str) -> None:
+    """ValueError unless ``path`` ends in an image suffix PIL writes (``save_image`` had failed
+    with "unknown file extension" only when fit ended)."""
+    from PIL import Image
+
+    suffix = Path(path.format(epoch=0)).suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise ValueError(f"path={path!r} needs an image file suffix such as .png (got {suffix or 'none'})")
+
+
 class _GridCallback(Callback):
     """Write (and log) a grid of images at fit end and every ``every_n_epochs`` epochs.
 
@@ -66,6 +76,7 @@ class _GridCallback(Callback):
         except (KeyError, IndexError, ValueError) as err:
             raise ValueError(f"path={path!r}: the only field it may hold is {{epoch}} "
                              f"(write other braces as {{{{ and }}}}); got {type(err).__name__}: {err}") from None
+        _check_image_suffix(str(path))
         self.path = str(path)  # a Path too
         self.nrow = nrow
         self.every_n_epochs = every_n_epochs
