@@ -160,6 +160,8 @@ class GAN(LightningModule):
     def _real_images(self, batch: Any) -> Tensor:
         real = batch[0] if isinstance(batch, (tuple, list)) else batch
         check_images(real, self.image_shape[0], type(self).__name__)
+        if real.shape[0] == 0:  # (its NaN losses blamed the learning rates)
+            raise ValueError(f"{type(self).__name__} got an empty batch of images, shape {tuple(real.shape)}")
         return real
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -249,9 +251,24 @@ class GAN(LightningModule):
         # needs autograd back on (Lightning evaluates in inference mode) and non-inference copies
         with torch.inference_mode(False), torch.enable_grad():
             d_loss = self.discriminator_loss(real.clone(), fake.clone()).detach()
+        self._check_eval_losses(stage, d_loss, g_loss, real)
         self.log(f"{stage}/d_loss", d_loss, sync_dist=True)
         self.log(f"{stage}/g_loss", g_loss, sync_dist=True)
         return d_loss
+
+    def _check_eval_losses(self, stage: str, d_loss: Tensor, g_loss: Tensor, real: Tensor) -> None:
+        """ValueError (on every rank together) where a held-out loss is NaN/inf (it was logged
+        silently), naming the batch's NaN/inf values if it holds any."""
+        finite = bool(torch.isfinite(d_loss) & torch.isfinite(g_loss))
+        if self._trainer is not None:
+            finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        bad = int((~torch.isfinite(real)).sum())
+        cause = (f"this rank's batch of real images holds {bad} NaN or infinite values: check the data" if bad
+                 else "the networks' outputs are not finite")
+        raise ValueError(f"GAN {stage} losses are d_loss={d_loss.item()}, g_loss={g_loss.item()} "
+                         f"(not finite on at least one rank): {cause}")
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")

@@ -17,12 +17,14 @@ IMAGE_SIZE = 28
 
 
 def check_images(x: Tensor, channels: int, who: str) -> None:
-    """Raise ValueError naming the shape unless ``x`` is [B, channels, 28, 28]."""
+    """Raise ValueError naming the shape or dtype unless ``x`` is a float [B, channels, 28, 28]."""
     if x.ndim != 4 or tuple(x.shape[1:]) != (channels, IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(
             f"{who} was built for images [B, {channels}, {IMAGE_SIZE}, {IMAGE_SIZE}] "
             f"but got shape {tuple(x.shape)}"
         )
+    if not x.is_floating_point():  # (integer images failed in the first convolution)
+        raise ValueError(f"{who} expects floating-point images in [-1, 1], got dtype {x.dtype}")
 
 
 @torch.no_grad()
