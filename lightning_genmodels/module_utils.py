@@ -1,6 +1,7 @@
 """Helpers shared by the families' LightningModules."""
 from __future__ import annotations
 
+import numbers
 import operator
 import re
 import warnings
@@ -62,3 +63,11 @@ def check_integer(name: str, value: object, low: int, high: int | None = None) -
         bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name}={value!r} must be an integer {bounds}")
     return v
+
+
+def check_real(name: str, value: object) -> float:
+    """``value`` as a float if it is a real number (Python's, NumPy's; not a bool), else a
+    ValueError naming ``name`` (math.isfinite("1") raised a TypeError naming nothing)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} must be a real number")
+    return float(value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,7 +27,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
-from ..module_utils import check_integer, eval_mode
+from ..module_utils import check_integer, check_real, eval_mode
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from . import samplers as S
@@ -102,15 +103,26 @@ class Diffusion(LightningModule):
         S.check_option("variance_type", variance_type, S.VARIANCE_TYPES)
         S.check_option("timestep_spacing", timestep_spacing, S.TIMESTEP_SPACINGS)
         S.check_option("impl", impl, IMPLS)
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end), ("ema_decay", ema_decay),
+                            ("clip_sample_range", clip_sample_range)):
+            check_real(name, value)
+        if min_snr_gamma is not None:
+            check_real("min_snr_gamma", min_snr_gamma)
         S.check_steps(sample_steps, num_train_timesteps)
         S.check_eta(eta)
         if min_snr_gamma is not None and not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        if not (math.isfinite(check_real("lr", lr)) and lr > 0):  # (AdamW refused it only when fit began)
+            raise ValueError(f"lr={lr!r} must be a finite number > 0")
+        if not (math.isfinite(check_real("weight_decay", weight_decay)) and weight_decay >= 0):
+            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
         check_integer("warmup_steps", warmup_steps, 0)  # (a negative count warmed up nothing, silently)
-        if not isinstance(ema_warmup, bool):
-            raise ValueError(f"ema_warmup must be True or False, got {ema_warmup!r}")
+        for name, value in (("ema_warmup", ema_warmup), ("clip_sample", clip_sample),
+                            ("set_alpha_to_one", set_alpha_to_one)):
+            if not isinstance(value, bool):  # (the string "no" was True)
+                raise ValueError(f"{name} must be True or False, got {value!r}")
         if not clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
         _check_compile_unet(compile_unet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, Literal, get_args
 
 import torch
@@ -19,7 +20,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
+from ..module_utils import as_integer, check_real, eval_mode, save_hparams_keeping_configs
 from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from . import losses
@@ -333,6 +334,13 @@ def _check_options(
         raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
     if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
         raise ValueError(f"n_critic={n_critic!r} must be an integer >= 1")
+    for name, value in (("gp_weight", gp_weight), ("lr_g", lr_g), ("lr_d", lr_d)):
+        check_real(name, value)
+    for name, betas in (("betas_g", betas_g), ("betas_d", betas_d)):
+        if not isinstance(betas, (tuple, list)) or not all(isinstance(b, numbers.Real) for b in betas):
+            raise ValueError(f"{name}={betas!r} must be two numbers in [0, 1)")
+    if ema_decay is not None:
+        check_real("ema_decay", ema_decay)
     if not (math.isfinite(gp_weight) and gp_weight >= 0):
         raise ValueError(f"gp_weight={gp_weight!r} must be finite and >= 0")
     for name, value in (("lr_g", lr_g), ("lr_d", lr_d)):

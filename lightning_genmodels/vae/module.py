@@ -24,7 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
-from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs
+from ..module_utils import as_integer, check_real, eval_mode, save_hparams_keeping_configs
 from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from .likelihoods import (
@@ -107,6 +107,8 @@ class VAE(LightningModule):
                                  ("iwae_k", iwae_k, 1), ("val_iwae_k", val_iwae_k, 1), ("iwae_batch", iwae_batch, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        for name, value in (("beta", beta), ("gaussian_scale", gaussian_scale), ("lr", lr)):
+            check_real(name, value)
         if not (math.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta={beta!r} must be a finite number >= 0")
         if not (math.isfinite(gaussian_scale) and gaussian_scale > 0):
