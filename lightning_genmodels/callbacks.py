@@ -343,10 +343,12 @@ class FIDCallback(Callback):
         # each rank draws its own chunks: a module whose sampling can be collective draws alone
         alone = {"distributed": False} if "distributed" in inspect.signature(pl_module.sample_images).parameters \
             else {}
-        for seed, size in sample_chunks(self.num_samples, self.batch_size, self.seed, rank, world_size):
-            self.quality.update(pl_module.sample_images(size, seed=seed, **alone).float().clamp(0, 1))
-        out = self.quality.compute(num_generated=self.num_samples)
-        self.quality.reset()
+        try:  # reset also after an error: the failed call's samples had counted in the next one
+            for seed, size in sample_chunks(self.num_samples, self.batch_size, self.seed, rank, world_size):
+                self.quality.update(pl_module.sample_images(size, seed=seed, **alone).float().clamp(0, 1))
+            out = self.quality.compute(num_generated=self.num_samples)
+        finally:
+            self.quality.reset()
         return {name: float(out[key]) for name, key in (
             ("fid", "fid"), ("kid", "kid"), ("precision", "precision"), ("recall", "recall"),
             ("mode_coverage", "coverage"), ("confidence", "confidence"))}
