@@ -1,0 +1,57 @@
+"""Bad input to the metric helpers names the problem instead of a silently wrong number:
+dequantized_bits_per_dim (NaN data passed its range check, a [B, K] or scalar log-density was
+summed as it came, batches of different D used the last D), SampleQuality.set_real (complex
+features lost their imaginary part, a rank outside the world kept nothing), real_features (no
+images: torch.cat's error; a failed cache write left its .tmp file)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_genmodels.metrics import MNISTFeatures, SampleQuality, dequantized_bits_per_dim, real_features
+
+
+def half(*shape: int) -> torch.Tensor:
+    return torch.full(shape, 0.5)
+
+
+@pytest.mark.parametrize("log_density, batches, match", [
+    (lambda y: torch.zeros(len(y)), [torch.full((2, 4), float("nan"))], r"must lie in \(0, 1\), got \[nan, nan\]"),
+    (lambda y: torch.zeros(len(y), 3), [half(2, 4)], r"log p\(y\) \[B\] = \[2\], got shape \(2, 3\)"),
+    (lambda y: torch.tensor(0.0), [half(2, 4)], r"log p\(y\) \[B\] = \[2\], got shape \(\)"),
+    (lambda y: torch.zeros(len(y)), [half(2, 4), half(2, 5)], "batches of 4 and 5 dimensions per image"),
+], ids=["nan", "2d", "scalar", "dims"])
+def test_bits_per_dim_refuses_bad_batches_and_densities(log_density, batches, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        dequantized_bits_per_dim(log_density, batches)
+
+
+@pytest.fixture(scope="module")
+def quality() -> SampleQuality:
+    return SampleQuality(kid_subset_size=2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"features": torch.randn(8, 128, dtype=torch.complex64)}, "real numbers, got dtype torch.complex64"),
+    ({"features": torch.randn(8, 128), "rank": 2, "world_size": 2}, r"rank must be in \[0, world_size\)"),
+], ids=["complex", "rank"])
+def test_set_real_refuses(quality: SampleQuality, kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        quality.set_real(**kwargs)
+
+
+def test_real_features_of_no_images(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"uint8 \[N, H, W\] with N >= 1, got torch.uint8 \[0, 28, 28\]"):
+        real_features(MNISTFeatures(), torch.zeros(0, 28, 28, dtype=torch.uint8), tmp_path)
+
+
+def test_a_failed_cache_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(obj, f, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        real_features(MNISTFeatures(), torch.zeros(3, 28, 28, dtype=torch.uint8), tmp_path)
+    assert list(tmp_path.iterdir()) == []
