@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+import numpy as np
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
 
 
@@ -27,6 +28,24 @@ def save_hparams_keeping_configs(module: LightningModule, networks: tuple[str, .
         if isinstance(module.hparams.get(key), nn.Module):
             module.hparams.pop(key)
             module._hparams_initial.pop(key, None)
+    plain_hparams(module)
+
+
+def plain_hparams(module: LightningModule | LightningDataModule) -> None:
+    """The saved hyperparameters with NumPy scalars as Python numbers (in lists and tuples too):
+    a checkpoint holding ``np.float64(1e-3)`` (``for lr in np.logspace(...)``) did not load with
+    ``load_from_checkpoint``'s ``weights_only`` unpickler, nor dump as plain YAML."""
+    for hparams in (module.hparams, getattr(module, "_hparams_initial", None)):
+        for key, value in (hparams or {}).items():
+            hparams[key] = _python_scalars(value)
+
+
+def _python_scalars(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if type(value) in (list, tuple):
+        return type(value)(_python_scalars(v) for v in value)
+    return value
 
 
 @contextmanager

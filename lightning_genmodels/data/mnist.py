@@ -25,7 +25,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..module_utils import check_integer
+from ..module_utils import check_integer, plain_hparams
 from .idx import (
     SPLIT_FILES,
     TORCHVISION_CLASSES,
@@ -202,6 +202,7 @@ class MNISTDataModule(LightningDataModule):
         check_integer("batch_size", batch_size, 1)
         check_integer("num_workers", num_workers, 0)
         self.save_hyperparameters()
+        plain_hparams(self)
         # "~" expanded, as torchvision's datasets do; an empty $LGM_DATA_DIR counts as unset
         data_dir = data_dir if data_dir is not None else os.environ.get("LGM_DATA_DIR") or "data"
         self.data_dir = Path(data_dir).expanduser()

@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor
 
-from ..module_utils import check_integer, check_real, eval_mode
+from ..module_utils import check_integer, check_real, eval_mode, plain_hparams
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from . import samplers as S
@@ -127,6 +127,7 @@ class Diffusion(LightningModule):
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
         _check_compile_unet(compile_unet)
         self.save_hyperparameters()
+        plain_hparams(self)
         self.unet = UNet(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
                          attention_heads, dropout, groups)
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
