@@ -40,3 +40,12 @@ def test_a_checkpoint_of_numpy_hyperparameters_loads_weights_only(tmp_path: Path
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     loaded = Diffusion.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
     assert loaded.hparams.lr == 1e-3 and loaded.hparams.num_train_timesteps == 20
+
+
+@pytest.mark.parametrize("make", [
+    lambda: VAE(latent_dim=np.int64(2), in_channels=np.int32(1), kl_warmup_steps=np.int64(0)),
+    lambda: GAN(latent_dim=np.int64(8), features=np.int64(4), n_critic=np.int64(1)),
+], ids=["vae", "gan"])
+def test_numpy_integers_are_integers(make) -> None:
+    model = make()  # ("latent_dim=np.int64(2) must be an integer >= 1")
+    assert type(model.latent_dim) is int and model.sample(2, seed=0).shape == (2, 1, 28, 28)

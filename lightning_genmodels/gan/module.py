@@ -20,7 +20,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..module_utils import as_integer, check_real, eval_mode, save_hparams_keeping_configs
+from ..module_utils import as_integer, check_integer, check_real, eval_mode, save_hparams_keeping_configs
 from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from . import losses
@@ -79,6 +79,7 @@ class GAN(LightningModule):
                        ema_decay, weights_init)
         save_hparams_keeping_configs(self, ("generator", "discriminator"), inspect.currentframe())
         self.automatic_optimization = False
+        latent_dim, channels, features = int(latent_dim), int(channels), int(features)
         self.latent_dim, self.ema_decay = latent_dim, ema_decay
         self.image_shape = (channels, IMAGE_SIZE, IMAGE_SIZE)
         init = dcgan_init if weights_init == "dcgan" else (lambda net: net)
@@ -327,13 +328,11 @@ def _check_options(
     weights_init: str,
 ) -> None:
     """Raise ValueError naming the first bad option."""
-    for name, value in (("latent_dim", latent_dim), ("channels", channels), ("features", features)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    for name, value in (("latent_dim", latent_dim), ("channels", channels), ("features", features),
+                        ("n_critic", n_critic)):
+        check_integer(name, value, 1)  # (np.int64(8) was refused as not an integer)
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
-    if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
-        raise ValueError(f"n_critic={n_critic!r} must be an integer >= 1")
     for name, value in (("gp_weight", gp_weight), ("lr_g", lr_g), ("lr_d", lr_d)):
         check_real(name, value)
     for name, betas in (("betas_g", betas_g), ("betas_d", betas_d)):
