@@ -49,3 +49,9 @@ def test_a_checkpoint_of_numpy_hyperparameters_loads_weights_only(tmp_path: Path
 def test_numpy_integers_are_integers(make) -> None:
     model = make()  # ("latent_dim=np.int64(2) must be an integer >= 1")
     assert type(model.latent_dim) is int and model.sample(2, seed=0).shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("value, expected", [(np.int64(100), 100), (np.float32(0.5), 0.5)])
+def test_val_split_takes_numpy_numbers(value, expected) -> None:
+    dm = MNISTDataModule(val_split=value)  # (np.int64(100): "give a count >= 0 or a fraction in [0, 1)")
+    assert dm.hparams.val_split == expected and type(dm.hparams.val_split) is type(expected)

@@ -16,6 +16,7 @@ Input formats (``input_format``; each may take a ``_flat`` suffix for [B, 784] i
 """
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..module_utils import check_integer, plain_hparams
+from ..module_utils import as_integer, check_integer, plain_hparams
 from .idx import (
     SPLIT_FILES,
     TORCHVISION_CLASSES,
@@ -193,6 +194,10 @@ class MNISTDataModule(LightningDataModule):
             raise ValueError(f"dataset={dataset!r} is not one of {', '.join(TORCHVISION_CLASSES)}")
         if input_format is not None:
             check_input_format(input_format)
+        if as_integer(val_split) is not None:  # NumPy's too (np.int64(100) was refused as no count)
+            val_split = as_integer(val_split)
+        elif isinstance(val_split, numbers.Real) and not isinstance(val_split, bool):  # (np.float32)
+            val_split = float(val_split)
         if isinstance(val_split, bool) or not (
             (isinstance(val_split, int) and val_split >= 0)
             or (isinstance(val_split, float) and 0.0 <= val_split < 1.0)
