@@ -164,6 +164,11 @@ class Diffusion(LightningModule):
         """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (Ho et al. 2020, eq. 4). Shapes [N, C, S, S], t [N] in
         [0, num_train_timesteps) (a negative t indexed from the end, silently: now an error, on
         CUDA a device-side assertion, without a host synchronisation)."""
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:  # (float t: an IndexError)
+            raise ValueError(f"q_sample: timesteps must be integers, got dtype {t.dtype}")
+        if t.shape != (x0.shape[0],) or noise.shape != x0.shape:  # (ATen's broadcast errors)
+            raise ValueError(f"q_sample: need t [N] and noise of x0's shape {tuple(x0.shape)}, got t "
+                             f"{tuple(t.shape)} and noise {tuple(noise.shape)}")
         inside = ((t >= 0) & (t < self.hparams.num_train_timesteps)).all()
         if t.device.type == "cpu" and not bool(inside):
             raise ValueError(f"q_sample: timesteps must be in [0, {self.hparams.num_train_timesteps}), "

@@ -38,3 +38,13 @@ def test_a_non_finite_batch_stops_training_before_the_update(value: float) -> No
         trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x), batch_size=8))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert torch.isfinite(model.sample(2, steps=2)).all()
+
+
+@pytest.mark.parametrize("t, noise, match", [
+    (torch.tensor([0.0, 5.0]), images(2), "timesteps must be integers, got dtype torch.float32"),
+    (torch.tensor([0, 5, 6]), images(2), r"need t \[N\] and noise of x0's shape \(2, 1, 8, 8\), got t \(3,\)"),
+    (torch.tensor([0, 5]), images(2)[:, :, :4, :4], r"got t \(2,\) and noise \(2, 1, 4, 4\)"),
+], ids=["float_t", "t_count", "noise_shape"])
+def test_q_sample_names_bad_arguments(t: torch.Tensor, noise: torch.Tensor, match: str) -> None:
+    with pytest.raises(ValueError, match=match):  # (an IndexError; ATen's broadcast errors)
+        Diffusion(**SMALL).q_sample(images(2), t, noise)
