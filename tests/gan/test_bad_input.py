@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_genmodels import GAN
+from lightning_genmodels.gan import Discriminator, Generator
 
 TINY = {"latent_dim": 8, "features": 4}
 
@@ -39,3 +40,14 @@ def test_a_non_finite_validation_batch_is_an_error_not_a_nan_loss() -> None:
                                 enable_model_summary=False)
     with pytest.raises(ValueError, match=r"GAN val losses are d_loss=nan.*holds 1 NaN or infinite values"):
         trainer.validate(GAN(**TINY), DataLoader(TensorDataset(x, torch.zeros(8)), batch_size=4))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Generator(latent_dim=0), "latent_dim=0 must be an integer >= 1"),
+    (lambda: Generator(latent_dim=1.5), "latent_dim=1.5 must be an integer >= 1"),  # (a TypeError from torch.empty)
+    (lambda: Discriminator(features=0), "features=0 must be an integer >= 1"),
+    (lambda: Generator(8, 1, 4)(torch.ones(2, 8, dtype=torch.long)), "floating-point z, got dtype torch.int64"),
+], ids=["latent_zero", "latent_float", "features_zero", "integer_z"])
+def test_networks_name_bad_sizes_and_inputs(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
