@@ -206,9 +206,10 @@ class SampleQuality(nn.Module):
         check_images(imgs, "generated images")
         imgs = imgs.to(self.device, torch.float32)
         with getattr(self.extractor, "remembering", nullcontext)():  # one feature pass for all
+            # precision/recall first: it refuses NaN/inf features before FID and KID took the batch
+            self.pr.update(self.extractor(imgs), real=False)
             self.fid.update(imgs, real=False)
             self.kid.update(imgs, real=False)
-            self.pr.update(self.extractor(imgs), real=False)
             self.classes.update(imgs)
 
     def compute(self, num_generated: int | None = None) -> dict[str, Tensor]:

@@ -55,3 +55,14 @@ def test_a_failed_cache_write_leaves_no_temporary_file(tmp_path: Path, monkeypat
     with pytest.raises(OSError, match="No space left"):
         real_features(MNISTFeatures(), torch.zeros(3, 28, 28, dtype=torch.uint8), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_generated_features_leave_every_metric_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    quality = SampleQuality(kid_subset_size=2)
+    quality.set_real(torch.randn(8, 128, generator=torch.Generator().manual_seed(0)).abs())
+    monkeypatch.setattr(quality.extractor.net, "features", lambda x: torch.full((len(x), 128), float("nan")))
+    with pytest.raises(ValueError, match=r"features contain NaN or inf \(2 of 2 rows\)"):
+        quality.update(torch.rand(2, 1, 28, 28))
+    # (FID and KID had taken the batch before precision/recall refused it)
+    assert int(quality.fid.fake_features_num_samples) == 0 and quality.kid.fake_features == []
+    assert quality.pr.fake_features == [] and int(quality.classes.counts.sum()) == 0
