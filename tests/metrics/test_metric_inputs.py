@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_genmodels.metrics import MNISTFeatures, SampleQuality, dequantized_bits_per_dim, real_features
+from lightning_genmodels.metrics import (
+    ClassCoverage, MNISTFeatures, SampleQuality, dequantized_bits_per_dim, real_features,
+)
 
 
 def half(*shape: int) -> torch.Tensor:
@@ -66,3 +68,15 @@ def test_non_finite_generated_features_leave_every_metric_as_it_was(monkeypatch:
     # (FID and KID had taken the batch before precision/recall refused it)
     assert int(quality.fid.fake_features_num_samples) == 0 and quality.kid.fake_features == []
     assert quality.pr.fake_features == [] and int(quality.classes.counts.sum()) == 0
+
+
+@pytest.mark.parametrize("width", [9, 12])
+def test_class_coverage_names_a_classifier_of_another_width(width: int) -> None:
+    coverage = ClassCoverage(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, width)))
+    with pytest.raises(ValueError, match=rf"logits of shape \(2, {width}\), expected \[B, num_classes\] = \[2, 10\]"):
+        coverage.update(torch.rand(2, 1, 28, 28))
+
+
+def test_class_coverage_needs_classes() -> None:
+    with pytest.raises(ValueError, match="num_classes=0 must be an integer >= 1"):
+        ClassCoverage(torch.nn.Identity(), num_classes=0)
