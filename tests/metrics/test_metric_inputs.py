@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_genmodels.metrics import (
-    ClassCoverage, MNISTFeatures, SampleQuality, dequantized_bits_per_dim, real_features,
+    ClassCoverage, EMStatistics, MNISTFeatures, SampleQuality, dequantized_bits_per_dim, real_features,
 )
 
 
@@ -80,3 +80,13 @@ def test_class_coverage_names_a_classifier_of_another_width(width: int) -> None:
 def test_class_coverage_needs_classes() -> None:
     with pytest.raises(ValueError, match="num_classes=0 must be an integer >= 1"):
         ClassCoverage(torch.nn.Identity(), num_classes=0)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((2, 3, "foo"), "covariance_type must be one of .*, got 'foo'"),  # (a KeyError: 'foo')
+    ((0, 3, "full"), "n_components=0 must be an integer >= 1"),
+    ((2, 1.5, "diag"), "n_features=1.5 must be an integer >= 1"),
+], ids=["type", "k", "d"])
+def test_em_statistics_options(args, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        EMStatistics(*args)
