@@ -195,6 +195,16 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         for key, value in state.items():
             setattr(self, key, value)
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """nn.Module's, leaving the model as it was when it fails (a state of another D or
+        covariance type had reallocated the buffers: a fitted model lost its parameters)."""
+        saved = self._snapshot()
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            self._restore(saved)
+            raise
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         means = state_dict.get(prefix + "means_")
         if means is not None and means.dim() == 2:

@@ -40,3 +40,17 @@ def test_failed_refit_keeps_the_fit(refit) -> None:
     for name, value in before.items():
         torch.testing.assert_close(after[name], value, rtol=0, atol=0)
     assert torch.equal(model.predict(rows()), labels)
+
+
+def test_a_failed_load_state_dict_keeps_the_fit() -> None:
+    """A state of another D and covariance type had reallocated the buffers before the load failed."""
+    model = GaussianMixture(2, random_state=0).fit(rows())
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    labels = model.predict(rows())
+    other = GaussianMixture(2, covariance_type="diag", random_state=0).fit(rows(d=3).double())
+    with pytest.raises(RuntimeError, match="size mismatch for covariances_"):
+        model.load_state_dict(other.state_dict())
+    assert model.fitted and model.n_features_in_ == 2 and model.dtype == torch.float32
+    for name, value in before.items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
+    assert torch.equal(model.predict(rows()), labels)
