@@ -155,7 +155,8 @@ class ScikitLearnMixin:
 
         Raises:
             ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; batch_size is
-                not an integer >= 1; or a covariance is singular (increase ``reg_covar``).
+                not an integer >= 1; or a covariance is singular (increase ``reg_covar``). A fit
+                that raises leaves the model as it was (fitted or not, its dtype and D).
         """
         batch_size = check_integer("batch_size", batch_size, 1)  # (True and 100.0 reached the loader)
         x = _as_tensor(X)
