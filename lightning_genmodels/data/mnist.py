@@ -80,6 +80,11 @@ def format_images(x: Tensor, input_format: str, noise: Tensor | None = None) -> 
         float32 [B, 1, H, W], or [B, H * W] for a ``_flat`` format.
     """
     fmt = check_input_format(input_format)
+    if x.dtype != torch.uint8 or x.dim() != 3:  # (float images were scaled in place, the caller's too)
+        raise ValueError(f"format_images takes pixel bytes, uint8 [B, H, W], got {x.dtype} {list(x.shape)}")
+    if noise is not None and noise.shape != (x.shape[0], x.shape[1] * x.shape[2]):
+        raise ValueError(f"noise must be [B, H * W] = [{x.shape[0]}, {x.shape[1] * x.shape[2]}], "
+                         f"got {list(noise.shape)}")
     base, flat = fmt.removesuffix("_flat"), fmt.endswith("_flat")
     x = x.float()
     if base == "unit":
