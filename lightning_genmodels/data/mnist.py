@@ -117,6 +117,13 @@ class ImageTensorDataset(Dataset):
     def __init__(
         self, images: Tensor, labels: Tensor, input_format: str, keys: Tensor | None = None, noise_seed: int = 0
     ) -> None:
+        n = images.shape[0] if images.dim() else 0
+        if images.dtype != torch.uint8 or images.dim() != 3:  # (checked now, not at the first batch)
+            raise ValueError(f"images must be uint8 [N, H, W], got {images.dtype} {list(images.shape)}")
+        if labels.shape != (n,) or labels.is_floating_point() or labels.is_complex():  # (0.5 became 0)
+            raise ValueError(f"labels must be integers [N] = [{n}], got {labels.dtype} {list(labels.shape)}")
+        if keys is not None and keys.shape != (n,):  # (an IndexError at the batch that reached past them)
+            raise ValueError(f"keys must be [N] = [{n}], got {list(keys.shape)}")
         self.images = images
         self.labels = labels.long()
         self.input_format = check_input_format(input_format)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_genmodels.data import format_images, read_idx
+from lightning_genmodels.data import ImageTensorDataset, format_images, read_idx
 
 
 @pytest.mark.parametrize("x, noise, match", [
@@ -29,3 +29,19 @@ def test_read_idx_refuses_magic_numbers_it_cannot_read(magic, tmp_path: Path) ->
     path.write_bytes(b"\0\0\x0d\x03" + b"\0\0\0\x01" * 3 + b"\0" * 4)
     with pytest.raises(ValueError, match="unsigned-byte IDX magic number"):
         read_idx(path, magic)
+
+
+IMAGES = torch.zeros(4, 28, 28, dtype=torch.uint8)
+LABELS = torch.zeros(4, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"images": IMAGES.float()}, r"images must be uint8 \[N, H, W\], got torch.float32"),
+    ({"labels": LABELS[:3]}, r"labels must be integers \[N\] = \[4\], got torch.uint8 \[3\]"),
+    ({"labels": torch.tensor([0.5, 1, 2, 3])}, r"labels must be integers .* got torch.float32"),  # (0.5 became 0)
+    ({"keys": torch.arange(2)}, r"keys must be \[N\] = \[4\], got \[2\]"),
+], ids=["float_images", "short_labels", "float_labels", "short_keys"])
+def test_image_tensor_dataset_checks_when_built(kwargs, match: str) -> None:
+    args = {"images": IMAGES, "labels": LABELS, "input_format": "dequantized", **kwargs}
+    with pytest.raises(ValueError, match=match):  # (an IndexError at the first batch past them)
+        ImageTensorDataset(**args)
