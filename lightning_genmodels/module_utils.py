@@ -90,3 +90,12 @@ def check_real(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name}={value!r} must be a real number")
     return float(value)
+
+
+def finite_on_every_rank(module: LightningModule, x: Tensor) -> bool:
+    """Whether x is finite on this rank and, under a Trainer, on every rank: a bad batch must stop
+    all ranks together (one rank raising alone left the others to fail in their next collective
+    with gloo's "Connection reset by peer", naming nothing, or to wait in it)."""
+    finite = bool(torch.isfinite(x).all())
+    trainer = module._trainer
+    return trainer.strategy.reduce_boolean_decision(finite, all=True) if trainer is not None else finite

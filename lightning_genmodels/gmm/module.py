@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ..metrics.em import EMStatistics
+from ..module_utils import finite_on_every_rank
 from ..ops.build import Impl
 from ..ops.gmm import gmm_em_stats, gmm_log_prob, gmm_m_step
 from . import em
@@ -453,11 +454,12 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             self._check_fitted()  # Trainer.validate/test of an unfitted model
         x = batch_tensor(batch).to(self.dtype)
         log_prob = torch.logsumexp(self._joint_log_prob(x), dim=1)
-        finite = torch.isfinite(log_prob)
-        if not bool(finite.all()):  # (a NaN {stage}/log_likelihood was logged, silently)
+        if not finite_on_every_rank(self, log_prob):  # (a NaN {stage}/log_likelihood was logged, silently)
+            bad = int((~torch.isfinite(log_prob)).sum())
             raise ValueError(
-                f"{stage}: log p(x) is not finite for {int((~finite).sum())} of {x.shape[0]} rows of a batch: the "
-                "data contain NaN or infinite values (or values so large that every density underflows: scale the data)"
+                f"{stage}: log p(x) is not finite for {bad} of {x.shape[0]} rows of a batch"
+                f"{'' if bad else ' on another rank'}: the data contain NaN or infinite values "
+                "(or values so large that every density underflows: scale the data)"
             )
         mean = log_prob.mean()
         self.log(f"{stage}/log_likelihood", mean, batch_size=x.shape[0], sync_dist=True)

@@ -24,7 +24,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
-from ..module_utils import as_integer, check_integer, check_real, eval_mode, save_hparams_keeping_configs
+from ..module_utils import (
+    as_integer, check_integer, check_real, eval_mode, finite_on_every_rank, save_hparams_keeping_configs,
+)
 from ..ops.philox import check_seed
 from ..train_log import log_this_step
 from .likelihoods import (
@@ -338,8 +340,9 @@ class VAE(LightningModule):
 
     def _shared_step(self, batch: tuple[Tensor, Tensor] | Tensor, stage: str, batch_idx: int = 0) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{stage} batch contains NaN or inf")
+        if not finite_on_every_rank(self, x):
+            where = "" if not torch.isfinite(x).all() else " on another rank"
+            raise ValueError(f"{stage} batch contains NaN or inf{where}")
         rec, kl = self.elbo_terms(x)
         elbo = rec - kl.sum(1)
         n = x.shape[0]
