@@ -219,13 +219,14 @@ class Diffusion(LightningModule):
         """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
         weights (they had turned NaN silently), naming the batch's NaN/inf values if it holds any,
         else the learning rate. One scalar host sync per step, as the GAN's check."""
-        finite = bool(torch.isfinite(loss))
+        here = finite = bool(torch.isfinite(loss))
         if self._trainer is not None:
             finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return
         bad = int((~torch.isfinite(x0)).sum())
         advice = (f"this rank's batch holds {bad} NaN or infinite values: check the data" if bad
+                  else "another rank's loss is not finite (its error names the cause)" if here
                   else "try a lower lr")
         raise FloatingPointError(f"Diffusion {stage}/loss is {loss.item()} (not finite on at least one rank) at epoch "
                                  f"{self.current_epoch}, global step {self.global_step}; stopped before the update: {advice}")

@@ -2,6 +2,8 @@
 images, an empty batch, NaN/inf (which had turned every weight NaN, silently)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -48,3 +50,12 @@ def test_a_non_finite_batch_stops_training_before_the_update(value: float) -> No
 def test_q_sample_names_bad_arguments(t: torch.Tensor, noise: torch.Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):  # (an IndexError; ATen's broadcast errors)
         Diffusion(**SMALL).q_sample(images(2), t, noise)
+
+
+def test_a_rank_with_a_finite_loss_points_to_the_other_rank() -> None:
+    """(it advised a lower lr for its own finite loss)"""
+    model = Diffusion(**SMALL)
+    model._trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda d, all=True: False),
+                                     current_epoch=0, global_step=0)
+    with pytest.raises(FloatingPointError, match=r"train/loss is [0-9.]+ .*another rank's loss is not finite"):
+        model.training_step((images(),), 0)
