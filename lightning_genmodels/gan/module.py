@@ -235,7 +235,8 @@ class GAN(LightningModule):
         kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written"
         bad = int((~torch.isfinite(real)).sum())
         advice = (f"This rank's batch of real images holds {bad} NaN or infinite values: check the data."
-                  if bad else "Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True.")
+                  if bad else "Another rank's loss is not finite (its error names the cause)." if finite
+                  else "Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True.")
         raise FloatingPointError(
             f"GAN {player} loss is {loss.item()} (not finite on at least one rank) at epoch "
             f"{self.current_epoch}, global step {self.global_step}; training stopped before the "

@@ -3,6 +3,8 @@ from the first convolution), an empty batch (NaN losses blamed on the learning r
 held-out images (NaN val/test losses logged silently)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning
 import pytest
 import torch
@@ -51,3 +53,12 @@ def test_a_non_finite_validation_batch_is_an_error_not_a_nan_loss() -> None:
 def test_networks_name_bad_sizes_and_inputs(make, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_a_rank_with_a_finite_loss_points_to_the_other_rank() -> None:
+    """(it advised lower learning rates for its own finite loss)"""
+    model = GAN(**TINY)
+    model._trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda d, all=True: False),
+                                     checkpoint_callback=None, current_epoch=0, global_step=0)
+    with pytest.raises(FloatingPointError, match=r"discriminator loss is 1.0 .*Another rank's loss is not finite"):
+        model._stop_if_not_finite("discriminator", torch.tensor(1.0), images())
