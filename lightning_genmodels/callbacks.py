@@ -51,6 +51,16 @@ def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
     return w0 * z0[:, None, :] + w1 * z1[:, None, :]
 
 
+def _check_image_suffix(path: str) -> None:
+    """ValueError unless ``path`` ends in an image suffix PIL writes (``save_image`` had failed
+    with "unknown file extension" only when fit ended)."""
+    from PIL import Image
+
+    suffix = Path(path.format(epoch=0)).suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise ValueError(f"path={path!r} needs an image file suffix such as .png (got {suffix or 'none'})")
+
+
 class _GridCallback(Callback):
     """Write (and log) a grid of images at fit end and every ``every_n_epochs`` epochs.
 
@@ -67,6 +77,7 @@ class _GridCallback(Callback):
         except (KeyError, IndexError, ValueError) as err:
             raise ValueError(f"path={path!r}: the only field it may hold is {{epoch}} "
                              f"(write other braces as {{{{ and }}}}); got {type(err).__name__}: {err}") from None
+        _check_image_suffix(str(path))
         self.path = str(path)  # a Path too
         self.nrow = nrow
         self.every_n_epochs = every_n_epochs
@@ -334,10 +345,12 @@ class FIDCallback(Callback):
         # each rank draws its own chunks: a module whose sampling can be collective draws alone
         alone = {"distributed": False} if "distributed" in inspect.signature(pl_module.sample_images).parameters \
             else {}
-        for seed, size in sample_chunks(self.num_samples, self.batch_size, self.seed, rank, world_size):
-            self.quality.update(pl_module.sample_images(size, seed=seed, **alone).float().clamp(0, 1))
-        out = self.quality.compute(num_generated=self.num_samples)
-        self.quality.reset()
+        try:  # reset also after an error: the failed call's samples had counted in the next one
+            for seed, size in sample_chunks(self.num_samples, self.batch_size, self.seed, rank, world_size):
+                self.quality.update(pl_module.sample_images(size, seed=seed, **alone).float().clamp(0, 1))
+            out = self.quality.compute(num_generated=self.num_samples)
+        finally:
+            self.quality.reset()
         return {name: float(out[key]) for name, key in (
             ("fid", "fid"), ("kid", "kid"), ("precision", "precision"), ("recall", "recall"),
             ("mode_coverage", "coverage"), ("confidence", "confidence"))}

@@ -164,26 +164,46 @@ class GenModelsCLI(LightningCLI):
             reason = constructor_error(str(exc))
             if reason is None:
                 raise
-            parser, action = self.parser, getattr(self.parser, "_subcommands_action", None)
-            if self.subcommand and action is not None:  # the subcommand's usage line
-                parser = action._name_parser_map.get(self.subcommand, parser)
-            parser.error(reason)
+            self._usage_error(reason)
+
+    def _usage_error(self, reason: str) -> None:
+        """Exit with status 2, the subcommand's usage line and ``reason``."""
+        subcommand = getattr(self, "subcommand", None) or self.config.get("subcommand")  # (set after parsing)
+        parser, action = self.parser, getattr(self.parser, "_subcommands_action", None)
+        if subcommand and action is not None:  # the subcommand's usage line
+            parser = action._name_parser_map.get(subcommand, parser)
+        parser.error(reason)
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's, but a checkpoint's hyperparameters without ``_class_path`` (a model
         built in Python and saved by a Trainer, not by this CLI) are arguments of the class the
         config names: they were parsed against LightningModule, which failed ("Option
-        'n_components' is not accepted ... Parsing of ckpt_path hyperparameters failed!")."""
+        'n_components' is not accepted ... Parsing of ckpt_path hyperparameters failed!"); and a
+        file that does not load is a usage error naming it (torch.load's traceback named no file,
+        and advised weights_only=False)."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        model = self.config[subcommand].get("model") if subcommand else None
-        if not (ckpt_path and Path(ckpt_path).is_file() and getattr(model, "class_path", None)):
-            return super()._parse_ckpt_path()
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return  # (LightningCLI reads nothing either: "last", "best", a missing file)
+        try:
+            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        except Exception as exc:  # anything a corrupt or foreign file raises
+            text = " ".join(str(exc).split())
+            # torch's weights_only boilerplate around the unpickler's own reason
+            text = text.partition("WeightsUnpickler error:")[2].partition(" Check the documentation")[0].strip() or text
+            self._usage_error(f"--ckpt_path {ckpt_path}: not a checkpoint that loads ({type(exc).__name__}"
+                              f"{': ' + text[:300] if text else ''}{' ...' if len(text) > 300 else ''})")
+        if not isinstance(checkpoint, dict):
+            self._usage_error(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (it holds a "
+                              f"{type(checkpoint).__name__}, not a dict)")
+        hparams = checkpoint.get("hyper_parameters", {})
         hparams.pop("_instantiator", None)
         if not hparams:
             return
-        hparams = {"class_path": hparams.pop("_class_path", model.class_path), "dict_kwargs": hparams}
+        model = self.config[subcommand].get("model")
+        class_path = hparams.pop("_class_path", getattr(model, "class_path", None))
+        if class_path is not None:
+            hparams = {"class_path": class_path, "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except SystemExit:

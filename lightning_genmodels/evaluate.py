@@ -276,6 +276,12 @@ def _check_models(parser: argparse.ArgumentParser, specs: list[str]) -> list[tup
 def _check_logs(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, Path]:
     """Each ``--log NAME=metrics.csv`` names an existing file with ``val/fid`` values."""
     logs = {}
+    if specs:  # (without it the plot failed after all the sampling, and report.md was never written)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as exc:
+            parser.error(f"--log draws the FID plot with matplotlib, which does not import ({exc}): "
+                         "pip install matplotlib, or leave out --log")
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not Path(path).is_file():
@@ -377,15 +383,20 @@ def main(argv: list[str] | None = None) -> None:
 def _write_outputs(out: Path, args: argparse.Namespace, argv: list[str] | None, quality: SampleQuality,
                    floor: dict, results: dict, logs: dict[str, Path], failed: str | None) -> None:
     """report.md, results.json and the FID plot; ``failed``: the model that stopped the run, if any."""
+    has_plot = bool(logs)
     if logs:
-        plot_fid_logs(logs, out / "fid_over_training.png")
+        try:  # the results must still be written
+            plot_fid_logs(logs, out / "fid_over_training.png")
+        except Exception as exc:  # (a log changed since it was checked)
+            print(f"the FID plot failed ({type(exc).__name__}: {exc}); writing the report without it", file=sys.stderr)
+            has_plot = False
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "command": "python -m lightning_genmodels.evaluate " + " ".join(argv if argv is not None else sys.argv[1:]),
             "num_samples": args.num_samples, "seed": args.seed, "weights": quality.extractor.sha256,
             "kid_subset_size": args.kid_subset_size, "floor_num": args.floor_num,
             "logs": {name: str(path) for name, path in logs.items()}, "failed": failed}
-    write_report(out, results, floor, meta, bool(logs))
+    write_report(out, results, floor, meta, has_plot)
     (out / "results.json").write_text(json.dumps({"meta": meta, "floor": floor, "models": results}, indent=1))
     print(f"wrote {out / 'report.md'}" + (f" (incomplete: model {failed})" if failed else ""),
           file=sys.stderr if failed else sys.stdout)

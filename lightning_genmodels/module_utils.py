@@ -1,15 +1,17 @@
 """Helpers shared by the families' LightningModules."""
 from __future__ import annotations
 
+import numbers
 import operator
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
 
 
@@ -27,6 +29,24 @@ def save_hparams_keeping_configs(module: LightningModule, frame: FrameType) -> N
     for key in [k for k, v in module.hparams.items() if isinstance(v, nn.Module)]:
         module.hparams.pop(key)
         module._hparams_initial.pop(key, None)
+    plain_hparams(module)
+
+
+def plain_hparams(module: LightningModule | LightningDataModule) -> None:
+    """The saved hyperparameters with NumPy scalars as Python numbers (in lists and tuples too):
+    a checkpoint holding ``np.float64(1e-3)`` (``for lr in np.logspace(...)``) did not load with
+    ``load_from_checkpoint``'s ``weights_only`` unpickler, nor dump as plain YAML."""
+    for hparams in (module.hparams, getattr(module, "_hparams_initial", None)):
+        for key, value in (hparams or {}).items():
+            hparams[key] = _python_scalars(value)
+
+
+def _python_scalars(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if type(value) in (list, tuple):
+        return type(value)(_python_scalars(v) for v in value)
+    return value
 
 
 @contextmanager
@@ -88,3 +108,20 @@ def broadcast_buffers(module: LightningModule) -> None:
         return
     for buffer in module.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def check_real(name: str, value: object) -> float:
+    """``value`` as a float if it is a real number (Python's, NumPy's; not a bool), else a
+    ValueError naming ``name`` (math.isfinite("1") raised a TypeError naming nothing)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} must be a real number")
+    return float(value)
+
+
+def finite_on_every_rank(module: LightningModule, x: Tensor) -> bool:
+    """Whether x is finite on this rank and, under a Trainer, on every rank: a bad batch must stop
+    all ranks together (one rank raising alone left the others to fail in their next collective
+    with gloo's "Connection reset by peer", naming nothing, or to wait in it)."""
+    finite = bool(torch.isfinite(x).all())
+    trainer = module._trainer
+    return trainer.strategy.reduce_boolean_decision(finite, all=True) if trainer is not None else finite

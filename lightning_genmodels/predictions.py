@@ -2,6 +2,7 @@
 from one process or many (Lightning's ``BasePredictionWriter`` leaves the writing to you)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Any
@@ -40,6 +41,19 @@ def _in_dataset_order(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {k: v[order[first]] for k, v in rows.items()}
 
 
+def _save_atomically(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then renamed over it: a failed write
+    (a full disk, an interrupt) leaves no truncated file and the previous one as it was."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 class PredictionWriter(BasePredictionWriter):
     """Saves ``Trainer.predict``'s outputs to ``<output_dir>/<filename>`` (``torch.save``).
 
@@ -62,7 +76,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self, output_dir: str | None = None, filename: str = "predictions.pt") -> None:
         super().__init__("epoch")
-        if not filename or os.sep in filename:
+        if not filename or os.sep in filename or filename in (".", ".."):
             raise ValueError(f"filename={filename!r}: give a file name, not a path (output_dir is the folder)")
         self.output_dir = output_dir
         self.filename = filename
@@ -93,6 +107,6 @@ class PredictionWriter(BasePredictionWriter):
                                   f"with one row per sample; {path} holds them batch by batch", stacklevel=2)
         if trainer.is_global_zero:
             os.makedirs(folder, exist_ok=True)
-            torch.save(results[0] if len(results) == 1 else results, path)
+            _save_atomically(results[0] if len(results) == 1 else results, path)
         trainer.strategy.barrier("PredictionWriter")
         self.path = path

@@ -78,6 +78,10 @@ def read_idx(path: str | Path, magic: int) -> Tensor:
             the number of bytes present (truncated file or trailing bytes).
     """
     path = Path(path)
+    if isinstance(magic, bool) or not isinstance(magic, int) or magic >> 8 != _UBYTE or magic & 0xFF == 0:
+        # (an assert, gone under python -O, which then read other element types as bytes)
+        raise ValueError(f"magic must be an unsigned-byte IDX magic number 0x08NN with NN >= 1 dimensions "
+                         f"(2051 images, 2049 labels): only those files are read, got {magic!r}")
     data = _read_bytes(path)
     if len(data) < 4:
         raise IDXFormatError(f"{path}: {len(data)} bytes, too short for an IDX header; {_FIX}")
@@ -85,7 +89,6 @@ def read_idx(path: str | Path, magic: int) -> Tensor:
     if found != magic:
         raise IDXFormatError(f"{path}: bad magic number {found}, expected {magic}; {_FIX}")
     ndim = magic & 0xFF
-    assert (magic >> 8) & 0xFF == _UBYTE, "only unsigned-byte IDX files are supported"
     header = 4 + 4 * ndim
     if len(data) < header:
         raise IDXFormatError(f"{path}: truncated header ({len(data)} of {header} bytes); {_FIX}")

@@ -16,6 +16,7 @@ Input formats (``input_format``; each may take a ``_flat`` suffix for [B, 784] i
 """
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..module_utils import check_integer
+from ..module_utils import as_integer, check_integer, plain_hparams
 from .idx import (
     SPLIT_FILES,
     TORCHVISION_CLASSES,
@@ -79,6 +80,11 @@ def format_images(x: Tensor, input_format: str, noise: Tensor | None = None) -> 
         float32 [B, 1, H, W], or [B, H * W] for a ``_flat`` format.
     """
     fmt = check_input_format(input_format)
+    if x.dtype != torch.uint8 or x.dim() != 3:  # (float images were scaled in place, the caller's too)
+        raise ValueError(f"format_images takes pixel bytes, uint8 [B, H, W], got {x.dtype} {list(x.shape)}")
+    if noise is not None and noise.shape != (x.shape[0], x.shape[1] * x.shape[2]):
+        raise ValueError(f"noise must be [B, H * W] = [{x.shape[0]}, {x.shape[1] * x.shape[2]}], "
+                         f"got {list(noise.shape)}")
     base, flat = fmt.removesuffix("_flat"), fmt.endswith("_flat")
     x = x.float()
     if base == "unit":
@@ -111,6 +117,13 @@ class ImageTensorDataset(Dataset):
     def __init__(
         self, images: Tensor, labels: Tensor, input_format: str, keys: Tensor | None = None, noise_seed: int = 0
     ) -> None:
+        n = images.shape[0] if images.dim() else 0
+        if images.dtype != torch.uint8 or images.dim() != 3:  # (checked now, not at the first batch)
+            raise ValueError(f"images must be uint8 [N, H, W], got {images.dtype} {list(images.shape)}")
+        if labels.shape != (n,) or labels.is_floating_point() or labels.is_complex():  # (0.5 became 0)
+            raise ValueError(f"labels must be integers [N] = [{n}], got {labels.dtype} {list(labels.shape)}")
+        if keys is not None and keys.shape != (n,):  # (an IndexError at the batch that reached past them)
+            raise ValueError(f"keys must be [N] = [{n}], got {list(keys.shape)}")
         self.images = images
         self.labels = labels.long()
         self.input_format = check_input_format(input_format)
@@ -193,6 +206,10 @@ class MNISTDataModule(LightningDataModule):
             raise ValueError(f"dataset={dataset!r} is not one of {', '.join(TORCHVISION_CLASSES)}")
         if input_format is not None:
             check_input_format(input_format)
+        if as_integer(val_split) is not None:  # NumPy's too (np.int64(100) was refused as no count)
+            val_split = as_integer(val_split)
+        elif isinstance(val_split, numbers.Real) and not isinstance(val_split, bool):  # (np.float32)
+            val_split = float(val_split)
         if isinstance(val_split, bool) or not (
             (isinstance(val_split, int) and val_split >= 0)
             or (isinstance(val_split, float) and 0.0 <= val_split < 1.0)
@@ -202,6 +219,7 @@ class MNISTDataModule(LightningDataModule):
         check_integer("batch_size", batch_size, 1)
         check_integer("num_workers", num_workers, 0)
         self.save_hyperparameters()
+        plain_hparams(self)
         # "~" expanded, as torchvision's datasets do; an empty $LGM_DATA_DIR counts as unset
         data_dir = data_dir if data_dir is not None else os.environ.get("LGM_DATA_DIR") or "data"
         self.data_dir = Path(data_dir).expanduser()

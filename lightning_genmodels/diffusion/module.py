@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from ..ddp import eval_means, log_row_means
-from ..module_utils import check_integer, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
+from ..module_utils import check_integer, check_real, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from ..train_log import sync_train_metrics
@@ -106,15 +107,26 @@ class Diffusion(LightningModule):
         S.check_option("variance_type", variance_type, S.VARIANCE_TYPES)
         S.check_option("timestep_spacing", timestep_spacing, S.TIMESTEP_SPACINGS)
         S.check_option("impl", impl, IMPLS)
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end), ("ema_decay", ema_decay),
+                            ("clip_sample_range", clip_sample_range)):
+            check_real(name, value)
+        if min_snr_gamma is not None:
+            check_real("min_snr_gamma", min_snr_gamma)
         S.check_steps(sample_steps, num_train_timesteps)
         S.check_eta(eta)
         if min_snr_gamma is not None and not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        if not (math.isfinite(check_real("lr", lr)) and lr > 0):  # (AdamW refused it only when fit began)
+            raise ValueError(f"lr={lr!r} must be a finite number > 0")
+        if not (math.isfinite(check_real("weight_decay", weight_decay)) and weight_decay >= 0):
+            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
         check_integer("warmup_steps", warmup_steps, 0)  # (a negative count warmed up nothing, silently)
-        if not isinstance(ema_warmup, bool):
-            raise ValueError(f"ema_warmup must be True or False, got {ema_warmup!r}")
+        for name, value in (("ema_warmup", ema_warmup), ("clip_sample", clip_sample),
+                            ("set_alpha_to_one", set_alpha_to_one)):
+            if not isinstance(value, bool):  # (the string "no" was True)
+                raise ValueError(f"{name} must be True or False, got {value!r}")
         if not clip_sample_range > 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range!r}")
         _check_compile_unet(compile_unet)
@@ -156,6 +168,11 @@ class Diffusion(LightningModule):
         """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (Ho et al. 2020, eq. 4). Shapes [N, C, S, S], t [N] in
         [0, num_train_timesteps) (a negative t indexed from the end, silently: now an error, on
         CUDA a device-side assertion, without a host synchronisation)."""
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:  # (float t: an IndexError)
+            raise ValueError(f"q_sample: timesteps must be integers, got dtype {t.dtype}")
+        if t.shape != (x0.shape[0],) or noise.shape != x0.shape:  # (ATen's broadcast errors)
+            raise ValueError(f"q_sample: need t [N] and noise of x0's shape {tuple(x0.shape)}, got t "
+                             f"{tuple(t.shape)} and noise {tuple(noise.shape)}")
         inside = ((t >= 0) & (t < self.hparams.num_train_timesteps)).all()
         if t.device.type == "cpu" and not bool(inside):
             raise ValueError(f"q_sample: timesteps must be in [0, {self.hparams.num_train_timesteps}), "
@@ -187,21 +204,43 @@ class Diffusion(LightningModule):
         x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
         if hasattr(self.unet, "check_input"):  # (a subclass's own denoiser may not have it)
             self.unet.check_input(x0)
+        if not x0.is_floating_point():  # (an integer batch failed deep in randn_like)
+            raise ValueError(f"Diffusion expects floating-point images in [-1, 1], got dtype {x0.dtype}")
         n = x0.shape[0]
+        if n == 0:  # (the mean of no losses was a NaN loss)
+            raise ValueError(f"Diffusion {stage} batch is empty, shape {tuple(x0.shape)}")
         if stage == "train":
             t = torch.randint(0, self.hparams.num_train_timesteps, (n,), device=x0.device)
             noise = torch.randn_like(x0)
         else:  # fixed draws per image, so that validation losses of different epochs compare
             t, noise = validation_draws(x0, self.hparams.num_train_timesteps)
         losses = self._image_losses(x0, t, noise)
+        loss = losses.mean()
+        self._stop_if_not_finite(stage, loss, x0)
         if stage == "train":
-            self.log("train/loss", losses.mean(), prog_bar=True, batch_size=n, sync_dist=sync_train_metrics(self))
+            self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=sync_train_metrics(self))
         else:  # the mean over the whole set, under DDP each image once (see lightning_genmodels/ddp.py)
             log_row_means(self, self.eval_means, stage, {"loss": losses}, batch_idx)
-        return losses.mean()
+        return loss
 
     def on_train_start(self) -> None:
         seed_ranks_apart(self)  # under DDP each rank draws its own noise
+
+    def _stop_if_not_finite(self, stage: str, loss: Tensor, x0: Tensor) -> None:
+        """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
+        weights (they had turned NaN silently), naming the batch's NaN/inf values if it holds any,
+        else the learning rate. One scalar host sync per step, as the GAN's check."""
+        here = finite = bool(torch.isfinite(loss))
+        if self._trainer is not None:
+            finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        bad = int((~torch.isfinite(x0)).sum())
+        advice = (f"this rank's batch holds {bad} NaN or infinite values: check the data" if bad
+                  else "another rank's loss is not finite (its error names the cause)" if here
+                  else "try a lower lr")
+        raise FloatingPointError(f"Diffusion {stage}/loss is {loss.item()} (not finite on at least one rank) at epoch "
+                                 f"{self.current_epoch}, global step {self.global_step}; stopped before the update: {advice}")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

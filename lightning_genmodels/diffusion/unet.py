@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -372,8 +373,14 @@ class UNet(nn.Module):
         if x.dtype != dtype:
             return self.forward(x.to(dtype), t).to(x.dtype)
         if not isinstance(t, Tensor):  # (an int or float raised AttributeError: no reshape)
+            if isinstance(t, bool) or not isinstance(t, numbers.Real):  # ("5": "new(): invalid data type")
+                raise ValueError(f"t must be a timestep number or a tensor of them, got {t!r}")
             t = torch.as_tensor(t, device=x.device)
+        if t.is_complex() or t.dtype == torch.bool:  # (the imaginary part was dropped silently)
+            raise ValueError(f"t must hold real timesteps, got dtype {t.dtype}")
         t = t.reshape(-1)
+        if t.numel() not in (1, x.shape[0]):  # (ATen's "expanded size of the tensor (2) must match")
+            raise ValueError(f"t must be one timestep or [N] = [{x.shape[0]}] of them, got shape {tuple(t.shape)}")
         shared = t.numel() == 1 or t.stride(0) == 0
         t_emb = timestep_embedding(t[:1] if shared else t.expand(x.shape[0]), self.base_channels,
                                    dtype=self.time_mlp[0].weight.dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, Literal, get_args
 
 import torch
@@ -22,7 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..ddp import eval_batch_weights, eval_means, log_row_means
-from ..module_utils import as_integer, broadcast_buffers, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
+from ..module_utils import (
+    as_integer, broadcast_buffers, check_integer, check_real, eval_mode, save_hparams_keeping_configs, seed_ranks_apart,
+)
 from ..ops.philox import check_seed
 from ..train_log import log_this_step, sync_train_metrics
 from . import losses
@@ -81,6 +84,7 @@ class GAN(LightningModule):
                        ema_decay, weights_init)
         save_hparams_keeping_configs(self, inspect.currentframe())
         self.automatic_optimization = False
+        latent_dim, channels, features = int(latent_dim), int(channels), int(features)
         self.latent_dim, self.ema_decay = latent_dim, ema_decay
         self.image_shape = (channels, IMAGE_SIZE, IMAGE_SIZE)
         init = dcgan_init if weights_init == "dcgan" else (lambda net: net)
@@ -195,6 +199,8 @@ class GAN(LightningModule):
     def _real_images(self, batch: Any) -> Tensor:
         real = batch[0] if isinstance(batch, (tuple, list)) else batch
         check_images(real, self.image_shape[0], type(self).__name__)
+        if real.shape[0] == 0:  # (its NaN losses blamed the learning rates)
+            raise ValueError(f"{type(self).__name__} got an empty batch of images, shape {tuple(real.shape)}")
         return real
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -267,7 +273,8 @@ class GAN(LightningModule):
         kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written"
         bad = int((~torch.isfinite(real)).sum())
         advice = (f"This rank's batch of real images holds {bad} NaN or infinite values: check the data."
-                  if bad else "Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True.")
+                  if bad else "Another rank's loss is not finite (its error names the cause)." if finite
+                  else "Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True.")
         raise FloatingPointError(
             f"GAN {player} loss is {loss.item()} (not finite on at least one rank) at epoch "
             f"{self.current_epoch}, global step {self.global_step}; training stopped before the "
@@ -293,9 +300,24 @@ class GAN(LightningModule):
             # needs autograd back on (Lightning evaluates in inference mode) and non-inference copies
             with torch.inference_mode(False), torch.enable_grad():
                 d_loss = self.discriminator_loss(real.clone(), fake.clone()).detach()
+        self._check_eval_losses(stage, d_loss, g_loss, real)
         log_row_means(self, self.eval_means, stage, {"d_loss": d_loss.expand(n), "g_loss": g_loss.expand(n)},
                       batch_idx)
         return d_loss
+
+    def _check_eval_losses(self, stage: str, d_loss: Tensor, g_loss: Tensor, real: Tensor) -> None:
+        """ValueError (on every rank together) where a held-out loss is NaN/inf (it was logged
+        silently), naming the batch's NaN/inf values if it holds any."""
+        finite = bool(torch.isfinite(d_loss) & torch.isfinite(g_loss))
+        if self._trainer is not None:
+            finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        bad = int((~torch.isfinite(real)).sum())
+        cause = (f"this rank's batch of real images holds {bad} NaN or infinite values: check the data" if bad
+                 else "the networks' outputs are not finite")
+        raise ValueError(f"GAN {stage} losses are d_loss={d_loss.item()}, g_loss={g_loss.item()} "
+                         f"(not finite on at least one rank): {cause}")
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val", batch_idx)
@@ -353,13 +375,18 @@ def _check_options(
     weights_init: str,
 ) -> None:
     """Raise ValueError naming the first bad option."""
-    for name, value in (("latent_dim", latent_dim), ("channels", channels), ("features", features)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    for name, value in (("latent_dim", latent_dim), ("channels", channels), ("features", features),
+                        ("n_critic", n_critic)):
+        check_integer(name, value, 1)  # (np.int64(8) was refused as not an integer)
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
-    if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
-        raise ValueError(f"n_critic={n_critic!r} must be an integer >= 1")
+    for name, value in (("gp_weight", gp_weight), ("lr_g", lr_g), ("lr_d", lr_d)):
+        check_real(name, value)
+    for name, betas in (("betas_g", betas_g), ("betas_d", betas_d)):
+        if not isinstance(betas, (tuple, list)) or not all(isinstance(b, numbers.Real) for b in betas):
+            raise ValueError(f"{name}={betas!r} must be two numbers in [0, 1)")
+    if ema_decay is not None:
+        check_real("ema_decay", ema_decay)
     if not (math.isfinite(gp_weight) and gp_weight >= 0):
         raise ValueError(f"gp_weight={gp_weight!r} must be finite and >= 0")
     for name, value in (("lr_g", lr_g), ("lr_d", lr_d)):

@@ -13,16 +13,20 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from ..module_utils import check_integer
+
 IMAGE_SIZE = 28
 
 
 def check_images(x: Tensor, channels: int, who: str) -> None:
-    """Raise ValueError naming the shape unless ``x`` is [B, channels, 28, 28]."""
+    """Raise ValueError naming the shape or dtype unless ``x`` is a float [B, channels, 28, 28]."""
     if x.ndim != 4 or tuple(x.shape[1:]) != (channels, IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(
             f"{who} was built for images [B, {channels}, {IMAGE_SIZE}, {IMAGE_SIZE}] "
             f"but got shape {tuple(x.shape)}"
         )
+    if not x.is_floating_point():  # (integer images failed in the first convolution)
+        raise ValueError(f"{who} expects floating-point images in [-1, 1], got dtype {x.dtype}")
 
 
 @torch.no_grad()
@@ -43,6 +47,11 @@ def dcgan_init(net: nn.Module) -> nn.Module:
     return net
 
 
+def _sizes(**sizes: object) -> list[int]:
+    """The networks' sizes as ints, each an integer >= 1 (0 built a network that could not run)."""
+    return [check_integer(name, value, 1) for name, value in sizes.items()]
+
+
 class Generator(nn.Module):
     """z [B, latent_dim] -> images [B, channels, 28, 28] in [-1, 1].
 
@@ -56,6 +65,7 @@ class Generator(nn.Module):
 
     def __init__(self, latent_dim: int = 64, channels: int = 1, features: int = 64) -> None:
         super().__init__()
+        latent_dim, channels, features = _sizes(latent_dim=latent_dim, channels=channels, features=features)
         self.latent_dim, self.channels = latent_dim, channels
         self.project = nn.Sequential(
             nn.Linear(latent_dim, 2 * features * 7 * 7, bias=False),
@@ -74,6 +84,8 @@ class Generator(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"Generator was built for z [B, {self.latent_dim}] but got shape {tuple(z.shape)}")
+        if not z.is_floating_point():  # (an integer z failed in the first matmul)
+            raise ValueError(f"Generator expects floating-point z, got dtype {z.dtype}")
         return self.upsample(self.project(z))
 
 
@@ -90,6 +102,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, channels: int = 1, features: int = 64, spectral_norm: bool = False) -> None:
         super().__init__()
+        channels, features = _sizes(channels=channels, features=features)
         self.channels = channels
         norm = _spectral_norm if spectral_norm else (lambda layer: layer)
         self.features = nn.Sequential(

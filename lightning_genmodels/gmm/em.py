@@ -312,6 +312,8 @@ def as_float64(value: Any, name: str) -> Tensor | None:
     if value is None:
         return None
     if isinstance(value, Tensor):
+        if value.is_complex():  # (.double() had dropped the imaginary part with a warning)
+            raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
         t = value.double()
     else:
         a = np.asarray(value)

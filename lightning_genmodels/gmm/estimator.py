@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 import math
@@ -154,7 +155,8 @@ class ScikitLearnMixin:
 
         Raises:
             ValueError: X is not 2-D, has NaN/inf, or fewer rows than components; batch_size is
-                not an integer >= 1; or a covariance is singular (increase ``reg_covar``).
+                not an integer >= 1; or a covariance is singular (increase ``reg_covar``). A fit
+                that raises leaves the model as it was (fitted or not, its dtype and D).
         """
         batch_size = check_integer("batch_size", batch_size, 1)  # (True and 100.0 reached the loader)
         x = _as_tensor(X)
@@ -168,6 +170,17 @@ class ScikitLearnMixin:
         warm = self.hparams.warm_start and self.fitted
         if warm and x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, the model was fitted with {self.n_features_in_}")
+        saved = self._snapshot()
+        try:
+            self._fit_rows(x, warm, trainer, accelerator, devices, strategy, batch_size, trainer_kwargs)
+        except BaseException:  # (a failed fit had left a half-initialised model, or a refit's dtype and D)
+            self._restore(saved)
+            raise
+        return self
+
+    def _fit_rows(self, x: Tensor, warm: bool, trainer: Trainer | None, accelerator: str, devices: Any,
+                  strategy: str, batch_size: int, trainer_kwargs: dict[str, Any]) -> None:
+        """fit(X)'s Trainer run on checked rows x [N, D]."""
         self.to(x.dtype)
         self._allocate(x.shape[1])
         own_trainer = trainer is None
@@ -192,7 +205,19 @@ class ScikitLearnMixin:
         # Lightning's teardown moved the module to the CPU: a model fitted on a GPU stays there,
         # so predict and score run where it was fitted (``.cpu()`` moves it).
         self.to(trainer.strategy.root_device)
-        return self
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What fit(X) changes: buffers, fit state, E-step sums, device and dtype."""
+        return {"buffers": {k: v.clone() for k, v in self._buffers.items()},
+                "state": copy.deepcopy(self.get_extra_state()), "em_stats": self.em_stats,
+                "device": self.device, "dtype": self.dtype}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """The model as :meth:`_snapshot` saw it, after a failed fit."""
+        self._buffers.update(saved["buffers"])
+        self.set_extra_state(saved["state"])
+        self.em_stats = saved["em_stats"]
+        self.to(device=saved["device"], dtype=saved["dtype"])
 
     def fit_predict(self, X: ArrayLike, y: Any = None, **fit_kwargs: Any) -> Tensor:
         """``fit(X)`` then ``predict(X)``: labels [N] (int64)."""
@@ -269,12 +294,14 @@ class ScikitLearnMixin:
 
     def bic(self, X: ArrayLike) -> float:
         """Bayesian information criterion −2 log L + p log N (lower is better)."""
-        n = len(X)
-        return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
+        log_lik = self._log_likelihoods(X)  # (len(X) first: a TypeError for a scalar X)
+        n = log_lik.shape[0]
+        return -2.0 * float(log_lik.double().mean()) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X: ArrayLike) -> float:
         """Akaike information criterion −2 log L + 2 p (lower is better)."""
-        return -2.0 * self.score(X) * len(X) + 2 * self._n_parameters()
+        log_lik = self._log_likelihoods(X)
+        return -2.0 * float(log_lik.double().mean()) * log_lik.shape[0] + 2 * self._n_parameters()
 
     @torch.no_grad()
     def sample(self, n_samples: int = 1, generator: torch.Generator | int | None = None) -> tuple[Tensor, Tensor]:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..ddp import eval_means, log_row_means
 from ..metrics.em import EMStatistics
+from ..module_utils import finite_on_every_rank
 from ..ops.build import Impl
 from ..ops.gmm import gmm_em_stats, gmm_log_prob, gmm_m_step
 from . import em
@@ -204,6 +205,16 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """nn.Module's, leaving the model as it was when it fails (a state of another D or
+        covariance type had reallocated the buffers: a fitted model lost its parameters)."""
+        saved = self._snapshot()
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            self._restore(saved)
+            raise
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         means = state_dict.get(prefix + "means_")
@@ -453,11 +464,12 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
             self._check_fitted()  # Trainer.validate/test of an unfitted model
         x = batch_tensor(batch).to(self.dtype)
         log_prob = torch.logsumexp(self._joint_log_prob(x), dim=1)
-        finite = torch.isfinite(log_prob)
-        if not bool(finite.all()):  # (a NaN {stage}/log_likelihood was logged, silently)
+        if not finite_on_every_rank(self, log_prob):  # (a NaN {stage}/log_likelihood was logged, silently)
+            bad = int((~torch.isfinite(log_prob)).sum())
             raise ValueError(
-                f"{stage}: log p(x) is not finite for {int((~finite).sum())} of {x.shape[0]} rows of a batch: the "
-                "data contain NaN or infinite values (or values so large that every density underflows: scale the data)"
+                f"{stage}: log p(x) is not finite for {bad} of {x.shape[0]} rows of a batch"
+                f"{'' if bad else ' on another rank'}: the data contain NaN or infinite values "
+                "(or values so large that every density underflows: scale the data)"
             )
         if self.eval_means is None:  # (not in __init__: repr stays scikit-learn's, GaussianMixture())
             self.eval_means = eval_means(("log_likelihood",)).to(self.device)

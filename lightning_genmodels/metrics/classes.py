@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from ..module_utils import check_integer
 from .features import check_images
 
 __all__ = ["ClassCoverage"]
@@ -31,6 +32,7 @@ class ClassCoverage(Metric):
 
     def __init__(self, classifier: nn.Module, num_classes: int = 10, min_share: float = 0.02, **kwargs) -> None:
         super().__init__(**kwargs)
+        num_classes = check_integer("num_classes", num_classes, 1)
         if not 0.0 <= min_share <= 1.0:
             raise ValueError(f"min_share must be in [0, 1], got {min_share}")
         self.classifier = classifier
@@ -49,7 +51,11 @@ class ClassCoverage(Metric):
     def update(self, imgs: Tensor) -> None:
         """Classify generated images [B, 1, 28, 28] in [0, 1]."""
         check_images(imgs)
-        probs = torch.softmax(self.classifier(imgs.float()).double(), dim=1)
+        logits = self.classifier(imgs.float())
+        if logits.shape != (imgs.shape[0], self.num_classes):  # (another width: wrong shares, or an ATen error)
+            raise ValueError(f"the classifier returned logits of shape {tuple(logits.shape)}, expected "
+                             f"[B, num_classes] = [{imgs.shape[0]}, {self.num_classes}]")
+        probs = torch.softmax(logits.double(), dim=1)
         confidence, label = probs.max(dim=1)
         self.counts += torch.bincount(label, minlength=self.num_classes)
         self.confidence_sum += confidence.sum()

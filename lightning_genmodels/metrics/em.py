@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from ..gmm.em import GMMStats, covariance_shape
+from ..gmm.em import COVARIANCE_TYPES, GMMStats, covariance_shape
+from ..module_utils import check_integer
 
 
 STATES = ("nk", "sx", "sxx", "loglik", "n_total", "n_nonfinite")  # in the order of update's values
@@ -26,7 +27,9 @@ class EMStatistics(Metric):
 
     def __init__(self, n_components: int, n_features: int, covariance_type: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # torchmetrics' options (distributed_available_fn, process_group, ...)
-        k, d = n_components, n_features
+        if covariance_type not in COVARIANCE_TYPES:  # (a KeyError naming only the value)
+            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+        k, d = check_integer("n_components", n_components, 1), check_integer("n_features", n_features, 1)
         shapes = zip(STATES, [(k,), (k, d), covariance_shape(covariance_type, k, d), (), (), ()])
         for name, shape in shapes:
             self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")

@@ -33,9 +33,15 @@ def dequantized_bits_per_dim(log_density: Callable[[Tensor], Tensor], batches: I
     total, count, dims = 0.0, 0, None
     for batch in batches:
         y = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if y.min() <= 0 or y.max() >= 1:
+        if len(y) == 0:
+            continue
+        if not (y.min() > 0 and y.max() < 1):  # (NaN passed the test as it was written)
             raise ValueError(f"dequantised data must lie in (0, 1), got [{y.min().item()}, {y.max().item()}]")
+        if dims is not None and y[0].numel() != dims:  # (the last batch's D was used for all)
+            raise ValueError(f"batches of {dims} and {y[0].numel()} dimensions per image")
         log_p = log_density(y).double()
+        if log_p.shape != (len(y),):  # (a [B, K] or a scalar result was summed as it came)
+            raise ValueError(f"log_density must return log p(y) [B] = [{len(y)}], got shape {tuple(log_p.shape)}")
         if not torch.isfinite(log_p).all():
             raise ValueError("log_density returned NaN or infinite values")
         total += log_p.sum().item()

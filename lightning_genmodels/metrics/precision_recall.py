@@ -8,10 +8,13 @@ real samples inside the generated manifold.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+from ..module_utils import check_integer
 
 __all__ = ["PrecisionRecall", "in_manifold", "knn_radii"]
 
@@ -31,6 +34,25 @@ def in_manifold(queries: Tensor, points: Tensor, radii: Tensor, chunk: int = 102
                       for i in range(0, len(queries), chunk)])
 
 
+def _check_features(features: Tensor, real: bool, *sets: list[Tensor]) -> None:
+    """ValueError unless features is a finite real [B, F] with the F of the features already
+    held; NaN/inf had given a silently wrong precision, another F an error only at compute."""
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dim() != 2:
+        raise ValueError(f"features must be [B, F], got shape {list(features.shape)}")
+    if features.is_complex() or features.dtype == torch.bool:
+        raise ValueError(f"features must be real numbers, got dtype {features.dtype}")
+    if not isinstance(real, (bool, np.bool_)):
+        raise ValueError(f"real must be True or False, got {real!r}")
+    held = next((held[0] for held in sets if isinstance(held, list) and held), None)
+    if held is not None and features.shape[1] != held.shape[1]:
+        raise ValueError(f"features have {features.shape[1]} columns, the features held so far {held.shape[1]}")
+    finite = torch.isfinite(features).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"features contain NaN or inf ({int((~finite).sum())} of {len(features)} rows)")
+
+
 class PrecisionRecall(Metric):
     """Improved precision and recall (Kynkäänniemi et al. 2019) of features.
 
@@ -47,17 +69,14 @@ class PrecisionRecall(Metric):
 
     def __init__(self, k: int = 3, reset_real_features: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.k = k
+        self.k = check_integer("k", k, 1)  # (1.5 failed in topk at compute, "3" with a TypeError)
         self.reset_real_features = reset_real_features
         self.add_state("real_features", [], dist_reduce_fx="cat")
         self.add_state("fake_features", [], dist_reduce_fx="cat")
 
     def update(self, features: Tensor, real: bool) -> None:
         """Add features [B, F] of real (``real=True``) or generated samples."""
-        if features.dim() != 2:
-            raise ValueError(f"features must be [B, F], got shape {list(features.shape)}")
+        _check_features(features, real, self.real_features, self.fake_features)
         (self.real_features if real else self.fake_features).append(features.double())
 
     def compute(self) -> dict[str, Tensor]:

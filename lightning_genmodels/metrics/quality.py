@@ -168,6 +168,10 @@ class SampleQuality(nn.Module):
         n_feat = self.extractor.num_features
         if features.dim() != 2 or features.shape[1] != n_feat:
             raise ValueError(f"real features must be [N, {n_feat}], got {list(features.shape)}")
+        if features.is_complex():  # (the cast to float64 dropped the imaginary part)
+            raise ValueError(f"real features must be real numbers, got dtype {features.dtype}")
+        if not 0 <= rank < world_size:  # (rank 2 of 2 kept a share of nothing, silently)
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         if not torch.isfinite(features).all():
             bad = int((~torch.isfinite(features)).any(dim=1).sum())
             raise ValueError(f"real features contain NaN or inf ({bad} of {len(features)} rows)")
@@ -202,9 +206,10 @@ class SampleQuality(nn.Module):
         check_images(imgs, "generated images")
         imgs = imgs.to(self.device, torch.float32)
         with getattr(self.extractor, "remembering", nullcontext)():  # one feature pass for all
+            # precision/recall first: it refuses NaN/inf features before FID and KID took the batch
+            self.pr.update(self.extractor(imgs), real=False)
             self.fid.update(imgs, real=False)
             self.kid.update(imgs, real=False)
-            self.pr.update(self.extractor(imgs), real=False)
             self.classes.update(imgs)
 
     def compute(self, num_generated: int | None = None) -> dict[str, Tensor]:

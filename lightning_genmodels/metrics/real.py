@@ -79,8 +79,8 @@ def real_features(
     Raises:
         ValueError: the freshly computed features contain NaN or inf (nothing is cached).
     """
-    if images.dtype != torch.uint8 or images.dim() != 3:
-        raise ValueError(f"real images must be uint8 [N, H, W], got {images.dtype} {list(images.shape)}")
+    if images.dtype != torch.uint8 or images.dim() != 3 or len(images) == 0:
+        raise ValueError(f"real images must be uint8 [N, H, W] with N >= 1, got {images.dtype} {list(images.shape)}")
     data_key = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
     net_key = getattr(extractor, "sha256", None)
     if not net_key:
@@ -103,7 +103,12 @@ def real_features(
                          f"(not cached to {path}): check the feature network's weights")
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache, suffix=".tmp", delete=False) as tmp:
-        torch.save(feats, tmp)
+        try:
+            torch.save(feats, tmp)
+        except BaseException:  # (a failed write left its .tmp file in the cache)
+            tmp.close()
+            os.remove(tmp.name)
+            raise
     os.replace(tmp.name, path)
     return feats
 

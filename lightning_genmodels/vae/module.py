@@ -25,7 +25,10 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 
 from ..ddp import eval_means, log_row_means
-from ..module_utils import as_integer, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
+from ..module_utils import (
+    as_integer, check_integer, check_real, eval_mode, finite_on_every_rank, save_hparams_keeping_configs,
+    seed_ranks_apart,
+)
 from ..ops.philox import check_seed
 from ..train_log import log_this_step, sync_train_metrics
 from .likelihoods import (
@@ -107,8 +110,9 @@ class VAE(LightningModule):
         for name, value, low in (("latent_dim", latent_dim, 1), ("in_channels", in_channels, 1),
                                  ("image_size", image_size, 1), ("kl_warmup_steps", kl_warmup_steps, 0),
                                  ("iwae_k", iwae_k, 1), ("val_iwae_k", val_iwae_k, 1), ("iwae_batch", iwae_batch, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+            check_integer(name, value, low)  # (np.int64(8) was refused as not an integer)
+        for name, value in (("beta", beta), ("gaussian_scale", gaussian_scale), ("lr", lr)):
+            check_real(name, value)
         if not (math.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta={beta!r} must be a finite number >= 0")
         if not (math.isfinite(gaussian_scale) and gaussian_scale > 0):
@@ -118,7 +122,8 @@ class VAE(LightningModule):
         if learn_scale and likelihood != "gaussian":
             raise ValueError(f"learn_scale=True needs likelihood='gaussian', got likelihood={likelihood!r}")
         save_hparams_keeping_configs(self, inspect.currentframe())
-        self.latent_dim = latent_dim
+        self.latent_dim = latent_dim = int(latent_dim)
+        in_channels, image_size = int(in_channels), int(image_size)
         self.likelihood = likelihood
         self.input_format = INPUT_FORMATS[likelihood]
         self.image_shape = (in_channels, image_size, image_size)
@@ -340,8 +345,9 @@ class VAE(LightningModule):
 
     def _shared_step(self, batch: tuple[Tensor, Tensor] | Tensor, stage: str, batch_idx: int = 0) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{stage} batch contains NaN or inf")
+        if not finite_on_every_rank(self, x):
+            where = "" if not torch.isfinite(x).all() else " on another rank"
+            raise ValueError(f"{stage} batch contains NaN or inf{where}")
         rec, kl = self.elbo_terms(x)
         elbo = rec - kl.sum(1)
         n = x.shape[0]
