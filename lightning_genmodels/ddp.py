@@ -46,9 +46,9 @@ def eval_batch_weights(module: LightningModule, batch_idx: int, n_rows: int) -> 
     trainer = module._trainer
     if trainer is None or trainer.world_size <= 1:
         return None
-    try:
-        combined = trainer._evaluation_loop._combined_loader  # the loader of the running loop
-    except RuntimeError:  # not evaluating
+    try:  # the loader of the running loop (private: a Lightning without it weighs no row out)
+        combined = trainer._evaluation_loop._combined_loader
+    except (AttributeError, RuntimeError):  # RuntimeError: not evaluating
         return None
     loader = None if combined is None else combined.iterables
     if not isinstance(loader, DataLoader) or loader.batch_size is None:

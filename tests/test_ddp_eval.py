@@ -1,15 +1,12 @@
 """Validation and test metrics under DDP: each image counted once, as one process counts it."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.utils import run_script
 
 # the metrics that do not depend on random draws (the VAE's ELBO and IWAE bound draw z)
 DETERMINISTIC = {"vae": ("val/kl", "test/kl"), "gmm": ("val/log_likelihood", "test/log_likelihood"),
@@ -19,13 +16,7 @@ DETERMINISTIC = {"vae": ("val/kl", "test/kl"), "gmm": ("val/log_likelihood", "te
 
 def _eval_run(devices: int, out: Path) -> dict:
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    try:
-        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_eval_script.py"), str(devices), str(out)],
-                              env=env, cwd=out, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"validate/test hung:\n{exc.stdout}\n{exc.stderr}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_script("ddp_eval_script.py", devices, out, cwd=out)
     return torch.load(out / "metrics.pt")
 
 

@@ -2,9 +2,6 @@
 VAE, GAN and Diffusion: no predict_step)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_genmodels import GAN, VAE, Diffusion, MNISTDataModule, PredictionWriter
 from lightning_genmodels.vae import ConvDecoder, ConvEncoder
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.utils import run_script
 
 
 def tiny(family: str):
@@ -78,13 +75,7 @@ def test_prediction_writer_refuses_a_path_as_file_name():
 
 
 def _predict_run(devices: int, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    try:
-        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_predict_script.py"), str(devices), str(out)],
-                              env=env, cwd=out, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"predict hung:\n{exc.stdout}\n{exc.stderr}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_script("ddp_predict_script.py", devices, out, cwd=out)
     return torch.load(out / "predictions.pt")
 
 
