@@ -1,5 +1,5 @@
 """Plumbing for streamed EM: passes over the rank-local batches, cross-rank collectives, the
-weights that cancel DistributedSampler padding, and a sampler that never pads.
+weights that cancel DistributedSampler padding.
 
 Padding: rows that DistributedSampler repeats get sample weight 0 (``padding_weights``, shared
 with the other families in ``lightning_genmodels/ddp.py``), so each data point counts once.
@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import RandomSampler
 
 from ..ddp import padding_weights
 
@@ -134,20 +134,3 @@ def _fixed_order(sampler: Any, seed: int | None) -> Iterator[None]:
         yield
     finally:
         sampler.generator = saved
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Rank r takes indices ``r, r + R, ...`` of the data set, in order and without padding:
-    ranks may see one sample more or less than each other, and no sample twice."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        n = len(dataset)  # type: ignore[arg-type]
-        self.num_samples = len(range(rank, n, num_replicas))
-        self.total_size = n  # no padding: padding_weights sees total_size == len(dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples

@@ -202,6 +202,11 @@ class ScikitLearnMixin:
                 trainer.fit(self, datamodule=TensorDataModule(x, batch_size))
             finally:
                 self._data_finite, self._log_bound = False, True
+        if not self.fitted:  # (the model came back unfitted, silently; the caller's state is restored)
+            raise RuntimeError(
+                f"fit(X) ended before its first EM iteration finished (trainer state: {trainer.state.status.value}, "
+                f"max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): no model was fitted"
+            )
         # Lightning's teardown moved the module to the CPU: a model fitted on a GPU stays there,
         # so predict and score run where it was fitted (``.cpu()`` moves it).
         self.to(trainer.strategy.root_device)

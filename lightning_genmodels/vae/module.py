@@ -345,6 +345,8 @@ class VAE(LightningModule):
 
     def _shared_step(self, batch: tuple[Tensor, Tensor] | Tensor, stage: str, batch_idx: int = 0) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if x.shape[0] == 0:  # (the mean of no rows was a NaN loss, logged silently)
+            raise ValueError(f"{type(self).__name__} {stage} batch is empty, shape {tuple(x.shape)}")
         if not finite_on_every_rank(self, x):
             where = "" if not torch.isfinite(x).all() else " on another rank"
             raise ValueError(f"{stage} batch contains NaN or inf{where}")

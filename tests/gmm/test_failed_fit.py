@@ -54,3 +54,12 @@ def test_a_failed_load_state_dict_keeps_the_fit() -> None:
     for name, value in before.items():
         torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
     assert torch.equal(model.predict(rows()), labels)
+
+
+@pytest.mark.parametrize("limits", [{"max_epochs": 0}, {"max_steps": 0}, {"limit_train_batches": 0}])
+def test_a_fit_that_runs_no_em_iteration_raises(limits):
+    """fit(X, max_epochs=0) returned an unfitted model without a word."""
+    model = GaussianMixture(2, covariance_type="diag")
+    with pytest.raises(RuntimeError, match="before its first EM iteration"):
+        model.fit(torch.randn(50, 3), **limits)
+    assert not model.fitted

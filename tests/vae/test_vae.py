@@ -414,3 +414,11 @@ def test_the_gaussian_refuses_non_finite_images(value: float) -> None:
     for call in (model.encode, model.elbo, lambda y: model.iwae_bound(y, 2), lambda y: model.nll_bits_per_dim([y], 2)):
         with pytest.raises(ValueError, match="likelihood='gaussian' needs finite images, got 1 NaN or infinite"):
             call(x)
+
+
+@pytest.mark.parametrize("step", ["training_step", "validation_step", "test_step"])
+def test_an_empty_batch_is_named(step):
+    """An empty batch gave a NaN loss, logged silently."""
+    model = tiny_vae()
+    with pytest.raises(ValueError, match=r"batch is empty, shape \(0, 1, 28, 28\)"):
+        getattr(model, step)(torch.zeros(0, 1, 28, 28), 0)
