@@ -245,8 +245,8 @@ class ScikitLearnMixin:
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """Per row: the most probable component ``labels`` [B] and ``log_prob`` log p(x) [B]."""
         self._check_fitted()
-        joint = self._estimate_weighted_log_prob(batch_tensor(batch))
-        return {"labels": joint.argmax(dim=1), "log_prob": torch.logsumexp(joint, dim=1)}
+        joint = self._ranking_log_prob(self._input(batch_tensor(batch)))
+        return {"labels": joint.argmax(dim=1), "log_prob": torch.logsumexp(joint, dim=1).to(self.dtype)}
 
     @torch.no_grad()
     def sample_images(self, n: int, seed: int = 0) -> Tensor:
@@ -286,13 +286,16 @@ class ScikitLearnMixin:
         """Mean log-likelihood of X (higher is better), averaged where it was computed."""
         return float(self._log_likelihoods(X).double().mean())
 
+    @torch.no_grad()
     def predict(self, X: ArrayLike) -> Tensor:
         """Most probable component of each row [N] (int64), on X's device (the CPU for NumPy input)."""
-        return self._estimate_weighted_log_prob(X).argmax(dim=1).to(_device_of(X))
+        return self._ranking_log_prob(self._input(X)).argmax(dim=1).to(_device_of(X))
 
+    @torch.no_grad()
     def predict_proba(self, X: ArrayLike) -> Tensor:
         """Responsibilities p(k | x_n) [N, K], on X's device (the CPU for NumPy input)."""
-        return torch.softmax(self._estimate_weighted_log_prob(X), dim=1).to(_device_of(X))
+        joint = self._ranking_log_prob(self._input(X))
+        return torch.softmax(joint, dim=1).to(_device_of(X), self.dtype)
 
     def _n_parameters(self) -> int:
         return em.n_parameters(self.hparams.covariance_type, self.hparams.n_components, self.n_features_in_)

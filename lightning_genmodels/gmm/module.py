@@ -397,6 +397,24 @@ class GaussianMixture(RestartsMixin, ScikitLearnMixin, LightningModule):
         return gmm_log_prob(x, torch.log(self.weights_), means, self.precisions_cholesky_,
                             self.hparams.covariance_type, impl=self.hparams.impl)
 
+    def _ranking_log_prob(self, x: Tensor) -> Tensor:
+        """:meth:`_joint_log_prob` for ranking components (predict, predict_proba): rows with no
+        finite joint in the model's dtype (float32 squared distances overflow beyond features of
+        about 1.8e19) taken again in float64, where they stay finite (float64 [N, K] then; the
+        label was component 0 and the probabilities NaN, silently)."""
+        joint = self._joint_log_prob(x)
+        lost = ~torch.isfinite(joint).any(dim=1)
+        if joint.dtype == torch.float64 or not bool(lost.any()):
+            return joint
+        joint = joint.double()
+        centre, means = self._centre(), self.means_.double()
+        rows = x[lost].double()
+        if centre is not None:
+            rows, means = rows - centre.double(), means - centre.double()
+        joint[lost] = gmm_log_prob(rows, torch.log(self.weights_.double()), means, self.precisions_cholesky_.double(),
+                                   self.hparams.covariance_type, impl=self.hparams.impl)
+        return joint
+
     def _m_step(self, stats: GMMStats) -> None:
         """The M-step on statistics taken about :meth:`_centre` (the parameters, so the centre,
         are still those of the E-step)."""

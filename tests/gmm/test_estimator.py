@@ -429,3 +429,24 @@ def test_float32_fit_of_a_tight_component_far_from_the_origin_matches_float64(co
             for dt in (torch.float32, torch.float64)]
     c32, c64 = (torch.as_tensor(f.covariances_).double() for f in fits)
     torch.testing.assert_close(c32, c64, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_rows_beyond_float32_squared_range_are_ranked_in_float64(covariance_type):
+    """A float32 model's squared distances overflow for features beyond ~1.8e19: such a row got
+    label 0 and NaN probabilities, silently; it is ranked in float64 now, as scikit-learn does."""
+    from lightning_genmodels.ops.gmm import _gmm_log_prob_ref
+
+    x = torch.randn(300, 3, generator=torch.Generator().manual_seed(0))
+    model = GaussianMixture(3, covariance_type=covariance_type, random_state=0).fit(x)
+    far = torch.tensor([[1e30, 0.0, 0.0], [0.1, 0.2, 0.3], [-1e30, 5.0, 0.0], [2e20, -3e25, 1.0]])
+    joint = _gmm_log_prob_ref(far.double(), model.weights_.double().log(), model.means_.double(),
+                              model.precisions_cholesky_.double(), covariance_type)
+    assert torch.equal(model.predict(far), joint.argmax(1))
+    proba = model.predict_proba(far)
+    assert proba.dtype == torch.float32 and torch.isfinite(proba).all()
+    torch.testing.assert_close(proba, torch.softmax(joint, 1).float())
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (out,) = trainer.predict(model, DataLoader(TensorDataset(far), batch_size=4))
+    assert torch.equal(out["labels"], joint.argmax(1))
+    assert out["log_prob"].dtype == torch.float32 and torch.isneginf(out["log_prob"][[0, 2, 3]]).all()
