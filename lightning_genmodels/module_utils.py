@@ -118,6 +118,18 @@ def check_real(name: str, value: object) -> float:
     return float(value)
 
 
+def check_latents(z: Tensor, latent_dim: int, who: str) -> None:
+    """A ValueError naming ``who`` unless z is a floating-point [B, latent_dim] tensor of finite
+    values (NaN latents gave NaN images, silently; integer ones an ATen matmul error)."""
+    if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[1] != latent_dim:
+        shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+        raise ValueError(f"{who}: latents must be [B, {latent_dim}], got shape {shape}")
+    if not z.is_floating_point():
+        raise ValueError(f"{who} needs floating-point latents, got dtype {z.dtype}")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"{who}: the latents hold {int((~torch.isfinite(z)).sum())} NaN or infinite values")
+
+
 def finite_on_every_rank(module: LightningModule, x: Tensor) -> bool:
     """Whether x is finite on this rank and, under a Trainer, on every rank: a bad batch must stop
     all ranks together (one rank raising alone left the others to fail in their next collective

@@ -24,7 +24,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..ddp import eval_batch_weights, eval_means, log_row_means
 from ..module_utils import (
-    as_integer, broadcast_buffers, check_integer, check_real, eval_mode, save_hparams_keeping_configs, seed_ranks_apart,
+    as_integer, broadcast_buffers, check_integer, check_latents, check_real, eval_mode, save_hparams_keeping_configs,
+    seed_ranks_apart,
 )
 from ..ops.philox import check_seed
 from ..train_log import log_this_step, sync_train_metrics
@@ -345,8 +346,7 @@ class GAN(LightningModule):
     def decode_latents(self, z: Tensor) -> Tensor:
         """Images [n, C, 28, 28] in [0, 1] from latents z [n, latent_dim] (eval mode, EMA); z is
         cast to the module's dtype (float32 latents for a bf16-true model)."""
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"decode_latents needs z [n, {self.latent_dim}], got shape {tuple(z.shape)}")
+        check_latents(z, self.latent_dim, who=f"{type(self).__name__}.decode_latents")
         with eval_mode(self.sampler):
             images = self.sampler(z.to(self.device, self.dtype))
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)

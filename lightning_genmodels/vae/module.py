@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from ..ddp import eval_means, log_row_means
 from ..module_utils import (
-    as_integer, check_integer, check_real, eval_mode, finite_on_every_rank, save_hparams_keeping_configs,
-    seed_ranks_apart,
+    as_integer, check_integer, check_latents, check_real, eval_mode, finite_on_every_rank,
+    save_hparams_keeping_configs, seed_ranks_apart,
 )
 from ..ops.philox import check_seed
 from ..train_log import log_this_step, sync_train_metrics
@@ -200,6 +200,7 @@ class VAE(LightningModule):
     def decode(self, z: Tensor) -> Tensor:
         """Mean images E[x | z] in [0, 1], [B, C, S, S], for latents z [B, L], cast to the
         module's device and dtype (float32 latents for a bf16-true model)."""
+        check_latents(z, self.latent_dim, who=f"{type(self).__name__}.decode")
         return mean_image(self.decoder_output(z.to(self.device, self.dtype)), self.likelihood)
 
     def decode_latents(self, z: Tensor) -> Tensor:

@@ -62,3 +62,12 @@ def test_a_rank_with_a_finite_loss_points_to_the_other_rank() -> None:
                                      checkpoint_callback=None, current_epoch=0, global_step=0)
     with pytest.raises(FloatingPointError, match=r"discriminator loss is 1.0 .*Another rank's loss is not finite"):
         model._stop_if_not_finite("discriminator", torch.tensor(1.0), images())
+
+
+def test_decode_latents_names_nan_and_bad_shapes() -> None:
+    """NaN latents gave NaN images, silently."""
+    model = GAN(**TINY)
+    with pytest.raises(ValueError, match="GAN.decode_latents: the latents hold 2 NaN or infinite values"):
+        model.decode_latents(torch.full((1, 8), float("inf")).index_fill(1, torch.arange(6), 0.0))
+    with pytest.raises(ValueError, match=r"latents must be \[B, 8\], got shape \(2, 5\)"):
+        model.decode_latents(torch.zeros(2, 5))

@@ -422,3 +422,12 @@ def test_an_empty_batch_is_named(step):
     model = tiny_vae()
     with pytest.raises(ValueError, match=r"batch is empty, shape \(0, 1, 28, 28\)"):
         getattr(model, step)(torch.zeros(0, 1, 28, 28), 0)
+
+
+def test_decode_names_nan_and_integer_latents() -> None:
+    """NaN latents gave NaN images, silently (the GAN's decode_latents too: tests/gan)."""
+    model = tiny_vae()
+    with pytest.raises(ValueError, match="VAE.decode: the latents hold 1 NaN or infinite values"):
+        model.decode(torch.tensor([[0.0, float("nan"), 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="floating-point latents, got dtype torch.int64"):
+        model.decode_latents(torch.zeros(1, L, dtype=torch.long))
