@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from lightning.pytorch import LightningModule
@@ -136,6 +136,13 @@ class VAE(LightningModule):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A fixed σ is a hyperparameter: ``load_from_checkpoint(path, gaussian_scale=0.5)`` keeps
+        0.5 (the checkpoint's buffer had overwritten it, silently); a learnt one loads."""
+        state = checkpoint.get("state_dict", {})
+        if not self.hparams.get("learn_scale", False) and "log_scale" in state:
+            state["log_scale"] = self.log_scale.detach().clone()
 
     # ----- the model -----------------------------------------------------------------------
 

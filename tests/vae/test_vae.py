@@ -431,3 +431,18 @@ def test_decode_names_nan_and_integer_latents() -> None:
         model.decode(torch.tensor([[0.0, float("nan"), 0.0, 0.0]]))
     with pytest.raises(ValueError, match="floating-point latents, got dtype torch.int64"):
         model.decode_latents(torch.zeros(1, L, dtype=torch.long))
+
+
+@pytest.mark.parametrize("learn_scale", [False, True])
+def test_load_from_checkpoint_keeps_a_given_fixed_scale(tmp_path: Path, learn_scale: bool) -> None:
+    """A fixed σ is a hyperparameter: the checkpoint's buffer had overwritten the one given to
+    load_from_checkpoint, silently. A learnt σ is a weight and loads from the checkpoint."""
+    model = tiny_vae("gaussian", gaussian_scale=0.3, learn_scale=learn_scale)
+    with torch.no_grad():
+        model.log_scale.fill_(math.log(0.25) if learn_scale else math.log(0.3))
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": "2.6.6"}, tmp_path / "vae.ckpt")
+    loaded = VAE.load_from_checkpoint(tmp_path / "vae.ckpt", gaussian_scale=0.5, **tiny_nets())
+    assert loaded.log_scale.exp().item() == pytest.approx(0.25 if learn_scale else 0.5)
+    same = VAE.load_from_checkpoint(tmp_path / "vae.ckpt", **tiny_nets())
+    assert same.log_scale.exp().item() == pytest.approx(0.25 if learn_scale else 0.3)
