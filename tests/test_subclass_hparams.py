@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_genmodels import GAN, VAE, Diffusion
 
+from tests.utils import Denoiser
+
 QUIET = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
          "enable_model_summary": False, "max_steps": 1, "limit_val_batches": 0}
 
@@ -43,15 +45,6 @@ class BodyDiffusion(Diffusion):
     def __init__(self, body: nn.Module, **kwargs) -> None:
         super().__init__(**kwargs)
         self.unet = body
-
-
-class Denoiser(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
 
 
 def flat_body() -> nn.Module:

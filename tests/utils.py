@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +29,14 @@ def run_script(script: str, *args: object, cwd: Path, timeout: float = 240) -> s
         pytest.fail(f"{script} hung:\n{exc.stdout}\n{exc.stderr}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+class Denoiser(nn.Module):
+    """A user's own tiny denoiser for Diffusion subclasses: one convolution, t unused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)

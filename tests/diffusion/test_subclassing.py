@@ -8,16 +8,9 @@ from torch import nn
 
 from lightning_genmodels import Diffusion
 
+from tests.utils import Denoiser
+
 TINY = {"base_channels": 8, "channel_mults": (1,), "groups": 4, "num_train_timesteps": 20, "sample_steps": 3}
-
-
-class Denoiser(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
 
 
 class Zeros(nn.Module):
