@@ -30,7 +30,9 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from ..ddp import eval_means, log_row_means
-from ..module_utils import check_integer, check_real, eval_mode, save_hparams_keeping_configs, seed_ranks_apart
+from ..module_utils import (
+    check_integer, check_real, eval_mode, finite_on_every_rank, save_hparams_keeping_configs, seed_ranks_apart,
+)
 from ..ops.build import IMPLS, Impl
 from ..ops.philox import check_seed, philox_normal_rows
 from ..train_log import sync_train_metrics
@@ -230,17 +232,16 @@ class Diffusion(LightningModule):
         """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
         weights (they had turned NaN silently), naming the batch's NaN/inf values if it holds any,
         else the learning rate. One scalar host sync per step, as the GAN's check."""
-        here = finite = bool(torch.isfinite(loss))
-        if self._trainer is not None:
-            finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
+        if finite_on_every_rank(self, loss):
             return
+        here = bool(torch.isfinite(loss))
         bad = int((~torch.isfinite(x0)).sum())
         advice = (f"this rank's batch holds {bad} NaN or infinite values: check the data" if bad
                   else "another rank's loss is not finite (its error names the cause)" if here
                   else "try a lower lr")
-        raise FloatingPointError(f"Diffusion {stage}/loss is {loss.item()} (not finite on at least one rank) at epoch "
-                                 f"{self.current_epoch}, global step {self.global_step}; stopped before the update: {advice}")
+        raise FloatingPointError(f"Diffusion {stage}/loss is {loss.item()} (not finite on at least one rank) at "
+                                 f"epoch {self.current_epoch}, global step {self.global_step}; stopped before the "
+                                 f"update: {advice}")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

@@ -24,8 +24,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..ddp import eval_batch_weights, eval_means, log_row_means
 from ..module_utils import (
-    as_integer, broadcast_buffers, check_integer, check_latents, check_real, eval_mode, save_hparams_keeping_configs,
-    seed_ranks_apart,
+    as_integer, broadcast_buffers, check_integer, check_latents, check_real, eval_mode, finite_on_every_rank,
+    save_hparams_keeping_configs, seed_ranks_apart,
 )
 from ..ops.philox import check_seed
 from ..train_log import log_this_step, sync_train_metrics
@@ -265,8 +265,7 @@ class GAN(LightningModule):
         """Raise FloatingPointError (on every rank together) before a NaN/inf loss reaches the
         weights, naming the real batch ``real`` if it holds NaN/inf (the learning rates
         otherwise); checkpoints already written are left as they are."""
-        finite = bool(torch.isfinite(loss).item())
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        if finite_on_every_rank(self, loss):
             return
         ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or getattr(
             self.trainer.checkpoint_callback, "best_model_path", ""
@@ -274,7 +273,8 @@ class GAN(LightningModule):
         kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written"
         bad = int((~torch.isfinite(real)).sum())
         advice = (f"This rank's batch of real images holds {bad} NaN or infinite values: check the data."
-                  if bad else "Another rank's loss is not finite (its error names the cause)." if finite
+                  if bad else "Another rank's loss is not finite (its error names the cause)."
+                  if bool(torch.isfinite(loss))
                   else "Try lower lr_g/lr_d, loss='hinge' or spectral_norm=True.")
         raise FloatingPointError(
             f"GAN {player} loss is {loss.item()} (not finite on at least one rank) at epoch "
@@ -309,10 +309,7 @@ class GAN(LightningModule):
     def _check_eval_losses(self, stage: str, d_loss: Tensor, g_loss: Tensor, real: Tensor) -> None:
         """ValueError (on every rank together) where a held-out loss is NaN/inf (it was logged
         silently), naming the batch's NaN/inf values if it holds any."""
-        finite = bool(torch.isfinite(d_loss) & torch.isfinite(g_loss))
-        if self._trainer is not None:
-            finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
+        if finite_on_every_rank(self, torch.stack((d_loss, g_loss))):
             return
         bad = int((~torch.isfinite(real)).sum())
         cause = (f"this rank's batch of real images holds {bad} NaN or infinite values: check the data" if bad
